@@ -1,0 +1,161 @@
+"""Command line: ``runtime-core start MODEL_REPOSITORY`` and ``runtime-core runtimes``.
+
+The composition root: it builds settings, the runtime registry, the scheduler,
+the repository and the HTTP app, and runs them. No other module imports every
+layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from runtime_core import __version__
+from runtime_core.errors import RuntimeCoreError
+from runtime_core.plugins import RuntimeRegistry, load_registry
+from runtime_core.repository import ModelRepository, ModelState
+from runtime_core.rest.app import create_app, serve
+from runtime_core.rest.keys import ServerState
+from runtime_core.scheduler import FairScheduler
+from runtime_core.settings import ServerSettings, load_server_settings
+from runtime_core.worker import configure_logging
+
+log = logging.getLogger("runtime_core")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runtime-core",
+        description="Serve scikit-learn, XGBoost and other models over the V2 / Open Inference Protocol, "
+        "each model in its own group of worker processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"runtime-core {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    start = commands.add_parser(
+        "start",
+        help="serve every model found in a model repository",
+        description="Find every model-settings.json under MODEL_REPOSITORY, load the models and serve them. "
+        "Settings come from MODEL_REPOSITORY/settings.json, RUNTIME_CORE_* environment variables and "
+        "these flags (flags win). SIGINT or SIGTERM stop the server after in-flight requests finish.",
+    )
+    start.add_argument("model_repository", metavar="MODEL_REPOSITORY", type=Path, help="folder holding model folders")
+    start.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    start.add_argument("--http-port", type=int, help="HTTP port (default 8080; 0 picks a free port)")
+    start.add_argument(
+        "--parallel-workers",
+        type=int,
+        help="default worker processes per model; 0 runs inference in the main process (default 4)",
+    )
+    start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+    commands.add_parser(
+        "runtimes",
+        help="list installed runtime plugins",
+        description="List the runtimes found through the 'runtime_core' entry-point group, "
+        "with the distribution and version that provide each.",
+    )
+    return parser
+
+
+def _print_runtimes(registry: RuntimeRegistry) -> None:
+    rows = [("RUNTIME", "ALIASES", "DISTRIBUTION", "VERSION")]
+    rows += [(e.name, ", ".join(e.aliases) or "-", e.distribution, e.version) for e in registry]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _progress(name: str, runtime: str, seconds: float, error: str | None) -> None:
+    if error is None:
+        print(f"  loaded  {name} ({runtime}) in {seconds:.2f} s", flush=True)
+    else:
+        print(f"  FAILED  {name} ({runtime}): {error}", flush=True)
+
+
+async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    scheduler = FairScheduler(settings.max_inflight, cpu_priority=settings.cpu_priority)
+    repository = ModelRepository(settings.model_repository, settings, registry, scheduler, progress=_progress)
+    state = ServerState()
+    app = create_app(settings, repository, scheduler, state)
+    try:
+        runner, port = await serve(app, settings.host, settings.http_port)
+    except OSError as exc:
+        print(f"runtime-core: cannot listen on {settings.host}:{settings.http_port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"runtime-core {__version__}: loading models from {settings.model_repository}", flush=True)
+    loading = loop.create_task(repository.load_all())
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        loading.result()
+        records = repository.records()
+        ready = sum(r.state is ModelState.READY for r in records)
+        failed = len(records) - ready
+        state.started = True
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        summary = f"{ready} model{'s' if ready != 1 else ''} ready" + (f", {failed} unavailable" if failed else "")
+        print(f"runtime-core ready at http://{host}:{port} ({summary})", flush=True)
+        await stopper
+    else:
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loading
+    print("runtime-core: stopping", flush=True)
+    state.draining = True
+    scheduler.close()
+    await repository.aclose(settings.shutdown_grace)
+    await runner.cleanup()
+    print("runtime-core: stopped", flush=True)
+    return 0
+
+
+def _event_loop_runner() -> asyncio.Runner:
+    try:
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.Runner()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "runtimes":
+            _print_runtimes(load_registry())
+            return 0
+        repository: Path = args.model_repository
+        if not repository.is_dir():
+            print(f"runtime-core: model repository {repository} is not a folder", file=sys.stderr)
+            return 2
+        settings = load_server_settings(
+            repository.resolve(),
+            host=args.host,
+            http_port=args.http_port,
+            parallel_workers=args.parallel_workers,
+            log_level=args.log_level,
+        )
+        configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+        logging.getLogger("runtime_core").setLevel(settings.log_level.upper())
+        registry = load_registry()
+    except RuntimeCoreError as exc:
+        print(f"runtime-core: {exc.message}", file=sys.stderr)
+        return 2
+    with _event_loop_runner() as runner:
+        return runner.run(_run(settings, registry))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""V2 / Open Inference Protocol types and the tensor codec.
+
+This module turns request bytes into numpy tensors and response tensors back
+into bytes. It runs in the process that runs the model (a worker, or the main
+process when ``parallel_workers`` is 0), never as per-request work in the HTTP
+front end.
+
+Two wire forms are supported:
+
+* JSON: ``{"inputs": [{"name", "shape", "datatype", "data"}], ...}``;
+* Triton's ``binary_tensor_data`` extension: a JSON header of
+  ``json_length`` bytes followed by raw little-endian tensor bytes; each
+  binary input says its size in ``parameters.binary_data_size``.
+
+Decoding validates everything a runtime relies on (datatype, shape, element
+count, value range) and raises :class:`~runtime_core.errors.InvalidRequest`
+with a message for the client. Numeric binary tensors are views on the
+request bytes: they are never copied by the codec.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from runtime_core.errors import InvalidRequest
+
+__all__ = [
+    "DATATYPES",
+    "InferenceRequest",
+    "InferenceResponse",
+    "RequestedOutput",
+    "Tensor",
+    "TensorSpec",
+    "datatype_of",
+    "decode_request",
+    "encode_response",
+]
+
+#: V2 datatype name -> numpy dtype (little-endian). BYTES is an object array of ``bytes``.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+
+_NAME_BY_DTYPE: dict[np.dtype[Any], str] = {
+    dt.newbyteorder("="): name for name, dt in DATATYPES.items() if name != "BYTES"
+}
+
+# numpy kinds of JSON values accepted for each datatype family.
+_ACCEPTED_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
+_LENGTH = struct.Struct("<I")
+
+
+def datatype_of(array: np.ndarray[Any, Any]) -> str:
+    """The V2 datatype name for a numpy array (``BYTES`` for strings and objects)."""
+    kind = array.dtype.kind
+    if kind in "OSU":
+        return "BYTES"
+    try:
+        return _NAME_BY_DTYPE[array.dtype.newbyteorder("=")]
+    except KeyError:
+        raise InvalidRequest(f"arrays of dtype {array.dtype} have no V2 datatype") from None
+
+
+@dataclass(slots=True)
+class TensorSpec:
+    """Declared metadata of one input or output: ``-1`` in ``shape`` is a free dimension."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor. ``data`` has the tensor's shape; BYTES tensors hold ``bytes`` objects."""
+
+    name: str
+    data: np.ndarray[Any, Any]
+    datatype: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.datatype:
+            self.datatype = datatype_of(self.data)
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.data.shape)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An entry of the request's ``outputs`` list."""
+
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """A decoded inference request, as a runtime's ``predict`` receives it."""
+
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def input(self, name: str) -> Tensor:
+        for tensor in self.inputs:
+            if tensor.name == name:
+                return tensor
+        raise InvalidRequest(f"the request has no input named {name!r}")
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """What a runtime's ``predict`` returns. The server fills in model name, version and id."""
+
+    outputs: list[Tensor]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}: 'parameters' must be an object")
+    return value
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        type(d) is int and d >= 0 for d in value  # noqa: E721 (bool is not a dimension)
+    ):
+        raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
+    count = math.prod(shape)
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        flat = np.array(data, dtype=object).reshape(-1) if data else np.empty(0, dtype=object)
+        out = np.empty(flat.shape[0], dtype=object)
+        for i, item in enumerate(flat):
+            if isinstance(item, str):
+                out[i] = item.encode("utf-8")
+            elif isinstance(item, bytes):
+                out[i] = item
+            else:
+                raise InvalidRequest(f"{where}: BYTES data must be strings")
+        if out.shape[0] != count:
+            raise InvalidRequest(
+                f"{where}: shape {list(shape)} needs {count} elements, data has {out.shape[0]}"
+            )
+        return out.reshape(shape)
+    dtype = DATATYPES[datatype]
+    try:
+        raw = np.array(data)
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"{where}: 'data' must be a flat or regularly nested list of numbers") from None
+    if raw.size != count:
+        raise InvalidRequest(f"{where}: shape {list(shape)} needs {count} elements, data has {raw.size}")
+    if count == 0:
+        return np.empty(shape, dtype=dtype)
+    if raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        expected = {"b": "booleans", "u": "integers", "i": "integers", "f": "numbers"}[dtype.kind]
+        raise InvalidRequest(f"{where}: {datatype} data must be {expected}")
+    if dtype.kind in "iu" and raw.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if raw.dtype.kind == "u" and dtype.kind == "u" and raw.dtype.itemsize <= dtype.itemsize:
+            pass
+        elif raw.min() < info.min or raw.max() > info.max:
+            raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+    return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _from_binary(
+    tail: memoryview, offset: int, size: Any, datatype: str, shape: tuple[int, ...], where: str
+) -> np.ndarray[Any, Any]:
+    if type(size) is not int or size < 0:
+        raise InvalidRequest(f"{where}: 'binary_data_size' must be a non-negative integer")
+    if offset + size > len(tail):
+        raise InvalidRequest(f"{where}: binary_data_size runs past the end of the request body")
+    chunk = tail[offset : offset + size]
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=object)
+        pos = 0
+        for i in range(count):
+            if pos + 4 > size:
+                raise InvalidRequest(f"{where}: BYTES data is shorter than shape {list(shape)} needs")
+            (length,) = _LENGTH.unpack_from(chunk, pos)
+            pos += 4
+            if pos + length > size:
+                raise InvalidRequest(f"{where}: a BYTES element runs past binary_data_size")
+            out[i] = bytes(chunk[pos : pos + length])
+            pos += length
+        if pos != size:
+            raise InvalidRequest(f"{where}: binary_data_size is larger than the BYTES elements")
+        return out.reshape(shape)
+    dtype = DATATYPES[datatype]
+    if size != count * dtype.itemsize:
+        raise InvalidRequest(
+            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes,"
+            f" binary_data_size is {size}"
+        )
+    array = np.frombuffer(chunk, dtype=dtype, count=count).reshape(shape)
+    if datatype == "BOOL" and count and np.any(chunk.cast("B") > 1):
+        raise InvalidRequest(f"{where}: BOOL bytes must be 0 or 1")
+    return array
+
+
+def decode_request(body: bytes | memoryview, json_length: int | None = None) -> InferenceRequest:
+    """Decode a V2 request body. ``json_length`` is set for the binary extension.
+
+    Raises :class:`InvalidRequest` for anything a runtime could not rely on.
+    """
+    view = memoryview(body)
+    if json_length is not None:
+        if json_length < 0 or json_length > len(view):
+            raise InvalidRequest("Inference-Header-Content-Length is larger than the request body")
+        header, tail = view[:json_length], view[json_length:]
+    else:
+        header, tail = view, view[:0]
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidRequest("the request needs an 'inputs' list")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    inputs: list[Tensor] = []
+    seen: set[str] = set()
+    offset = 0
+    for index, item in enumerate(raw_inputs):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"input {index}: must be an object")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"input {index}: 'name' must be a non-empty string")
+        where = f"input {name!r}"
+        if name in seen:
+            raise InvalidRequest(f"{where}: appears twice")
+        seen.add(name)
+        datatype = item.get("datatype")
+        if datatype not in DATATYPES:
+            raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+        shape = _shape(item.get("shape"), where)
+        params = _parameters(item.get("parameters"), where)
+        size = params.get("binary_data_size")
+        if size is not None:
+            data = _from_binary(tail, offset, size, datatype, shape, where)
+            offset += size
+        elif "data" in item:
+            data = _from_json_data(item["data"], datatype, shape, where)
+        else:
+            raise InvalidRequest(f"{where}: has no 'data'")
+        inputs.append(Tensor(name, data, datatype, params))
+    if offset != len(tail):
+        raise InvalidRequest("the binary part of the body is longer than the inputs' binary_data_size")
+    outputs: list[RequestedOutput] = []
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidRequest("'outputs' must be a list")
+        for index, item in enumerate(raw_outputs):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidRequest(f"output {index}: must be an object with a 'name'")
+            outputs.append(RequestedOutput(item["name"], _parameters(item.get("parameters"), f"output {index}")))
+    return InferenceRequest(inputs, outputs, request_id, _parameters(doc.get("parameters"), "request"))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _json_data(array: np.ndarray[Any, Any]) -> Any:
+    flat = array.reshape(-1)
+    if flat.dtype.kind in "OSU":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
+    if not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    return np.ascontiguousarray(flat)
+
+
+def _binary_data(tensor: Tensor) -> bytes:
+    if tensor.datatype == "BYTES":
+        parts = []
+        for x in tensor.data.reshape(-1):
+            b = x if isinstance(x, bytes) else str(x).encode("utf-8")
+            parts.append(_LENGTH.pack(len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    return np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype]).tobytes()
+
+
+def encode_response(
+    response: InferenceResponse,
+    *,
+    model_name: str,
+    model_version: str | None,
+    request: InferenceRequest,
+) -> tuple[bytes, int | None]:
+    """Encode a response; returns ``(body, json_length)``.
+
+    ``json_length`` is ``None`` for a pure JSON body, or the length of the JSON
+    header when some outputs were asked for in binary (Triton's extension).
+    """
+    binary_all = bool(request.parameters.get("binary_data_output", False))
+    wanted = {o.name: o.parameters for o in request.outputs}
+    outputs = []
+    tails: list[bytes] = []
+    for tensor in response.outputs:
+        params = dict(tensor.parameters)
+        out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if wanted.get(tensor.name, {}).get("binary_data", binary_all):
+            blob = _binary_data(tensor)
+            params["binary_data_size"] = len(blob)
+            tails.append(blob)
+        else:
+            out["data"] = _json_data(tensor.data)
+        if params:
+            out["parameters"] = params
+        outputs.append(out)
+    doc: dict[str, Any] = {"model_name": model_name}
+    if model_version:
+        doc["model_version"] = model_version
+    if request.id is not None:
+        doc["id"] = request.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not tails:
+        return header, None
+    return header + b"".join(tails), len(header)

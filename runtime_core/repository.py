@@ -1,0 +1,281 @@
+"""The model repository: which models exist, their state, and load/unload/reload.
+
+The repository folder is scanned for ``model-settings.json`` files. Each model
+gets a pool (see :mod:`runtime_core.pool`) and a lane in the scheduler. Model
+operations on one name are serialised by a per-model lock; operations on
+different models run concurrently, and at most ``max_concurrent_loads``
+models load at the same time (peak memory is the sum of what loads at once).
+
+Reload (a ``load`` of a model that is READY) starts a new pool beside the old
+one, switches the scheduler to it once it is ready, then drains and closes the
+old pool: requests in flight finish on the old workers and none fail. If the
+new pool fails to load, the old one keeps serving and the error is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
+from runtime_core.inference import client_message
+from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
+from runtime_core.pool import InProcessPool, ModelPool, ProcessPool
+from runtime_core.runtime import ModelMetadata, RuntimeContext
+from runtime_core.scheduler import FairScheduler
+from runtime_core.settings import (
+    MODEL_NAME_RE,
+    ModelSettings,
+    ServerSettings,
+    find_model_settings,
+    load_model_settings,
+)
+
+log = logging.getLogger("runtime_core.repository")
+
+
+class ModelState(str, Enum):
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    name: str
+    state: ModelState = ModelState.UNKNOWN
+    reason: str = ""
+    settings: ModelSettings | None = None
+    pool: ModelPool | None = None
+    runtime: str = ""
+    load_time: float = 0.0
+
+    @property
+    def version(self) -> str | None:
+        return self.settings.version if self.settings else None
+
+    @property
+    def metadata(self) -> ModelMetadata | None:
+        return self.pool.metadata if self.pool else None
+
+
+#: ``progress(name, runtime, seconds, error)`` is called once per model load.
+Progress = Callable[[str, str, float, str | None], None]
+
+
+def _quiet(name: str, runtime: str, seconds: float, error: str | None) -> None:
+    return None
+
+
+class ModelRepository:
+    """Owns every model's record and pool; the REST layer and the CLI drive it."""
+
+    def __init__(
+        self,
+        root: Path | None,
+        server: ServerSettings,
+        registry: RuntimeRegistry,
+        scheduler: FairScheduler,
+        *,
+        progress: Progress = _quiet,
+    ) -> None:
+        self.root = root.resolve() if root else None
+        self.server = server
+        self.registry = registry
+        self.scheduler = scheduler
+        self.progress = progress
+        self._records: dict[str, ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
+
+    # ------------------------------------------------------------------ discovery
+
+    def scan(self) -> tuple[dict[str, ModelSettings], list[SettingsError]]:
+        """Parse every model settings file; returns the valid ones by name and the errors."""
+        found: dict[str, ModelSettings] = {}
+        errors: list[SettingsError] = []
+        if self.root is None:
+            return found, errors
+        for path in find_model_settings(self.root):
+            try:
+                settings = load_model_settings(path)
+            except SettingsError as exc:
+                errors.append(exc)
+                continue
+            if settings.name in found:
+                errors.append(
+                    SettingsError(
+                        f"{path}: model name {settings.name!r} is already used by {found[settings.name].path}",
+                        model=settings.name,
+                        path=str(path),
+                    )
+                )
+                continue
+            found[settings.name] = settings
+        return found, errors
+
+    async def load_all(self) -> None:
+        """Load every model found; failures are recorded UNAVAILABLE, the others serve."""
+        found, errors = self.scan()
+        for error in errors:
+            name = error.model or (Path(error.path).parent.name if error.path else "?")
+            record = self._records.setdefault(name, ModelRecord(name))
+            record.state = ModelState.UNAVAILABLE
+            record.reason = client_message(error.message)
+            log.error("%s", error.message)
+            self.progress(name, "?", 0.0, error.message)
+        await asyncio.gather(*(self._load(s) for s in found.values()))
+
+    # ------------------------------------------------------------------ operations
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def load(self, name: str) -> ModelRecord:
+        """Load ``name`` from the repository folder, or reload it if it is loaded."""
+        if not MODEL_NAME_RE.match(name) or ".." in name:
+            raise ModelNotFound(f"invalid model name {name!r}")
+        found, errors = self.scan()
+        settings = found.get(name)
+        if settings is None:
+            for error in errors:
+                if error.model == name:
+                    raise error
+            raise ModelNotFound(f"model {name!r} is not in the model repository", model=name)
+        record = await self._load(settings)
+        if record.state is not ModelState.READY:
+            raise ModelLoadError(f"model {name!r} failed to load: {record.reason}", model=name)
+        return record
+
+    def _entry(self, settings: ModelSettings) -> RuntimeEntry:
+        return self.registry.get(settings.runtime_name, model=settings.name, path=str(settings.path))
+
+    def _make_pool(self, settings: ModelSettings, entry: RuntimeEntry) -> ModelPool:
+        uri = settings.resolve_uri(self.root, entry.cls.artifact_names)
+        if settings.workers(self.server) == 0:
+            assert settings.folder is not None
+            context = RuntimeContext(
+                model_name=settings.name,
+                version=settings.version,
+                folder=settings.folder,
+                uri=uri,
+                threads=settings.thread_cap(self.server),
+                worker_index=None,
+            )
+            return InProcessPool(entry.cls(settings, context))
+        return ProcessPool(
+            settings, entry, self.server, uri=str(uri) if uri else None, load_limiter=self._limiter
+        )
+
+    async def _load(self, settings: ModelSettings) -> ModelRecord:
+        name = settings.name
+        async with self._lock(name):
+            record = self._records.setdefault(name, ModelRecord(name))
+            reloading = record.state is ModelState.READY and name in self.scheduler
+            if not reloading:
+                record.state = ModelState.LOADING
+                record.reason = ""
+            started = time.perf_counter()
+            runtime_name = settings.runtime_name
+            try:
+                entry = self._entry(settings)
+                runtime_name = entry.name
+                pool = self._make_pool(settings, entry)
+                await pool.start()
+            except RuntimeCoreError as exc:
+                seconds = time.perf_counter() - started
+                log.error("model %r (%s): load failed: %s", name, settings.path, exc.message)
+                self.progress(name, runtime_name, seconds, exc.message)
+                if not reloading:
+                    record.state = ModelState.UNAVAILABLE
+                    record.reason = client_message(exc.message)
+                    record.settings = settings
+                    record.runtime = runtime_name
+                    return record
+                raise
+            seconds = time.perf_counter() - started
+            old_pool = None
+            if reloading:
+                old_pool = self.scheduler.replace_pool(name, pool)
+            else:
+                self.scheduler.add(
+                    name,
+                    pool,
+                    weight=settings.weight,
+                    max_queue=settings.max_queue_size or self.server.max_queue_size,
+                )
+            record.pool = pool
+            record.settings = settings
+            record.runtime = runtime_name
+            record.state = ModelState.READY
+            record.reason = ""
+            record.load_time = seconds
+            self.progress(name, runtime_name, seconds, None)
+            if old_pool is not None:
+                await old_pool.aclose()
+            return record
+
+    async def unload(self, name: str) -> None:
+        record = self._records.get(name)
+        if record is None or record.state is ModelState.UNKNOWN:
+            raise ModelNotFound(f"model {name!r} is not loaded", model=name)
+        async with self._lock(name):
+            if record.state is not ModelState.READY:
+                raise ModelNotFound(f"model {name!r} is not loaded", model=name)
+            record.state = ModelState.UNLOADING
+            pool = self.scheduler.remove(name)
+            if pool is not None:
+                await pool.aclose()
+            record.pool = None
+            record.state = ModelState.UNAVAILABLE
+            record.reason = "unloaded"
+            log.info("model %r unloaded", name)
+
+    async def aclose(self, grace: float = 30.0) -> None:
+        names = [n for n, r in self._records.items() if r.pool is not None]
+        pools = [self.scheduler.remove(n) for n in names]
+        await asyncio.gather(*(p.aclose(grace) for p in pools if p is not None), return_exceptions=True)
+        for name in names:
+            self._records[name].pool = None
+            self._records[name].state = ModelState.UNAVAILABLE
+            self._records[name].reason = "server stopped"
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, name: str, version: str | None = None) -> ModelRecord:
+        record = self._records.get(name)
+        if record is None:
+            raise ModelNotFound(f"model {name!r} not found", model=name)
+        if version is not None and version != (record.version or "") and not (
+            record.settings and version in record.settings.versions
+        ):
+            raise ModelNotFound(f"model {name!r} has no version {version!r}", model=name)
+        return record
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        found, _ = self.scan()
+        names = sorted(set(self._records) | set(found))
+        out = []
+        for name in names:
+            record = self._records.get(name) or ModelRecord(name, settings=found.get(name))
+            if ready_only and record.state is not ModelState.READY:
+                continue
+            item: dict[str, Any] = {"name": name}
+            version = record.version or (found[name].version if name in found else None)
+            if version:
+                item["version"] = version
+            item["state"] = record.state.value
+            item["reason"] = record.reason
+            out.append(item)
+        return out
+
+    def records(self) -> list[ModelRecord]:
+        return list(self._records.values())

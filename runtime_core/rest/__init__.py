@@ -1,0 +1,1 @@
+"""The V2 REST API on aiohttp: the only package that imports aiohttp."""

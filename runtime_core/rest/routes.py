@@ -1,0 +1,22 @@
+"""The V2 route table, in one function."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runtime_core.rest import handlers
+
+
+def setup_routes(app: web.Application) -> None:
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    app.router.add_get("/v2/health/live", handlers.live)
+    app.router.add_get("/v2/health/ready", handlers.ready)
+    app.router.add_get("/v2", handlers.server_metadata)
+    for base in (model, versioned):
+        app.router.add_get(base, handlers.model_metadata)
+        app.router.add_get(base + "/ready", handlers.model_ready)
+        app.router.add_post(base + "/infer", handlers.infer)
+    app.router.add_post("/v2/repository/index", handlers.repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", handlers.repository_load)
+    app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)

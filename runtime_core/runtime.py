@@ -1,0 +1,130 @@
+"""The :class:`Runtime` base class that every runtime plugin subclasses.
+
+A runtime wraps one framework (scikit-learn, XGBoost, your own). The server
+creates one instance per worker process of a model (or one in the main process
+when ``parallel_workers`` is 0) and calls, in that process:
+
+1. ``await load()`` once, before any request;
+2. ``await predict(request)`` for each request (never concurrently within one
+   instance unless the runtime awaits inside ``predict``);
+3. ``await unload()`` once, when the model is unloaded or the server stops.
+
+``load`` runs once in every worker of the model's group. A runtime whose loaded
+state is safe to share across ``fork`` (plain Python and numpy objects, no
+threads, sockets or GPU contexts) sets ``share_loaded_model = True``: then
+``load`` runs once in a template process and the workers are forked from it
+after loading, sharing the model's memory pages copy-on-write.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from runtime_core.errors import InvalidRequest
+from runtime_core.protocol import InferenceRequest, InferenceResponse, TensorSpec
+
+if TYPE_CHECKING:
+    from runtime_core.settings import ModelSettings
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContext:
+    """Where and how a runtime instance runs."""
+
+    model_name: str
+    """The model's name in URLs."""
+
+    version: str | None
+    """``parameters.version`` from the model settings."""
+
+    folder: Path
+    """The folder holding ``model-settings.json``."""
+
+    uri: Path | None
+    """The model artifact: ``parameters.uri`` resolved and confined to the repository, or the
+    first of the runtime's ``artifact_names`` found in the folder, or ``None``."""
+
+    threads: int
+    """Threads this instance may use for compute (BLAS, OpenMP, the framework's own pool).
+    The server already capped BLAS/OpenMP with threadpoolctl; pass it to frameworks that
+    take a thread count of their own."""
+
+    worker_index: int | None
+    """Index of the worker within the model's group; ``None`` in the main process."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """What ``GET /v2/models/{name}`` shows for inputs and outputs."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    platform: str = ""
+
+
+class Runtime(abc.ABC):
+    """Base class of runtime plugins. Subclass it and return the class from the
+    ``rc_register_runtimes`` hook of your plugin module."""
+
+    name: ClassVar[str]
+    """Name users write in ``model-settings.json`` as ``"runtime"``."""
+
+    aliases: ClassVar[tuple[str, ...]] = ()
+    """Other names that select this runtime, e.g. MLServer's ``"implementation"`` paths."""
+
+    artifact_names: ClassVar[tuple[str, ...]] = ()
+    """File names looked for in the model folder when ``parameters.uri`` is not set."""
+
+    share_loaded_model: ClassVar[bool] = False
+    """True if a loaded instance may be forked into workers (see the module docstring)."""
+
+    def __init__(self, settings: ModelSettings, context: RuntimeContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Load the model. Runs once per worker (or once in the template, see above).
+        Raise any exception to fail the load; its message is shown to the operator."""
+
+    @abc.abstractmethod
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request. Raise :class:`runtime_core.InvalidRequest` for input the model
+        cannot take (answered 400); any other exception is answered 500."""
+
+    async def unload(self) -> None:  # noqa: B027 (optional hook, empty by default)
+        """Release resources. Runs once per instance when the model is unloaded."""
+
+    def metadata(self) -> ModelMetadata:
+        """Inputs and outputs shown in model metadata. Defaults to the declared ones."""
+        return ModelMetadata(
+            inputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in self.settings.inputs],
+            outputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in self.settings.outputs],
+            platform=self.settings.platform,
+        )
+
+    # Helpers for subclasses -------------------------------------------------
+
+    def require_uri(self) -> Path:
+        """The artifact path, or a clear load error naming the model and folder."""
+        if self.context.uri is None or not self.context.uri.exists():
+            expected = ", ".join(self.artifact_names) or "parameters.uri"
+            raise FileNotFoundError(
+                f"model {self.context.model_name!r}: no model file in {self.context.folder} (looked for {expected})"
+            )
+        return self.context.uri
+
+
+def check_requested_outputs(request: InferenceRequest, available: list[str] | tuple[str, ...]) -> list[str]:
+    """The names of outputs to produce: the requested ones, checked against ``available``
+    (an unknown one is a 400), or ``available[:1]`` when none was requested."""
+    if not request.outputs:
+        return list(available[:1])
+    names = request.output_names
+    for name in names:
+        if name not in available:
+            raise InvalidRequest(f"unknown output {name!r}; this model has {', '.join(available)}")
+    return names

@@ -1,0 +1,269 @@
+"""FairScheduler: per-model queues and fair sharing of the machine across models.
+
+Data flow::
+
+    handler ──submit(model, body)──> lane(model).queue ──_pump()──> pool.submit ──> worker
+       ^                                                              │
+       └──────────────── outcome (status, bytes) <─────────────────────┘
+
+What is bounded:
+
+* each model's queue holds at most ``max_queue_size`` requests; one more is
+  refused at once with :class:`~runtime_core.errors.QueueFull` (503 + Retry-After);
+* each model has at most its pool's ``capacity`` requests in flight;
+* while two or more models have requests waiting, all models together have at
+  most ``budget`` requests in flight (default: one per core). A model with
+  nothing in flight may always send one request, so a light model never waits
+  for a heavy model's request to finish.
+
+Policy (start-time fair queueing on measured cost): each model has a virtual
+time. Sending a request advances it by the model's recent service time
+(an EWMA of the compute seconds its workers report) divided by its ``weight``,
+and the true cost corrects it when the reply comes. The next free slot goes to
+the waiting model with the smallest virtual time, so one 20 ms request counts
+as much as twenty 1 ms ones, and a model of weight 2 gets twice the compute of
+a model of weight 1. A model that had nothing to do does not bank credit: when
+it becomes active its virtual time is raised to the scheduler's clock. Hence a
+newly active model is served after at most one in-flight completion, and its
+waiting time is bounded by (number of active models) x (one request of each).
+
+On the CPU, a model that has requests waiting in its queue (more demand than it
+is given) has its workers moved to ``SCHED_IDLE`` (see ``cpu_priority``), so the
+kernel runs the workers of models within their share first; they go back to
+normal priority as soon as the queue empties.
+
+Cancel: a caller that goes away (client disconnect) cancels its future; the
+request is dropped from the queue without reaching a worker. Deadlines: a
+request whose deadline passes while queued fails with
+:class:`~runtime_core.errors.DeadlineExceeded` and never reaches a worker; the
+worker checks the deadline once more before decoding. Removing a model fails
+its queued requests with :class:`~runtime_core.errors.ModelNotReady`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from runtime_core.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, QueueFull, ShuttingDown
+from runtime_core.messages import Outcome
+from runtime_core.pool import ModelPool
+
+_EWMA = 0.2
+_INITIAL_COST = 0.001
+
+
+@dataclass(slots=True)
+class _Item:
+    future: asyncio.Future[Outcome]
+    body: bytes
+    json_length: int
+    deadline: float
+    enqueued: float
+    estimate: float = 0.0
+
+
+@dataclass(slots=True)
+class LaneStats:
+    """Per-model figures for metrics (read through :meth:`FairScheduler.stats`)."""
+
+    queued: int = 0
+    inflight: int = 0
+    completed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    wait_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    cost: float = 0.0
+    background: bool = False
+
+
+@dataclass(slots=True)
+class Lane:
+    """One model's queue and accounting."""
+
+    key: str
+    pool: ModelPool
+    weight: float
+    max_queue: int
+    queue: deque[_Item] = field(default_factory=deque)
+    vtime: float = 0.0
+    cost: float = _INITIAL_COST
+    inflight: int = 0
+    background: bool = False
+    stats: LaneStats = field(default_factory=LaneStats)
+
+
+def default_budget() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class FairScheduler:
+    """Routes requests to model pools, fairly. See the module docstring for the policy."""
+
+    def __init__(self, budget: int | None = None, *, cpu_priority: bool = True) -> None:
+        self.budget = budget or default_budget()
+        self.cpu_priority = cpu_priority
+        self._lanes: dict[str, Lane] = {}
+        self._inflight = 0
+        self._clock = 0.0
+        self._closing = False
+        #: Called with (lane key, outcome, wait seconds) after every completed request.
+        self.observers: list[object] = []
+
+    # ------------------------------------------------------------------ models
+
+    def add(self, key: str, pool: ModelPool, *, weight: float = 1.0, max_queue: int = 1024) -> Lane:
+        lane = Lane(key, pool, weight, max_queue, vtime=self._clock)
+        self._lanes[key] = lane
+        pool.on_capacity = self._pump
+        return lane
+
+    def replace_pool(self, key: str, pool: ModelPool) -> ModelPool:
+        """Send new requests to ``pool``; returns the old pool (to drain and close)."""
+        lane = self._lanes[key]
+        old, lane.pool = lane.pool, pool
+        pool.on_capacity = self._pump
+        if lane.background:
+            pool.set_background(True)
+        self._pump()
+        return old
+
+    def remove(self, key: str) -> ModelPool | None:
+        """Stop routing to ``key``; its queued requests fail with 503. Returns its pool."""
+        lane = self._lanes.pop(key, None)
+        if lane is None:
+            return None
+        while lane.queue:
+            item = lane.queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(ModelNotReady(f"model {key!r} was unloaded", model=key))
+        return lane.pool
+
+    def close(self) -> None:
+        """Refuse new requests (queued ones still run)."""
+        self._closing = True
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._lanes
+
+    # ------------------------------------------------------------------ requests
+
+    async def submit(self, key: str, body: bytes, json_length: int = -1, deadline: float = 0.0) -> Outcome:
+        """Queue one request for model ``key`` and wait for its outcome."""
+        lane = self._lanes.get(key)
+        if lane is None:
+            raise ModelNotFound(f"model {key!r} is not loaded", model=key)
+        if self._closing:
+            raise ShuttingDown("the server is shutting down", model=key)
+        if len(lane.queue) >= lane.max_queue:
+            lane.stats.rejected += 1
+            raise QueueFull(
+                f"model {key!r}: queue is full ({lane.max_queue} requests waiting)",
+                model=key,
+                retry_after=max(1.0, lane.cost * len(lane.queue)),
+            )
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if not lane.queue and not lane.inflight:
+            lane.vtime = max(lane.vtime, self._clock)
+        item = _Item(future, body, json_length, deadline, time.monotonic())
+        lane.queue.append(item)
+        self._pump()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            lane.stats.cancelled += 1
+            with contextlib.suppress(ValueError):  # still queued: drop it so it never reaches a worker
+                lane.queue.remove(item)
+            raise
+
+    def _pick(self) -> Lane | None:
+        contended = sum(1 for lane in self._lanes.values() if lane.queue) > 1
+        over_budget = contended and self._inflight >= self.budget
+        best: Lane | None = None
+        for lane in self._lanes.values():
+            if not lane.queue or lane.pool.inflight >= lane.pool.capacity:
+                continue
+            if over_budget and lane.inflight:
+                continue
+            if best is None or lane.vtime < best.vtime:
+                best = lane
+        return best
+
+    def _pump(self) -> None:
+        while True:
+            lane = self._pick()
+            if lane is None:
+                break
+            item = lane.queue.popleft()
+            if item.future.done():  # cancelled by a client that went away
+                continue
+            if item.deadline and time.time() > item.deadline:
+                lane.stats.expired += 1
+                item.future.set_exception(
+                    DeadlineExceeded(f"model {lane.key!r}: the request's deadline passed while queued", model=lane.key)
+                )
+                continue
+            self._clock = max(self._clock, lane.vtime)
+            item.estimate = lane.cost
+            lane.vtime += lane.cost / lane.weight
+            lane.inflight += 1
+            self._inflight += 1
+            sent = lane.pool.submit(item.body, item.json_length, item.deadline)
+            sent.add_done_callback(lambda done, lane=lane, item=item: self._finished(lane, item, done))
+        self._update_priorities()
+
+    def _finished(self, lane: Lane, item: _Item, done: asyncio.Future[Outcome]) -> None:
+        lane.inflight -= 1
+        self._inflight -= 1
+        wait = time.monotonic() - item.enqueued
+        if done.cancelled():
+            error: BaseException | None = ModelNotReady(f"model {lane.key!r}: the request was cancelled")
+        else:
+            error = done.exception()
+        if error is None:
+            outcome = done.result()
+            lane.cost += _EWMA * (outcome.compute - lane.cost)
+            lane.vtime += (outcome.compute - item.estimate) / lane.weight
+            lane.stats.completed += 1
+            lane.stats.compute_seconds += outcome.compute
+            lane.stats.wait_seconds += max(0.0, wait - outcome.compute)
+            if not item.future.done():
+                item.future.set_result(outcome)
+        elif not item.future.done():
+            item.future.set_exception(error)
+        self._pump()
+
+    def _update_priorities(self) -> None:
+        if not self.cpu_priority:
+            return
+        for lane in self._lanes.values():
+            want = bool(lane.queue)
+            if want != lane.background:
+                lane.pool.set_background(want)
+                lane.background = want
+
+    # ------------------------------------------------------------------ visibility
+
+    def stats(self) -> dict[str, LaneStats]:
+        """Per-model queue depth, in-flight, wait and service figures."""
+        out = {}
+        for key, lane in self._lanes.items():
+            lane.stats.queued = len(lane.queue)
+            lane.stats.inflight = lane.inflight
+            lane.stats.cost = lane.cost
+            lane.stats.background = lane.background
+            out[key] = lane.stats
+        return out
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight

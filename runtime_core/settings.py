@@ -1,0 +1,311 @@
+"""Server and model settings (pydantic / pydantic-settings).
+
+Server settings come from, lowest precedence first: defaults, ``settings.json``
+at the root of the model repository, ``RUNTIME_CORE_*`` environment variables,
+then command-line flags. Model settings come from one ``model-settings.json``
+per model folder. Nothing here reads the environment or the working directory
+at import time: :func:`load_server_settings` and :func:`load_model_settings` do
+it when the command line asks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from runtime_core.errors import SettingsError
+
+MODEL_SETTINGS_FILE = "model-settings.json"
+SERVER_SETTINGS_FILE = "settings.json"
+ENV_PREFIX = "RUNTIME_CORE_"
+
+#: Model names are URL path segments: no separators, no dot-dot, nothing exotic.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ServerSettings(BaseSettings):
+    """Settings of the server process. Every field is also ``RUNTIME_CORE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        protected_namespaces=(),
+    )
+
+    model_repository: Path | None = None
+    """Folder searched (recursively) for ``model-settings.json`` files."""
+
+    host: str = "0.0.0.0"
+    """Address the HTTP server binds."""
+
+    http_port: int = Field(8080, ge=0, le=65535)
+    """TCP port of the V2 REST API (0 picks a free port)."""
+
+    parallel_workers: int = Field(
+        4,
+        ge=0,
+        validation_alias=AliasChoices(
+            "parallel_workers", "RUNTIME_CORE_PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"
+        ),
+    )
+    """Default size of each model's worker group; 0 runs inference in the main process.
+    ``MLSERVER_MODEL_PARALLEL_WORKERS`` is read as an alias."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level. ``info`` prints one line per model event, nothing per request."""
+
+    max_request_size: int = Field(100 * 1024 * 1024, gt=0)
+    """Largest request body accepted, in bytes; larger bodies get 413 before they are read."""
+
+    worker_timeout: float = Field(60.0, gt=0)
+    """Seconds a worker may spend on one request before it is killed and replaced."""
+
+    max_concurrent_loads: int = Field(default_factory=_cpu_count, ge=1)
+    """How many models load at once, so that peak memory does not multiply."""
+
+    pipeline_depth: int = Field(2, ge=1, le=64)
+    """Requests sent ahead to one worker (bounded pipelining)."""
+
+    max_queue_size: int = Field(1024, ge=1)
+    """Default bound of each model's queue; a full queue answers 503."""
+
+    max_inflight: int | None = Field(None, ge=1)
+    """Server-wide budget of requests executing in workers; default: the pools' total capacity."""
+
+    cpu_priority: bool = True
+    """Run the workers of a model with a backlog at idle CPU priority (SCHED_IDLE), so that
+    models under their fair share preempt them on the CPU."""
+
+    shutdown_grace: float = Field(30.0, ge=0)
+    """Seconds that queued and running requests get to finish after SIGTERM or SIGINT."""
+
+    startup_timeout: float = Field(600.0, gt=0)
+    """Seconds a model's workers may take to load before the load is reported failed."""
+
+
+class TensorSettings(BaseModel):
+    """Declared metadata for one input or output of a model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    datatype: str
+    shape: list[int] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelParameters(BaseModel):
+    """The ``parameters`` object of ``model-settings.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str | None = None
+    """Model artifact, relative to the settings file's folder (confined to the repository)."""
+
+    version: str | None = None
+    """Version label served in metadata and accepted in ``/versions/{v}`` URLs."""
+
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Free settings for the runtime."""
+
+    content_type: str | None = None
+    """Default content type of requests (MLServer's ``np``, ``pd``, ``str``, ``base64``)."""
+
+
+class ModelSettings(BaseModel):
+    """One ``model-settings.json``. Unknown keys are errors that name the file and the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: str
+    """Model name in URLs; defaults to the folder name."""
+
+    runtime: str | None = None
+    """Name of the runtime plugin (see ``runtime-core runtimes``)."""
+
+    implementation: str | None = None
+    """MLServer compatibility: ``mlserver_sklearn.SKLearnModel`` and the like map to a runtime."""
+
+    parameters: ModelParameters = Field(default_factory=ModelParameters)
+    inputs: list[TensorSettings] = Field(default_factory=list)
+    outputs: list[TensorSettings] = Field(default_factory=list)
+
+    parallel_workers: int | None = Field(None, ge=0)
+    """Size of this model's worker group; default: the server's ``parallel_workers``."""
+
+    threads: int | None = Field(None, ge=1)
+    """BLAS/OpenMP/xgboost threads per worker; default: cores divided among the workers."""
+
+    weight: float = Field(1.0, gt=0, validation_alias=AliasChoices("weight", "priority"))
+    """Fair-share weight: a model of weight 2 gets twice the CPU of weight 1 when both are busy."""
+
+    max_queue_size: int | None = Field(None, ge=1)
+    """Bound of this model's queue; default: the server's ``max_queue_size``."""
+
+    max_batch_size: int = Field(0, ge=0)
+    """Adaptive batching: most requests merged into one call (0 or 1: off)."""
+
+    max_batch_time: float = Field(0.0, ge=0)
+    """Adaptive batching: longest wait, in seconds, for a batch to fill."""
+
+    platform: str = ""
+    """Free label shown in metadata (MLServer/Triton compatibility)."""
+
+    versions: list[str] = Field(default_factory=list)
+    """MLServer compatibility: accepted and shown in metadata."""
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not MODEL_NAME_RE.match(value) or ".." in value:
+            raise ValueError("must be letters, digits, '_', '-' or '.', without '..' or '/'")
+        return value
+
+    @property
+    def path(self) -> Path | None:
+        """The ``model-settings.json`` this came from."""
+        return self._path
+
+    @property
+    def folder(self) -> Path | None:
+        return self._path.parent if self._path else None
+
+    @property
+    def version(self) -> str | None:
+        return self.parameters.version
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime named by ``runtime`` or, failing that, ``implementation``."""
+        return self.runtime or self.implementation or ""
+
+    def workers(self, server: ServerSettings) -> int:
+        return server.parallel_workers if self.parallel_workers is None else self.parallel_workers
+
+    def thread_cap(self, server: ServerSettings) -> int:
+        """Threads per worker: set explicitly, or the cores divided among this model's workers."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, _cpu_count() // max(1, self.workers(server)))
+
+    def resolve_uri(self, repository: Path | None, default_names: tuple[str, ...] = ()) -> Path | None:
+        """The artifact path: ``parameters.uri`` (confined to the repository), else the first
+        of ``default_names`` present in the model folder, else ``None``."""
+        folder = self.folder
+        if folder is None:
+            return None
+        if self.parameters.uri:
+            uri = self.parameters.uri
+            if os.path.isabs(uri) or "\\" in uri or "%" in uri:
+                raise SettingsError(
+                    f"model {self.name!r}: parameters.uri must be a relative path", model=self.name, path=str(self.path)
+                )
+            resolved = (folder / uri).resolve()
+            root = (repository or folder).resolve()
+            if resolved != root and root not in resolved.parents:
+                raise SettingsError(
+                    f"model {self.name!r}: parameters.uri leaves the model repository",
+                    model=self.name,
+                    path=str(self.path),
+                )
+            return resolved
+        for candidate in default_names:
+            if (folder / candidate).exists():
+                return folder / candidate
+        return None
+
+
+def _format_validation(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key {where!r}")
+        else:
+            parts.append(f"{where!r}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def load_model_settings(path: Path) -> ModelSettings:
+    """Read one ``model-settings.json``; errors name the file and the offending key."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read: {exc.__class__.__name__}", path=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}", path=str(path)) from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: must hold a JSON object", path=str(path))
+    raw.setdefault("name", path.parent.name)
+    try:
+        settings = ModelSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(f"{path}: {_format_validation(exc)}", model=raw.get("name"), path=str(path)) from None
+    if settings.runtime and settings.implementation:
+        raise SettingsError(f"{path}: set 'runtime' or 'implementation', not both", model=settings.name, path=str(path))
+    if not settings.runtime_name:
+        raise SettingsError(f"{path}: model {settings.name!r} names no 'runtime'", model=settings.name, path=str(path))
+    settings._path = path.resolve()
+    return settings
+
+
+def find_model_settings(repository: Path) -> list[Path]:
+    """Every ``model-settings.json`` under ``repository``, in a stable order."""
+    return sorted(p for p in repository.rglob(MODEL_SETTINGS_FILE) if p.is_file())
+
+
+def load_server_settings(repository: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build server settings: CLI ``overrides`` > environment > ``settings.json`` > defaults.
+
+    ``overrides`` with the value ``None`` are ignored (flags the user did not give).
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    json_file = repository / SERVER_SETTINGS_FILE if repository is not None else None
+    if repository is not None:
+        given.setdefault("model_repository", repository)
+
+    class _FromRepository(ServerSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if json_file is not None and json_file.is_file():
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=json_file))
+            return tuple(sources)
+
+    try:
+        built = _FromRepository(**given)
+    except ValidationError as exc:
+        where = str(json_file) if json_file is not None and json_file.is_file() else "server settings"
+        raise SettingsError(f"{where}: {_format_validation(exc)}", path=where) from None
+    except (ValueError, json.JSONDecodeError) as exc:  # a settings.json that is not JSON
+        raise SettingsError(f"{json_file}: {exc}", path=str(json_file)) from None
+    return built

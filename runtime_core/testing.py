@@ -1,0 +1,148 @@
+"""Test helpers for runtime authors (also a pytest plugin: ``pytest11`` entry point).
+
+Start a real server process on a free port of 127.0.0.1, on a model repository
+folder, and talk to it over HTTP::
+
+    def test_my_runtime(tmp_path, rc_server):
+        write_model(tmp_path / "m", runtime="my-runtime")
+        server = rc_server(tmp_path)
+        status, body = server.post_json("/v2/models/m/infer", {...})
+
+Everything here uses only the standard library, so it works in any test setup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_model(folder: Path, **settings: Any) -> Path:
+    """Write ``folder/model-settings.json`` from keyword arguments; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+class ServerProcess:
+    """A ``runtime-core start`` child process."""
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        workers: int | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        wait: bool = True,
+        timeout: float = 120.0,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "runtime_core.cli", "start", str(repository), "--host", "127.0.0.1"]
+        cmd += ["--http-port", str(self.port)]
+        if workers is not None:
+            cmd += ["--parallel-workers", str(workers)]
+        cmd += args or []
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        # A file, not a pipe: a pipe that nobody reads would block a chatty server.
+        self._log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, text=True)
+        if wait:
+            self.wait_ready(timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                status, _ = self.get("/v2/health/ready", timeout=2.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()}")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), dict(err.headers)
+
+    def get(self, path: str, timeout: float = 60.0) -> tuple[int, Any]:
+        status, body, _ = self.request("GET", path, timeout=timeout)
+        return status, json.loads(body) if body else None
+
+    def post_json(self, path: str, doc: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+        data = b"" if doc is None else json.dumps(doc).encode()
+        status, body, _ = self.request(
+            "POST", path, data, {"Content-Type": "application/json"}, timeout=timeout
+        )
+        return status, json.loads(body) if body else None
+
+    def output(self) -> str:
+        """Everything the server (and its workers) printed so far."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def rc_server() -> Iterator[Any]:
+    """Factory fixture: ``rc_server(repository, workers=None, env=None)`` starts a server;
+    every server started is stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(repository: Path, **kwargs: Any) -> ServerProcess:
+        server = ServerProcess(repository, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,360 @@
+"""Worker processes: a template ("zygote") per model and the workers forked from it.
+
+Process tree of one model with ``parallel_workers: 2``::
+
+    main process ──ctl (SOCK_SEQPACKET)──> zygote   (python -m runtime_core.worker --zygote)
+         │                                   │ fork (or exec, if the zygote has threads)
+         ├──data socket──────────────────> worker 0
+         └──data socket──────────────────> worker 1
+
+The zygote starts with every BLAS/OpenMP pool capped at one thread, imports the
+runtime and, for runtimes that allow it (``share_loaded_model``), loads the model
+once; then it freezes the heap (``gc.freeze``) and forks the workers, which share
+the interpreter, the libraries and the model copy-on-write. Forking is only done
+while the zygote has a single thread; otherwise each worker is a fresh
+interpreter (``--worker``) that loads the model itself.
+
+The main process creates each worker's data socket and hands one end to the
+zygote with ``SCM_RIGHTS``; the zygote forks a worker onto it and answers with
+the worker's pid. A worker serves frames (see :mod:`runtime_core.messages`) with
+an asyncio loop: requests that arrive while it computes wait in the socket and
+are read together afterwards. Replies are written as each request finishes.
+
+Lifetimes: the zygote dies with the main process (``PR_SET_PDEATHSIG``); each
+worker watches the main process through a pidfd and exits when it dies, even
+in the middle of a request. A worker whose data socket closes unloads and
+exits. Nothing here decides about retries or restarts: the pool does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from runtime_core.inference import ModelHandler, client_message
+from runtime_core.messages import CONTROL, INFER, INFER_HEAD, FrameReader, control_frame, reply_frame
+from runtime_core.plugins import import_runtime
+from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext
+from runtime_core.settings import ModelSettings
+
+log = logging.getLogger("runtime_core.worker")
+
+#: Thread caps applied to the zygote's environment before numpy and friends import.
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a zygote needs to build the model's runtime; pickled once per group."""
+
+    settings: dict[str, Any]
+    settings_path: str
+    import_path: str
+    uri: str | None
+    threads: int
+    main_pid: int
+    log_level: str
+
+    def model_settings(self) -> ModelSettings:
+        settings = ModelSettings.model_validate(self.settings)
+        settings._path = Path(self.settings_path)
+        return settings
+
+    def build(self, index: int | None) -> Runtime:
+        cls = import_runtime(self.import_path)
+        settings = self.model_settings()
+        context = RuntimeContext(
+            model_name=settings.name,
+            version=settings.version,
+            folder=Path(self.settings_path).parent,
+            uri=Path(self.uri) if self.uri else None,
+            threads=self.threads,
+            worker_index=index,
+        )
+        return cls(settings, context)
+
+
+def thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # pragma: no cover - not Linux
+        return threading.active_count()
+
+
+def _set_parent_death_signal() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _watch_main_process(pid: int) -> None:
+    """Daemon thread body: exit at once when the main process is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+    select.select([fd], [], [])
+    os._exit(1)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _metadata(runtime: Runtime) -> ModelMetadata:
+    try:
+        return runtime.metadata()
+    except Exception:
+        log.warning("model %r: metadata() failed; showing the declared inputs and outputs", runtime.context.model_name)
+        return Runtime.metadata(runtime)
+
+
+class _WorkerProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.pending: deque[tuple[int, int, memoryview]] = deque()
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.pending.extend(self.reader.feed(data))
+        except ValueError:
+            self.closed = True
+        self.wakeup.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.wakeup.set()
+
+
+async def _serve(handler: ModelHandler, sock: socket.socket, hello: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_accepted_socket(_WorkerProtocol, sock)
+    transport.write(control_frame(0, hello))
+    while True:
+        await protocol.wakeup.wait()
+        protocol.wakeup.clear()
+        while protocol.pending:
+            kind, request_id, payload = protocol.pending.popleft()
+            if kind == INFER:
+                json_length, deadline = INFER_HEAD.unpack_from(payload)
+                outcome = await handler.infer(payload[INFER_HEAD.size :], json_length, deadline)
+                transport.write(reply_frame(request_id, outcome))
+            elif kind == CONTROL:
+                command = pickle.loads(payload)
+                if command.get("cmd") == "unload":
+                    protocol.closed = True
+                    break
+                transport.write(control_frame(request_id, {"event": "pong"}))
+        if protocol.closed:
+            break
+    with contextlib.suppress(Exception):
+        await handler.runtime.unload()
+    transport.close()
+
+
+def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runtime | None) -> None:
+    """Body of a worker process (forked or fresh). Never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        threading.Thread(target=_watch_main_process, args=(spec.main_pid,), daemon=True).start()
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=spec.threads)
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        started = time.perf_counter()
+        if runtime is None:
+            runtime = spec.build(index)
+            try:
+                loop.run_until_complete(runtime.load())
+            except Exception as exc:
+                log.error("model %r: load failed in worker %d", runtime.context.model_name, index, exc_info=True)
+                sock.sendall(control_frame(0, {"event": "load_failed", "error": client_message(str(exc))}))
+                os._exit(3)
+        else:
+            runtime.context = dataclasses.replace(runtime.context, worker_index=index)
+        hello = {
+            "event": "ready",
+            "pid": os.getpid(),
+            "index": index,
+            "load_time": time.perf_counter() - started,
+            "metadata": _metadata(runtime),
+        }
+        loop.run_until_complete(_serve(ModelHandler(runtime), sock, hello))
+    except BaseException:  # the process must end here, never fall back into the zygote's loop
+        log.exception("worker %d crashed", index)
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+class _Zygote:
+    def __init__(self, ctl: socket.socket, spec: WorkerSpec) -> None:
+        self.ctl = ctl
+        self.spec = spec
+        self.template: Runtime | None = None
+        self.fork_safe = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.ctl.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _reap(self, signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.send({"event": "exited", "pid": pid, "status": status})
+
+    def prepare(self) -> None:
+        started = time.perf_counter()
+        cls = import_runtime(self.spec.import_path)
+        if cls.share_loaded_model:
+            runtime = self.spec.build(None)
+            try:
+                asyncio.run(runtime.load())
+            except Exception as exc:
+                log.error("model %r: load failed", runtime.context.model_name, exc_info=True)
+                self.send({"event": "load_failed", "error": client_message(str(exc))})
+                os._exit(3)
+            self.template = runtime
+        self.fork_safe = thread_count() == 1
+        gc.collect()
+        gc.freeze()
+        self.send(
+            {
+                "event": "template_ready",
+                "pid": os.getpid(),
+                "load_time": time.perf_counter() - started,
+                "fork_safe": self.fork_safe,
+                "shared": self.template is not None and self.fork_safe,
+            }
+        )
+
+    def spawn(self, fd: int, index: int) -> int:
+        if self.fork_safe:
+            pid = os.fork()
+            if pid == 0:
+                self.ctl.close()
+                run_worker(socket.socket(fileno=fd), self.spec, index, self.template)
+            os.close(fd)
+            return pid
+        child = subprocess.Popen(
+            [sys.executable, "-m", "runtime_core.worker", "--worker", str(fd), str(index)],
+            pass_fds=[fd],
+            stdin=subprocess.PIPE,
+        )
+        assert child.stdin is not None
+        child.stdin.write(pickle.dumps(self.spec))
+        child.stdin.close()
+        os.close(fd)
+        return child.pid
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGCHLD, self._reap)
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 16, 4)
+            except OSError:
+                message, fds = b"", []
+            if not message:
+                os._exit(0)
+            command = pickle.loads(message)
+            if command["cmd"] == "spawn":
+                pid = self.spawn(fds[0], command["index"])
+                self.send({"event": "spawned", "index": command["index"], "pid": pid})
+            elif command["cmd"] == "stop":
+                os._exit(0)
+
+
+def zygote_main(ctl_fd: int, expected_parent: int) -> None:
+    _set_parent_death_signal()
+    if os.getppid() != expected_parent:  # the main process died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = socket.socket(fileno=ctl_fd)
+    spec: WorkerSpec = pickle.loads(ctl.recv(1 << 20))
+    configure_logging(spec.log_level)
+    zygote = _Zygote(ctl, spec)
+    try:
+        zygote.prepare()
+    except Exception as exc:
+        log.error("model template failed", exc_info=True)
+        zygote.send({"event": "load_failed", "error": client_message(str(exc))})
+        os._exit(3)
+    zygote.serve()
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--zygote"]:
+        zygote_main(int(argv[1]), int(argv[2]))
+    elif argv[:1] == ["--worker"]:
+        spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())
+        configure_logging(spec.log_level)
+        run_worker(socket.socket(fileno=int(argv[1])), spec, int(argv[2]), None)
+    else:
+        sys.exit("runtime_core.worker is started by the server, not by hand")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
