@@ -67,6 +67,7 @@ class ServerProcess:
         full_env.update(env or {})
         # A file, not a pipe: a pipe that nobody reads would block a chatty server.
         self._log = tempfile.TemporaryFile("w+")
+        self._final = ""
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, text=True)
         if wait:
             self.wait_ready(timeout)
@@ -117,6 +118,8 @@ class ServerProcess:
 
     def output(self) -> str:
         """Everything the server (and its workers) printed so far."""
+        if self._log.closed:
+            return self._final
         self._log.flush()
         self._log.seek(0)
         return self._log.read()
@@ -129,6 +132,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if not self._log.closed:
+            self._final = self.output()
+            self._log.close()
         return self.proc.returncode
 
 

@@ -1,0 +1,60 @@
+"""Shared fixtures: real server processes, a pip-installed toy plugin, tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime_core.testing import ServerProcess
+
+HERE = Path(__file__).parent
+
+
+def pip_install_target(source: Path, target: Path) -> Path:
+    """``pip install`` a plugin folder into ``target`` (a real wheel build and install)."""
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+            "--disable-pip-version-check", "--no-warn-script-location", "--target", str(target), str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def toy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the pip-installed ``rc-toy-runtimes`` distribution."""
+    return pip_install_target(HERE / "toy_plugin", tmp_path_factory.mktemp("toy-site"))
+
+
+@pytest.fixture
+def toy_env(toy_site: Path) -> dict[str, str]:
+    """Environment for a server that should see the toy plugin."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(toy_site) + (os.pathsep + path if path else "")}
+
+
+@pytest.fixture
+def serve(toy_env: dict[str, str]) -> Iterator[Any]:
+    """``serve(repository, workers=None, env=None, args=None)``: a server that sees the toy plugin.
+    Servers are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(repository: Path, **kwargs: Any) -> ServerProcess:
+        env = dict(toy_env)
+        env.update(kwargs.pop("env", None) or {})
+        server = ServerProcess(repository, env=env, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,27 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime_core.testing import write_model
+
+
+def toy_model(root: Path, name: str, runtime: str = "toy-identity", **settings: Any) -> Path:
+    """Write a toy model folder ``root/name``."""
+    return write_model(root / name, name=name, runtime=runtime, **settings)
+
+
+def infer_body(values: list[float], **parameters: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"inputs": [{"name": "x", "shape": [len(values)], "datatype": "FP64", "data": values}]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def output(doc: dict[str, Any], name: str) -> list[Any]:
+    for out in doc["outputs"]:
+        if out["name"] == name:
+            return list(out["data"])
+    raise KeyError(name)

@@ -1,0 +1,224 @@
+"""Worker process groups: one group per model, isolation, faults, and process lifetimes.
+
+Every test runs a real server process with real worker processes; processes are
+observed with psutil, not through the server's own reports.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from runtime_core.testing import ServerProcess
+
+from support import infer_body, output, toy_model
+
+
+def zygotes(server: ServerProcess) -> list[psutil.Process]:
+    return [
+        p for p in psutil.Process(server.pid).children() if "--zygote" in " ".join(p.cmdline())
+    ]
+
+
+def group_pids(server: ServerProcess) -> dict[int, set[int]]:
+    """zygote pid -> pids of the workers it started."""
+    return {z.pid: {c.pid for c in z.children()} for z in zygotes(server)}
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def infer(server: ServerProcess, model: str, values: list[float] | None = None, **params: Any) -> tuple[int, Any]:
+    return server.post_json(f"/v2/models/{model}/infer", infer_body(values or [1.0, 2.0], **params))
+
+
+def pids_seen(server: ServerProcess, model: str, requests: int = 12) -> set[int]:
+    """Pids of the workers that answered ``requests`` concurrent slow requests."""
+    with concurrent.futures.ThreadPoolExecutor(requests) as ex:
+        results = list(ex.map(lambda _: infer(server, model, sleep=0.2), range(requests)))
+    assert all(status == 200 for status, _ in results), results
+    return {output(doc, "pid")[0] for _, doc in results}
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, message: str = "condition") -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{message} not reached in {timeout} s")
+
+
+@pytest.fixture
+def two_models(tmp_path: Path, serve: Any) -> ServerProcess:
+    toy_model(tmp_path, "alpha", parallel_workers=2)
+    toy_model(tmp_path, "beta", parallel_workers=3)
+    return serve(tmp_path)
+
+
+def test_each_model_gets_its_own_group_of_n_workers(two_models: ServerProcess) -> None:
+    groups = group_pids(two_models)
+    assert sorted(len(pids) for pids in groups.values()) == [2, 3]
+    alpha, beta = pids_seen(two_models, "alpha"), pids_seen(two_models, "beta")
+    assert len(alpha) == 2 and len(beta) == 3
+    assert alpha in groups.values() and beta in groups.values()
+    assert not alpha & beta
+    assert two_models.pid not in alpha | beta
+
+
+def test_shared_runtime_is_loaded_once_and_forked(two_models: ServerProcess) -> None:
+    groups = group_pids(two_models)
+    status, doc = infer(two_models, "alpha")
+    assert status == 200
+    # The model was loaded in the group's template, not in the worker that answered.
+    assert output(doc, "loaded_in")[0] in groups
+    assert output(doc, "pid")[0] in groups[output(doc, "loaded_in")[0]]
+
+
+def test_per_worker_runtime_loads_in_every_worker(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "each", runtime="toy-per-worker", parallel_workers=2)
+    toy_model(tmp_path, "threaded", runtime="toy-threaded", parallel_workers=2)
+    server = serve(tmp_path)
+    for model in ("each", "threaded"):
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            docs = [d for s, d in ex.map(lambda _: infer(server, model, sleep=0.2), range(6)) if s == 200]
+        assert len(docs) == 6
+        assert {output(d, "loaded_in")[0] for d in docs} == {output(d, "pid")[0] for d in docs}
+        assert len({output(d, "pid")[0] for d in docs}) == 2
+
+
+def test_bad_input_is_a_400_from_the_worker_and_loses_no_worker(two_models: ServerProcess) -> None:
+    before = group_pids(two_models)
+    bad = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2]}]}
+    status, doc = two_models.post_json("/v2/models/alpha/infer", bad)
+    assert status == 400 and "3 elements" in doc["error"]
+    status, doc = infer(two_models, "alpha", invalid=True)
+    assert status == 400 and doc == {"error": "the toy model rejects this input, as asked"}
+    status, doc = infer(two_models, "alpha", fail=True)
+    assert status == 500 and "failed" in doc["error"] and "Traceback" not in doc["error"]
+    assert infer(two_models, "alpha")[0] == 200
+    assert group_pids(two_models) == before
+
+
+def test_unload_reload_and_load_touch_only_their_model(tmp_path: Path, two_models: ServerProcess) -> None:
+    groups = group_pids(two_models)
+    alpha = pids_seen(two_models, "alpha")
+    alpha_group = next(z for z, pids in groups.items() if pids == alpha)
+
+    assert two_models.post_json("/v2/repository/models/beta/unload")[0] == 200
+    assert infer(two_models, "beta")[0] in (404, 503)
+    assert group_pids(two_models) == {alpha_group: alpha}
+
+    toy_model(tmp_path, "gamma", parallel_workers=1)
+    assert two_models.post_json("/v2/repository/models/gamma/load")[0] == 200
+    assert two_models.post_json("/v2/repository/models/beta/load")[0] == 200
+    assert group_pids(two_models)[alpha_group] == alpha
+    assert pids_seen(two_models, "alpha") == alpha
+    assert infer(two_models, "beta")[0] == 200 and infer(two_models, "gamma")[0] == 200
+
+
+def test_reload_under_load_fails_no_request(two_models: ServerProcess) -> None:
+    old = pids_seen(two_models, "beta")
+    stop = time.monotonic() + 30
+
+    def hammer() -> list[int]:
+        statuses = []
+        while time.monotonic() < stop and not done:
+            statuses.append(infer(two_models, "beta", sleep=0.01)[0])
+        return statuses
+
+    done = False
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        futures = [ex.submit(hammer) for _ in range(4)]
+        time.sleep(0.3)
+        status, doc = two_models.post_json("/v2/repository/models/beta/load")
+        time.sleep(0.3)
+        done = True
+        statuses = [s for f in futures for s in f.result()]
+    assert status == 200, doc
+    assert statuses and set(statuses) == {200}
+    new = pids_seen(two_models, "beta")
+    assert len(new) == 3 and not new & old
+
+
+def test_killed_worker_is_replaced_and_only_in_flight_requests_may_fail(two_models: ServerProcess) -> None:
+    victim = sorted(pids_seen(two_models, "alpha"))[0]
+    zygote = next(z for z, pids in group_pids(two_models).items() if victim in pids)
+    stop = time.monotonic() + 30
+    killed_at: list[float] = []
+
+    def client() -> list[int]:
+        statuses = []
+        while time.monotonic() < stop and not (killed_at and time.monotonic() > killed_at[0] + 1.0):
+            statuses.append(infer(two_models, "alpha", sleep=0.02)[0])
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        futures = [ex.submit(client) for _ in range(4)]
+        time.sleep(0.3)
+        os.kill(victim, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+        statuses = [s for f in futures for s in f.result()]
+    # In-flight requests are retried once on the other worker, so none should fail here;
+    # a 503 is the only acceptable failure.
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) <= 4
+    wait_for(lambda: len(group_pids(two_models).get(zygote, ())) == 2, message="replacement worker")
+    new = pids_seen(two_models, "alpha")
+    assert victim not in new and len(new) == 2
+
+
+def test_hung_worker_is_killed_and_replaced(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "stuck", parallel_workers=1)
+    server = serve(tmp_path, env={"RUNTIME_CORE_WORKER_TIMEOUT": "1"})
+    (first,) = pids_seen(server, "stuck", requests=2)
+    status, doc = infer(server, "stuck", hang=True)
+    assert status == 504 and "worker_timeout" in doc["error"]
+    wait_for(lambda: infer(server, "stuck")[0] == 200, message="a replaced worker answering")
+    (second,) = pids_seen(server, "stuck", requests=2)
+    assert second != first and not psutil.pid_exists(first)
+
+
+def test_crashing_request_gets_503_and_the_model_keeps_serving(two_models: ServerProcess) -> None:
+    status, doc = infer(two_models, "alpha", crash=True)
+    assert status == 503 and "died" in doc["error"]
+    assert infer(two_models, "alpha")[0] == 200
+    status, doc = two_models.get("/v2/models/alpha/ready")
+    assert status == 200 and doc["ready"] is True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_no_process_outlives_the_server(two_models: ServerProcess, sig: int) -> None:
+    procs = tree(two_models.pid)
+    assert len(procs) == 1 + 2 + 5  # main, two zygotes, five workers
+    code = two_models.stop(sig)
+    if sig == signal.SIGTERM:
+        assert code == 0
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs),
+             message="every worker gone")
+
+
+def test_a_model_that_fails_to_load_is_unavailable_and_the_others_serve(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "good", parallel_workers=1)
+    toy_model(tmp_path, "bad", parallel_workers=1, parameters={"extra": {"load_fails": True}})
+    toy_model(tmp_path, "missing", runtime="no-such-runtime")
+    server = serve(tmp_path)
+    assert infer(server, "good")[0] == 200
+    status, index = server.post_json("/v2/repository/index")
+    states = {m["name"]: m for m in index}
+    assert states["good"]["state"] == "READY"
+    assert states["bad"]["state"] == "UNAVAILABLE" and "refuses to load" in states["bad"]["reason"]
+    assert states["missing"]["state"] == "UNAVAILABLE" and "no-such-runtime" in states["missing"]["reason"]
+    assert infer(server, "bad")[0] == 503
+    assert not any(z for z in zygotes(server) if len(z.children()) == 0)
+    text = server.output()
+    assert "FAILED  bad" in text and "FAILED  missing" in text and "loaded  good" in text

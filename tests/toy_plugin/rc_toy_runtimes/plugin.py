@@ -1,0 +1,106 @@
+"""Toy runtimes, each showing one behaviour the server must handle.
+
+Behaviour is steered per model through ``parameters.extra`` and per request
+through request ``parameters``, so tests need no mocks of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import numpy as np
+
+from runtime_core import (
+    InferenceRequest,
+    InferenceResponse,
+    InvalidRequest,
+    Runtime,
+    Tensor,
+    hookimpl,
+)
+
+
+def _extra(runtime: Runtime, key: str, default: float) -> float:
+    return float(runtime.settings.parameters.extra.get(key, default))
+
+
+class Identity(Runtime):
+    """Returns its first input as ``y`` plus the worker's pid and the number of calls so far.
+
+    ``parameters.extra.sleep`` (seconds) makes every call take that long (busy CPU if
+    ``spin`` is true, else sleeping). Request parameter ``crash`` makes the worker exit
+    at once; ``hang`` makes it sleep for an hour; ``fail`` raises an ordinary exception;
+    ``sleep`` overrides the per-call sleep.
+    """
+
+    name = "toy-identity"
+    share_loaded_model = True
+
+    async def load(self) -> None:
+        self.calls = 0
+        self.loaded_in = os.getpid()
+        if self.settings.parameters.extra.get("load_fails"):
+            raise RuntimeError("the toy model refuses to load, as asked")
+        delay = _extra(self, "load_sleep", 0.0)
+        if delay:
+            time.sleep(delay)
+
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        self.calls += 1
+        params = request.parameters
+        if params.get("crash"):
+            os._exit(17)
+        if params.get("hang"):
+            time.sleep(3600)
+        if params.get("fail"):
+            raise RuntimeError("the toy model failed, as asked")
+        if params.get("invalid"):
+            raise InvalidRequest("the toy model rejects this input, as asked")
+        delay = float(params.get("sleep", _extra(self, "sleep", 0.0)))
+        if delay:
+            if self.settings.parameters.extra.get("spin"):
+                end = time.perf_counter() + delay
+                while time.perf_counter() < end:
+                    pass
+            elif self.settings.parameters.extra.get("async_sleep"):
+                await asyncio.sleep(delay)
+            else:
+                time.sleep(delay)
+        first = request.inputs[0]
+        return InferenceResponse(
+            outputs=[
+                Tensor("y", first.data, first.datatype),
+                Tensor("pid", np.array([os.getpid()], dtype=np.int64)),
+                Tensor("calls", np.array([self.calls], dtype=np.int64)),
+                Tensor("loaded_in", np.array([self.loaded_in], dtype=np.int64)),
+            ]
+        )
+
+
+class PerWorkerIdentity(Identity):
+    """Like :class:`Identity`, but ``load`` runs in every worker (not shared by fork)."""
+
+    name = "toy-per-worker"
+    share_loaded_model = False
+
+
+class ThreadedLoad(Identity):
+    """Starts a thread in ``load``: forking after it would be unsafe, so the server must
+    start its workers as fresh interpreters."""
+
+    name = "toy-threaded"
+    share_loaded_model = True
+
+    async def load(self) -> None:
+        import threading
+
+        await super().load()
+        self._stop = threading.Event()
+        threading.Thread(target=self._stop.wait, daemon=True).start()
+
+
+@hookimpl
+def rc_register_runtimes() -> list[type[Runtime]]:
+    return [Identity, PerWorkerIdentity, ThreadedLoad]
