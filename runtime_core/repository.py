@@ -57,6 +57,7 @@ class ModelRecord:
     pool: ModelPool | None = None
     runtime: str = ""
     load_time: float = 0.0
+    error: RuntimeCoreError | None = None
 
     @property
     def version(self) -> str | None:
@@ -152,7 +153,9 @@ class ModelRepository:
             raise ModelNotFound(f"model {name!r} is not in the model repository", model=name)
         record = await self._load(settings)
         if record.state is not ModelState.READY:
-            raise ModelLoadError(f"model {name!r} failed to load: {record.reason}", model=name)
+            # Settings problems (a runtime not installed, ...) are the caller's to fix: 400.
+            kind = SettingsError if isinstance(record.error, SettingsError) else ModelLoadError
+            raise kind(f"model {name!r} failed to load: {record.reason}", model=name)
         return record
 
     def _entry(self, settings: ModelSettings) -> RuntimeEntry:
@@ -194,6 +197,7 @@ class ModelRepository:
                 seconds = time.perf_counter() - started
                 log.error("model %r (%s): load failed: %s", name, settings.path, exc.message)
                 self.progress(name, runtime_name, seconds, exc.message)
+                record.error = exc
                 if not reloading:
                     record.state = ModelState.UNAVAILABLE
                     record.reason = client_message(exc.message)

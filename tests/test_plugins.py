@@ -1,0 +1,131 @@
+"""Runtime discovery through installed entry points, as a third-party plugin author meets it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from conftest import pip_install_target
+from support import infer_body, output, toy_model
+
+DOCS = Path(__file__).parent.parent / "docs" / "writing-a-runtime.md"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ)
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "runtime_core.cli", *args], capture_output=True, text=True, env=full, timeout=timeout
+    )
+
+
+def make_plugin(folder: Path, dist: str, module: str, runtime_name: str) -> Path:
+    pkg = folder / module
+    pkg.mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{dist}"
+        version = "1.2.3"
+        [project.entry-points.runtime_core]
+        {module} = "{module}"
+        [tool.setuptools]
+        packages = ["{module}"]
+        """)
+    )
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(f"""
+        from runtime_core import InferenceResponse, Runtime, hookimpl
+
+        class Clash(Runtime):
+            name = "{runtime_name}"
+            async def load(self): pass
+            async def predict(self, request): return InferenceResponse(outputs=[])
+
+        @hookimpl
+        def rc_register_runtimes():
+            return [Clash]
+        """)
+    )
+    return folder
+
+
+def test_runtimes_command_lists_installed_plugins_with_distribution(toy_env: dict[str, str]) -> None:
+    result = cli("runtimes", env=toy_env)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert re.search(r"echo\s+-\s+runtime-core\s+\d", rows["echo"])
+    assert re.search(r"toy-identity\s+-\s+rc-toy-runtimes\s+0\.3\.0", rows["toy-identity"])
+
+
+def test_a_plugin_not_installed_is_not_found(tmp_path: Path) -> None:
+    # Without the toy plugin on the path, its runtimes do not exist.
+    result = cli("runtimes")
+    assert result.returncode == 0
+    assert "toy-identity" not in result.stdout
+
+
+def test_two_plugins_claiming_one_name_stop_the_server_at_startup(
+    tmp_path: Path, toy_env: dict[str, str]
+) -> None:
+    site = pip_install_target(make_plugin(tmp_path / "src", "rc-clash", "rc_clash", "toy-identity"), tmp_path / "site")
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{toy_env['PYTHONPATH']}"}
+    toy_model(tmp_path / "repo", "m")
+    result = cli("start", str(tmp_path / "repo"), "--http-port", "0", env=env)
+    assert result.returncode == 2
+    assert "two plugins claim the runtime name 'toy-identity'" in result.stderr
+    assert "rc-toy-runtimes" in result.stderr and "rc-clash" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_model_naming_a_missing_runtime_names_the_model_file_and_installed_runtimes(
+    tmp_path: Path, serve: Any
+) -> None:
+    folder = toy_model(tmp_path, "lost", runtime="tensorflow-magic")
+    toy_model(tmp_path, "fine", parallel_workers=1)
+    server = serve(tmp_path)
+    assert server.post_json("/v2/models/fine/infer", infer_body([1.0]))[0] == 200
+    line = next(line for line in server.output().splitlines() if "FAILED  lost" in line)
+    assert "'tensorflow-magic'" in line and str(folder / "model-settings.json") in line
+    assert "installed runtimes:" in line and "echo" in line and "toy-identity" in line
+    status, doc = server.post_json("/v2/repository/models/lost/load")
+    assert status == 400 and "tensorflow-magic" in doc["error"] and str(tmp_path) not in doc["error"]
+
+
+def _doc_files() -> dict[str, str]:
+    """The files the plugin guide shows, keyed by the path in each block's first-line comment."""
+    text = DOCS.read_text()
+    files = {}
+    for block in re.findall(r"```(?:toml|python|json)\n(.*?)```", text, flags=re.S):
+        first, _, rest = block.partition("\n")
+        match = re.match(r"#\s*file:\s*(\S+)", first)
+        if match:
+            files[match.group(1)] = rest
+    return files
+
+
+def test_the_plugin_guide_example_installs_and_serves(tmp_path: Path, rc_server: Any) -> None:
+    files = _doc_files()
+    assert "pyproject.toml" in files, "docs/writing-a-runtime.md must show a pyproject.toml block"
+    src = tmp_path / "src"
+    for name, content in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(content)
+    site = pip_install_target(src, tmp_path / "site")
+    repo = tmp_path / "repo"
+    (repo / "doubler").mkdir(parents=True)
+    (repo / "doubler" / "model-settings.json").write_text(files["model-settings.json"])
+    server = rc_server(repo, env={"PYTHONPATH": str(site)}, workers=1)
+    status, doc = server.post_json("/v2/models/doubler/infer", infer_body([1.5, -2.0]))
+    assert status == 200, doc
+    assert output(doc, "doubled") == [3.0, -4.0]
+    runtimes = cli("runtimes", env={"PYTHONPATH": str(site)}).stdout
+    assert re.search(r"doubler\s+-\s+runtime-core-doubler\s+0\.1\.0", runtimes)
