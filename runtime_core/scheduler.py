@@ -12,9 +12,10 @@ What is bounded:
   refused at once with :class:`~runtime_core.errors.QueueFull` (503 + Retry-After);
 * each model has at most its pool's ``capacity`` requests in flight;
 * while two or more models have requests waiting, all models together have at
-  most ``budget`` requests in flight (default: one per core). A model with
-  nothing in flight may always send one request, so a light model never waits
-  for a heavy model's request to finish.
+  most ``budget`` requests in flight (default: one per core). The first request
+  of a model that was idle (nothing queued, nothing in flight) may go past the
+  budget, so a light model never waits for a heavy model's request to finish;
+  a model that stays busy gets no such pass, so weights hold under contention.
 
 Policy (start-time fair queueing on measured cost): each model has a virtual
 time. Sending a request advances it by the model's recent service time
@@ -65,6 +66,7 @@ class _Item:
     deadline: float
     enqueued: float
     estimate: float = 0.0
+    skip_budget: bool = False
 
 
 @dataclass(slots=True)
@@ -172,9 +174,10 @@ class FairScheduler:
                 retry_after=max(1.0, lane.cost * len(lane.queue)),
             )
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        if not lane.queue and not lane.inflight:
+        idle = not lane.queue and not lane.inflight
+        if idle:
             lane.vtime = max(lane.vtime, self._clock)
-        item = _Item(future, body, json_length, deadline, time.monotonic())
+        item = _Item(future, body, json_length, deadline, time.monotonic(), skip_budget=idle)
         lane.queue.append(item)
         self._pump()
         try:
@@ -192,7 +195,7 @@ class FairScheduler:
         for lane in self._lanes.values():
             if not lane.queue or lane.pool.inflight >= lane.pool.capacity:
                 continue
-            if over_budget and lane.inflight:
+            if over_budget and not lane.queue[0].skip_budget:
                 continue
             if best is None or lane.vtime < best.vtime:
                 best = lane
