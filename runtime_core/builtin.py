@@ -16,6 +16,7 @@ class EchoRuntime(Runtime):
 
     name = "echo"
     share_loaded_model = True
+    supports_batching = True
 
     async def load(self) -> None:
         return None

@@ -1,32 +1,69 @@
 """Decode -> runtime -> encode, for one model, in the process that runs it.
 
-:class:`ModelHandler` is the whole per-request path inside a worker (and in
-the main process when ``parallel_workers`` is 0). It never raises: every
-failure becomes an :class:`~runtime_core.messages.Outcome` with an error code
-and a message fit for the client (no traceback, no server path). Tracebacks
-of runtime failures go to the worker's log, naming the model.
+:class:`ModelHandler` is the whole request path inside a worker (and in the
+main process when ``parallel_workers`` is 0). It never raises: every failure
+becomes an :class:`~runtime_core.messages.Outcome` with an error code and a
+message fit for the client (no traceback, no server path). Tracebacks of
+runtime failures go to the worker's log, naming the model.
+
+:class:`BatchLoop` feeds the handler. Requests wait in an unbounded deque
+here, but the pool never sends a worker more than its pipeline depth, so at
+most that many wait. When the runtime says its outputs are row-wise
+(``Runtime.supports_batching``), the requests found waiting when the loop
+wakes are merged along the first axis into one ``predict`` call (coalescing,
+on by default: it costs no waiting). With ``max_batch_time`` > 0 the loop also
+waits, at most that long after the first request of a batch arrived, for up to
+``max_batch_size`` requests (adaptive batching). Only compatible requests are
+merged: same input names, datatypes and trailing shapes, same requested
+outputs and same request parameters. Each request is decoded and validated on
+its own first, so a malformed request fails alone; if the merged call fails,
+every request of the batch is run again on its own, so a request that makes the
+model fail fails alone too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections import deque
+from typing import Any
+
+import numpy as np
 
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.messages import Outcome
-from runtime_core.protocol import InferenceResponse, decode_request, encode_response
+from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
 from runtime_core.runtime import Runtime
 
 log = logging.getLogger("runtime_core.inference")
 
 _PATHS = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+){2,}[\\/]?")
 
+#: Most requests merged by coalescing when the model sets no ``max_batch_size``.
+DEFAULT_COALESCE = 32
+
 
 def client_message(text: str, limit: int = 500) -> str:
     """``text`` without server paths, cut to ``limit`` characters."""
     text = _PATHS.sub("<path>", text.strip())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _batch_key(request: InferenceRequest) -> tuple[Any, ...] | None:
+    """Requests with equal keys can be merged; ``None``: this one cannot."""
+    try:
+        rows = {t.data.shape[0] for t in request.inputs if t.data.ndim}
+        if len(rows) != 1 or any(t.data.ndim == 0 for t in request.inputs):
+            return None
+        return (
+            tuple((t.name, t.datatype, t.data.shape[1:], frozenset(t.parameters.items())) for t in request.inputs),
+            tuple((o.name, frozenset(o.parameters.items())) for o in request.outputs),
+            frozenset(request.parameters.items()),
+        )
+    except TypeError:  # unhashable parameter values
+        return None
 
 
 class ModelHandler:
@@ -36,33 +73,184 @@ class ModelHandler:
         self.runtime = runtime
         self.model_name = runtime.context.model_name
         self.version = runtime.context.version
+        self.batchable = bool(getattr(runtime, "supports_batching", False))
+        #: Number of ``predict`` calls made (observable in tests and metrics).
+        self.calls = 0
 
-    async def infer(self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0) -> Outcome:
-        started = time.perf_counter()
-        try:
-            if deadline and time.time() > deadline:
-                raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
-            request = decode_request(body, None if json_length < 0 else json_length)
-            response = await self.runtime.predict(request)
-            if not isinstance(response, InferenceResponse):
-                raise TypeError(f"predict returned {type(response).__name__}, not InferenceResponse")
-            if request.outputs:
-                produced = {t.name: t for t in response.outputs}
-                missing = [o.name for o in request.outputs if o.name not in produced]
-                if missing:
-                    raise InvalidRequest(
-                        f"unknown output {missing[0]!r}; model {self.model_name!r} has {', '.join(produced) or 'none'}"
-                    )
-                response.outputs = [produced[o.name] for o in request.outputs]
-            payload, header_length = encode_response(
-                response, model_name=self.model_name, model_version=self.version, request=request
-            )
-            return Outcome(0, payload, -1 if header_length is None else header_length, time.perf_counter() - started)
-        except RuntimeCoreError as exc:
+    # ------------------------------------------------------------------ pieces
+
+    def _error(self, exc: BaseException, started: float) -> Outcome:
+        if isinstance(exc, RuntimeCoreError):
             message = exc.message if isinstance(exc, InvalidRequest) else client_message(exc.message)
             return Outcome(exc.code, message.encode(), -1, time.perf_counter() - started)
+        log.error("model %r: inference failed", self.model_name, exc_info=exc)
+        detail = client_message(str(exc)) or "an internal error"
+        message = f"model {self.model_name!r} failed to run the request: {detail}"
+        return Outcome(InferenceFailed.code, message.encode(), -1, time.perf_counter() - started)
+
+    def decode(self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0) -> InferenceRequest:
+        if deadline and time.time() > deadline:
+            raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
+        return decode_request(body, None if json_length < 0 else json_length)
+
+    async def _predict(self, request: InferenceRequest) -> InferenceResponse:
+        self.calls += 1
+        response = await self.runtime.predict(request)
+        if not isinstance(response, InferenceResponse):
+            raise TypeError(f"predict returned {type(response).__name__}, not InferenceResponse")
+        return response
+
+    def _encode(self, request: InferenceRequest, response: InferenceResponse, started: float, share: int) -> Outcome:
+        outputs = response.outputs
+        if request.outputs:
+            produced = {t.name: t for t in outputs}
+            missing = [o.name for o in request.outputs if o.name not in produced]
+            if missing:
+                raise InvalidRequest(
+                    f"unknown output {missing[0]!r}; model {self.model_name!r} has {', '.join(produced) or 'none'}"
+                )
+            outputs = [produced[o.name] for o in request.outputs]
+        payload, header_length = encode_response(
+            InferenceResponse(outputs, response.parameters),
+            model_name=self.model_name,
+            model_version=self.version,
+            request=request,
+        )
+        elapsed = (time.perf_counter() - started) / share
+        return Outcome(0, payload, -1 if header_length is None else header_length, elapsed)
+
+    # ------------------------------------------------------------------ entry points
+
+    async def infer(self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0) -> Outcome:
+        """Run one request from its bytes."""
+        started = time.perf_counter()
+        try:
+            return await self.run(self.decode(body, json_length, deadline), started)
         except Exception as exc:
-            log.error("model %r: inference failed", self.model_name, exc_info=True)
-            detail = client_message(str(exc)) or "an internal error"
-            message = f"model {self.model_name!r} failed to run the request: {detail}"
-            return Outcome(InferenceFailed.code, message.encode(), -1, time.perf_counter() - started)
+            return self._error(exc, started)
+
+    async def run(self, request: InferenceRequest, started: float) -> Outcome:
+        try:
+            return self._encode(request, await self._predict(request), started, 1)
+        except Exception as exc:
+            return self._error(exc, started)
+
+    async def run_batch(self, requests: list[InferenceRequest], started: float) -> list[Outcome]:
+        """Run decoded requests, merging compatible neighbours when the runtime allows it."""
+        if not self.batchable or len(requests) == 1:
+            return [await self.run(r, time.perf_counter() if i else started) for i, r in enumerate(requests)]
+        outcomes: list[Outcome] = []
+        i = 0
+        while i < len(requests):
+            key = _batch_key(requests[i])
+            j = i + 1
+            if key is not None:
+                while j < len(requests) and _batch_key(requests[j]) == key:
+                    j += 1
+            group = requests[i:j]
+            outcomes.extend(await self._run_group(group) if len(group) > 1 else [await self.run(group[0], started)])
+            started = time.perf_counter()
+            i = j
+        return outcomes
+
+    async def _run_group(self, group: list[InferenceRequest]) -> list[Outcome]:
+        started = time.perf_counter()
+        sizes = [r.inputs[0].data.shape[0] for r in group]
+        total = sum(sizes)
+        first = group[0]
+        merged = InferenceRequest(
+            inputs=[
+                Tensor(t.name, np.concatenate([r.inputs[k].data for r in group]), t.datatype, t.parameters)
+                for k, t in enumerate(first.inputs)
+            ],
+            outputs=first.outputs,
+            id=None,
+            parameters=first.parameters,
+        )
+        try:
+            response = await self._predict(merged)
+            if any(t.data.ndim == 0 or t.data.shape[0] != total for t in response.outputs):
+                raise ValueError("outputs are not row-wise")
+            bounds = np.cumsum(sizes)[:-1]
+            pieces = [np.split(t.data, bounds) for t in response.outputs]
+            return [
+                self._encode(
+                    request,
+                    InferenceResponse(
+                        [Tensor(t.name, pieces[k][n], t.datatype, t.parameters) for k, t in enumerate(response.outputs)],
+                        response.parameters,
+                    ),
+                    started,
+                    len(group),
+                )
+                for n, request in enumerate(group)
+            ]
+        except Exception:
+            # One request may be the cause: run each alone so that only it fails.
+            return [await self.run(r, time.perf_counter()) for r in group]
+
+
+class BatchLoop:
+    """Feeds a :class:`ModelHandler` from submitted request bytes; see the module docstring.
+
+    Bounded by the caller (the pool's pipeline depth). On close, requests not
+    started are answered with an error; the one running finishes.
+    """
+
+    def __init__(self, handler: ModelHandler, max_batch_size: int = 0, max_batch_time: float = 0.0) -> None:
+        self.handler = handler
+        self.limit = max_batch_size if max_batch_size > 1 else DEFAULT_COALESCE
+        self.wait = max_batch_time if max_batch_size > 1 else 0.0
+        self._pending: deque[tuple[asyncio.Future[Outcome], bytes | memoryview, int, float, float]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    def submit(self, body: bytes | memoryview, json_length: int, deadline: float) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((future, body, json_length, deadline, time.monotonic()))
+        self._wakeup.set()
+        return future
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        handler = self.handler
+        while not self._closed:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending and not self._closed:
+                if self.wait and len(self._pending) < self.limit:
+                    await self._fill()
+                take = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
+                started = time.perf_counter()
+                decoded: list[InferenceRequest] = []
+                owners: list[asyncio.Future[Outcome]] = []
+                for future, body, json_length, deadline, _ in take:
+                    try:
+                        decoded.append(handler.decode(body, json_length, deadline))
+                        owners.append(future)
+                    except Exception as exc:
+                        future.set_result(handler._error(exc, started))
+                if decoded:
+                    for future, outcome in zip(owners, await handler.run_batch(decoded, started), strict=True):
+                        if not future.done():
+                            future.set_result(outcome)
+        while self._pending:
+            future = self._pending.popleft()[0]
+            if not future.done():
+                future.set_result(Outcome(InferenceFailed.code, b"the model was unloaded", -1, 0.0))
+
+    async def _fill(self) -> None:
+        """Wait until ``limit`` requests are pending or the oldest has waited ``wait`` seconds."""
+        until = self._pending[0][4] + self.wait
+        while len(self._pending) < self.limit and not self._closed:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return

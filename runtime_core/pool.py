@@ -58,7 +58,7 @@ from runtime_core.errors import (
     RuntimeCoreError,
     WorkerDied,
 )
-from runtime_core.inference import ModelHandler
+from runtime_core.inference import BatchLoop, ModelHandler
 from runtime_core.messages import CONTROL, REPLY, FrameReader, Outcome, control_frame, infer_frame, parse_reply
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.runtime import ModelMetadata, Runtime
@@ -115,11 +115,16 @@ class ModelPool(abc.ABC):
 
 
 class InProcessPool(ModelPool):
-    """``parallel_workers: 0``: the runtime lives in the main process; one request at a time."""
+    """``parallel_workers: 0``: the runtime lives in the main process and runs in its event
+    loop, fed by the same batch loop as a worker."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, depth: int = 1) -> None:
         self._runtime = runtime
-        self._handler = ModelHandler(runtime)
+        self._depth = max(depth, runtime.settings.max_batch_size, 1)
+        self._batcher = BatchLoop(
+            ModelHandler(runtime), runtime.settings.max_batch_size, runtime.settings.max_batch_time
+        )
+        self._runner: asyncio.Task[None] | None = None
         self._inflight = 0
         self._closing = False
 
@@ -132,10 +137,11 @@ class InProcessPool(ModelPool):
             raise ModelLoadError(str(exc), model=self._runtime.context.model_name) from exc
         self.load_time = time.perf_counter() - started
         self.metadata = self._runtime.metadata()
+        self._runner = asyncio.get_running_loop().create_task(self._batcher.run())
 
     @property
     def capacity(self) -> int:
-        return 1
+        return self._depth
 
     @property
     def inflight(self) -> int:
@@ -143,11 +149,11 @@ class InProcessPool(ModelPool):
 
     def submit(self, body: bytes, json_length: int, deadline: float) -> asyncio.Future[Outcome]:
         self._inflight += 1
-        task = asyncio.get_running_loop().create_task(self._handler.infer(body, json_length, deadline))
-        task.add_done_callback(self._done)
-        return task
+        future = self._batcher.submit(body, json_length, deadline)
+        future.add_done_callback(self._done)
+        return future
 
-    def _done(self, _task: object) -> None:
+    def _done(self, _future: object) -> None:
         self._inflight -= 1
         self.on_capacity()
 
@@ -159,6 +165,10 @@ class InProcessPool(ModelPool):
         deadline = time.monotonic() + grace
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self._batcher.close()
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner
         with contextlib.suppress(Exception):
             await self._runtime.unload()
 
@@ -247,7 +257,8 @@ class ProcessPool(ModelPool):
         self.server = server
         self.size = settings.workers(server)
         self.threads = settings.thread_cap(server)
-        self.depth = server.pipeline_depth
+        # A worker needs a whole batch in hand to batch it.
+        self.depth = max(server.pipeline_depth, settings.max_batch_size)
         self.spec = worker_module.WorkerSpec(
             settings=settings.model_dump(),
             settings_path=str(settings.path),

@@ -173,7 +173,7 @@ class ModelRepository:
                 threads=settings.thread_cap(self.server),
                 worker_index=None,
             )
-            return InProcessPool(entry.cls(settings, context))
+            return InProcessPool(entry.cls(settings, context), self.server.pipeline_depth)
         return ProcessPool(
             settings, entry, self.server, uri=str(uri) if uri else None, load_limiter=self._limiter
         )

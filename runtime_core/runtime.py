@@ -81,6 +81,11 @@ class Runtime(abc.ABC):
     share_loaded_model: ClassVar[bool] = False
     """True if a loaded instance may be forked into workers (see the module docstring)."""
 
+    supports_batching: ClassVar[bool] = False
+    """True if ``predict`` is row-wise: running requests concatenated along the first axis
+    gives each request's outputs as the matching rows. Then requests waiting in a worker
+    are merged into one call (and ``max_batch_size``/``max_batch_time`` batch adaptively)."""
+
     def __init__(self, settings: ModelSettings, context: RuntimeContext) -> None:
         self.settings = settings
         self.context = context

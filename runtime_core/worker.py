@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -42,12 +43,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-from runtime_core.inference import ModelHandler, client_message
-from runtime_core.messages import CONTROL, INFER, INFER_HEAD, FrameReader, control_frame, reply_frame
+from runtime_core.inference import BatchLoop, ModelHandler, client_message
+from runtime_core.messages import CONTROL, INFER, INFER_HEAD, FrameReader, Outcome, control_frame, reply_frame
 from runtime_core.plugins import import_runtime
 from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext
 from runtime_core.settings import ModelSettings
@@ -156,49 +156,56 @@ def _metadata(runtime: Runtime) -> ModelMetadata:
 
 
 class _WorkerProtocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    """Reads frames from the main process, hands requests to the batch loop, writes replies."""
+
+    def __init__(self, batcher: BatchLoop) -> None:
+        self.batcher = batcher
         self.reader = FrameReader()
-        self.pending: deque[tuple[int, int, memoryview]] = deque()
-        self.wakeup = asyncio.Event()
-        self.closed = False
         self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.pending.extend(self.reader.feed(data))
+            frames = list(self.reader.feed(data))
         except ValueError:
-            self.closed = True
-        self.wakeup.set()
+            self._finish()
+            return
+        for kind, request_id, payload in frames:
+            if kind == INFER:
+                json_length, deadline = INFER_HEAD.unpack_from(payload)
+                future = self.batcher.submit(payload[INFER_HEAD.size :], json_length, deadline)
+                future.add_done_callback(functools.partial(self._reply, request_id))
+            elif kind == CONTROL:
+                if pickle.loads(payload).get("cmd") == "unload":
+                    self._finish()
+                elif self.transport is not None:
+                    self.transport.write(control_frame(request_id, {"event": "pong"}))
+
+    def _reply(self, request_id: int, future: asyncio.Future[Outcome]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply_frame(request_id, future.result()))
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.wakeup.set()
+        self._finish()
 
 
 async def _serve(handler: ModelHandler, sock: socket.socket, hello: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_accepted_socket(_WorkerProtocol, sock)
+    settings = handler.runtime.settings
+    batcher = BatchLoop(handler, settings.max_batch_size, settings.max_batch_time)
+    runner = loop.create_task(batcher.run())
+    transport, protocol = await loop.connect_accepted_socket(lambda: _WorkerProtocol(batcher), sock)
     transport.write(control_frame(0, hello))
-    while True:
-        await protocol.wakeup.wait()
-        protocol.wakeup.clear()
-        while protocol.pending:
-            kind, request_id, payload = protocol.pending.popleft()
-            if kind == INFER:
-                json_length, deadline = INFER_HEAD.unpack_from(payload)
-                outcome = await handler.infer(payload[INFER_HEAD.size :], json_length, deadline)
-                transport.write(reply_frame(request_id, outcome))
-            elif kind == CONTROL:
-                command = pickle.loads(payload)
-                if command.get("cmd") == "unload":
-                    protocol.closed = True
-                    break
-                transport.write(control_frame(request_id, {"event": "pong"}))
-        if protocol.closed:
-            break
+    await protocol.done
+    batcher.close()
+    await runner
     with contextlib.suppress(Exception):
         await handler.runtime.unload()
     transport.close()
