@@ -12,11 +12,14 @@ Another backend (remote actors, say) only has to implement :class:`ModelPool`.
 
 Bounds and failure handling of :class:`ProcessPool`:
 
-* **Dispatch** goes to the ready worker with the fewest requests in flight,
-  ties to the lowest index (a light load stays on few workers, which then read
-  several requests per wake-up). At most ``pipeline_depth`` requests are in
-  flight per worker, so ``capacity = workers * pipeline_depth``; the scheduler
-  never submits past capacity.
+* **Dispatch** depends on what a request costs. For a runtime that batches
+  (``supports_batching``) and whose requests take under ``PACK_BELOW`` seconds,
+  the pool *packs*: a request goes to the busiest worker that still has room
+  (``BATCH_DEPTH`` in flight), so a light load wakes one worker, which then runs
+  everything waiting as one call; more workers join only as load grows. Costlier
+  requests are *spread*: to the worker with the fewest in flight (ties to the
+  lowest index), at most ``pipeline_depth`` each, so one slow request never holds
+  up others while a worker idles. The scheduler never submits past ``capacity``.
 * **Worker death** (any signal, OOM, exit) shows as EOF on its socket at once.
   Its in-flight requests are sent once more to another ready worker, or fail
   with :class:`~runtime_core.errors.WorkerDied` (503) if none is ready or they
@@ -65,6 +68,11 @@ from runtime_core.runtime import ModelMetadata, Runtime
 from runtime_core.settings import ModelSettings, ServerSettings
 
 log = logging.getLogger("runtime_core.pool")
+
+#: Requests cheaper than this (seconds of worker compute) are packed onto busy workers.
+PACK_BELOW = 0.002
+#: Requests in flight per worker when packing: the largest coalesced batch.
+BATCH_DEPTH = 8
 
 
 @dataclass(slots=True)
@@ -120,7 +128,8 @@ class InProcessPool(ModelPool):
 
     def __init__(self, runtime: Runtime, depth: int = 1) -> None:
         self._runtime = runtime
-        self._depth = max(depth, runtime.settings.max_batch_size, 1)
+        batch = BATCH_DEPTH if getattr(runtime, "supports_batching", False) else 1
+        self._depth = max(depth, runtime.settings.max_batch_size, batch)
         self._batcher = BatchLoop(
             ModelHandler(runtime), runtime.settings.max_batch_size, runtime.settings.max_batch_time
         )
@@ -197,6 +206,7 @@ class _WorkerConnection(asyncio.Protocol):
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.background = False
+        self.outbox: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -212,9 +222,10 @@ class _WorkerConnection(asyncio.Protocol):
                 pending = self.pending.pop(request_id, None)
                 if pending is None:
                     continue
+                outcome = parse_reply(payload)
                 if not pending.future.done():
-                    pending.future.set_result(parse_reply(payload))
-                self.pool._request_done()
+                    pending.future.set_result(outcome)
+                self.pool._request_done(outcome.compute)
             elif kind == CONTROL:
                 message = pickle.loads(payload)
                 if not self.hello.done():
@@ -228,9 +239,17 @@ class _WorkerConnection(asyncio.Protocol):
         self.pool._worker_lost(self)
 
     def send(self, request_id: int, pending: _Pending) -> None:
-        assert self.transport is not None
         self.pending[request_id] = pending
-        self.transport.writelines(infer_frame(request_id, pending.body, pending.json_length, pending.deadline))
+        if not self.outbox:
+            # Flush once per event-loop turn: requests dispatched in the same turn reach the
+            # worker in one write and one wake-up, and it can run them as one batch.
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outbox.extend(infer_frame(request_id, pending.body, pending.json_length, pending.deadline))
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(self.outbox)
+        self.outbox = []
 
     def kill(self) -> None:
         if self.pid:
@@ -259,6 +278,9 @@ class ProcessPool(ModelPool):
         self.threads = settings.thread_cap(server)
         # A worker needs a whole batch in hand to batch it.
         self.depth = max(server.pipeline_depth, settings.max_batch_size)
+        self.batch_depth = max(self.depth, BATCH_DEPTH)
+        self.batchable = bool(getattr(entry.cls, "supports_batching", False))
+        self.cost = 0.0  # EWMA of the compute seconds per request the workers report
         self.spec = worker_module.WorkerSpec(
             settings=settings.model_dump(),
             settings_path=str(settings.path),
@@ -422,19 +444,30 @@ class ProcessPool(ModelPool):
     # ------------------------------------------------------------------ requests
 
     @property
+    def packing(self) -> bool:
+        return self.batchable and self.cost < PACK_BELOW
+
+    @property
     def capacity(self) -> int:
-        return sum(self.depth for c in self._workers if c is not None and c.ready)
+        depth = self.batch_depth if self.packing else self.depth
+        return sum(depth for c in self._workers if c is not None and c.ready)
 
     @property
     def inflight(self) -> int:
         return self._inflight
 
     def _pick(self, exclude: _WorkerConnection | None = None) -> _WorkerConnection | None:
+        pack = self.packing
+        depth = self.batch_depth if pack else self.depth
         best: _WorkerConnection | None = None
         for conn in self._workers:
-            if conn is None or not conn.ready or conn is exclude or len(conn.pending) >= self.depth:
+            if conn is None or not conn.ready or conn is exclude or len(conn.pending) >= depth:
                 continue
-            if best is None or len(conn.pending) < len(best.pending):
+            if best is None:
+                best = conn
+            elif pack and len(conn.pending) > len(best.pending):
+                best = conn
+            elif not pack and len(conn.pending) < len(best.pending):
                 best = conn
         return best
 
@@ -449,7 +482,8 @@ class ProcessPool(ModelPool):
         conn.send(self._next_id, _Pending(future, body, json_length, deadline, time.monotonic()))
         return future
 
-    def _request_done(self) -> None:
+    def _request_done(self, compute: float) -> None:
+        self.cost += 0.1 * (compute - self.cost)
         self._inflight -= 1
         self.on_capacity()
 

@@ -193,7 +193,10 @@ class ModelRepository:
                 runtime_name = entry.name
                 pool = self._make_pool(settings, entry)
                 await pool.start()
-            except RuntimeCoreError as exc:
+            except Exception as exc:
+                if not isinstance(exc, RuntimeCoreError):  # a bug, in a plugin or here: log it whole
+                    log.error("model %r: unexpected error while loading", name, exc_info=True)
+                    exc = ModelLoadError(f"unexpected error: {exc}", model=name)
                 seconds = time.perf_counter() - started
                 log.error("model %r (%s): load failed: %s", name, settings.path, exc.message)
                 self.progress(name, runtime_name, seconds, exc.message)

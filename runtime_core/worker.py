@@ -114,6 +114,17 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+def set_process_name(name: str) -> None:
+    """Set the kernel's name for this process (``ps -o comm``, ``top``; 15 bytes at most)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def _watch_main_process(pid: int) -> None:
     """Daemon thread body: exit at once when the main process is gone."""
     try:
@@ -162,6 +173,7 @@ class _WorkerProtocol(asyncio.Protocol):
         self.batcher = batcher
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
+        self.outbox: list[bytes] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,8 +197,15 @@ class _WorkerProtocol(asyncio.Protocol):
                     self.transport.write(control_frame(request_id, {"event": "pong"}))
 
     def _reply(self, request_id: int, future: asyncio.Future[Outcome]) -> None:
+        if not self.outbox:
+            # The replies of one batch leave in one write (one wake-up of the main process).
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outbox.append(reply_frame(request_id, future.result()))
+
+    def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(reply_frame(request_id, future.result()))
+            self.transport.writelines(self.outbox)
+        self.outbox = []
 
     def _finish(self) -> None:
         if not self.done.done():
@@ -215,6 +234,7 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runti
     """Body of a worker process (forked or fresh). Never returns."""
     code = 0
     try:
+        set_process_name(f"rc-w{index}:{spec.settings['name']}")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -342,6 +362,7 @@ def zygote_main(ctl_fd: int, expected_parent: int) -> None:
     ctl = socket.socket(fileno=ctl_fd)
     spec: WorkerSpec = pickle.loads(ctl.recv(1 << 20))
     configure_logging(spec.log_level)
+    set_process_name(f"rc-z:{spec.settings['name']}")
     zygote = _Zygote(ctl, spec)
     try:
         zygote.prepare()
