@@ -177,7 +177,10 @@ class ModelHandler:
                 self._encode(
                     request,
                     InferenceResponse(
-                        [Tensor(t.name, pieces[k][n], t.datatype, t.parameters) for k, t in enumerate(response.outputs)],
+                        [
+                            Tensor(t.name, pieces[k][n], t.datatype, t.parameters)
+                            for k, t in enumerate(response.outputs)
+                        ],
                         response.parameters,
                     ),
                     started,

@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import cast
 
 import pluggy
 
@@ -84,7 +85,8 @@ class RuntimeRegistry:
             installed = ", ".join(sorted(e.name for e in self._entries)) or "none"
             where = f" ({path})" if path else ""
             raise RuntimeNotFound(
-                f"model {model!r}{where} names runtime {name!r}, which is not installed; installed runtimes: {installed}",
+                f"model {model!r}{where} names runtime {name!r}, which is not installed;"
+                f" installed runtimes: {installed}",
                 model=model,
                 path=path,
             ) from None
@@ -103,14 +105,17 @@ class RuntimeRegistry:
             dist = dists.get(id(impl.plugin))
             dist_name = dist.metadata["Name"] if dist is not None else "(registered directly)"
             dist_version = dist.version if dist is not None else ""
-            for runtime_cls in impl.function() or []:
+            registered = cast("list[object]", impl.function() or [])
+            for runtime_cls in registered:
                 if not (isinstance(runtime_cls, type) and issubclass(runtime_cls, Runtime)):
                     raise PluginError(f"plugin {impl.plugin_name!r} registered {runtime_cls!r}, not a Runtime subclass")
                 name = getattr(runtime_cls, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginError(f"runtime {runtime_cls.__qualname__} of plugin {impl.plugin_name!r} sets no name")
                 entries.append(
-                    RuntimeEntry(name, tuple(runtime_cls.aliases), runtime_cls, dist_name, dist_version, impl.plugin_name)
+                    RuntimeEntry(
+                        name, tuple(runtime_cls.aliases), runtime_cls, dist_name, dist_version, impl.plugin_name
+                    )
                 )
         return cls(entries)
 

@@ -113,7 +113,7 @@ class ModelPool(abc.ABC):
     @abc.abstractmethod
     def health(self) -> PoolHealth: ...
 
-    def set_background(self, background: bool) -> bool:  # noqa: B027 - optional for backends
+    def set_background(self, background: bool) -> bool:
         """Lower (or restore) the CPU priority of the pool's workers; returns whether it applied."""
         return False
 
@@ -207,6 +207,7 @@ class _WorkerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.background = False
         self.outbox: list[bytes] = []
+        self.timed_out: set[int] = set()  # ids of requests that ran past worker_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -368,9 +369,9 @@ class ProcessPool(ModelPool):
         event = pickle.loads(message)
         kind = event.get("event")
         if kind == "spawned":
-            fut = self._spawned.pop(event["index"], None)
-            if fut is not None and not fut.done():
-                fut.set_result(event["pid"])
+            spawned = self._spawned.pop(event["index"], None)
+            if spawned is not None and not spawned.done():
+                spawned.set_result(event["pid"])
         elif kind == "exited":
             status = event["status"]
             if os.WIFSIGNALED(status) and not self._closing:
@@ -490,7 +491,7 @@ class ProcessPool(ModelPool):
     def _worker_lost(self, conn: _WorkerConnection) -> None:
         orphans = list(conn.pending.values())
         conn.pending.clear()
-        timed_out = getattr(conn, "timed_out", set())
+        timed_out = conn.timed_out
         for pending in orphans:
             if pending.future.done():
                 self._inflight -= 1
@@ -555,7 +556,7 @@ class ProcessPool(ModelPool):
                         conn.pid,
                         limit,
                     )
-                    conn.timed_out = {id(oldest)}  # type: ignore[attr-defined]
+                    conn.timed_out = {id(oldest)}
                     conn.kill()
 
     # ------------------------------------------------------------------ health & CPU

@@ -66,6 +66,8 @@ _NAME_BY_DTYPE: dict[np.dtype[Any], str] = {
 # numpy kinds of JSON values accepted for each datatype family.
 _ACCEPTED_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
 _LENGTH = struct.Struct("<I")
+_MAX_DIMS = 64
+_MAX_ELEMENTS = 2**59  # times the largest item size (8) stays below numpy's 2**63 limit
 
 
 def datatype_of(array: np.ndarray[Any, Any]) -> str:
@@ -158,9 +160,12 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
-        type(d) is int and d >= 0 for d in value  # noqa: E721 (bool is not a dimension)
+        type(d) is int and d >= 0 for d in value  # type(), not isinstance: bool is not a dimension
     ):
         raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers")
+    # numpy cannot even describe an empty array beyond these limits
+    if len(value) > _MAX_DIMS or math.prod(d for d in value if d) > _MAX_ELEMENTS:
+        raise InvalidRequest(f"{where}: shape {value} is too large")
     return tuple(value)
 
 
@@ -192,6 +197,9 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
         raise InvalidRequest(f"{where}: shape {list(shape)} needs {count} elements, data has {raw.size}")
     if count == 0:
         return np.empty(shape, dtype=dtype)
+    if dtype.kind in "iu" and raw.dtype.kind == "f":
+        # numpy reads a mix of small integers and integers >= 2**63 as floats
+        return _exact_integers(data, raw.shape, dtype, datatype, where).reshape(shape)
     if raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         expected = {"b": "booleans", "u": "integers", "i": "integers", "f": "numbers"}[dtype.kind]
         raise InvalidRequest(f"{where}: {datatype} data must be {expected}")
@@ -201,7 +209,26 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
             pass
         elif raw.min() < info.min or raw.max() > info.max:
             raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+    if dtype.kind == "f" and dtype.itemsize < 8:
+        # JSON has no infinities: an infinite value after the cast is an overflow.
+        with np.errstate(over="ignore"):
+            cast = raw.astype(dtype)
+        if not np.isfinite(cast).all():
+            raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+        return cast.reshape(shape)
     return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _exact_integers(
+    data: Any, shape: tuple[int, ...], dtype: np.dtype[Any], datatype: str, where: str
+) -> np.ndarray[Any, Any]:
+    values = np.array(data, dtype=object)
+    if values.shape != shape or not all(type(x) is int or type(x) is bool for x in values.flat):
+        raise InvalidRequest(f"{where}: {datatype} data must be integers")
+    info = np.iinfo(dtype)
+    if min(values.flat) < info.min or max(values.flat) > info.max:
+        raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+    return values.astype(dtype)
 
 
 def _from_binary(
@@ -214,6 +241,8 @@ def _from_binary(
     chunk = tail[offset : offset + size]
     count = math.prod(shape)
     if datatype == "BYTES":
+        if count > size // _LENGTH.size:  # each element needs at least its 4-byte length
+            raise InvalidRequest(f"{where}: BYTES data is shorter than shape {list(shape)} needs")
         out = np.empty(count, dtype=object)
         pos = 0
         for i in range(count):
@@ -235,7 +264,7 @@ def _from_binary(
             f" binary_data_size is {size}"
         )
     array = np.frombuffer(chunk, dtype=dtype, count=count).reshape(shape)
-    if datatype == "BOOL" and count and np.any(chunk.cast("B") > 1):
+    if datatype == "BOOL" and count and np.any(array.view(np.uint8) > 1):
         raise InvalidRequest(f"{where}: BOOL bytes must be 0 or 1")
     return array
 
@@ -278,7 +307,7 @@ def decode_request(body: bytes | memoryview, json_length: int | None = None) -> 
             raise InvalidRequest(f"{where}: appears twice")
         seen.add(name)
         datatype = item.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
         shape = _shape(item.get("shape"), where)
         params = _parameters(item.get("parameters"), where)

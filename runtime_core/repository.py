@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from runtime_core.settings import (
 log = logging.getLogger("runtime_core.repository")
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     UNKNOWN = "UNKNOWN"
     READY = "READY"
     LOADING = "LOADING"

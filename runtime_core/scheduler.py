@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections import deque
@@ -221,7 +222,7 @@ class FairScheduler:
             lane.inflight += 1
             self._inflight += 1
             sent = lane.pool.submit(item.body, item.json_length, item.deadline)
-            sent.add_done_callback(lambda done, lane=lane, item=item: self._finished(lane, item, done))
+            sent.add_done_callback(functools.partial(self._finished, lane, item))
         self._update_priorities()
 
     def _finished(self, lane: Lane, item: _Item, done: asyncio.Future[Outcome]) -> None:

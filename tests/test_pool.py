@@ -15,10 +15,9 @@ from typing import Any
 
 import psutil
 import pytest
+from support import infer_body, output, toy_model
 
 from runtime_core.testing import ServerProcess
-
-from support import infer_body, output, toy_model
 
 
 def zygotes(server: ServerProcess) -> list[psutil.Process]:
@@ -90,7 +89,7 @@ def test_per_worker_runtime_loads_in_every_worker(tmp_path: Path, serve: Any) ->
     server = serve(tmp_path)
     for model in ("each", "threaded"):
         with concurrent.futures.ThreadPoolExecutor(6) as ex:
-            docs = [d for s, d in ex.map(lambda _: infer(server, model, sleep=0.2), range(6)) if s == 200]
+            docs = [d for s, d in ex.map(lambda _, m=model: infer(server, m, sleep=0.2), range(6)) if s == 200]
         assert len(docs) == 6
         assert {output(d, "loaded_in")[0] for d in docs} == {output(d, "pid")[0] for d in docs}
         assert len({output(d, "pid")[0] for d in docs}) == 2
@@ -214,6 +213,7 @@ def test_a_model_that_fails_to_load_is_unavailable_and_the_others_serve(tmp_path
     server = serve(tmp_path)
     assert infer(server, "good")[0] == 200
     status, index = server.post_json("/v2/repository/index")
+    assert status == 200
     states = {m["name"]: m for m in index}
     assert states["good"]["state"] == "READY"
     assert states["bad"]["state"] == "UNAVAILABLE" and "refuses to load" in states["bad"]["reason"]

@@ -32,8 +32,6 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    server = site._server  # the bound port, when port 0 asked for a free one
-    bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    addresses = runner.addresses  # the bound port, when port 0 asked for a free one
+    bound = int(addresses[0][1]) if addresses else port
     return runner, bound

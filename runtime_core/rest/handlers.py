@@ -79,7 +79,7 @@ def _header_length(request: web.Request) -> int:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return -1
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest(f"{HEADER_LENGTH} must be a non-negative integer")
     return int(raw)
 
@@ -93,6 +93,8 @@ async def infer(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the limit of {limit}")
     json_length, deadline = _header_length(request), _deadline(request)
     body = await request.read()
+    if json_length > len(body):
+        raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
     outcome = await request.app[SCHEDULER].submit(record.name, body, json_length, deadline)
     if outcome.code:
         raise error_from_code(outcome.code, outcome.body.decode("utf-8", "replace"), model=record.name)
@@ -120,7 +122,10 @@ async def _optional_json(request: web.Request) -> dict[str, object]:
 
 async def repository_index(request: web.Request) -> web.Response:
     doc = await _optional_json(request)
-    return _json(request.app[REPOSITORY].index(ready_only=bool(doc.get("ready", False))))
+    ready_only = doc.get("ready") or False  # absent or null: every model
+    if not isinstance(ready_only, bool):
+        raise InvalidRequest("'ready' must be true or false")
+    return _json(request.app[REPOSITORY].index(ready_only=ready_only))
 
 
 async def repository_load(request: web.Request) -> web.Response:

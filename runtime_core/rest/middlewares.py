@@ -9,6 +9,7 @@ never to the client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -39,7 +40,7 @@ STATUS: dict[type[errors.RuntimeCoreError], int] = {
 def status_of(error: errors.RuntimeCoreError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
@@ -53,7 +54,9 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except errors.RuntimeCoreError as exc:
