@@ -101,6 +101,38 @@ class ThreadedLoad(Identity):
         threading.Thread(target=self._stop.wait, daemon=True).start()
 
 
+class Batching(Runtime):
+    """Row-wise toy: ``y`` is the input ``x``; ``call`` holds, for every row, the number of the
+    ``predict`` call that computed it (so a client can tell which requests shared a call);
+    ``rows`` how many rows that call had. A row holding -1 makes the whole call fail with a
+    400, which the server must pin on the request that carried it. Each call sleeps
+    ``parameters.extra.sleep`` seconds."""
+
+    name = "toy-batching"
+    share_loaded_model = True
+    supports_batching = True
+
+    async def load(self) -> None:
+        self.calls = 0
+
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        self.calls += 1
+        x = request.inputs[0].data
+        if (x == -1).any():
+            raise InvalidRequest("the toy model rejects -1, as asked")
+        delay = _extra(self, "sleep", 0.0)
+        if delay:
+            time.sleep(delay)
+        rows = x.shape[0]
+        outputs = [
+            Tensor("y", x),
+            Tensor("call", np.full(rows, self.calls, dtype=np.int64)),
+            Tensor("rows", np.full(rows, rows, dtype=np.int64)),
+        ]
+        wanted = request.output_names
+        return InferenceResponse(outputs=[t for t in outputs if not wanted or t.name in wanted])
+
+
 @hookimpl
 def rc_register_runtimes() -> list[type[Runtime]]:
-    return [Identity, PerWorkerIdentity, ThreadedLoad]
+    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching]

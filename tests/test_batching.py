@@ -1,0 +1,108 @@
+"""Adaptive batching and coalescing in the model's workers (and in the main process).
+
+A toy row-wise runtime reports, per row, which ``predict`` call computed it, so
+the tests count calls and check that every request got exactly its own rows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import output, toy_model
+
+from runtime_core.testing import ServerProcess
+
+
+def rows_body(values: list[float], outputs: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "x", "shape": [len(values), 1], "datatype": "FP64", "data": values}]
+    }
+    if outputs:
+        body["outputs"] = [{"name": n} for n in outputs]
+    return body
+
+
+def infer(server: ServerProcess, body: dict[str, Any]) -> tuple[int, Any]:
+    return server.post_json("/v2/models/batch/infer", body)
+
+
+def concurrently(server: ServerProcess, bodies: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as ex:
+        return list(ex.map(lambda b: infer(server, b), bodies))
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+def test_concurrent_requests_share_calls_and_get_their_own_rows(tmp_path: Path, serve: Any, workers: int) -> None:
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=workers,
+        max_batch_size=8, max_batch_time=0.5, parameters={"extra": {"sleep": 0.05}},
+    )
+    server = serve(tmp_path)
+    bodies = [rows_body([float(i), float(i) + 0.5]) for i in range(16)]
+    results = concurrently(server, bodies)
+    assert all(status == 200 for status, _ in results), results
+    for body, (_, doc) in zip(bodies, results, strict=True):
+        assert output(doc, "y") == body["inputs"][0]["data"]
+    calls = {output(doc, "call")[0] for _, doc in results}
+    assert len(calls) < len(bodies)
+    assert max(output(doc, "rows")[0] for _, doc in results) > 2  # some call ran several requests
+    assert max(output(doc, "rows")[0] for _, doc in results) <= 2 * 8  # never more than max_batch_size
+
+
+def test_a_malformed_or_failing_request_fails_alone(tmp_path: Path, serve: Any) -> None:
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=1,
+        max_batch_size=8, max_batch_time=0.5,
+    )
+    server = serve(tmp_path)
+    bodies = [rows_body([float(i)]) for i in range(6)]
+    bodies.append({"inputs": [{"name": "x", "shape": [2, 1], "datatype": "FP64", "data": [1.0]}]})  # malformed
+    bodies.append(rows_body([-1.0]))  # makes the model raise
+    results = concurrently(server, bodies)
+    statuses = [status for status, _ in results]
+    assert statuses == [200] * 6 + [400, 400]
+    assert "needs 2 elements" in results[6][1]["error"]
+    assert results[7][1] == {"error": "the toy model rejects -1, as asked"}
+    for body, (_, doc) in zip(bodies[:6], results[:6], strict=True):
+        assert output(doc, "y") == body["inputs"][0]["data"]
+
+
+def test_requests_asking_for_different_outputs_are_answered_correctly(tmp_path: Path, serve: Any) -> None:
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=1,
+        max_batch_size=8, max_batch_time=0.3,
+    )
+    server = serve(tmp_path)
+    bodies = [rows_body([float(i)], outputs=["y"] if i % 2 else ["rows", "y"]) for i in range(8)]
+    results = concurrently(server, bodies)
+    for body, (status, doc) in zip(bodies, results, strict=True):
+        assert status == 200
+        assert [o["name"] for o in doc["outputs"]] == [o["name"] for o in body["outputs"]]
+        assert output(doc, "y") == body["inputs"][0]["data"]
+
+
+def test_a_lone_request_waits_no_longer_than_the_batch_window(tmp_path: Path, serve: Any) -> None:
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=1,
+        max_batch_size=64, max_batch_time=1.0,
+    )
+    server = serve(tmp_path)
+    infer(server, rows_body([0.0]))  # warm
+    started = time.monotonic()
+    status, doc = infer(server, rows_body([1.0]))
+    waited = time.monotonic() - started
+    assert status == 200 and output(doc, "rows") == [1]
+    # A liveness bound, not a speed test: the batch closes when the window ends.
+    assert waited < 1.0 + 2.0
+
+
+def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "batch", runtime="toy-batching", parallel_workers=1, parameters={"extra": {"sleep": 0.1}})
+    server = serve(tmp_path)
+    results = concurrently(server, [rows_body([float(i)]) for i in range(8)])
+    assert all(status == 200 for status, _ in results)
+    assert len({output(doc, "call")[0] for _, doc in results}) < 8
