@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from runtime_core import __version__
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         "--parallel-workers",
         type=int,
         help="default worker processes per model; 0 runs inference in the main process (default 4)",
+    )
+    start.add_argument(
+        "--watch",
+        action="store_true",
+        default=None,
+        help="reload a model when its files change, load new model folders, unload removed ones",
     )
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (default info)")
     commands.add_parser(
@@ -103,7 +110,10 @@ async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         summary = f"{ready} model{'s' if ready != 1 else ''} ready" + (f", {failed} unavailable" if failed else "")
         print(f"runtime-core ready at http://{host}:{port} ({summary})", flush=True)
+        watcher = loop.create_task(repository.watch(settings.watch_interval)) if settings.watch else None
         await stopper
+        if watcher is not None:
+            watcher.cancel()
     else:
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -111,7 +121,10 @@ async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
     print("runtime-core: stopping", flush=True)
     state.draining = True
     scheduler.close()
-    await repository.aclose(settings.shutdown_grace)
+    started = time.monotonic()
+    if not await scheduler.drain(settings.shutdown_grace):
+        log.warning("requests still running after shutdown_grace (%g s) are cancelled", settings.shutdown_grace)
+    await repository.aclose(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     await runner.cleanup()
     print("runtime-core: stopped", flush=True)
     return 0
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             http_port=args.http_port,
             parallel_workers=args.parallel_workers,
             log_level=args.log_level,
+            watch=args.watch,
         )
         configure_logging("warning" if settings.log_level == "info" else settings.log_level)
         logging.getLogger("runtime_core").setLevel(settings.log_level.upper())

@@ -15,6 +15,7 @@ new pool fails to load, the old one keeps serving and the error is returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -245,6 +246,59 @@ class ModelRepository:
             record.state = ModelState.UNAVAILABLE
             record.reason = "unloaded"
             log.info("model %r unloaded", name)
+
+    # ------------------------------------------------------------------ watching
+
+    def _fingerprints(self, found: dict[str, ModelSettings]) -> dict[str, tuple[Any, ...]]:
+        """Per model: sizes and mtimes of its settings file, the files beside it and its URI."""
+        prints: dict[str, tuple[Any, ...]] = {}
+        for name, settings in found.items():
+            files: set[Path] = set()
+            if settings.folder is not None:
+                files.update(p for p in settings.folder.iterdir() if p.is_file())
+            try:
+                uri = settings.resolve_uri(self.root)
+            except SettingsError:
+                uri = None
+            if uri is not None and uri.is_file():
+                files.add(uri)
+            stamp = []
+            for path in sorted(files):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                stamp.append((str(path), st.st_mtime_ns, st.st_size))
+            prints[name] = tuple(stamp)
+        return prints
+
+    async def watch(self, interval: float) -> None:
+        """Poll the repository folder: load new models, reload changed ones (new workers up,
+        then switch, then old ones drained), unload removed ones. Runs until cancelled."""
+        known = self._fingerprints(self.scan()[0])
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                found, _ = self.scan()
+                current = self._fingerprints(found)
+            except OSError as exc:
+                log.warning("cannot scan the model repository: %s", exc)
+                continue
+            for name in sorted(set(known) - set(current)):
+                record = self._records.get(name)
+                if record is not None and record.state is ModelState.READY:
+                    log.info("model %r: its folder is gone; unloading", name)
+                    with contextlib.suppress(RuntimeCoreError):
+                        await self.unload(name)
+            for name, stamp in sorted(current.items()):
+                if known.get(name) == stamp:
+                    continue
+                log.info("model %r: files changed; (re)loading", name)
+                try:
+                    await self._load(found[name])
+                except RuntimeCoreError as exc:
+                    log.error("model %r: reload failed, the old version keeps serving: %s", name, exc.message)
+            known = current
 
     async def aclose(self, grace: float = 30.0) -> None:
         names = [n for n, r in self._records.items() if r.pool is not None]

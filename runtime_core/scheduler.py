@@ -155,6 +155,15 @@ class FairScheduler:
         """Refuse new requests (queued ones still run)."""
         self._closing = True
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is queued or in flight (``close`` first); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._inflight or any(lane.queue for lane in self._lanes.values()):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     def __contains__(self, key: str) -> bool:
         return key in self._lanes
 

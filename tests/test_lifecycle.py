@@ -1,0 +1,85 @@
+"""Graceful shutdown under load and hot reload of a watched repository."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from support import infer_body, output, toy_model
+
+from runtime_core.testing import ServerProcess
+
+
+def infer(server: ServerProcess, model: str, **params: Any) -> tuple[int, Any]:
+    try:
+        return server.post_json(f"/v2/models/{model}/infer", infer_body([1.0], **params), timeout=30)
+    except OSError:
+        return -1, None  # connection refused: the server had stopped listening
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "slow", parallel_workers=2, parameters={"extra": {"sleep": 0.2}})
+    server = serve(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        accepted = [ex.submit(infer, server, "slow") for _ in range(12)]  # 4 running, 8 queued
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        ready_status = server.get("/v2/health/ready")[0]
+        late = infer(server, "slow")[0]
+        results = [f.result()[0] for f in accepted]
+    assert results == [200] * 12  # queued work was finished, not dropped
+    assert ready_status == 503
+    assert late in (503, -1)
+    assert server.proc.wait(timeout=30) == 0
+
+
+def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path, serve: Any) -> None:
+    repo = tmp_path / "repo"
+    toy_model(repo, "kept", parallel_workers=1)
+    server = serve(repo, args=["--watch"], env={"RUNTIME_CORE_WATCH_INTERVAL": "0.2"})
+    before = output(infer(server, "kept")[1], "loaded_in")[0]
+
+    toy_model(repo, "fresh", parallel_workers=1)
+    wait_for(lambda: infer(server, "fresh")[0] == 200)
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            statuses.append(infer(server, "kept", sleep=0.01)[0])
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        settings = repo / "kept" / "model-settings.json"
+        doc = json.loads(settings.read_text())
+        doc["parameters"] = {"extra": {"revision": 2}}
+        time.sleep(0.3)
+        settings.write_text(json.dumps(doc))
+        wait_for(lambda: output(infer(server, "kept")[1], "loaded_in")[0] != before)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        worker.join()
+    assert statuses and set(statuses) == {200}
+
+    shutil.rmtree(repo / "fresh")
+    wait_for(lambda: infer(server, "fresh")[0] in (404, 503))
+    assert infer(server, "kept")[0] == 200
