@@ -96,6 +96,12 @@ class ServerSettings(BaseSettings):
     """Run the workers of a model with a backlog at idle CPU priority (SCHED_IDLE), so that
     models under their fair share preempt them on the CPU."""
 
+    watch: bool = False
+    """Poll the model repository and load new, reload changed and unload removed models."""
+
+    watch_interval: float = Field(1.0, gt=0)
+    """Seconds between two polls of the model repository when ``watch`` is on."""
+
     shutdown_grace: float = Field(30.0, ge=0)
     """Seconds that queued and running requests get to finish after SIGTERM or SIGINT."""
 
