@@ -4,8 +4,8 @@ A frame on a worker's data socket (a stream socket) is::
 
     u32 length | u8 kind | u64 request id | payload (length - 9 bytes)
 
-``INFER`` payloads are ``i32 json_length | f64 deadline | request body``;
-``REPLY`` payloads are ``u8 error code | i32 json_length | f64 compute seconds |
+``INFER`` payloads are ``i64 json_length | f64 deadline | request body``;
+``REPLY`` payloads are ``u8 error code | i64 json_length | f64 compute seconds |
 body``. The request body goes through untouched: the main process never parses
 it. ``CONTROL`` frames carry small pickled dicts (ready, unload, ...), which are
 rare. Errors cross as ``(code, message)``, never as pickled exceptions.
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
-INFER_HEAD = struct.Struct("<id")  # json_length (-1: pure JSON), deadline (0: none)
-REPLY_HEAD = struct.Struct("<Bid")  # error code (0: ok), json_length, compute seconds
+INFER_HEAD = struct.Struct("<qd")  # json_length (-1: pure JSON), deadline (0: none)
+REPLY_HEAD = struct.Struct("<Bqd")  # error code (0: ok), json_length, compute seconds
 
 INFER = 1
 REPLY = 2

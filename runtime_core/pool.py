@@ -478,9 +478,9 @@ class ProcessPool(ModelPool):
         if conn is None:
             future.set_exception(ModelNotReady(f"model {self.settings.name!r} has no ready worker"))
             return future
-        self._inflight += 1
         self._next_id += 1
         conn.send(self._next_id, _Pending(future, body, json_length, deadline, time.monotonic()))
+        self._inflight += 1  # only once it is really in flight: a failed send must not leak a slot
         return future
 
     def _request_done(self, compute: float) -> None:

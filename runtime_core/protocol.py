@@ -159,9 +159,8 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        type(d) is int and d >= 0 for d in value  # type(), not isinstance: bool is not a dimension
-    ):
+    # type(), not isinstance(): a bool is not a dimension
+    if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
         raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers")
     # numpy cannot even describe an empty array beyond these limits
     if len(value) > _MAX_DIMS or math.prod(d for d in value if d) > _MAX_ELEMENTS:
@@ -184,9 +183,7 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
             else:
                 raise InvalidRequest(f"{where}: BYTES data must be strings")
         if out.shape[0] != count:
-            raise InvalidRequest(
-                f"{where}: shape {list(shape)} needs {count} elements, data has {out.shape[0]}"
-            )
+            raise InvalidRequest(f"{where}: shape {list(shape)} needs {count} elements, data has {out.shape[0]}")
         return out.reshape(shape)
     dtype = DATATYPES[datatype]
     try:
