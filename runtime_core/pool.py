@@ -182,6 +182,140 @@ class InProcessPool(ModelPool):
             await self._runtime.unload()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _template_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for var in worker_module.THREAD_ENV_VARS:
+        env[var] = "1"  # templates must stay single-threaded to fork safely
+    return env
+
+
+class _Root:
+    """Main-side handle of one runtime's root template process."""
+
+    def __init__(self, import_path: str, log_level: str) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "runtime_core.worker", "--root",
+                str(child.fileno()), str(os.getpid()), import_path, log_level,
+            ],
+            pass_fds=[child.fileno()],
+            env=_template_env(),
+            start_new_session=True,
+        )
+        child.close()
+        parent.setblocking(False)
+        self.ctl = parent
+        self.alive = True
+        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting: list[asyncio.Future[int]] = []
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            message = self.ctl.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if not message:
+            self.alive = False
+            asyncio.get_running_loop().remove_reader(self.ctl.fileno())
+            if not self.ready.done():
+                self.ready.set_result({"event": "root_failed", "error": "the runtime template exited"})
+            for fut in self.waiting:
+                if not fut.done():
+                    fut.set_exception(WorkerDied("the runtime template exited"))
+            self.waiting.clear()
+            return
+        event = pickle.loads(message)
+        if not self.ready.done():
+            self.ready.set_result(event)
+        elif event.get("event") == "forked" and self.waiting:
+            fut = self.waiting.pop(0)
+            if not fut.done():
+                fut.set_result(event["pid"])
+
+    async def fork(self, spec: worker_module.WorkerSpec) -> tuple[socket.socket, int]:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        try:
+            socket.send_fds(self.ctl, [pickle.dumps({"cmd": "zygote", "spec": spec})], [child.fileno()])
+        except OSError:
+            self.waiting.remove(fut)
+            parent.close()
+            raise WorkerDied("the runtime template is gone") from None
+        finally:
+            child.close()
+        return parent, await fut
+
+    async def aclose(self) -> None:
+        if self.alive:
+            with contextlib.suppress(OSError, ValueError):
+                asyncio.get_running_loop().remove_reader(self.ctl.fileno())
+        self.ctl.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5.0)
+        except TimeoutError:
+            self.proc.kill()
+
+
+class Templates:
+    """One root template per runtime (import path), shared by all models of that runtime.
+
+    A model's zygote is forked from its runtime's root, which has already imported the
+    framework: a second model of a runtime starts without importing it again. When a
+    root cannot be used (it failed, or it has threads and so must not fork), models fall
+    back to zygotes started as fresh interpreters.
+    """
+
+    def __init__(self, log_level: str = "info") -> None:
+        self.log_level = log_level
+        self._roots: dict[str, _Root] = {}
+        self._lock = asyncio.Lock()
+
+    async def _root(self, import_path: str) -> _Root | None:
+        async with self._lock:
+            root = self._roots.get(import_path)
+            if root is None or not root.alive:
+                root = _Root(import_path, self.log_level)
+                self._roots[import_path] = root
+        event = await root.ready
+        if event.get("event") != "root_ready" or not event.get("fork_safe"):
+            return None
+        return root if root.alive else None
+
+    def prewarm(self, import_path: str) -> None:
+        """Start ``import_path``'s root template now, so that it imports while other work goes on."""
+        if import_path not in self._roots or not self._roots[import_path].alive:
+            self._roots[import_path] = _Root(import_path, self.log_level)
+
+    async def fork_zygote(self, spec: worker_module.WorkerSpec) -> tuple[socket.socket, int] | None:
+        """A control socket to a new zygote for ``spec`` and its pid, or None to fall back."""
+        root = await self._root(spec.import_path)
+        if root is None:
+            return None
+        try:
+            return await root.fork(spec)
+        except WorkerDied:
+            return None
+
+    async def aclose(self) -> None:
+        roots, self._roots = list(self._roots.values()), {}
+        await asyncio.gather(*(r.aclose() for r in roots), return_exceptions=True)
+
+
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Outcome]
@@ -271,6 +405,7 @@ class ProcessPool(ModelPool):
         *,
         uri: str | None,
         load_limiter: asyncio.Semaphore | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.settings = settings
         self.entry = entry
@@ -293,7 +428,9 @@ class ProcessPool(ModelPool):
         )
         self._limiter = load_limiter or asyncio.Semaphore(1)
         self._workers: list[_WorkerConnection | None] = [None] * self.size
+        self._templates = templates
         self._zygote: subprocess.Popen[bytes] | None = None
+        self._zygote_pid = 0
         self._ctl: socket.socket | None = None
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._spawned: dict[int, asyncio.Future[int]] = {}
@@ -325,22 +462,25 @@ class ProcessPool(ModelPool):
 
     async def _start_zygote(self) -> None:
         loop = asyncio.get_running_loop()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        for var in worker_module.THREAD_ENV_VARS:
-            env[var] = "1"
-        self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "runtime_core.worker", "--zygote", str(child.fileno()), str(os.getpid())],
-            pass_fds=[child.fileno()],
-            env=env,
-            start_new_session=True,
-        )
-        child.close()
+        forked = await self._templates.fork_zygote(self.spec) if self._templates is not None else None
+        if forked is not None:
+            parent, self._zygote_pid = forked
+            self._zygote = None
+        else:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._zygote = subprocess.Popen(
+                [sys.executable, "-m", "runtime_core.worker", "--zygote", str(child.fileno()), str(os.getpid())],
+                pass_fds=[child.fileno()],
+                env=_template_env(),
+                start_new_session=True,
+            )
+            self._zygote_pid = self._zygote.pid
+            child.close()
+            parent.send(pickle.dumps(self.spec, protocol=pickle.HIGHEST_PROTOCOL))
         parent.setblocking(False)
         self._ctl = parent
         self._events = asyncio.Queue()
         loop.add_reader(parent.fileno(), self._read_control, parent)
-        parent.send(pickle.dumps(self.spec, protocol=pickle.HIGHEST_PROTOCOL))
         try:
             event = await asyncio.wait_for(self._events.get(), self.server.startup_timeout)
         except TimeoutError:
@@ -439,6 +579,12 @@ class ProcessPool(ModelPool):
                 await asyncio.wait_for(asyncio.to_thread(self._zygote.wait), 5.0)
             except TimeoutError:
                 self._zygote.kill()
+        elif self._zygote_pid:  # forked by a root template, which reaps it
+            stop_by = time.monotonic() + 5.0
+            while _alive(self._zygote_pid) and time.monotonic() < stop_by:
+                await asyncio.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._zygote_pid, signal.SIGKILL)
         for task in list(self._tasks):
             task.cancel()
 

@@ -27,7 +27,7 @@ from typing import Any
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
 from runtime_core.inference import client_message
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
-from runtime_core.pool import InProcessPool, ModelPool, ProcessPool
+from runtime_core.pool import InProcessPool, ModelPool, ProcessPool, Templates
 from runtime_core.runtime import ModelMetadata, RuntimeContext
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
@@ -97,6 +97,7 @@ class ModelRepository:
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
+        self.templates = Templates(server.log_level)
 
     # ------------------------------------------------------------------ discovery
 
@@ -134,6 +135,13 @@ class ModelRepository:
             record.reason = client_message(error.message)
             log.error("%s", error.message)
             self.progress(name, "?", 0.0, error.message)
+        # Importing a framework is slow but light on memory: start every runtime's root
+        # template at once, outside the load limiter; the loads then only fork and load.
+        for settings in found.values():
+            with contextlib.suppress(RuntimeCoreError):
+                entry = self._entry(settings)
+                if settings.workers(self.server) > 0:
+                    self.templates.prewarm(entry.import_path)
         await asyncio.gather(*(self._load(s) for s in found.values()))
 
     # ------------------------------------------------------------------ operations
@@ -176,7 +184,12 @@ class ModelRepository:
             )
             return InProcessPool(entry.cls(settings, context), self.server.pipeline_depth)
         return ProcessPool(
-            settings, entry, self.server, uri=str(uri) if uri else None, load_limiter=self._limiter
+            settings,
+            entry,
+            self.server,
+            uri=str(uri) if uri else None,
+            load_limiter=self._limiter,
+            templates=self.templates,
         )
 
     async def _load(self, settings: ModelSettings) -> ModelRecord:
@@ -308,6 +321,7 @@ class ModelRepository:
             self._records[name].pool = None
             self._records[name].state = ModelState.UNAVAILABLE
             self._records[name].reason = "server stopped"
+        await self.templates.aclose()
 
     # ------------------------------------------------------------------ queries
 

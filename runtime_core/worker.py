@@ -149,13 +149,38 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, pid, message, and
+    ``model`` when the call passed ``extra={"model": ...}``; ``exception`` holds a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+
+        doc: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        model = getattr(record, "model", None)
+        if model is not None:
+            doc["model"] = model
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, fmt: str | None = None) -> None:
+    """Log to stderr at ``level``; ``fmt`` is ``text`` or ``json`` (default: the
+    ``RUNTIME_CORE_LOG_FORMAT`` variable, which workers inherit from the server)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if (fmt or os.environ.get("RUNTIME_CORE_LOG_FORMAT", "text")).lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def _metadata(runtime: Runtime) -> ModelMetadata:
@@ -339,6 +364,7 @@ class _Zygote:
 
     def serve(self) -> None:
         signal.signal(signal.SIGCHLD, self._reap)
+        self._reap(signal.SIGCHLD, None)  # workers that exited before the handler was set
         while True:
             try:
                 message, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 16, 4)
@@ -354,13 +380,9 @@ class _Zygote:
                 os._exit(0)
 
 
-def zygote_main(ctl_fd: int, expected_parent: int) -> None:
-    _set_parent_death_signal()
-    if os.getppid() != expected_parent:  # the main process died before prctl took effect
-        os._exit(1)
+def _run_zygote(ctl: socket.socket, spec: WorkerSpec) -> None:
+    """Body of a model's zygote, however it was started. Never returns."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ctl = socket.socket(fileno=ctl_fd)
-    spec: WorkerSpec = pickle.loads(ctl.recv(1 << 20))
     configure_logging(spec.log_level)
     set_process_name(f"rc-z:{spec.settings['name']}")
     zygote = _Zygote(ctl, spec)
@@ -371,11 +393,71 @@ def zygote_main(ctl_fd: int, expected_parent: int) -> None:
         zygote.send({"event": "load_failed", "error": client_message(str(exc))})
         os._exit(3)
     zygote.serve()
+    os._exit(0)
+
+
+def zygote_main(ctl_fd: int, expected_parent: int) -> None:
+    _set_parent_death_signal()
+    if os.getppid() != expected_parent:  # the main process died before prctl took effect
+        os._exit(1)
+    ctl = socket.socket(fileno=ctl_fd)
+    _run_zygote(ctl, pickle.loads(ctl.recv(1 << 20)))
+
+
+def root_main(ctl_fd: int, expected_parent: int, import_path: str, log_level: str) -> None:
+    """A runtime's root template: imports the runtime (and what its ``preload`` imports) once,
+    then forks one zygote per model of that runtime on request. Model zygotes therefore
+    start without importing the framework again, and share its pages with each other."""
+    _set_parent_death_signal()
+    if os.getppid() != expected_parent:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(log_level)
+    ctl = socket.socket(fileno=ctl_fd)
+    set_process_name(f"rc-r:{import_path.split('.')[0]}")
+
+    def send(message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            ctl.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    try:
+        import_runtime(import_path).preload()
+    except Exception as exc:
+        log.error("runtime %s failed to import", import_path, exc_info=True)
+        send({"event": "root_failed", "error": client_message(str(exc))})
+        os._exit(3)
+    fork_safe = thread_count() == 1
+    gc.collect()
+    gc.freeze()
+    send({"event": "root_ready", "fork_safe": fork_safe})
+    if not fork_safe:
+        os._exit(0)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # zygotes are reaped by the kernel
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
+        except OSError:
+            message, fds = b"", []
+        if not message:
+            os._exit(0)
+        command = pickle.loads(message)
+        if command["cmd"] != "zygote":
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            ctl.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _set_parent_death_signal()
+            _run_zygote(socket.socket(fileno=fds[0]), command["spec"])
+        os.close(fds[0])
+        send({"event": "forked", "pid": pid})
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--zygote"]:
         zygote_main(int(argv[1]), int(argv[2]))
+    elif argv[:1] == ["--root"]:
+        root_main(int(argv[1]), int(argv[2]), argv[3], argv[4])
     elif argv[:1] == ["--worker"]:
         spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())
         configure_logging(spec.log_level)

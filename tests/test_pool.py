@@ -21,9 +21,8 @@ from runtime_core.testing import ServerProcess
 
 
 def zygotes(server: ServerProcess) -> list[psutil.Process]:
-    return [
-        p for p in psutil.Process(server.pid).children() if "--zygote" in " ".join(p.cmdline())
-    ]
+    """The per-model template processes (named ``rc-z:<model>`` by the server)."""
+    return [p for p in psutil.Process(server.pid).children(recursive=True) if p.name().startswith("rc-z:")]
 
 
 def group_pids(server: ServerProcess) -> dict[int, set[int]]:
@@ -198,7 +197,9 @@ def test_crashing_request_gets_503_and_the_model_keeps_serving(two_models: Serve
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_process_outlives_the_server(two_models: ServerProcess, sig: int) -> None:
     procs = tree(two_models.pid)
-    assert len(procs) == 1 + 2 + 5  # main, two zygotes, five workers
+    names = sorted(p.name().split(":")[0] for p in procs[1:])
+    # one root template for the toy runtime, a zygote per model, five workers
+    assert names == ["rc-r"] + ["rc-w0"] * 2 + ["rc-w1"] * 2 + ["rc-w2"] + ["rc-z"] * 2
     code = two_models.stop(sig)
     if sig == signal.SIGTERM:
         assert code == 0

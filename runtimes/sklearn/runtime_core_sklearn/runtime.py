@@ -191,6 +191,15 @@ class SKLearnRuntime(Runtime):
         """The loaded estimator (``None`` before :meth:`load`)."""
         return self._model
 
+    @classmethod
+    def preload(cls) -> None:
+        """Import scikit-learn and the estimator families most models use, once, in the
+        template every sklearn model's workers are forked from."""
+        import joblib  # noqa: F401
+        import sklearn.ensemble  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
+        import sklearn.pipeline  # noqa: F401
+
     async def load(self) -> None:
         """Unpickle the artifact. joblib reads both its own format and plain pickle files,
         so one code path serves ``model.joblib``, ``model.pkl`` and ``model.pickle``."""

@@ -145,6 +145,12 @@ class XGBoostRuntime(Runtime):
     def is_classifier(self) -> bool:
         return self._objective in _CLASSIFIERS
 
+    @classmethod
+    def preload(cls) -> None:
+        """Import xgboost once, in the template every xgboost model's workers are forked from.
+        With OMP_NUM_THREADS=1 (set by the server) importing starts no thread."""
+        import xgboost  # noqa: F401
+
     async def load(self) -> None:
         path = self.require_uri()
         nthread = self._nthread()
