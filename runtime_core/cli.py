@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -76,11 +77,23 @@ def _print_runtimes(registry: RuntimeRegistry) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+#: Status lines go to stdout as text, or through the log as JSON (``log_format = "json"``).
+_json_status = False
+
+
+def _say(message: str, *, model: str | None = None, failed: bool = False) -> None:
+    if not _json_status:
+        print(message, flush=True)
+        return
+    text = message.strip().replace("  ", " ")
+    log.log(logging.ERROR if failed else logging.INFO, "%s", text, extra={"model": model} if model else None)
+
+
 def _progress(name: str, runtime: str, seconds: float, error: str | None) -> None:
     if error is None:
-        print(f"  loaded  {name} ({runtime}) in {seconds:.2f} s", flush=True)
+        _say(f"  loaded  {name} ({runtime}) in {seconds:.2f} s", model=name)
     else:
-        print(f"  FAILED  {name} ({runtime}): {error}", flush=True)
+        _say(f"  FAILED  {name} ({runtime}): {error}", model=name, failed=True)
 
 
 async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
@@ -97,7 +110,7 @@ async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
     except OSError as exc:
         print(f"runtime-core: cannot listen on {settings.host}:{settings.http_port}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"runtime-core {__version__}: loading models from {settings.model_repository}", flush=True)
+    _say(f"runtime-core {__version__}: loading models from {settings.model_repository}")
     loading = loop.create_task(repository.load_all())
     stopper = loop.create_task(stop.wait())
     await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -109,7 +122,7 @@ async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
         state.started = True
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         summary = f"{ready} model{'s' if ready != 1 else ''} ready" + (f", {failed} unavailable" if failed else "")
-        print(f"runtime-core ready at http://{host}:{port} ({summary})", flush=True)
+        _say(f"runtime-core ready at http://{host}:{port} ({summary})")
         watcher = loop.create_task(repository.watch(settings.watch_interval)) if settings.watch else None
         await stopper
         if watcher is not None:
@@ -118,7 +131,7 @@ async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await loading
-    print("runtime-core: stopping", flush=True)
+    _say("runtime-core: stopping")
     state.draining = True
     scheduler.close()
     started = time.monotonic()
@@ -126,7 +139,7 @@ async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
         log.warning("requests still running after shutdown_grace (%g s) are cancelled", settings.shutdown_grace)
     await repository.aclose(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     await runner.cleanup()
-    print("runtime-core: stopped", flush=True)
+    _say("runtime-core: stopped")
     return 0
 
 
@@ -161,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             watch=args.watch,
         )
-        configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+        # Workers inherit the environment: they log in the same format.
+        os.environ["RUNTIME_CORE_LOG_FORMAT"] = settings.log_format
+        configure_logging("warning" if settings.log_level == "info" else settings.log_level, settings.log_format)
         logging.getLogger("runtime_core").setLevel(settings.log_level.upper())
+        if settings.access_log:
+            logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+        global _json_status
+        _json_status = settings.log_format == "json"
         registry = load_registry()
     except RuntimeCoreError as exc:
         print(f"runtime-core: {exc.message}", file=sys.stderr)

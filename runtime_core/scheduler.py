@@ -46,9 +46,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runtime_core.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, QueueFull, ShuttingDown
@@ -58,6 +60,15 @@ from runtime_core.pool import ModelPool
 _EWMA = 0.2
 _INITIAL_COST = 0.001
 
+log = logging.getLogger("runtime_core.scheduler")
+
+#: ``observer(model, result, wait, compute, total)``, called once per request that reached a
+#: model's queue: ``result`` is the worker's :class:`Outcome` (``code`` 0: success) or, when no
+#: worker answered (queue full, deadline passed in the queue, worker died), an error ``code``.
+#: ``wait`` is the seconds spent queued here, ``compute`` the seconds the worker reported
+#: (0 without an Outcome), ``total`` the seconds from submit to the answer.
+Observer = Callable[[str, Outcome | int, float, float, float], None]
+
 
 @dataclass(slots=True)
 class _Item:
@@ -66,6 +77,7 @@ class _Item:
     json_length: int
     deadline: float
     enqueued: float
+    sent: float = 0.0
     estimate: float = 0.0
     skip_budget: bool = False
 
@@ -119,8 +131,8 @@ class FairScheduler:
         self._inflight = 0
         self._clock = 0.0
         self._closing = False
-        #: Called with (lane key, outcome, wait seconds) after every completed request.
-        self.observers: list[object] = []
+        #: Called once per request; see :data:`Observer` (the metrics hook).
+        self.observers: list[Observer] = []
 
     # ------------------------------------------------------------------ models
 
@@ -178,6 +190,8 @@ class FairScheduler:
             raise ShuttingDown("the server is shutting down", model=key)
         if len(lane.queue) >= lane.max_queue:
             lane.stats.rejected += 1
+            if self.observers:
+                self._observe(key, QueueFull.code, 0.0, 0.0, 0.0)
             raise QueueFull(
                 f"model {key!r}: queue is full ({lane.max_queue} requests waiting)",
                 model=key,
@@ -221,6 +235,9 @@ class FairScheduler:
                 continue
             if item.deadline and time.time() > item.deadline:
                 lane.stats.expired += 1
+                if self.observers:
+                    waited = time.monotonic() - item.enqueued
+                    self._observe(lane.key, DeadlineExceeded.code, waited, 0.0, waited)
                 item.future.set_exception(
                     DeadlineExceeded(f"model {lane.key!r}: the request's deadline passed while queued", model=lane.key)
                 )
@@ -230,6 +247,7 @@ class FairScheduler:
             lane.vtime += lane.cost / lane.weight
             lane.inflight += 1
             self._inflight += 1
+            item.sent = time.monotonic()
             sent = lane.pool.submit(item.body, item.json_length, item.deadline)
             sent.add_done_callback(functools.partial(self._finished, lane, item))
         self._update_priorities()
@@ -249,11 +267,23 @@ class FairScheduler:
             lane.stats.completed += 1
             lane.stats.compute_seconds += outcome.compute
             lane.stats.wait_seconds += max(0.0, wait - outcome.compute)
+            if self.observers:
+                self._observe(lane.key, outcome, item.sent - item.enqueued, outcome.compute, wait)
             if not item.future.done():
                 item.future.set_result(outcome)
-        elif not item.future.done():
-            item.future.set_exception(error)
+        else:
+            if self.observers:
+                self._observe(lane.key, getattr(error, "code", 1), item.sent - item.enqueued, 0.0, wait)
+            if not item.future.done():
+                item.future.set_exception(error)
         self._pump()
+
+    def _observe(self, key: str, result: Outcome | int, wait: float, compute: float, total: float) -> None:
+        for observer in self.observers:
+            try:
+                observer(key, result, wait, compute, total)
+            except Exception:  # a broken observer must not break request accounting
+                log.exception("scheduler observer %r failed", observer)
 
     def _update_priorities(self) -> None:
         if not self.cpu_priority:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
-    JsonConfigSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -64,15 +64,21 @@ class ServerSettings(BaseSettings):
     parallel_workers: int = Field(
         4,
         ge=0,
-        validation_alias=AliasChoices(
-            "parallel_workers", "RUNTIME_CORE_PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"
-        ),
+        # Not "parallel_workers" itself among the aliases: the environment source would then
+        # read an unprefixed PARALLEL_WORKERS variable. The field name still works
+        # (populate_by_name) for flags and settings.json.
+        validation_alias=AliasChoices("RUNTIME_CORE_PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"),
     )
     """Default size of each model's worker group; 0 runs inference in the main process.
     ``MLSERVER_MODEL_PARALLEL_WORKERS`` is read as an alias."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level. ``info`` prints one line per model event, nothing per request."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     max_request_size: int = Field(100 * 1024 * 1024, gt=0)
     """Largest request body accepted, in bytes; larger bodies get 413 before they are read."""
@@ -90,7 +96,8 @@ class ServerSettings(BaseSettings):
     """Default bound of each model's queue; a full queue answers 503."""
 
     max_inflight: int | None = Field(None, ge=1)
-    """Server-wide budget of requests executing in workers; default: the pools' total capacity."""
+    """Server-wide budget of requests executing in workers while models contend; default: one per
+    usable CPU core."""
 
     cpu_priority: bool = True
     """Run the workers of a model with a backlog at idle CPU priority (SCHED_IDLE), so that
@@ -107,6 +114,19 @@ class ServerSettings(BaseSettings):
 
     startup_timeout: float = Field(600.0, gt=0)
     """Seconds a model's workers may take to load before the load is reported failed."""
+
+    access_log: bool = False
+    """Log one line per HTTP request (aiohttp's access log, logger ``aiohttp.access``)."""
+
+    log_format: Literal["text", "json"] = "text"
+    """``text``: human-readable lines; ``json``: one JSON object per line (time, level, logger,
+    message, model), from the server and from its workers."""
+
+    repository_api: bool = True
+    """Serve the repository endpoints (index, load, unload); when false they answer 403."""
+
+    repository_token: str | None = None
+    """When set, the repository endpoints require ``Authorization: Bearer <token>`` (else 401)."""
 
 
 class TensorSettings(BaseModel):
@@ -226,13 +246,15 @@ class ModelSettings(BaseModel):
             uri = self.parameters.uri
             if os.path.isabs(uri) or "\\" in uri or "%" in uri:
                 raise SettingsError(
-                    f"model {self.name!r}: parameters.uri must be a relative path", model=self.name, path=str(self.path)
+                    f"{self.path}: model {self.name!r}: parameters.uri must be a relative path",
+                    model=self.name,
+                    path=str(self.path),
                 )
             resolved = (folder / uri).resolve()
             root = (repository or folder).resolve()
             if resolved != root and root not in resolved.parents:
                 raise SettingsError(
-                    f"model {self.name!r}: parameters.uri leaves the model repository",
+                    f"{self.path}: model {self.name!r}: parameters.uri leaves the model repository",
                     model=self.name,
                     path=str(self.path),
                 )
@@ -243,15 +265,15 @@ class ModelSettings(BaseModel):
         return None
 
 
+def _format_validation_item(item: Any) -> str:
+    where = ".".join(str(p) for p in item["loc"]) or "(root)"
+    if item["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    return f"{where!r}: {item['msg']}"
+
+
 def _format_validation(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(root)"
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key {where!r}")
-        else:
-            parts.append(f"{where!r}: {item['msg']}")
-    return "; ".join(parts)
+    return "; ".join(_format_validation_item(item) for item in error.errors())
 
 
 def load_model_settings(path: Path) -> ModelSettings:
@@ -282,13 +304,41 @@ def find_model_settings(repository: Path) -> list[Path]:
     return sorted(p for p in repository.rglob(MODEL_SETTINGS_FILE) if p.is_file())
 
 
+def _read_server_json(json_file: Path | None) -> dict[str, Any]:
+    """The object in ``settings.json`` (``{}`` when the file is absent or empty)."""
+    if json_file is None or not json_file.is_file():
+        return {}
+    try:
+        text = json_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{json_file}: cannot read: {exc.__class__.__name__}", path=str(json_file)) from None
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        message = f"{json_file}: not valid JSON: {exc.msg} at line {exc.lineno}"
+        raise SettingsError(message, path=str(json_file)) from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{json_file}: must hold a JSON object", path=str(json_file))
+    return raw
+
+
+def _env_names(field: str) -> list[str]:
+    if field == "parallel_workers":
+        return [ENV_PREFIX + "PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"]
+    return [ENV_PREFIX + field.upper()]
+
+
 def load_server_settings(repository: Path | None = None, **overrides: Any) -> ServerSettings:
     """Build server settings: CLI ``overrides`` > environment > ``settings.json`` > defaults.
 
     ``overrides`` with the value ``None`` are ignored (flags the user did not give).
+    Errors name where the bad value came from: a flag, an environment variable or the file.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     json_file = repository / SERVER_SETTINGS_FILE if repository is not None else None
+    from_file = _read_server_json(json_file)
     if repository is not None:
         given.setdefault("model_repository", repository)
 
@@ -303,15 +353,32 @@ def load_server_settings(repository: Path | None = None, **overrides: Any) -> Se
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-            if json_file is not None and json_file.is_file():
-                sources.append(JsonConfigSettingsSource(settings_cls, json_file=json_file))
+            if from_file:
+                sources.append(InitSettingsSource(settings_cls, init_kwargs=from_file))
             return tuple(sources)
+
+    def source_of(field: str) -> str:
+        if field in given:
+            return "command line"
+        env = {k.upper() for k in os.environ}
+        for name in _env_names(field):
+            if name in env:
+                return f"environment variable {name}"
+        return str(json_file) if field in from_file else "server settings"
 
     try:
         built = _FromRepository(**given)
     except ValidationError as exc:
-        where = str(json_file) if json_file is not None and json_file.is_file() else "server settings"
-        raise SettingsError(f"{where}: {_format_validation(exc)}", path=where) from None
-    except (ValueError, json.JSONDecodeError) as exc:  # a settings.json that is not JSON
-        raise SettingsError(f"{json_file}: {exc}", path=str(json_file)) from None
+        parts: dict[str, list[str]] = {}
+        for item in exc.errors():
+            if item["loc"]:  # errors of aliased fields are reported under the alias
+                field = str(item["loc"][0])
+                field = "parallel_workers" if field in _env_names("parallel_workers") else field
+                item["loc"] = (field, *item["loc"][1:])
+            field = str(item["loc"][0]) if item["loc"] else ""
+            where = str(json_file) if item["type"] == "extra_forbidden" else source_of(field)
+            parts.setdefault(where, []).append(_format_validation_item(item))
+        message = "; ".join(f"{where}: {', '.join(items)}" for where, items in parts.items())
+        path = str(json_file) if json_file is not None and str(json_file) in parts else None
+        raise SettingsError(message, path=path) from None
     return built

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.resources
+import logging
+
+import orjson
 from aiohttp import web
 
+from runtime_core import __version__
+from runtime_core.metrics import ServerMetrics
 from runtime_core.repository import ModelRepository
-from runtime_core.rest.keys import REPOSITORY, SCHEDULER, SETTINGS, STATE, ServerState
+from runtime_core.rest.keys import METRICS, OPENAPI, REPOSITORY, SCHEDULER, SETTINGS, STATE, ServerState
 from runtime_core.rest.middlewares import error_middleware
 from runtime_core.rest.routes import setup_routes
 from runtime_core.scheduler import FairScheduler
@@ -13,7 +19,11 @@ from runtime_core.settings import ServerSettings
 
 
 def create_app(
-    settings: ServerSettings, repository: ModelRepository, scheduler: FairScheduler, state: ServerState
+    settings: ServerSettings,
+    repository: ModelRepository,
+    scheduler: FairScheduler,
+    state: ServerState,
+    metrics: ServerMetrics | None = None,
 ) -> web.Application:
     # The body limit is enforced twice: by Content-Length before reading (handlers.infer)
     # and by aiohttp while reading chunked bodies.
@@ -22,13 +32,23 @@ def create_app(
     app[REPOSITORY] = repository
     app[SCHEDULER] = scheduler
     app[STATE] = state
+    app[METRICS] = metrics or ServerMetrics(scheduler, repository)
+    app[OPENAPI] = openapi_document()
     setup_routes(app)
     return app
 
 
+def openapi_document() -> bytes:
+    """The shipped OpenAPI document, with this server's version in ``info.version``."""
+    doc = orjson.loads(importlib.resources.files("runtime_core.rest").joinpath("openapi.json").read_bytes())
+    doc["info"]["version"] = __version__
+    return orjson.dumps(doc)
+
+
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start listening; returns the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    access_log = logging.getLogger("aiohttp.access") if app[SETTINGS].access_log else None
+    runner = web.AppRunner(app, access_log=access_log, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

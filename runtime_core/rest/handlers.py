@@ -6,15 +6,19 @@ and returns the worker's bytes. It never parses tensors; the worker does.
 
 from __future__ import annotations
 
+import functools
+import hmac
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
 from runtime_core import __version__
-from runtime_core.errors import InvalidRequest, ModelNotReady, PayloadTooLarge, error_from_code
+from runtime_core.errors import Forbidden, InvalidRequest, ModelNotReady, PayloadTooLarge, error_from_code
 from runtime_core.repository import ModelRecord, ModelState
-from runtime_core.rest.keys import REPOSITORY, SCHEDULER, SETTINGS, STATE
+from runtime_core.rest.keys import METRICS, OPENAPI, REPOSITORY, SCHEDULER, SETTINGS, STATE
+from runtime_core.rest.middlewares import error_response
 
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -120,6 +124,31 @@ async def _optional_json(request: web.Request) -> dict[str, object]:
     return doc
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """The repository endpoints: 403 when ``repository_api`` is off; with ``repository_token``
+    set, 401 (and ``WWW-Authenticate: Bearer``) unless ``Authorization: Bearer <token>``."""
+
+    @functools.wraps(handler)
+    async def guard(request: web.Request) -> web.Response:
+        settings = request.app[SETTINGS]
+        if not settings.repository_api:
+            raise Forbidden("the repository API is disabled on this server (repository_api is false)")
+        token = settings.repository_token
+        if token is not None:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return error_response(
+                    401, "the repository API needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+                )
+        return await handler(request)
+
+    return guard
+
+
+@_guarded
 async def repository_index(request: web.Request) -> web.Response:
     doc = await _optional_json(request)
     ready_only = doc.get("ready") or False  # absent or null: every model
@@ -128,13 +157,24 @@ async def repository_index(request: web.Request) -> web.Response:
     return _json(request.app[REPOSITORY].index(ready_only=ready_only))
 
 
+@_guarded
 async def repository_load(request: web.Request) -> web.Response:
     await _optional_json(request)
     record = await request.app[REPOSITORY].load(request.match_info["model"])
     return _json({"name": record.name, "state": record.state.value})
 
 
+@_guarded
 async def repository_unload(request: web.Request) -> web.Response:
     await _optional_json(request)
     await request.app[REPOSITORY].unload(request.match_info["model"])
     return _json({"name": request.match_info["model"], "state": ModelState.UNAVAILABLE.value})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from runtime_core.metrics import ServerMetrics
 from runtime_core.repository import ModelRepository
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings
@@ -27,3 +28,6 @@ SETTINGS = web.AppKey("settings", ServerSettings)
 REPOSITORY = web.AppKey("repository", ModelRepository)
 SCHEDULER = web.AppKey("scheduler", FairScheduler)
 STATE = web.AppKey("state", ServerState)
+METRICS = web.AppKey("metrics", ServerMetrics)
+#: The OpenAPI document (JSON bytes), read once at startup.
+OPENAPI = web.AppKey("openapi", bytes)

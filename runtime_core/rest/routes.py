@@ -20,3 +20,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v2/repository/index", handlers.repository_index)
     app.router.add_post("/v2/repository/models/{model}/load", handlers.repository_load)
     app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)
+    app.router.add_get("/v2/docs/openapi.json", handlers.openapi)
+    app.router.add_get("/metrics", handlers.metrics)

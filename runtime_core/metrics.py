@@ -1,0 +1,263 @@
+"""Prometheus metrics, aggregated in the main process (no multiprocess folder).
+
+Two sources feed one :class:`~prometheus_client.CollectorRegistry` of our own
+(never the global one, so that embedding the server or running two in a test
+process does not mix figures):
+
+* a per-request hook on the scheduler (:data:`runtime_core.scheduler.Observer`):
+  outcome counts and latency histograms (queue wait, worker compute, total).
+  Workers already report their compute seconds in every reply, so nothing is
+  measured twice. The hook runs on the event loop and does a handful of list
+  increments: no locks, no label lookups;
+* figures that already exist, read at scrape time: queue depth and in-flight
+  requests (:meth:`FairScheduler.stats`), worker restarts and ready workers
+  (:meth:`ModelPool.health`), model state and load time (repository records).
+
+Every per-model series has the labels ``model`` and ``version`` (empty when the
+model has none). See ``docs/operations.md`` for the list of metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from runtime_core import errors
+from runtime_core.messages import Outcome
+from runtime_core.repository import ModelRepository, ModelState
+from runtime_core.scheduler import FairScheduler
+
+log = logging.getLogger("runtime_core.metrics")
+
+PREFIX = "runtime_core"
+
+#: Values of the ``outcome`` label of ``runtime_core_requests_total``.
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "deadline_expired")
+SUCCESS, CLIENT_ERROR, SERVER_ERROR, REJECTED, DEADLINE_EXPIRED = range(5)
+
+#: Error codes answered with a 4xx status: the caller's fault.
+_CLIENT_CODES = frozenset(
+    cls.code
+    for cls in (
+        errors.InvalidRequest,
+        errors.ModelNotFound,
+        errors.PayloadTooLarge,
+        errors.Unauthorized,
+        errors.Forbidden,
+        errors.SettingsError,
+        errors.RuntimeNotFound,
+    )
+)
+
+#: Upper bounds (seconds) of the latency histograms' buckets.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+def outcome_index(result: Outcome | int) -> int:
+    """Which ``outcome`` label a scheduler result counts under (an index into :data:`OUTCOMES`)."""
+    code = result.code if isinstance(result, Outcome) else result
+    if code == 0:
+        return SUCCESS
+    if code == errors.QueueFull.code:
+        return REJECTED
+    if code == errors.DeadlineExceeded.code:
+        return DEADLINE_EXPIRED
+    if code in _CLIENT_CODES:
+        return CLIENT_ERROR
+    return SERVER_ERROR
+
+
+class Histogram:
+    """A lock-free histogram for one series (the event loop is its only writer)."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # "le" buckets include their bound
+        self.count += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class Series:
+    """Per-request figures of one (model, version)."""
+
+    __slots__ = ("compute", "counts", "queue", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(OUTCOMES)
+        self.queue = Histogram()
+        self.compute = Histogram()
+        self.total = Histogram()
+
+
+class ServerMetrics:
+    """The server's metrics: a scheduler observer plus a scrape-time collector.
+
+    Requests count under the ``outcome`` of their answer; the queue-wait and total
+    histograms observe every request that entered a queue and got an answer from it
+    (everything but ``rejected``), the compute histogram every request a worker
+    answered (including the ones it answered with an error).
+    """
+
+    def __init__(self, scheduler: FairScheduler, repository: ModelRepository, *, process: bool = True) -> None:
+        self.scheduler = scheduler
+        self.repository = repository
+        self._series: dict[tuple[str, str], Series] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        if process:
+            ProcessCollector(registry=self.registry)  # process_* of the main process
+        scheduler.observers.append(self.observe)
+
+    # ------------------------------------------------------------------ per request
+
+    def _version(self, model: str) -> str:
+        try:
+            return self.repository.get(model).version or ""
+        except errors.ModelNotFound:
+            return ""
+
+    def series(self, model: str, version: str) -> Series:
+        key = (model, version)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = Series()
+        return found
+
+    def observe(self, model: str, result: Outcome | int, wait: float, compute: float, total: float) -> None:
+        """The scheduler observer: one call per request (see :data:`runtime_core.scheduler.Observer`)."""
+        series = self.series(model, self._version(model))
+        index = outcome_index(result)
+        series.counts[index] += 1
+        if index == REJECTED:
+            return
+        series.queue.observe(wait)
+        series.total.observe(total)
+        if isinstance(result, Outcome):
+            series.compute.observe(compute)
+
+    # ------------------------------------------------------------------ scrape
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition (text format, or OpenMetrics if ``accept`` asks for it) and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._collect())
+
+    def _collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        records = {r.name: r for r in self.repository.records()}
+        for record in records.values():  # series for every served model, before its first request
+            if record.state is ModelState.READY:
+                self.series(record.name, record.version or "")
+
+        requests = CounterMetricFamily(
+            f"{PREFIX}_requests",
+            "Inference requests that reached a model's queue, by outcome: success, client_error (4xx), "
+            "server_error (5xx), rejected (queue full), deadline_expired (Request-Timeout passed).",
+            labels=[*labels, "outcome"],
+        )
+        histograms = {
+            "queue": HistogramMetricFamily(
+                f"{PREFIX}_request_queue_seconds",
+                "Seconds requests waited in the model's queue before being sent to a worker.",
+                labels=labels,
+            ),
+            "compute": HistogramMetricFamily(
+                f"{PREFIX}_request_compute_seconds",
+                "Seconds a worker spent on a request (decode, predict, encode), as the worker reports it.",
+                labels=labels,
+            ),
+            "total": HistogramMetricFamily(
+                f"{PREFIX}_request_duration_seconds",
+                "Seconds from a request entering the model's queue to its answer (queue, transfer, compute).",
+                labels=labels,
+            ),
+        }
+        for (model, version), series in sorted(self._series.items()):
+            for name, count in zip(OUTCOMES, series.counts, strict=True):
+                requests.add_metric([model, version, name], count)
+            for attr, family in histograms.items():
+                hist: Histogram = getattr(series, attr)
+                family.add_metric([model, version], hist.buckets(), hist.sum)
+        yield requests
+        yield from histograms.values()
+
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests waiting in the model's queue.", labels=labels)
+        inflight = GaugeMetricFamily(
+            f"{PREFIX}_inflight_requests", "Requests sent to the model's workers and not answered yet.", labels=labels
+        )
+        cancelled = CounterMetricFamily(
+            f"{PREFIX}_cancelled_requests",
+            "Requests whose client went away before the answer (dropped from the queue if still there).",
+            labels=labels,
+        )
+        for model, stats in sorted(self.scheduler.stats().items()):
+            owner = records.get(model)
+            values = [model, (owner.version if owner else None) or ""]
+            depth.add_metric(values, stats.queued)
+            inflight.add_metric(values, stats.inflight)
+            cancelled.add_metric(values, stats.cancelled)
+        yield depth
+        yield inflight
+        yield cancelled
+
+        state = GaugeMetricFamily(
+            f"{PREFIX}_model_state",
+            "1 for the model's current state (READY, LOADING, UNLOADING, UNAVAILABLE, UNKNOWN), 0 for the others.",
+            labels=[*labels, "state"],
+        )
+        load = GaugeMetricFamily(
+            f"{PREFIX}_model_load_seconds", "Seconds the model's last successful load took.", labels=labels
+        )
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_worker_restarts",
+            "Workers of the model that died and were replaced (since the model's last load).",
+            labels=labels,
+        )
+        workers = GaugeMetricFamily(
+            f"{PREFIX}_workers_ready",
+            "Worker processes of the model ready to take requests (1 for a model served in the main process).",
+            labels=labels,
+        )
+        for name, record in sorted(records.items()):
+            values = [name, record.version or ""]
+            for value in ModelState:
+                state.add_metric([*values, value.value], 1.0 if record.state is value else 0.0)
+            load.add_metric(values, record.load_time)
+            if record.pool is not None:
+                health = record.pool.health()
+                restarts.add_metric(values, health.restarts)
+                workers.add_metric(values, health.ready)
+        yield state
+        yield load
+        yield restarts
+        yield workers
