@@ -1,0 +1,353 @@
+"""Server and model settings: precedence, the MLServer alias, errors that name the file and
+the key, ``parameters.uri`` confinement, and that docs/settings.md documents every field.
+
+Precedence of ``parallel_workers`` is checked on real ``runtime-core start`` processes by
+counting each model's worker processes; the rest goes through ``load_server_settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runtime_core.errors import SettingsError
+from runtime_core.settings import (
+    ModelParameters,
+    ModelSettings,
+    ServerSettings,
+    TensorSettings,
+    load_model_settings,
+    load_server_settings,
+)
+from runtime_core.testing import ServerProcess, write_model
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RUNTIME_CORE_* / MLSERVER_* variables from the caller's shell leak into a test."""
+    for key in list(os.environ):
+        if key.upper().startswith(("RUNTIME_CORE_", "MLSERVER_")) or key.upper() == "PARALLEL_WORKERS":
+            monkeypatch.delenv(key)
+
+
+def _settings_json(root: Path, doc: object) -> Path:
+    path = root / "settings.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def test_docs_cover_every_setting() -> None:
+    """docs/settings.md names every server field with its variable, and every model key."""
+    text = DOCS.read_text(encoding="utf-8")
+    missing = []
+    for name in ServerSettings.model_fields:
+        for needle in (f"`{name}`", f"RUNTIME_CORE_{name.upper()}"):
+            if needle not in text:
+                missing.append(needle)
+    for model in (ModelSettings, ModelParameters, TensorSettings):
+        missing += [f"`{name}`" for name in model.model_fields if f"`{name}`" not in text]
+    assert not missing, f"docs/settings.md does not document: {', '.join(missing)}"
+
+
+# --------------------------------------------------------------------------- precedence
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = load_server_settings(tmp_path)
+    assert (settings.host, settings.http_port, settings.parallel_workers, settings.log_level) == (
+        "0.0.0.0",
+        8080,
+        4,
+        "info",
+    )
+    assert settings.model_repository == tmp_path
+
+
+def test_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _settings_json(tmp_path, {"host": "127.0.0.2", "http_port": 9000, "max_queue_size": 7, "worker_timeout": 5})
+    settings = load_server_settings(tmp_path)
+    assert (settings.host, settings.http_port, settings.max_queue_size, settings.worker_timeout) == (
+        "127.0.0.2",
+        9000,
+        7,
+        5.0,
+    )
+    monkeypatch.setenv("RUNTIME_CORE_HTTP_PORT", "9001")
+    monkeypatch.setenv("RUNTIME_CORE_MAX_QUEUE_SIZE", "8")
+    settings = load_server_settings(tmp_path)
+    assert (settings.host, settings.http_port, settings.max_queue_size) == ("127.0.0.2", 9001, 8)
+    settings = load_server_settings(tmp_path, http_port=9002, host=None)  # None: flag not given
+    assert (settings.host, settings.http_port, settings.max_queue_size) == ("127.0.0.2", 9002, 8)
+
+
+def test_env_values_are_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNTIME_CORE_CPU_PRIORITY", "false")
+    monkeypatch.setenv("RUNTIME_CORE_MAX_INFLIGHT", "3")
+    monkeypatch.setenv("RUNTIME_CORE_LOG_LEVEL", "DEBUG")  # case does not matter
+    settings = load_server_settings(tmp_path)
+    assert (settings.cpu_priority, settings.max_inflight, settings.log_level) == (False, 3, "debug")
+
+
+def test_mlserver_parallel_workers_alias(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _settings_json(tmp_path, {"parallel_workers": 1})
+    monkeypatch.setenv("MLSERVER_MODEL_PARALLEL_WORKERS", "3")
+    assert load_server_settings(tmp_path).parallel_workers == 3
+    monkeypatch.setenv("RUNTIME_CORE_PARALLEL_WORKERS", "2")  # our own name wins over the alias
+    assert load_server_settings(tmp_path).parallel_workers == 2
+    assert load_server_settings(tmp_path, parallel_workers=0).parallel_workers == 0
+
+
+def test_unprefixed_variable_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARALLEL_WORKERS", "7")
+    monkeypatch.setenv("HTTP_PORT", "1234")
+    settings = load_server_settings(tmp_path)
+    assert (settings.parallel_workers, settings.http_port) == (4, 8080)
+
+
+# --------------------------------------------------------------------------- server settings errors
+
+
+def test_unknown_key_in_settings_json_names_file_and_key(tmp_path: Path) -> None:
+    path = _settings_json(tmp_path, {"paralel_workers": 2})
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path)
+    assert str(path) in info.value.message
+    assert "unknown key 'paralel_workers'" in info.value.message
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("{nope", "not valid JSON"), ("[1, 2]", "must hold a JSON object"), ("null", "must hold a JSON object")],
+)
+def test_settings_json_that_is_not_an_object(tmp_path: Path, content: str, expected: str) -> None:
+    path = _settings_json(tmp_path, content)
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path)
+    assert str(path) in info.value.message
+    assert expected in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "expected"),
+    [
+        ({"parallel_workers": -1}, "parallel_workers", "greater than or equal to 0"),
+        ({"http_port": 70000}, "http_port", "less than or equal to 65535"),
+        ({"http_port": "eighty"}, "http_port", "valid integer"),
+        ({"log_level": "loud"}, "log_level", "'debug', 'info', 'warning' or 'error'"),
+        ({"max_queue_size": 0}, "max_queue_size", "greater than or equal to 1"),
+    ],
+)
+def test_invalid_values_in_file(tmp_path: Path, doc: dict[str, object], field: str, expected: str) -> None:
+    path = _settings_json(tmp_path, doc)
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path)
+    assert info.value.message.startswith(f"{path}: '{field}': ")
+    assert expected in info.value.message
+
+
+def test_invalid_values_name_their_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _settings_json(tmp_path, {"host": "127.0.0.1"})
+    monkeypatch.setenv("RUNTIME_CORE_HTTP_PORT", "abc")
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path)
+    assert info.value.message.startswith("environment variable RUNTIME_CORE_HTTP_PORT: 'http_port': ")
+    monkeypatch.delenv("RUNTIME_CORE_HTTP_PORT")
+    monkeypatch.setenv("MLSERVER_MODEL_PARALLEL_WORKERS", "-2")
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path)
+    assert info.value.message.startswith("environment variable MLSERVER_MODEL_PARALLEL_WORKERS: 'parallel_workers'")
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path, parallel_workers=-1)
+    assert info.value.message.startswith("command line: 'parallel_workers': ")
+
+
+# --------------------------------------------------------------------------- model settings
+
+
+def _model(root: Path, name: str, doc: object) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    path = folder / "model-settings.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def test_model_name_defaults_to_folder(tmp_path: Path) -> None:
+    settings = load_model_settings(_model(tmp_path, "churn", {"runtime": "sklearn", "priority": 2}))
+    assert (settings.name, settings.runtime_name, settings.weight) == ("churn", "sklearn", 2.0)
+    assert settings.folder == tmp_path / "churn"
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"runtime": "echo", "paramters": {}}, "unknown key 'paramters'"),
+        ({"runtime": "echo", "parameters": {"urii": "m.bin"}}, "unknown key 'parameters.urii'"),
+        (
+            {"runtime": "echo", "inputs": [{"name": "x", "datatype": "FP32", "dims": [1]}]},
+            "unknown key 'inputs.0.dims'",
+        ),
+        ({"runtime": "echo", "parallel_workers": -1}, "'parallel_workers': Input should be greater than or equal to 0"),
+        ({"runtime": "echo", "weight": 0}, "'weight': Input should be greater than 0"),
+        ({"name": "a/b", "runtime": "echo"}, "'name': Value error"),
+        ({"name": "..", "runtime": "echo"}, "'name': Value error"),
+        ({"runtime": "echo", "implementation": "mlserver_sklearn.SKLearnModel"}, "not both"),
+        ({}, "names no 'runtime'"),
+        ("[]", "must hold a JSON object"),
+        ("{", "not valid JSON"),
+    ],
+)
+def test_model_settings_errors_name_file_and_key(tmp_path: Path, doc: object, expected: str) -> None:
+    path = _model(tmp_path, "m", doc)
+    with pytest.raises(SettingsError) as info:
+        load_model_settings(path)
+    assert info.value.message.startswith(f"{path}: ")
+    assert expected in info.value.message
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("uri", ["../../etc/passwd", "/etc/passwd", "../../../../../../etc/passwd", "a\\..\\..\\x"])
+def test_uri_outside_the_repository_is_refused(tmp_path: Path, uri: str) -> None:
+    repository = tmp_path / "repo"
+    path = _model(repository, "thief", {"runtime": "sklearn", "parameters": {"uri": uri}})
+    settings = load_model_settings(path)
+    with pytest.raises(SettingsError) as info:
+        settings.resolve_uri(repository)
+    assert "'thief'" in info.value.message
+    assert str(path) in info.value.message
+    assert info.value.model == "thief"
+
+
+def test_uri_through_a_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    path = _model(repository, "m", {"runtime": "sklearn", "parameters": {"uri": "link/model.joblib"}})
+    (tmp_path / "outside").mkdir()
+    (path.parent / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(SettingsError, match="leaves the model repository"):
+        load_model_settings(path).resolve_uri(repository)
+
+
+def test_uri_inside_the_repository_resolves(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shared = _model(repository, "shared", {"runtime": "sklearn"}).parent / "model.joblib"
+    path = _model(repository, "m", {"runtime": "sklearn", "parameters": {"uri": "../shared/model.joblib"}})
+    assert load_model_settings(path).resolve_uri(repository) == shared.resolve()
+    (path.parent / "model.pkl").write_bytes(b"")
+    plain = _model(repository, "plain", {"runtime": "sklearn"})
+    (plain.parent / "model.pkl").write_bytes(b"")
+    found = load_model_settings(plain).resolve_uri(repository, ("model.joblib", "model.pkl"))
+    assert found == plain.parent / "model.pkl"
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+def _worker_count(server: ServerProcess) -> int:
+    """Worker processes of the server: descendants named ``rc-w<i>:<model>`` (PR_SET_NAME)."""
+    count = 0
+    for proc in psutil.Process(server.pid).children(recursive=True):
+        try:
+            count += bool(re.match(r"rc-w\d+:", proc.name()))
+        except psutil.NoSuchProcess:
+            continue
+    return count
+
+
+def _wait_workers(server: ServerProcess, expected: int) -> int:
+    deadline = time.monotonic() + 30
+    count = _worker_count(server)
+    while count != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = _worker_count(server)
+    return count
+
+
+def test_parallel_workers_precedence_in_real_servers(tmp_path: Path) -> None:
+    """settings.json < MLSERVER_MODEL_PARALLEL_WORKERS < RUNTIME_CORE_PARALLEL_WORKERS < flag."""
+    write_model(tmp_path / "echo", runtime="echo")
+    _settings_json(tmp_path, {"parallel_workers": 1})
+    cases = [
+        ({}, None, 1),
+        ({"MLSERVER_MODEL_PARALLEL_WORKERS": "2"}, None, 2),
+        ({"MLSERVER_MODEL_PARALLEL_WORKERS": "2", "RUNTIME_CORE_PARALLEL_WORKERS": "3"}, None, 3),
+        ({"RUNTIME_CORE_PARALLEL_WORKERS": "3"}, 2, 2),
+    ]
+    servers = [ServerProcess(tmp_path, env=env, workers=flag, wait=False) for env, flag, _ in cases]
+    try:
+        for server, (env, flag, expected) in zip(servers, cases, strict=True):
+            server.wait_ready()
+            assert _wait_workers(server, expected) == expected, (env, flag, server.output())
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_bad_model_settings_fail_alone(tmp_path: Path) -> None:
+    write_model(tmp_path / "good", runtime="echo", parallel_workers=0)
+    write_model(tmp_path / "typo", runtime="echo", parallel_workers=0, paramters={})
+    write_model(tmp_path / "thief", runtime="echo", parallel_workers=0, parameters={"uri": "../../etc/passwd"})
+    server = ServerProcess(tmp_path, wait=False)
+    try:
+        server.wait_ready()
+        status, index = server.post_json("/v2/repository/index", {})
+        assert status == 200
+        states = {item["name"]: item for item in index}
+        assert states["good"]["state"] == "READY"
+        assert states["typo"]["state"] == "UNAVAILABLE"
+        assert "unknown key 'paramters'" in states["typo"]["reason"]
+        assert str(tmp_path) not in states["typo"]["reason"]  # server paths stay in the log
+        assert states["thief"]["state"] == "UNAVAILABLE"
+        assert "leaves the model repository" in states["thief"]["reason"]
+        status, doc = server.post_json(
+            "/v2/models/good/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]}
+        )
+        assert status == 200, doc
+        assert doc["outputs"][0]["data"] == [1.5]
+        status, doc = server.get("/v2/models/typo/ready")
+        assert (status, doc) == (503, {"name": "typo", "ready": False})
+        output = server.output()
+        assert f"{tmp_path / 'typo' / 'model-settings.json'}: unknown key 'paramters'" in output
+        assert f"{tmp_path / 'thief' / 'model-settings.json'}: model 'thief'" in output
+        assert "1 model ready, 2 unavailable" in output
+    finally:
+        server.stop()
+
+
+def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTIME_CORE_", "MLSERVER_"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "runtime_core.cli", "start", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+def test_cli_reports_bad_server_settings(tmp_path: Path) -> None:
+    path = _settings_json(tmp_path, {"http_port": 8080, "paralel_workers": 2})
+    result = _start([str(tmp_path)])
+    assert result.returncode == 2
+    assert f"runtime-core: {path}: unknown key 'paralel_workers'" in result.stderr
+    path.unlink()
+    result = _start([str(tmp_path), "--http-port", "70000"])
+    assert result.returncode == 2
+    assert "command line: 'http_port': Input should be less than or equal to 65535" in result.stderr
+    result = _start([str(tmp_path)], env={"RUNTIME_CORE_PARALLEL_WORKERS": "-1"})
+    assert result.returncode == 2
+    assert "environment variable RUNTIME_CORE_PARALLEL_WORKERS: 'parallel_workers'" in result.stderr
