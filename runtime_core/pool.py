@@ -12,14 +12,22 @@ Another backend (remote actors, say) only has to implement :class:`ModelPool`.
 
 Bounds and failure handling of :class:`ProcessPool`:
 
-* **Dispatch** depends on what a request costs. For a runtime that batches
-  (``supports_batching``) and whose requests take under ``PACK_BELOW`` seconds,
-  the pool *packs*: a request goes to the busiest worker that still has room
-  (``BATCH_DEPTH`` in flight), so a light load wakes one worker, which then runs
-  everything waiting as one call; more workers join only as load grows. Costlier
-  requests are *spread*: to the worker with the fewest in flight (ties to the
-  lowest index), at most ``pipeline_depth`` each, so one slow request never holds
-  up others while a worker idles. The scheduler never submits past ``capacity``.
+* **Dispatch** depends on the runtime and on what its requests cost (an EWMA
+  of the compute time workers report):
+
+  - *pack*, for batching runtimes (``supports_batching``) whose requests take
+    under ``PACK_BELOW``: to the busiest worker that still has room
+    (``BATCH_DEPTH`` in flight). A light load wakes one worker, which runs all
+    that waits as one call; more workers join only as load grows.
+  - *cores*, for costlier batching runtimes: to the least-busy of the first
+    ``cores`` workers, up to ``BATCH_DEPTH`` each, overflowing to the others
+    only when those are full. Every core gets a worker with a batch waiting,
+    and no more processes than cores compete for the CPU.
+  - *spread*, for runtimes that do not batch: to the least-busy worker (ties
+    to the lowest index), ``pipeline_depth`` each, so one slow request never
+    holds up others while a worker idles.
+
+  The scheduler never submits past ``capacity``.
 * **Worker death** (any signal, OOM, exit) shows as EOF on its socket at once.
   Its in-flight requests are sent once more to another ready worker, or fail
   with :class:`~runtime_core.errors.WorkerDied` (503) if none is ready or they
@@ -180,6 +188,13 @@ class InProcessPool(ModelPool):
                 await self._runner
         with contextlib.suppress(Exception):
             await self._runtime.unload()
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _alive(pid: int) -> bool:
@@ -417,6 +432,7 @@ class ProcessPool(ModelPool):
         self.batch_depth = max(self.depth, BATCH_DEPTH)
         self.batchable = bool(getattr(entry.cls, "supports_batching", False))
         self.cost = 0.0  # EWMA of the compute seconds per request the workers report
+        self.active = _cpu_count()  # workers preferred when batching: more than cores only add switches
         self.spec = worker_module.WorkerSpec(
             settings=settings.model_dump(),
             settings_path=str(settings.path),
@@ -591,12 +607,18 @@ class ProcessPool(ModelPool):
     # ------------------------------------------------------------------ requests
 
     @property
-    def packing(self) -> bool:
-        return self.batchable and self.cost < PACK_BELOW
+    def _mode(self) -> str:
+        if not self.batchable:
+            return "spread"
+        return "pack" if self.cost < PACK_BELOW else "cores"
+
+    @property
+    def _per_worker(self) -> int:
+        return self.depth if self._mode == "spread" else self.batch_depth
 
     @property
     def capacity(self) -> int:
-        depth = self.batch_depth if self.packing else self.depth
+        depth = self._per_worker
         return sum(depth for c in self._workers if c is not None and c.ready)
 
     @property
@@ -604,18 +626,22 @@ class ProcessPool(ModelPool):
         return self._inflight
 
     def _pick(self, exclude: _WorkerConnection | None = None) -> _WorkerConnection | None:
-        pack = self.packing
-        depth = self.batch_depth if pack else self.depth
+        mode = self._mode
+        depth = self._per_worker
         best: _WorkerConnection | None = None
+        best_key: tuple[int, ...] = ()
         for conn in self._workers:
             if conn is None or not conn.ready or conn is exclude or len(conn.pending) >= depth:
                 continue
-            if best is None:
-                best = conn
-            elif pack and len(conn.pending) > len(best.pending):
-                best = conn
-            elif not pack and len(conn.pending) < len(best.pending):
-                best = conn
+            load = len(conn.pending)
+            if mode == "pack":
+                key: tuple[int, ...] = (-load, conn.index)
+            elif mode == "cores":
+                key = (conn.index >= self.active, load, conn.index)
+            else:
+                key = (load, conn.index)
+            if best is None or key < best_key:
+                best, best_key = conn, key
         return best
 
     def submit(self, body: bytes, json_length: int, deadline: float) -> asyncio.Future[Outcome]:

@@ -86,8 +86,8 @@ class Runtime(abc.ABC):
     gives each request's outputs as the matching rows. Then requests waiting in a worker
     are merged into one call (and ``max_batch_size``/``max_batch_time`` batch adaptively)."""
 
-    @classmethod
-    def preload(cls) -> None:  # noqa: B027 (optional hook, empty by default)
+    @classmethod  # noqa: B027 (optional hook, empty by default)
+    def preload(cls) -> None:
         """Import heavy modules (the framework) ahead of any model. Called once per runtime in
         the process that all of this runtime's model templates are forked from, so that they
         start without importing again and share those pages. Must not start threads."""
