@@ -466,7 +466,7 @@ class ProcessPool(ModelPool):
         try:
             async with self._limiter:
                 await self._start_zygote()
-                await asyncio.gather(*(self._spawn(i) for i in range(self.size)))
+                await asyncio.gather(*(self._spawn_with_retry(i) for i in range(self.size)))
         except RuntimeCoreError as exc:
             await self.aclose(grace=0)
             raise ModelLoadError(exc.message, model=self.settings.name) from exc
@@ -539,6 +539,18 @@ class ProcessPool(ModelPool):
                 )
         else:
             self._events.put_nowait(event)
+
+    async def _spawn_with_retry(self, index: int, attempts: int = 3) -> None:
+        """A worker killed before it was ready (OOM killer, an operator) is started again; a
+        worker whose runtime failed to load is not (that failure is the model's)."""
+        for attempt in range(attempts):
+            try:
+                await self._spawn(index)
+                return
+            except WorkerDied:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("model %r: worker %d died while starting; starting it again", self.settings.name, index)
 
     async def _spawn(self, index: int) -> None:
         loop = asyncio.get_running_loop()

@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runtime_core.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, QueueFull, ShuttingDown
+from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull, ShuttingDown
 from runtime_core.messages import Outcome
 from runtime_core.pool import ModelPool
 
@@ -185,7 +185,7 @@ class FairScheduler:
         """Queue one request for model ``key`` and wait for its outcome."""
         lane = self._lanes.get(key)
         if lane is None:
-            raise ModelNotFound(f"model {key!r} is not loaded", model=key)
+            raise ModelNotReady(f"model {key!r} is not loaded", model=key)  # the handler saw it exist
         if self._closing:
             raise ShuttingDown("the server is shutting down", model=key)
         if len(lane.queue) >= lane.max_queue:

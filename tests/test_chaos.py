@@ -1,0 +1,125 @@
+"""Chaos: loads, unloads and reloads in a loop while inference runs and workers are killed.
+
+Afterwards every response was either correct or a clean error, no process leaked,
+and the server still answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from support import toy_model
+
+from runtime_core.testing import ServerProcess
+
+CLEAN_ERRORS = {503, 504}  # worker died / model reloading or unloaded / worker_timeout
+
+
+def rc_processes(server: ServerProcess) -> list[psutil.Process]:
+    found = []
+    try:
+        children = psutil.Process(server.pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # a process of the tree vanished during the walk
+        return found
+    for proc in children:
+        try:
+            if proc.name().startswith("rc-"):
+                found.append(proc)
+        except psutil.NoSuchProcess:  # killed while we looked
+            continue
+    return found
+
+
+def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "steady", parallel_workers=2)
+    toy_model(tmp_path, "churn", parallel_workers=2)
+    toy_model(tmp_path, "echoing", runtime="echo", parallel_workers=2)
+    server = serve(tmp_path)
+    rng = random.Random(7)
+    stop = threading.Event()
+    problems: list[str] = []
+    counts = {"ok": 0, "clean": 0}
+    lock = threading.Lock()
+
+    def client(model: str, seed: int) -> None:
+        local = random.Random(seed)
+        while not stop.is_set():
+            values = [local.uniform(-1e3, 1e3) for _ in range(local.randint(1, 5))]
+            body = {"inputs": [{"name": "x", "shape": [len(values)], "datatype": "FP64", "data": values}]}
+            try:
+                status, raw, _ = server.request(
+                    "POST", f"/v2/models/{model}/infer", json.dumps(body).encode(),
+                    {"Content-Type": "application/json"}, timeout=30,
+                )
+            except OSError as exc:
+                problems.append(f"{model}: transport error {exc!r}")
+                continue
+            doc = json.loads(raw)
+            with lock:
+                if status == 200:
+                    first = doc["outputs"][0]
+                    if first["data"] != values:
+                        problems.append(f"{model}: wrong answer {first['data']} for {values}")
+                    counts["ok"] += 1
+                elif status in CLEAN_ERRORS and set(doc) == {"error"} and "Traceback" not in doc["error"]:
+                    counts["clean"] += 1
+                else:
+                    problems.append(f"{model}: unexpected {status} {doc}")
+
+    def operator() -> None:
+        while not stop.is_set():
+            action = rng.choice(["reload", "unload", "load"])
+            status, doc = server.post_json(f"/v2/repository/models/churn/{'unload' if action == 'unload' else 'load'}")
+            if status not in (200, 404):  # 404: unloading a model that is already unloaded
+                problems.append(f"repository {action}: {status} {doc}")
+            time.sleep(0.2)
+
+    def killer() -> None:
+        while not stop.is_set():
+            time.sleep(0.3)
+            workers = [p for p in rc_processes(server) if p.name().startswith("rc-w")]
+            if workers:
+                victim = rng.choice(workers)
+                try:
+                    os.kill(victim.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    threads = [threading.Thread(target=client, args=(m, i)) for i, m in enumerate(["steady", "churn", "echoing"] * 2)]
+    threads += [threading.Thread(target=operator), threading.Thread(target=killer)]
+    for t in threads:
+        t.start()
+    time.sleep(12)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert not problems, problems[:10]
+    assert counts["ok"] > 100
+
+    # Everything recovers: the churned model is loaded again, all answer, and the process
+    # tree holds exactly one root per runtime, one zygote per model and its workers.
+    assert server.post_json("/v2/repository/models/churn/load")[0] == 200
+    deadline = time.monotonic() + 20
+    expected = ["rc-r"] * 2 + ["rc-w"] * 6 + ["rc-z"] * 3
+    while time.monotonic() < deadline:
+        names = sorted(p.name()[:4] for p in rc_processes(server) if p.is_running())
+        if names == expected:
+            break
+        time.sleep(0.1)
+    assert names == expected
+    for model in ("steady", "churn", "echoing"):
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
+        assert server.post_json(f"/v2/models/{model}/infer", body)[0] == 200
+    everything = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    assert server.stop() == 0
+    _gone, alive = psutil.wait_procs(everything, timeout=10)
+    assert not alive
