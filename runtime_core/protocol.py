@@ -16,10 +16,19 @@ Decoding validates everything a runtime relies on (datatype, shape, element
 count, value range) and raises :class:`~runtime_core.errors.InvalidRequest`
 with a message for the client. Numeric binary tensors are views on the
 request bytes: they are never copied by the codec.
+
+Content types (MLServer's ``parameters.content_type``: ``np``, ``pd``, ``str``,
+``base64``) are checked and applied here too, but only for tensors and
+requests whose ``parameters`` are not empty: a request without parameters
+costs one truth test per input and output. ``base64`` inputs are decoded to
+raw bytes and ``str``/``base64`` outputs encoded; ``pd`` is left to the
+runtime, which builds a DataFrame with :meth:`InferenceRequest.as_dataframe`
+(pandas is imported only then). See docs/protocol.md, "Content types".
 """
 
 from __future__ import annotations
 
+import binascii
 import math
 import struct
 from dataclasses import dataclass, field
@@ -31,6 +40,7 @@ import orjson
 from runtime_core.errors import InvalidRequest
 
 __all__ = [
+    "CONTENT_TYPES",
     "DATATYPES",
     "InferenceRequest",
     "InferenceResponse",
@@ -38,8 +48,11 @@ __all__ = [
     "Tensor",
     "TensorSpec",
     "datatype_of",
+    "decode_base64",
     "decode_request",
+    "encode_base64",
     "encode_response",
+    "import_pandas",
 ]
 
 #: V2 datatype name -> numpy dtype (little-endian). BYTES is an object array of ``bytes``.
@@ -66,6 +79,13 @@ _NAME_BY_DTYPE: dict[np.dtype[Any], str] = {
 # numpy kinds of JSON values accepted for each datatype family.
 _ACCEPTED_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
 _LENGTH = struct.Struct("<I")
+
+#: Content types (``parameters.content_type``, MLServer's names) of requests and inputs.
+CONTENT_TYPES = ("np", "pd", "str", "base64")
+# Requested outputs can ask these; ``str`` and ``base64`` apply to BYTES tensors only.
+_OUTPUT_CONTENT_TYPES = ("np", "str", "base64")
+_TEXT_CONTENT_TYPES = ("str", "base64")
+_NO_PARAMETERS: dict[str, Any] = {}
 _MAX_DIMS = 64
 _MAX_ELEMENTS = 2**59  # times the largest item size (8) stays below numpy's 2**63 limit
 
@@ -110,6 +130,20 @@ class Tensor:
     def shape(self) -> list[int]:
         return list(self.data.shape)
 
+    @property
+    def content_type(self) -> str | None:
+        """``parameters.content_type`` of this tensor, if any."""
+        value = self.parameters.get("content_type")
+        return value if isinstance(value, str) else None
+
+    def as_strings(self) -> np.ndarray[Any, Any]:
+        """The BYTES elements decoded from UTF-8: an object array of ``str`` of the same shape.
+
+        Raises :class:`InvalidRequest` for a tensor that is not BYTES or not valid UTF-8."""
+        if self.datatype != "BYTES":
+            raise InvalidRequest(f"input {self.name!r} is {self.datatype}; text must be sent as BYTES")
+        return _strings(self.data, f"input {self.name!r}")
+
 
 @dataclass(slots=True)
 class RequestedOutput:
@@ -138,6 +172,51 @@ class InferenceRequest:
     def output_names(self) -> list[str]:
         return [o.name for o in self.outputs]
 
+    @property
+    def content_type(self) -> str | None:
+        """``parameters.content_type`` of the request, if any."""
+        value = self.parameters.get("content_type")
+        return value if isinstance(value, str) else None
+
+    def input_content_type(self, tensor: Tensor) -> str | None:
+        """The content type in effect for an input: its own, else the request's ``str`` or
+        ``base64`` when the input is BYTES (the request's ``np``/``pd`` describe the whole
+        request, not an element encoding)."""
+        own = tensor.content_type
+        if own is not None:
+            return own
+        default = self.content_type
+        return default if tensor.datatype == "BYTES" and default in _TEXT_CONTENT_TYPES else None
+
+    def wants_dataframe(self) -> bool:
+        """True when the request, or one of its inputs, has content type ``pd``."""
+        return self.content_type == "pd" or any(t.content_type == "pd" for t in self.inputs)
+
+    def as_dataframe(self) -> Any:
+        """The inputs as a pandas DataFrame, one column per input named after it, in request order.
+
+        Each input must be ``[n]`` or ``[n, 1]``, all with the same ``n``. BYTES inputs become
+        columns of ``str`` (UTF-8), except ``base64`` ones, which stay raw ``bytes``. pandas is
+        imported here; without it this raises :class:`InvalidRequest` (a 400)."""
+        pandas = import_pandas()
+        columns: dict[str, np.ndarray[Any, Any]] = {}
+        for tensor in self.inputs:
+            array = tensor.data
+            if array.ndim == 2 and array.shape[1] == 1:
+                array = array[:, 0]
+            if array.ndim != 1:
+                raise InvalidRequest(
+                    f"input {tensor.name!r} has shape {tensor.shape}; with content type 'pd' each input"
+                    " is one column and must be [n] or [n, 1]"
+                )
+            if tensor.datatype == "BYTES" and self.input_content_type(tensor) != "base64":
+                array = _strings(array, f"input {tensor.name!r}")
+            columns[tensor.name] = array
+        if len({len(a) for a in columns.values()}) > 1:
+            counts = ", ".join(f"{name!r}: {len(a)}" for name, a in columns.items())
+            raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
+        return pandas.DataFrame(columns)
+
 
 @dataclass(slots=True)
 class InferenceResponse:
@@ -145,6 +224,109 @@ class InferenceResponse:
 
     outputs: list[Tensor]
     parameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dataframe(cls, frame: Any, parameters: dict[str, Any] | None = None) -> InferenceResponse:
+        """A response with one output per column of a pandas DataFrame, named after the column,
+        of shape ``[n]``; text (object, string) and datetime columns become BYTES (datetimes as
+        ISO 8601 text). The response's ``parameters.content_type`` is ``pd``."""
+        outputs = [_column_tensor(str(name), frame[name].to_numpy()) for name in frame.columns]
+        return cls(outputs, {"content_type": "pd", **(parameters or {})})
+
+
+# --------------------------------------------------------------------------- content types
+
+
+def import_pandas() -> Any:
+    """The pandas module, or :class:`InvalidRequest` (400) when it is not installed."""
+    try:
+        import pandas
+    except ImportError:
+        raise InvalidRequest("content type 'pd' needs pandas, which is not installed on the server") from None
+    return pandas
+
+
+def _strings(array: np.ndarray[Any, Any], where: str) -> np.ndarray[Any, Any]:
+    out = np.empty(array.size, dtype=object)
+    try:
+        out[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{where}: BYTES data is not valid UTF-8") from None
+    return out.reshape(array.shape)
+
+
+def _as_bytes(x: Any) -> bytes:
+    return x if isinstance(x, bytes) else str(x).encode("utf-8")
+
+
+def decode_base64(array: np.ndarray[Any, Any], where: str = "input") -> np.ndarray[Any, Any]:
+    """Each element (base64 text, as ``bytes`` or ``str``) decoded to raw ``bytes``; same shape.
+
+    Standard alphabet, padded, nothing else (no whitespace): anything else is
+    :class:`InvalidRequest` naming ``where`` and the element's index."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    for i, x in enumerate(flat):
+        try:
+            out[i] = binascii.a2b_base64(_as_bytes(x), strict_mode=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"{where}: element {i} is not valid base64 ({exc})") from None
+    return out.reshape(array.shape)
+
+
+def encode_base64(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Each element's bytes (``str`` as UTF-8) as base64 text (``str``); same shape."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    out[:] = [binascii.b2a_base64(_as_bytes(x), newline=False).decode("ascii") for x in flat]
+    return out.reshape(array.shape)
+
+
+def _check_content_type(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{where}: 'parameters.content_type' must be a string")
+        if value in CONTENT_TYPES:
+            raise InvalidRequest(
+                f"{where}: content type {value!r} does not apply here; use one of {', '.join(allowed)}"
+            )
+        raise InvalidRequest(f"{where}: unknown content type {value!r}; expected one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _decode_content(
+    data: np.ndarray[Any, Any], datatype: str, params: dict[str, Any], default: str | None, binary: bool, where: str
+) -> np.ndarray[Any, Any]:
+    """Apply an input's content type (its own, else the request's ``str``/``base64`` for BYTES)."""
+    content_type = params.get("content_type")
+    if content_type is None:
+        if datatype != "BYTES" or default not in _TEXT_CONTENT_TYPES:
+            return data
+        content_type = default
+    else:
+        _check_content_type(content_type, where, CONTENT_TYPES)
+        if content_type in _TEXT_CONTENT_TYPES and datatype != "BYTES":
+            raise InvalidRequest(f"{where}: content type {content_type!r} needs datatype BYTES, not {datatype}")
+    if content_type == "base64":
+        return decode_base64(data, where)
+    if content_type == "str" and binary:  # JSON strings are valid UTF-8 already
+        _strings(data, where)
+    return data
+
+
+def _column_tensor(name: str, array: np.ndarray[Any, Any]) -> Tensor:
+    kind = array.dtype.kind
+    if kind == "M":
+        array = np.datetime_as_string(array)
+        kind = "U"
+    if kind in "OSU":
+        out = np.empty(array.size, dtype=object)
+        out[:] = [_as_bytes(x) for x in array.reshape(-1)]
+        return Tensor(name, out.reshape(array.shape), "BYTES")
+    try:
+        return Tensor(name, array)
+    except InvalidRequest:  # the runtime's result, not the client's request
+        raise TypeError(f"column {name!r} of dtype {array.dtype} has no V2 datatype") from None
 
 
 # --------------------------------------------------------------------------- decoding
@@ -290,6 +472,12 @@ def decode_request(body: bytes | memoryview, json_length: int | None = None) -> 
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("'id' must be a string")
+    request_parameters = _parameters(doc.get("parameters"), "request")
+    default_content = None
+    if request_parameters:
+        default_content = request_parameters.get("content_type")
+        if default_content is not None:
+            _check_content_type(default_content, "request", CONTENT_TYPES)
     inputs: list[Tensor] = []
     seen: set[str] = set()
     offset = 0
@@ -316,6 +504,8 @@ def decode_request(body: bytes | memoryview, json_length: int | None = None) -> 
             data = _from_json_data(item["data"], datatype, shape, where)
         else:
             raise InvalidRequest(f"{where}: has no 'data'")
+        if params or default_content is not None:
+            data = _decode_content(data, datatype, params, default_content, size is not None, where)
         inputs.append(Tensor(name, data, datatype, params))
     if offset != len(tail):
         raise InvalidRequest("the binary part of the body is longer than the inputs' binary_data_size")
@@ -327,8 +517,11 @@ def decode_request(body: bytes | memoryview, json_length: int | None = None) -> 
         for index, item in enumerate(raw_outputs):
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidRequest(f"output {index}: must be an object with a 'name'")
-            outputs.append(RequestedOutput(item["name"], _parameters(item.get("parameters"), f"output {index}")))
-    return InferenceRequest(inputs, outputs, request_id, _parameters(doc.get("parameters"), "request"))
+            params = _parameters(item.get("parameters"), f"output {index}")
+            if params and params.get("content_type") is not None:
+                _check_content_type(params["content_type"], f"output {item['name']!r}", _OUTPUT_CONTENT_TYPES)
+            outputs.append(RequestedOutput(item["name"], params))
+    return InferenceRequest(inputs, outputs, request_id, request_parameters)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -343,15 +536,36 @@ def _json_data(array: np.ndarray[Any, Any]) -> Any:
     return np.ascontiguousarray(flat)
 
 
-def _binary_data(tensor: Tensor) -> bytes:
-    if tensor.datatype == "BYTES":
+def _binary_data(datatype: str, data: np.ndarray[Any, Any]) -> bytes:
+    if datatype == "BYTES":
         parts = []
-        for x in tensor.data.reshape(-1):
-            b = x if isinstance(x, bytes) else str(x).encode("utf-8")
+        for x in data.reshape(-1):
+            b = _as_bytes(x)
             parts.append(_LENGTH.pack(len(b)))
             parts.append(b)
         return b"".join(parts)
-    return np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype]).tobytes()
+    return np.ascontiguousarray(data, dtype=DATATYPES[datatype]).tobytes()
+
+
+def _encode_content(
+    tensor: Tensor, asked: dict[str, Any], default: Any, params: dict[str, Any]
+) -> np.ndarray[Any, Any]:
+    """An output's data for the wire under its content type: the requested output's, else the
+    request's ``str``/``base64``, else the tensor's own. Echoes the client's choice in ``params``."""
+    content_type = asked.get("content_type")
+    if content_type is not None:
+        if content_type in _TEXT_CONTENT_TYPES and tensor.datatype != "BYTES":
+            raise InvalidRequest(
+                f"output {tensor.name!r} is {tensor.datatype}; content type {content_type!r} applies to BYTES outputs"
+            )
+        params["content_type"] = content_type
+    elif default in _TEXT_CONTENT_TYPES and tensor.datatype == "BYTES":
+        content_type = params["content_type"] = default
+    else:
+        content_type = params.get("content_type")
+    if content_type == "base64" and tensor.datatype == "BYTES":
+        return encode_base64(tensor.data)
+    return tensor.data
 
 
 def encode_response(
@@ -366,19 +580,27 @@ def encode_response(
     ``json_length`` is ``None`` for a pure JSON body, or the length of the JSON
     header when some outputs were asked for in binary (Triton's extension).
     """
-    binary_all = bool(request.parameters.get("binary_data_output", False))
+    binary_all = False
+    default_content = None
+    if request.parameters:
+        binary_all = bool(request.parameters.get("binary_data_output", False))
+        default_content = request.parameters.get("content_type")
     wanted = {o.name: o.parameters for o in request.outputs}
     outputs = []
     tails: list[bytes] = []
     for tensor in response.outputs:
         params = dict(tensor.parameters)
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-        if wanted.get(tensor.name, {}).get("binary_data", binary_all):
-            blob = _binary_data(tensor)
+        asked = wanted.get(tensor.name, _NO_PARAMETERS)
+        data = tensor.data
+        if asked or params or default_content is not None:
+            data = _encode_content(tensor, asked, default_content, params)
+        if asked.get("binary_data", binary_all):
+            blob = _binary_data(tensor.datatype, data)
             params["binary_data_size"] = len(blob)
             tails.append(blob)
         else:
-            out["data"] = _json_data(tensor.data)
+            out["data"] = _json_data(data)
         if params:
             out["parameters"] = params
         outputs.append(out)

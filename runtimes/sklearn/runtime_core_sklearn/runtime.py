@@ -18,11 +18,13 @@ Design notes (the *why* behind the code):
   model takes a single feature -- because every sklearn estimator wants 2-D
   input and a flat feature vector is the common way to send one sample.
   Several inputs are concatenated column-wise in request order (MLServer does
-  the same). With content type ``pd`` (request ``parameters.content_type`` or
-  the model's ``parameters.content_type``) each input becomes one named column
-  of a pandas DataFrame, for pipelines that select columns by name.
-  BYTES inputs are decoded from UTF-8 to ``str``, since a model fitted on text
-  categories compares against ``str`` values, not ``bytes``.
+  the same). With content type ``pd`` (request ``parameters.content_type``, an
+  input's ``parameters.content_type``, or the model's ``parameters.content_type``)
+  each input becomes one named column of a pandas DataFrame
+  (:meth:`InferenceRequest.as_dataframe`), for pipelines that select columns by
+  name, e.g. a ColumnTransformer. BYTES inputs are decoded from UTF-8 to
+  ``str``, since a model fitted on text categories compares against ``str``
+  values, not ``bytes``; ``base64`` inputs (decoded by the core) stay raw bytes.
 * **Outputs.** ``predict`` (default) and ``predict_proba`` (only when the model
   has it), named exactly so. Labels that are strings are returned as BYTES.
 * **Errors.** A ``ValueError`` raised by the estimator on the given input
@@ -86,24 +88,20 @@ def client_message(exc: BaseException) -> str:
     return text
 
 
-def _decoded(tensor: Tensor) -> np.ndarray[Any, Any]:
-    """The tensor's array, with BYTES turned into ``str`` (see the module docstring)."""
-    data = tensor.data
-    if tensor.datatype != "BYTES":
-        return data
-    out = np.empty(data.size, dtype=object)
-    try:
-        out[:] = [x.decode("utf-8") if isinstance(x, bytes) else x for x in data.reshape(-1)]
-    except UnicodeDecodeError:
-        raise InvalidRequest(f"input {tensor.name!r}: BYTES data is not valid UTF-8") from None
-    return out.reshape(data.shape)
+def _decoded(request: InferenceRequest, tensor: Tensor) -> np.ndarray[Any, Any]:
+    """The tensor's array, with BYTES turned into ``str`` unless the content type is ``base64``
+    (see the module docstring)."""
+    if tensor.datatype != "BYTES" or request.input_content_type(tensor) == "base64":
+        return tensor.data
+    return tensor.as_strings()
 
 
-def _concat_columns(inputs: list[Tensor]) -> np.ndarray[Any, Any]:
+def _concat_columns(request: InferenceRequest) -> np.ndarray[Any, Any]:
     """Several inputs side by side: ``[n]`` is one column, ``[n, k]`` is k columns."""
+    inputs = request.inputs
     arrays = []
     for tensor in inputs:
-        array = _decoded(tensor)
+        array = _decoded(request, tensor)
         if array.ndim == 1:
             array = array.reshape(-1, 1)
         elif array.ndim != 2:
@@ -128,27 +126,6 @@ def _import_pandas() -> Any:
             " (install runtime-core-sklearn[pandas])"
         ) from None
     return pandas
-
-
-def _dataframe(inputs: list[Tensor]) -> Any:
-    """One named column per input, in request order."""
-    pandas = _import_pandas()
-    columns: dict[str, np.ndarray[Any, Any]] = {}
-    for tensor in inputs:
-        array = _decoded(tensor)
-        if array.ndim == 2 and array.shape[1] == 1:
-            array = array[:, 0]
-        if array.ndim != 1:
-            raise InvalidRequest(
-                f"input {tensor.name!r} has shape {tensor.shape}; with content type 'pd' each input"
-                " is one column and must be [n] or [n, 1]"
-            )
-        columns[tensor.name] = array
-    rows = {len(a) for a in columns.values()}
-    if len(rows) > 1:
-        counts = ", ".join(f"{name!r}: {len(a)}" for name, a in columns.items())
-        raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
-    return pandas.DataFrame(columns)
 
 
 def _to_tensor(name: str, result: Any) -> Tensor:
@@ -196,8 +173,8 @@ class SKLearnRuntime(Runtime):
         """Import scikit-learn and the estimator families most models use, once, in the
         template every sklearn model's workers are forked from."""
         import joblib  # noqa: F401
-        import sklearn.ensemble  # noqa: F401
-        import sklearn.linear_model  # noqa: F401
+        import sklearn.ensemble
+        import sklearn.linear_model
         import sklearn.pipeline  # noqa: F401
 
     async def load(self) -> None:
@@ -256,20 +233,29 @@ class SKLearnRuntime(Runtime):
         inputs = request.inputs
         if not inputs:
             raise InvalidRequest("the request has no inputs")
-        content_type = request.parameters.get("content_type") or self.settings.parameters.content_type
         # A model fitted on a plain array knows no column names: a DataFrame would only
         # earn a sklearn warning, so 'pd' then means the same as joining the columns.
-        if content_type == PANDAS_CONTENT_TYPE and not (self._feature_names is None and self._n_features is not None):
-            return _dataframe(inputs)
+        if self._wants_dataframe(request) and not (self._feature_names is None and self._n_features is not None):
+            _import_pandas()  # the message names this package's extra
+            return request.as_dataframe()
         if len(inputs) > 1:
-            features = _concat_columns(inputs)
+            features = _concat_columns(request)
         else:
-            features = _decoded(inputs[0])
+            features = _decoded(request, inputs[0])
             if features.ndim == 1 and self._n_features is not None:
                 features = features.reshape(-1, 1) if self._n_features == 1 else features.reshape(1, -1)
         if self._feature_names is not None:
             features = self._named(features)
         return features
+
+    def _wants_dataframe(self, request: InferenceRequest) -> bool:
+        """Content type ``pd`` on the request or an input, else in the model's settings."""
+        if request.parameters or any(t.parameters for t in request.inputs):
+            if request.wants_dataframe():
+                return True
+            if request.content_type is not None:
+                return False  # the request's own content type wins over the model's default
+        return self.settings.parameters.content_type == PANDAS_CONTENT_TYPE
 
     def _named(self, features: np.ndarray[Any, Any]) -> Any:
         """A model fitted on a DataFrame warns on every plain array: give it the column
