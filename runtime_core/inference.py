@@ -45,6 +45,15 @@ _PATHS = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+){2,}[\\/]?")
 DEFAULT_COALESCE = 32
 
 
+def _cpu_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
+        return 0.0
+
+
 def client_message(text: str, limit: int = 500) -> str:
     """``text`` without server paths, cut to ``limit`` characters."""
     text = _PATHS.sub("<path>", text.strip())
@@ -228,6 +237,8 @@ class BatchLoop:
                     await self._fill()
                 take = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
                 started = time.perf_counter()
+                waited = _cpu_wait()
+                done: list[tuple[asyncio.Future[Outcome], Outcome]] = []
                 decoded: list[InferenceRequest] = []
                 owners: list[asyncio.Future[Outcome]] = []
                 for future, body, json_length, deadline, _ in take:
@@ -235,11 +246,16 @@ class BatchLoop:
                         decoded.append(handler.decode(body, json_length, deadline))
                         owners.append(future)
                     except Exception as exc:
-                        future.set_result(handler._error(exc, started))
+                        done.append((future, handler._error(exc, started)))
                 if decoded:
-                    for future, outcome in zip(owners, await handler.run_batch(decoded, started), strict=True):
-                        if not future.done():
-                            future.set_result(outcome)
+                    done.extend(zip(owners, await handler.run_batch(decoded, started), strict=True))
+                # Service time: wall time less the time this thread sat runnable waiting for a
+                # CPU, so a worker at low priority is not charged for being made to wait.
+                service = max(0.0, (time.perf_counter() - started) - (_cpu_wait() - waited)) / len(take)
+                for future, outcome in done:
+                    outcome.cpu = service
+                    if not future.done():
+                        future.set_result(outcome)
         while self._pending:
             future = self._pending.popleft()[0]
             if not future.done():

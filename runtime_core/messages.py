@@ -6,7 +6,7 @@ A frame on a worker's data socket (a stream socket) is::
 
 ``INFER`` payloads are ``i64 json_length | f64 deadline | request body``;
 ``REPLY`` payloads are ``u8 error code | i64 json_length | f64 compute seconds |
-body``. The request body goes through untouched: the main process never parses
+f64 CPU seconds | body``. The request body goes through untouched: the main process never parses
 it. ``CONTROL`` frames carry small pickled dicts (ready, unload, ...), which are
 rare. Errors cross as ``(code, message)``, never as pickled exceptions.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
 INFER_HEAD = struct.Struct("<qd")  # json_length (-1: pure JSON), deadline (0: none)
-REPLY_HEAD = struct.Struct("<Bqd")  # error code (0: ok), json_length, compute seconds
+REPLY_HEAD = struct.Struct("<Bqdd")  # error code (0: ok), json_length, compute seconds, CPU seconds
 
 INFER = 1
 REPLY = 2
@@ -45,7 +45,12 @@ class Outcome:
     json_length: int = -1
     """Length of the JSON header when the body carries binary outputs, else -1."""
     compute: float = 0.0
-    """Seconds the worker spent on the request (decode, predict, encode)."""
+    """Seconds the worker spent on the request (decode, predict, encode); a batch's time is
+    shared evenly among its requests."""
+    cpu: float = 0.0
+    """Service seconds: ``compute`` less the time the worker sat waiting for a CPU, shared
+    likewise. Fair sharing charges this: plain wall time would also charge a low-priority
+    worker for the time it was made to wait."""
 
 
 def infer_frame(request_id: int, body: bytes | memoryview, json_length: int, deadline: float) -> list[bytes]:
@@ -58,7 +63,7 @@ def reply_frame(request_id: int, outcome: Outcome) -> bytes:
     size = FRAME.size - 4 + REPLY_HEAD.size + len(outcome.body)
     return (
         FRAME.pack(size, REPLY, request_id)
-        + REPLY_HEAD.pack(outcome.code, outcome.json_length, outcome.compute)
+        + REPLY_HEAD.pack(outcome.code, outcome.json_length, outcome.compute, outcome.cpu)
         + outcome.body
     )
 
@@ -69,8 +74,8 @@ def control_frame(request_id: int, message: dict[str, Any]) -> bytes:
 
 
 def parse_reply(payload: memoryview) -> Outcome:
-    code, json_length, compute = REPLY_HEAD.unpack_from(payload)
-    return Outcome(code, bytes(payload[REPLY_HEAD.size :]), json_length, compute)
+    code, json_length, compute, cpu = REPLY_HEAD.unpack_from(payload)
+    return Outcome(code, bytes(payload[REPLY_HEAD.size :]), json_length, compute, cpu)
 
 
 class FrameReader:

@@ -118,12 +118,20 @@ class ModelPool(abc.ABC):
     @abc.abstractmethod
     def inflight(self) -> int: ...
 
+    @property
+    def parallelism(self) -> int:
+        """How many requests the pool can compute at the same time (its live workers)."""
+        return 1
+
     @abc.abstractmethod
     def health(self) -> PoolHealth: ...
 
     def set_background(self, background: bool) -> bool:
         """Lower (or restore) the CPU priority of the pool's workers; returns whether it applied."""
         return False
+
+    def set_nice(self, nice: int) -> None:  # noqa: B027 - optional for backends
+        """Set the workers' nice value: the kernel shares CPU among busy models by it."""
 
     @abc.abstractmethod
     async def aclose(self, grace: float = 30.0) -> None:
@@ -575,6 +583,8 @@ class ProcessPool(ModelPool):
         conn.ready = True
         if self.metadata is None:
             self.metadata = hello.get("metadata")
+        if self._nice:
+            self._apply_nice(conn)
         if self._background_wanted:
             self._apply_priority(conn, True)
         self.on_capacity()
@@ -636,6 +646,10 @@ class ProcessPool(ModelPool):
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def parallelism(self) -> int:
+        return max(1, sum(1 for c in self._workers if c is not None and c.ready))
 
     def _pick(self, exclude: _WorkerConnection | None = None) -> _WorkerConnection | None:
         mode = self._mode
@@ -756,6 +770,20 @@ class ProcessPool(ModelPool):
         )
 
     _background_wanted = False
+
+    _nice = 0
+
+    def set_nice(self, nice: int) -> None:
+        self._nice = nice
+        for conn in self._workers:
+            if conn is not None and conn.ready:
+                self._apply_nice(conn)
+
+    def _apply_nice(self, conn: _WorkerConnection) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, conn.pid, self._nice)
+        except OSError:  # lowering nice needs CAP_SYS_NICE: keep what we have
+            log.debug("model %r: cannot set nice %d on worker %d", self.settings.name, self._nice, conn.pid)
 
     def set_background(self, background: bool) -> bool:
         self._background_wanted = background
