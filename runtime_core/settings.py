@@ -96,12 +96,12 @@ class ServerSettings(BaseSettings):
     """Default bound of each model's queue; a full queue answers 503."""
 
     max_inflight: int | None = Field(None, ge=1)
-    """Server-wide budget of requests executing in workers while models contend; default: one per
-    usable CPU core."""
+    """Server-wide budget of requests in flight in workers while two or more models have work;
+    default: two full batches (16 requests) per usable CPU core."""
 
     cpu_priority: bool = True
-    """Run the workers of a model with a backlog at idle CPU priority (SCHED_IDLE), so that
-    models under their fair share preempt them on the CPU."""
+    """Give workers a nice value from their model's weight, and while a model within its means
+    has work, run saturated models' workers at SCHED_IDLE so that it preempts them."""
 
     watch: bool = False
     """Poll the model repository and load new, reload changed and unload removed models."""
