@@ -21,8 +21,6 @@ from runtime_core import __version__
 from runtime_core.errors import RuntimeCoreError
 from runtime_core.plugins import RuntimeRegistry, load_registry
 from runtime_core.repository import ModelRepository, ModelState
-from runtime_core.rest.app import create_app, serve
-from runtime_core.rest.keys import ServerState
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings, load_server_settings
 from runtime_core.worker import configure_logging
@@ -96,13 +94,15 @@ def _progress(name: str, runtime: str, seconds: float, error: str | None) -> Non
         _say(f"  FAILED  {name} ({runtime}): {error}", model=name, failed=True)
 
 
-async def _run(settings: ServerSettings, registry: RuntimeRegistry) -> int:
+async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: ModelRepository) -> int:
+    # Imported here, after the runtimes' templates started importing their frameworks.
+    from runtime_core.rest.app import create_app, serve
+    from runtime_core.rest.keys import ServerState
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    scheduler = FairScheduler(settings.max_inflight, cpu_priority=settings.cpu_priority)
-    repository = ModelRepository(settings.model_repository, settings, registry, scheduler, progress=_progress)
     state = ServerState()
     app = create_app(settings, repository, scheduler, state)
     try:
@@ -186,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeCoreError as exc:
         print(f"runtime-core: {exc.message}", file=sys.stderr)
         return 2
+    scheduler = FairScheduler(settings.max_inflight, cpu_priority=settings.cpu_priority)
+    models = ModelRepository(settings.model_repository, settings, registry, scheduler, progress=_progress)
+    models.prewarm()  # the slowest part of start-up (importing frameworks) begins now
     with _event_loop_runner() as runner:
-        return runner.run(_run(settings, registry))
+        return runner.run(_run(settings, scheduler, models))
 
 
 if __name__ == "__main__":

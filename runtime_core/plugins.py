@@ -3,9 +3,9 @@
 Runtimes are found only through installed entry points in the group
 ``runtime_core`` (the built-in ``echo`` runtime is registered the same way, by
 runtime-core's own distribution). Building the registry imports each plugin
-module once; a worker receives the runtime's import path (``module:qualname``)
-and imports only that module, so a worker of an sklearn model never imports
-xgboost.
+module once; worker processes receive the runtime's import path
+(``module:qualname``) and import it by that path, never through the plugin
+manager.
 """
 
 from __future__ import annotations

@@ -240,9 +240,17 @@ class _Root:
         parent.setblocking(False)
         self.ctl = parent
         self.alive = True
-        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[dict[str, Any]] | None = None
         self.waiting: list[asyncio.Future[int]] = []
-        asyncio.get_running_loop().add_reader(parent.fileno(), self._read)
+
+    def attach(self) -> asyncio.Future[dict[str, Any]]:
+        """Start reading from the root (in the running loop); the root may have been started
+        before the loop, so that it imports while the main process is still starting."""
+        if self.ready is None:
+            loop = asyncio.get_running_loop()
+            self.ready = loop.create_future()
+            loop.add_reader(self.ctl.fileno(), self._read)
+        return self.ready
 
     def _read(self) -> None:
         try:
@@ -251,6 +259,7 @@ class _Root:
             return
         except OSError:
             message = b""
+        assert self.ready is not None
         if not message:
             self.alive = False
             asyncio.get_running_loop().remove_reader(self.ctl.fileno())
@@ -284,7 +293,7 @@ class _Root:
         return parent, await fut
 
     async def aclose(self) -> None:
-        if self.alive:
+        if self.alive and self.ready is not None:
             with contextlib.suppress(OSError, ValueError):
                 asyncio.get_running_loop().remove_reader(self.ctl.fileno())
         self.ctl.close()
@@ -295,34 +304,43 @@ class _Root:
 
 
 class Templates:
-    """One root template per runtime (import path), shared by all models of that runtime.
+    """The root template: one process that imports every runtime in use (and the frameworks
+    their ``preload`` names) once; each model's zygote is forked from it.
 
-    A model's zygote is forked from its runtime's root, which has already imported the
-    framework: a second model of a runtime starts without importing it again. When a
+    One root for all runtimes, not one each: frameworks share most of their imports
+    (xgboost imports scikit-learn's base when it is installed), and on a small machine two
+    roots importing the same modules at once only compete for the cores. A model whose
+    runtime the root did not preload imports it in its zygote, after the fork. When the
     root cannot be used (it failed, or it has threads and so must not fork), models fall
     back to zygotes started as fresh interpreters.
     """
 
     def __init__(self, log_level: str = "info") -> None:
         self.log_level = log_level
-        self._roots: dict[str, _Root] = {}
+        self._paths: list[str] = []
+        self._root_proc: _Root | None = None
         self._lock = asyncio.Lock()
+
+    def prewarm(self, import_paths: list[str]) -> None:
+        """Start the root now, preloading ``import_paths``, so that it imports while the rest
+        of the server starts. Needs no event loop."""
+        for path in import_paths:
+            if path not in self._paths:
+                self._paths.append(path)
+        if self._root_proc is None and self._paths:
+            self._root_proc = _Root(",".join(self._paths), self.log_level)
 
     async def _root(self, import_path: str) -> _Root | None:
         async with self._lock:
-            root = self._roots.get(import_path)
-            if root is None or not root.alive:
-                root = _Root(import_path, self.log_level)
-                self._roots[import_path] = root
-        event = await root.ready
+            if import_path not in self._paths:
+                self._paths.append(import_path)
+            if self._root_proc is None or not self._root_proc.alive:
+                self._root_proc = _Root(",".join(self._paths), self.log_level)
+            root = self._root_proc
+        event = await root.attach()
         if event.get("event") != "root_ready" or not event.get("fork_safe"):
             return None
         return root if root.alive else None
-
-    def prewarm(self, import_path: str) -> None:
-        """Start ``import_path``'s root template now, so that it imports while other work goes on."""
-        if import_path not in self._roots or not self._roots[import_path].alive:
-            self._roots[import_path] = _Root(import_path, self.log_level)
 
     async def fork_zygote(self, spec: worker_module.WorkerSpec) -> tuple[socket.socket, int] | None:
         """A control socket to a new zygote for ``spec`` and its pid, or None to fall back."""
@@ -335,8 +353,9 @@ class Templates:
             return None
 
     async def aclose(self) -> None:
-        roots, self._roots = list(self._roots.values()), {}
-        await asyncio.gather(*(r.aclose() for r in roots), return_exceptions=True)
+        root, self._root_proc = self._root_proc, None
+        if root is not None:
+            await root.aclose()
 
 
 @dataclass(slots=True)

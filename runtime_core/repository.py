@@ -125,8 +125,22 @@ class ModelRepository:
             found[settings.name] = settings
         return found, errors
 
+    def prewarm(self) -> None:
+        """Start the root template of every runtime the repository uses. Importing a framework
+        is slow but light on memory, so it starts at once for all runtimes (even before the
+        event loop, from the command line) and outside the load limiter."""
+        found, _ = self.scan()
+        paths: list[str] = []
+        for settings in found.values():
+            with contextlib.suppress(RuntimeCoreError):
+                entry = self._entry(settings)
+                if settings.workers(self.server) > 0 and entry.import_path not in paths:
+                    paths.append(entry.import_path)
+        self.templates.prewarm(paths)
+
     async def load_all(self) -> None:
         """Load every model found; failures are recorded UNAVAILABLE, the others serve."""
+        self.prewarm()
         found, errors = self.scan()
         for error in errors:
             name = error.model or (Path(error.path).parent.name if error.path else "?")
@@ -135,13 +149,6 @@ class ModelRepository:
             record.reason = client_message(error.message)
             log.error("%s", error.message)
             self.progress(name, "?", 0.0, error.message)
-        # Importing a framework is slow but light on memory: start every runtime's root
-        # template at once, outside the load limiter; the loads then only fork and load.
-        for settings in found.values():
-            with contextlib.suppress(RuntimeCoreError):
-                entry = self._entry(settings)
-                if settings.workers(self.server) > 0:
-                    self.templates.prewarm(entry.import_path)
         await asyncio.gather(*(self._load(s) for s in found.values()))
 
     # ------------------------------------------------------------------ operations

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from runtime_core.inference import BatchLoop, ModelHandler, client_message
 from runtime_core.messages import CONTROL, INFER, INFER_HEAD, FrameReader, Outcome, control_frame, reply_frame
 from runtime_core.plugins import import_runtime
@@ -140,13 +142,16 @@ def _watch_main_process(pid: int) -> None:
     os._exit(1)
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
+try:  # imported here, in the templates, so that forked workers need not import it
+    import uvloop as _uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    _uvloop = None  # type: ignore[assignment]
 
-        return uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.new_event_loop()
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if _uvloop is not None:
+        return _uvloop.new_event_loop()
+    return asyncio.new_event_loop()  # pragma: no cover
 
 
 class JsonFormatter(logging.Formatter):
@@ -264,9 +269,8 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runti
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         threading.Thread(target=_watch_main_process, args=(spec.main_pid,), daemon=True).start()
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=spec.threads)
+        if spec.threads > 1:  # the template's environment already caps every pool at one
+            threadpool_limits(limits=spec.threads)
         loop = _new_loop()
         asyncio.set_event_loop(loop)
         started = time.perf_counter()
@@ -404,28 +408,27 @@ def zygote_main(ctl_fd: int, expected_parent: int) -> None:
     _run_zygote(ctl, pickle.loads(ctl.recv(1 << 20)))
 
 
-def root_main(ctl_fd: int, expected_parent: int, import_path: str, log_level: str) -> None:
-    """A runtime's root template: imports the runtime (and what its ``preload`` imports) once,
-    then forks one zygote per model of that runtime on request. Model zygotes therefore
-    start without importing the framework again, and share its pages with each other."""
+def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: str) -> None:
+    """The root template: imports the runtimes (comma-separated import paths) and what their
+    ``preload`` names once, then forks one zygote per model on request. Model zygotes
+    therefore start without importing the frameworks again, and share their pages."""
     _set_parent_death_signal()
     if os.getppid() != expected_parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(log_level)
     ctl = socket.socket(fileno=ctl_fd)
-    set_process_name(f"rc-r:{import_path.split('.')[0]}")
+    set_process_name("rc-root")
 
     def send(message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             ctl.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
-    try:
-        import_runtime(import_path).preload()
-    except Exception as exc:
-        log.error("runtime %s failed to import", import_path, exc_info=True)
-        send({"event": "root_failed", "error": client_message(str(exc))})
-        os._exit(3)
+    for import_path in import_paths.split(","):
+        try:
+            import_runtime(import_path).preload()
+        except Exception:  # that runtime's zygotes will import it themselves, and report
+            log.warning("runtime %s failed to preload", import_path, exc_info=True)
     fork_safe = thread_count() == 1
     gc.collect()
     gc.freeze()

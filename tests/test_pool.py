@@ -198,8 +198,8 @@ def test_crashing_request_gets_503_and_the_model_keeps_serving(two_models: Serve
 def test_no_process_outlives_the_server(two_models: ServerProcess, sig: int) -> None:
     procs = tree(two_models.pid)
     names = sorted(p.name().split(":")[0] for p in procs[1:])
-    # one root template for the toy runtime, a zygote per model, five workers
-    assert names == ["rc-r"] + ["rc-w0"] * 2 + ["rc-w1"] * 2 + ["rc-w2"] + ["rc-z"] * 2
+    # one root template, a zygote per model, five workers
+    assert names == ["rc-root"] + ["rc-w0"] * 2 + ["rc-w1"] * 2 + ["rc-w2"] + ["rc-z"] * 2
     code = two_models.stop(sig)
     if sig == signal.SIGTERM:
         assert code == 0
