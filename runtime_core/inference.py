@@ -78,8 +78,9 @@ def _batch_key(request: InferenceRequest) -> tuple[Any, ...] | None:
 class ModelHandler:
     """Runs requests for one loaded runtime instance."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, max_elements: int = 0) -> None:
         self.runtime = runtime
+        self.max_elements = max_elements
         self.model_name = runtime.context.model_name
         self.version = runtime.context.version
         self.batchable = bool(getattr(runtime, "supports_batching", False))
@@ -100,7 +101,7 @@ class ModelHandler:
     def decode(self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0) -> InferenceRequest:
         if deadline and time.time() > deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
-        return decode_request(body, None if json_length < 0 else json_length)
+        return decode_request(body, None if json_length < 0 else json_length, self.max_elements)
 
     async def _predict(self, request: InferenceRequest) -> InferenceResponse:
         self.calls += 1

@@ -142,12 +142,12 @@ class InProcessPool(ModelPool):
     """``parallel_workers: 0``: the runtime lives in the main process and runs in its event
     loop, fed by the same batch loop as a worker."""
 
-    def __init__(self, runtime: Runtime, depth: int = 1) -> None:
+    def __init__(self, runtime: Runtime, depth: int = 1, max_elements: int = 0) -> None:
         self._runtime = runtime
         batch = BATCH_DEPTH if getattr(runtime, "supports_batching", False) else 1
         self._depth = max(depth, runtime.settings.max_batch_size, batch)
         self._batcher = BatchLoop(
-            ModelHandler(runtime), runtime.settings.max_batch_size, runtime.settings.max_batch_time
+            ModelHandler(runtime, max_elements), runtime.settings.max_batch_size, runtime.settings.max_batch_time
         )
         self._runner: asyncio.Task[None] | None = None
         self._inflight = 0
@@ -468,6 +468,7 @@ class ProcessPool(ModelPool):
             threads=self.threads,
             main_pid=os.getpid(),
             log_level=server.log_level,
+            max_elements=server.max_elements,
         )
         self._limiter = load_limiter or asyncio.Semaphore(1)
         self._workers: list[_WorkerConnection | None] = [None] * self.size

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from runtime_core.errors import InvalidRequest
+from runtime_core.errors import InvalidRequest, PayloadTooLarge
 
 __all__ = [
     "CONTENT_TYPES",
@@ -448,10 +448,14 @@ def _from_binary(
     return array
 
 
-def decode_request(body: bytes | memoryview, json_length: int | None = None) -> InferenceRequest:
+def decode_request(
+    body: bytes | memoryview, json_length: int | None = None, max_elements: int = 0
+) -> InferenceRequest:
     """Decode a V2 request body. ``json_length`` is set for the binary extension.
 
-    Raises :class:`InvalidRequest` for anything a runtime could not rely on.
+    Raises :class:`InvalidRequest` for anything a runtime could not rely on, and
+    :class:`PayloadTooLarge` when the inputs hold more than ``max_elements`` elements
+    in all (0: no limit), before any of their data is converted.
     """
     view = memoryview(body)
     if json_length is not None:
@@ -481,6 +485,7 @@ def decode_request(body: bytes | memoryview, json_length: int | None = None) -> 
     inputs: list[Tensor] = []
     seen: set[str] = set()
     offset = 0
+    elements = 0
     for index, item in enumerate(raw_inputs):
         if not isinstance(item, dict):
             raise InvalidRequest(f"input {index}: must be an object")
@@ -495,6 +500,10 @@ def decode_request(body: bytes | memoryview, json_length: int | None = None) -> 
         if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
         shape = _shape(item.get("shape"), where)
+        if max_elements:
+            elements += math.prod(shape)
+            if elements > max_elements:
+                raise PayloadTooLarge(f"the request's inputs hold more than max_elements ({max_elements}) elements")
         params = _parameters(item.get("parameters"), where)
         size = params.get("binary_data_size")
         if size is not None:

@@ -189,7 +189,7 @@ class ModelRepository:
                 threads=settings.thread_cap(self.server),
                 worker_index=None,
             )
-            return InProcessPool(entry.cls(settings, context), self.server.pipeline_depth)
+            return InProcessPool(entry.cls(settings, context), self.server.pipeline_depth, self.server.max_elements)
         return ProcessPool(
             settings,
             entry,

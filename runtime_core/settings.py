@@ -83,6 +83,10 @@ class ServerSettings(BaseSettings):
     max_request_size: int = Field(100 * 1024 * 1024, gt=0)
     """Largest request body accepted, in bytes; larger bodies get 413 before they are read."""
 
+    max_elements: int = Field(64 * 1024 * 1024, ge=0)
+    """Most tensor elements one request may hold, over all its inputs (0: no limit); checked
+    in the worker from the shapes, before any data is converted. Over it: 413."""
+
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds a worker may spend on one request before it is killed and replaced."""
 

@@ -78,6 +78,7 @@ class WorkerSpec:
     threads: int
     main_pid: int
     log_level: str
+    max_elements: int = 0
 
     def model_settings(self) -> ModelSettings:
         settings = ModelSettings.model_validate(self.settings)
@@ -291,7 +292,7 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runti
             "load_time": time.perf_counter() - started,
             "metadata": _metadata(runtime),
         }
-        loop.run_until_complete(_serve(ModelHandler(runtime), sock, hello))
+        loop.run_until_complete(_serve(ModelHandler(runtime, spec.max_elements), sock, hello))
     except BaseException:  # the process must end here, never fall back into the zygote's loop
         log.exception("worker %d crashed", index)
         code = 1

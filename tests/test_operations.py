@@ -161,3 +161,19 @@ def test_bad_log_format_is_refused(repo: Path) -> None:
     )
     assert proc.returncode == 2
     assert "log_format" in proc.stderr
+
+
+def test_max_elements_is_a_413_from_the_shapes_alone(serve: Any, repo: Path) -> None:
+    server = serve(repo, env={"RUNTIME_CORE_MAX_ELEMENTS": "100"})
+    small = {"inputs": [{"name": "x", "shape": [10, 10], "datatype": "FP32", "data": [0.5] * 100}]}
+    assert server.post_json("/v2/models/echo/infer", small)[0] == 200
+    # The data is far too short for the shape: only the element limit can answer first.
+    huge = {"inputs": [{"name": "x", "shape": [1000, 1000], "datatype": "FP32", "data": [0.5]}]}
+    status, doc = server.post_json("/v2/models/echo/infer", huge)
+    assert status == 413 and "max_elements" in doc["error"]
+    two = {"inputs": [
+        {"name": "a", "shape": [60], "datatype": "FP32", "data": [0.5] * 60},
+        {"name": "b", "shape": [60], "datatype": "FP32", "data": [0.5] * 60},
+    ]}
+    assert server.post_json("/v2/models/echo/infer", two)[0] == 413
+    assert server.post_json("/v2/models/echo/infer", small)[0] == 200
