@@ -12,6 +12,7 @@ from runtime_core.protocol import (
     RequestedOutput,
     Tensor,
     TensorSpec,
+    stack_columns,
 )
 from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext, check_requested_outputs
 
@@ -32,4 +33,5 @@ __all__ = [
     "__version__",
     "check_requested_outputs",
     "hookimpl",
+    "stack_columns",
 ]

@@ -329,6 +329,26 @@ def _column_tensor(name: str, array: np.ndarray[Any, Any]) -> Tensor:
         raise TypeError(f"column {name!r} of dtype {array.dtype} has no V2 datatype") from None
 
 
+def stack_columns(columns: list[tuple[str, np.ndarray[Any, Any]]]) -> np.ndarray[Any, Any]:
+    """Join named inputs side by side for a model that takes one matrix (MLServer's way with
+    several inputs): ``[n]`` is one column, ``[n, k]`` is k columns. Raises
+    :class:`InvalidRequest` for other ranks and for inputs with different row counts."""
+    arrays = []
+    for name, array in columns:
+        if array.ndim == 1:
+            array = array.reshape(-1, 1)
+        elif array.ndim != 2:
+            raise InvalidRequest(
+                f"input {name!r} has shape {list(array.shape)}; when a request has several inputs,"
+                " each must be [n] or [n, k] and they are joined column-wise"
+            )
+        arrays.append(array)
+    if len({a.shape[0] for a in arrays}) > 1:
+        counts = ", ".join(f"{name!r}: {a.shape[0]}" for (name, _), a in zip(columns, arrays, strict=True))
+        raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
+    return np.concatenate(arrays, axis=1)
+
+
 # --------------------------------------------------------------------------- decoding
 
 

@@ -8,11 +8,13 @@ folder, and talk to it over HTTP::
         server = rc_server(tmp_path)
         status, body = server.post_json("/v2/models/m/infer", {...})
 
-Everything here uses only the standard library, so it works in any test setup.
+``make_runtime`` builds and loads a runtime instance in the test process, through the
+installed entry points, for unit tests of a runtime's ``load`` and ``predict``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,11 +25,60 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+from runtime_core.protocol import InferenceRequest, Tensor
+from runtime_core.runtime import Runtime, RuntimeContext
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine of a runtime (``load``, ``predict``) to completion."""
+    return asyncio.run(coro)
+
+
+def make_runtime(
+    folder: Path,
+    settings: dict[str, Any],
+    *,
+    repository: Path | None = None,
+    threads: int = 1,
+    load: bool = True,
+) -> Runtime:
+    """Build a runtime instance the way the server does, without a server: write
+    ``folder/model-settings.json`` from ``settings`` (``name`` defaults to the folder name;
+    ``runtime`` is required), find the runtime through the installed entry points, resolve
+    the artifact and, unless ``load=False``, load it."""
+    from runtime_core.plugins import load_registry
+    from runtime_core.settings import load_model_settings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model-settings.json"
+    path.write_text(json.dumps({"name": folder.name, **settings}))
+    model_settings = load_model_settings(path)
+    entry = load_registry().get(model_settings.runtime_name, model=model_settings.name)
+    context = RuntimeContext(
+        model_name=model_settings.name,
+        version=model_settings.version,
+        folder=folder,
+        uri=model_settings.resolve_uri(repository or folder, entry.cls.artifact_names),
+        threads=threads,
+        worker_index=None,
+    )
+    runtime = entry.cls(model_settings, context)
+    if load:
+        run(runtime.load())
+    return runtime
+
+
+def predict_outputs(runtime: Runtime, request: InferenceRequest) -> dict[str, Tensor]:
+    """``runtime.predict(request)``'s outputs by name."""
+    return {t.name: t for t in run(runtime.predict(request)).outputs}
 
 
 def free_port() -> int:

@@ -62,6 +62,7 @@ from runtime_core import (
     Tensor,
     TensorSpec,
     check_requested_outputs,
+    stack_columns,
 )
 
 if TYPE_CHECKING:
@@ -98,23 +99,7 @@ def _decoded(request: InferenceRequest, tensor: Tensor) -> np.ndarray[Any, Any]:
 
 def _concat_columns(request: InferenceRequest) -> np.ndarray[Any, Any]:
     """Several inputs side by side: ``[n]`` is one column, ``[n, k]`` is k columns."""
-    inputs = request.inputs
-    arrays = []
-    for tensor in inputs:
-        array = _decoded(request, tensor)
-        if array.ndim == 1:
-            array = array.reshape(-1, 1)
-        elif array.ndim != 2:
-            raise InvalidRequest(
-                f"input {tensor.name!r} has shape {tensor.shape}; when a request has several inputs,"
-                " each must be [n] or [n, k] and they are joined column-wise"
-            )
-        arrays.append(array)
-    rows = {a.shape[0] for a in arrays}
-    if len(rows) > 1:
-        counts = ", ".join(f"{t.name!r}: {a.shape[0]}" for t, a in zip(inputs, arrays, strict=True))
-        raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
-    return np.concatenate(arrays, axis=1)
+    return stack_columns([(t.name, _decoded(request, t)) for t in request.inputs])
 
 
 def _import_pandas() -> Any:

@@ -4,14 +4,12 @@ and the V2 codec."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pickle
 import subprocess
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import joblib
 import numpy as np
@@ -23,16 +21,12 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from runtime_core import InferenceRequest, InvalidRequest, RequestedOutput, Runtime, RuntimeContext, Tensor
+from runtime_core import InferenceRequest, InvalidRequest, RequestedOutput, Runtime, RuntimeContext, Tensor, testing
 from runtime_core.plugins import load_registry
 from runtime_core.protocol import decode_request, encode_response
 from runtime_core.settings import load_model_settings
 
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+run = testing.run
 
 
 @pytest.fixture(scope="module")
@@ -47,32 +41,8 @@ def logreg(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
     return LogisticRegression(max_iter=1000).fit(x, y)
 
 
-def make_runtime(
-    folder: Path,
-    settings: dict[str, Any] | None = None,
-    *,
-    repository: Path | None = None,
-    threads: int = 1,
-    load: bool = True,
-) -> Runtime:
-    """Write model-settings.json, resolve the runtime through the registry, build and load it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model-settings.json"
-    path.write_text(json.dumps({"name": folder.name, "runtime": "sklearn", **(settings or {})}))
-    model_settings = load_model_settings(path)
-    entry = load_registry().get(model_settings.runtime_name, model=model_settings.name)
-    context = RuntimeContext(
-        model_name=model_settings.name,
-        version=model_settings.version,
-        folder=folder,
-        uri=model_settings.resolve_uri(repository or folder, entry.cls.artifact_names),
-        threads=threads,
-        worker_index=None,
-    )
-    runtime = entry.cls(model_settings, context)
-    if load:
-        run(runtime.load())
-    return runtime
+def make_runtime(folder: Path, settings: dict[str, Any] | None = None, **kwargs: Any) -> Runtime:
+    return testing.make_runtime(folder, {"runtime": "sklearn", **(settings or {})}, **kwargs)
 
 
 def request(x: np.ndarray, *outputs: str, name: str = "input-0", **parameters: Any) -> InferenceRequest:
@@ -82,8 +52,7 @@ def request(x: np.ndarray, *outputs: str, name: str = "input-0", **parameters: A
 
 
 def outputs_of(runtime: Runtime, req: InferenceRequest) -> dict[str, Tensor]:
-    response = run(runtime.predict(req))
-    return {t.name: t for t in response.outputs}
+    return testing.predict_outputs(runtime, req)
 
 
 def _dump(model: Any, folder: Path, file: str = "model.joblib") -> Path:

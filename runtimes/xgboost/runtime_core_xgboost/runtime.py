@@ -51,6 +51,7 @@ from runtime_core import (
     Tensor,
     TensorSpec,
     check_requested_outputs,
+    stack_columns,
 )
 
 if TYPE_CHECKING:
@@ -287,19 +288,4 @@ class XGBoostRuntime(Runtime):
         if self._feature_names is not None and sorted(names) == sorted(self._feature_names):
             order = {name: i for i, name in enumerate(self._feature_names)}
             inputs = sorted(inputs, key=lambda t: order[t.name])
-        arrays = []
-        for tensor in inputs:
-            array = tensor.data
-            if array.ndim == 1:
-                array = array.reshape(-1, 1)
-            elif array.ndim != 2:
-                raise InvalidRequest(
-                    f"input {tensor.name!r} has shape {tensor.shape}; when a request has several inputs,"
-                    " each must be [n] or [n, k] and they are joined column-wise"
-                )
-            arrays.append(array)
-        rows = {a.shape[0] for a in arrays}
-        if len(rows) > 1:
-            counts = ", ".join(f"{t.name!r}: {a.shape[0]}" for t, a in zip(inputs, arrays, strict=True))
-            raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
-        return np.concatenate(arrays, axis=1)
+        return stack_columns([(t.name, t.data) for t in inputs])

@@ -4,15 +4,13 @@ and the V2 codec."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
@@ -20,16 +18,12 @@ import pytest
 import xgboost as xgb
 from sklearn.datasets import load_iris, make_classification, make_regression
 
-from runtime_core import InferenceRequest, InvalidRequest, RequestedOutput, Runtime, RuntimeContext, Tensor
+from runtime_core import InferenceRequest, InvalidRequest, RequestedOutput, Runtime, RuntimeContext, Tensor, testing
 from runtime_core.plugins import load_registry
 from runtime_core.protocol import decode_request, encode_response
 from runtime_core.settings import load_model_settings
 
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+run = testing.run
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +56,8 @@ def save(booster: xgb.Booster, folder: Path, file: str) -> Path:
     return folder
 
 
-def make_runtime(
-    folder: Path, settings: dict[str, Any] | None = None, *, threads: int = 1, load: bool = True
-) -> Runtime:
-    """Write model-settings.json, resolve the runtime through the registry, build and load it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model-settings.json"
-    path.write_text(json.dumps({"name": folder.name, "runtime": "xgboost", **(settings or {})}))
-    model_settings = load_model_settings(path)
-    entry = load_registry().get(model_settings.runtime_name, model=model_settings.name)
-    context = RuntimeContext(
-        model_name=model_settings.name,
-        version=model_settings.version,
-        folder=folder,
-        uri=model_settings.resolve_uri(folder, entry.cls.artifact_names),
-        threads=threads,
-        worker_index=None,
-    )
-    runtime = entry.cls(model_settings, context)
-    if load:
-        run(runtime.load())
-    return runtime
+def make_runtime(folder: Path, settings: dict[str, Any] | None = None, **kwargs: Any) -> Runtime:
+    return testing.make_runtime(folder, {"runtime": "xgboost", **(settings or {})}, **kwargs)
 
 
 def request(x: np.ndarray, *outputs: str, name: str = "input-0") -> InferenceRequest:
@@ -90,7 +65,7 @@ def request(x: np.ndarray, *outputs: str, name: str = "input-0") -> InferenceReq
 
 
 def outputs_of(runtime: Runtime, req: InferenceRequest) -> dict[str, Tensor]:
-    return {t.name: t for t in run(runtime.predict(req)).outputs}
+    return testing.predict_outputs(runtime, req)
 
 
 # --------------------------------------------------------------------------- discovery
