@@ -98,10 +98,23 @@ class ModelHandler:
         message = f"model {self.model_name!r} failed to run the request: {detail}"
         return Outcome(InferenceFailed.code, message.encode(), -1, time.perf_counter() - started)
 
-    def decode(self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0) -> InferenceRequest:
+    def decode(
+        self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0, arrived: float = 0.0
+    ) -> InferenceRequest:
         if deadline and time.time() > deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
-        return decode_request(body, None if json_length < 0 else json_length, self.max_elements)
+        request = decode_request(body, None if json_length < 0 else json_length, self.max_elements)
+        timeout = request.parameters.get("timeout")
+        if timeout is not None:
+            # Triton's request parameter, in microseconds, from the request's arrival. It is
+            # read here, in the worker, so the main process never parses the body for it.
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise InvalidRequest("parameters.timeout must be a positive number of microseconds")
+            if arrived and time.time() > arrived + timeout / 1e6:
+                raise DeadlineExceeded(
+                    f"model {self.model_name!r}: parameters.timeout ({timeout:g} us) passed before the request ran"
+                )
+        return request
 
     async def _predict(self, request: InferenceRequest) -> InferenceResponse:
         self.calls += 1
@@ -214,13 +227,15 @@ class BatchLoop:
         self.handler = handler
         self.limit = max_batch_size if max_batch_size > 1 else DEFAULT_COALESCE
         self.wait = max_batch_time if max_batch_size > 1 else 0.0
-        self._pending: deque[tuple[asyncio.Future[Outcome], bytes | memoryview, int, float, float]] = deque()
+        self._pending: deque[tuple[asyncio.Future[Outcome], bytes | memoryview, int, float, float, float]] = deque()
         self._wakeup = asyncio.Event()
         self._closed = False
 
-    def submit(self, body: bytes | memoryview, json_length: int, deadline: float) -> asyncio.Future[Outcome]:
+    def submit(
+        self, body: bytes | memoryview, json_length: int, deadline: float, arrived: float = 0.0
+    ) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((future, body, json_length, deadline, time.monotonic()))
+        self._pending.append((future, body, json_length, deadline, arrived, time.monotonic()))
         self._wakeup.set()
         return future
 
@@ -242,9 +257,9 @@ class BatchLoop:
                 done: list[tuple[asyncio.Future[Outcome], Outcome]] = []
                 decoded: list[InferenceRequest] = []
                 owners: list[asyncio.Future[Outcome]] = []
-                for future, body, json_length, deadline, _ in take:
+                for future, body, json_length, deadline, arrived, _ in take:
                     try:
-                        decoded.append(handler.decode(body, json_length, deadline))
+                        decoded.append(handler.decode(body, json_length, deadline, arrived))
                         owners.append(future)
                     except Exception as exc:
                         done.append((future, handler._error(exc, started)))
@@ -264,7 +279,7 @@ class BatchLoop:
 
     async def _fill(self) -> None:
         """Wait until ``limit`` requests are pending or the oldest has waited ``wait`` seconds."""
-        until = self._pending[0][4] + self.wait
+        until = self._pending[0][5] + self.wait
         while len(self._pending) < self.limit and not self._closed:
             remaining = until - time.monotonic()
             if remaining <= 0:

@@ -4,7 +4,7 @@ A frame on a worker's data socket (a stream socket) is::
 
     u32 length | u8 kind | u64 request id | payload (length - 9 bytes)
 
-``INFER`` payloads are ``i64 json_length | f64 deadline | request body``;
+``INFER`` payloads are ``i64 json_length | f64 deadline | f64 arrived | request body``;
 ``REPLY`` payloads are ``u8 error code | i64 json_length | f64 compute seconds |
 f64 CPU seconds | body``. The request body goes through untouched: the main process never parses
 it. ``CONTROL`` frames carry small pickled dicts (ready, unload, ...), which are
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
-INFER_HEAD = struct.Struct("<qd")  # json_length (-1: pure JSON), deadline (0: none)
+INFER_HEAD = struct.Struct("<qdd")  # json_length (-1: pure JSON), deadline (0: none), arrival time
 REPLY_HEAD = struct.Struct("<Bqdd")  # error code (0: ok), json_length, compute seconds, CPU seconds
 
 INFER = 1
@@ -53,10 +53,12 @@ class Outcome:
     worker for the time it was made to wait."""
 
 
-def infer_frame(request_id: int, body: bytes | memoryview, json_length: int, deadline: float) -> list[bytes]:
+def infer_frame(
+    request_id: int, body: bytes | memoryview, json_length: int, deadline: float, arrived: float = 0.0
+) -> list[bytes]:
     """The pieces of an INFER frame, for ``transport.writelines`` (the body is not copied)."""
     head = FRAME.pack(FRAME.size - 4 + INFER_HEAD.size + len(body), INFER, request_id)
-    return [head + INFER_HEAD.pack(json_length, deadline), body]  # type: ignore[list-item]
+    return [head + INFER_HEAD.pack(json_length, deadline, arrived), body]  # type: ignore[list-item]
 
 
 def reply_frame(request_id: int, outcome: Outcome) -> bytes:

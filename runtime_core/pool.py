@@ -107,8 +107,9 @@ class ModelPool(abc.ABC):
         """Load the model everywhere it runs; raise :class:`ModelLoadError` on failure."""
 
     @abc.abstractmethod
-    def submit(self, body: bytes, json_length: int, deadline: float) -> asyncio.Future[Outcome]:
-        """Send one request; only called while ``inflight < capacity``."""
+    def submit(self, body: bytes, json_length: int, deadline: float, arrived: float = 0.0) -> asyncio.Future[Outcome]:
+        """Send one request; only called while ``inflight < capacity``. ``deadline`` and
+        ``arrived`` are wall-clock times (0: none)."""
 
     @property
     @abc.abstractmethod
@@ -172,9 +173,9 @@ class InProcessPool(ModelPool):
     def inflight(self) -> int:
         return self._inflight
 
-    def submit(self, body: bytes, json_length: int, deadline: float) -> asyncio.Future[Outcome]:
+    def submit(self, body: bytes, json_length: int, deadline: float, arrived: float = 0.0) -> asyncio.Future[Outcome]:
         self._inflight += 1
-        future = self._batcher.submit(body, json_length, deadline)
+        future = self._batcher.submit(body, json_length, deadline, arrived)
         future.add_done_callback(self._done)
         return future
 
@@ -365,6 +366,7 @@ class _Pending:
     json_length: int
     deadline: float
     sent_at: float
+    arrived: float = 0.0
     retried: bool = False
 
 
@@ -421,7 +423,9 @@ class _WorkerConnection(asyncio.Protocol):
             # Flush once per event-loop turn: requests dispatched in the same turn reach the
             # worker in one write and one wake-up, and it can run them as one batch.
             asyncio.get_running_loop().call_soon(self._flush)
-        self.outbox.extend(infer_frame(request_id, pending.body, pending.json_length, pending.deadline))
+        self.outbox.extend(
+            infer_frame(request_id, pending.body, pending.json_length, pending.deadline, pending.arrived)
+        )
 
     def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -690,14 +694,14 @@ class ProcessPool(ModelPool):
                 best, best_key = conn, key
         return best
 
-    def submit(self, body: bytes, json_length: int, deadline: float) -> asyncio.Future[Outcome]:
+    def submit(self, body: bytes, json_length: int, deadline: float, arrived: float = 0.0) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         conn = self._pick()
         if conn is None:
             future.set_exception(ModelNotReady(f"model {self.settings.name!r} has no ready worker"))
             return future
         self._next_id += 1
-        conn.send(self._next_id, _Pending(future, body, json_length, deadline, time.monotonic()))
+        conn.send(self._next_id, _Pending(future, body, json_length, deadline, time.monotonic(), arrived))
         self._inflight += 1  # only once it is really in flight: a failed send must not leak a slot
         return future
 

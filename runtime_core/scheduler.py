@@ -80,6 +80,7 @@ class _Item:
     json_length: int
     deadline: float
     enqueued: float
+    arrived: float
     sent: float = 0.0
     estimate: float = 0.0
     skip_budget: bool = False
@@ -225,7 +226,7 @@ class FairScheduler:
         idle = not lane.queue and not lane.inflight
         if idle:
             lane.vtime = max(lane.vtime, self._clock)
-        item = _Item(future, body, json_length, deadline, time.monotonic(), skip_budget=idle)
+        item = _Item(future, body, json_length, deadline, time.monotonic(), time.time(), skip_budget=idle)
         lane.queue.append(item)
         self._pump()
         try:
@@ -272,7 +273,7 @@ class FairScheduler:
             lane.inflight += 1
             self._inflight += 1
             item.sent = time.monotonic()
-            sent = lane.pool.submit(item.body, item.json_length, item.deadline)
+            sent = lane.pool.submit(item.body, item.json_length, item.deadline, item.arrived)
             sent.add_done_callback(functools.partial(self._finished, lane, item))
         self._update_priorities()
 

@@ -218,8 +218,8 @@ class _WorkerProtocol(asyncio.Protocol):
             return
         for kind, request_id, payload in frames:
             if kind == INFER:
-                json_length, deadline = INFER_HEAD.unpack_from(payload)
-                future = self.batcher.submit(payload[INFER_HEAD.size :], json_length, deadline)
+                json_length, deadline, arrived = INFER_HEAD.unpack_from(payload)
+                future = self.batcher.submit(payload[INFER_HEAD.size :], json_length, deadline, arrived)
                 future.add_done_callback(functools.partial(self._reply, request_id))
             elif kind == CONTROL:
                 if pickle.loads(payload).get("cmd") == "unload":

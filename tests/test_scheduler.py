@@ -141,3 +141,18 @@ def test_unloading_a_model_with_queued_requests_answers_them_all(tmp_path: Path,
     assert set(results) <= {200, 503} and 503 in results and 200 in results
     assert post(server, "other")[0] == 200
     assert post(server, "slow")[0] in (404, 503)
+
+
+def test_the_v2_timeout_parameter_is_honoured_in_the_worker(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "slow", parallel_workers=1, parameters={"extra": {"sleep": 0.5}})
+    server = serve(tmp_path, env={"RUNTIME_CORE_PIPELINE_DEPTH": "2"})
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(post, server, "slow")
+        time.sleep(0.1)
+        late = ex.submit(post, server, "slow", timeout=100_000)  # microseconds, as in Triton
+        assert first.result()[0] == 200
+        status, (doc, _) = late.result()
+    assert status == 504 and "parameters.timeout" in doc["error"]
+    assert calls(server, "slow") == 2  # the timed-out request never reached predict
+    status, (doc, _) = post(server, "slow", timeout="soon")
+    assert status == 400 and "microseconds" in doc["error"]
