@@ -14,11 +14,8 @@ The same phases run against MLServer 1.7.1 with its shared pool (default
 
 Scenario B (runtime-core only): two copies of the heavy model, ``"weight": 2`` and
 ``"weight": 1``, 2 workers each, both flooded closed-loop. Each model's CPU is the
-CPU of its zygote's process subtree (the zygote is a child of the server whose
-command line holds ``runtime_core.worker --zygote``; its children are the model's
-workers). Zygotes are mapped to models by probing: 30 requests are sent to one model
-while the CPU of every zygote subtree is sampled, and the subtree that moved is that
-model's (start order is not used: models load concurrently).
+CPU of its workers, found by their kernel process name ``rc-w<i>:<model>``
+(``/proc/PID/comm``) in the server's process tree at the end of the window.
 
 Results: ``benchmarks/results/fairness-*.{json,md}``.
 
@@ -39,7 +36,7 @@ from typing import Any
 import models
 from common import environment, fmt, infer_url, progress, table, verdict, windowed, write_results
 from loadgen import ClosedLoop, Load, LoadResult, OpenLoop
-from measure import cpu_delta, cpu_snapshot, tree_stats
+from measure import cpu_delta
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
 # --------------------------------------------------------------------------- scenario A
@@ -136,24 +133,12 @@ def scenario_mlserver(args: argparse.Namespace, workers: int, per_model_pool: bo
 # --------------------------------------------------------------------------- scenario B
 
 
-def _zygotes(root: int) -> list[int]:
-    """Processes whose children are all leaves: each model's zygote (the parent of its workers).
-
-    Found by shape, not by command line, so it holds whether the zygotes are children of the
-    server or of an intermediate process (``runtime_core.worker --root``)."""
-    stats = tree_stats(root)
-    children: dict[int, list[int]] = {}
-    for s in stats:
-        children.setdefault(s.ppid, []).append(s.pid)
-    return [
-        s.pid
-        for s in stats
-        if s.pid != root and children.get(s.pid) and all(not children.get(c) for c in children[s.pid])
-    ]
-
-
-def _subtree(root: int, pid: int) -> list[int]:
-    return [s.pid for s in tree_stats(pid)]
+def read_comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _post(url: str, body: bytes) -> None:
@@ -162,24 +147,16 @@ def _post(url: str, body: bytes) -> None:
         resp.read()
 
 
-def map_zygotes(url: str, root: int, names: list[str]) -> dict[str, int]:
-    """Model name -> zygote pid, by sending requests to one model at a time and seeing whose subtree's CPU moves."""
-    zygotes = _zygotes(root)
-    found: dict[str, int] = {}
-    body = models.request_body("heavy")
-    for name in names:
-        before = cpu_snapshot(root)
-        for _ in range(30):
-            _post(infer_url(url, name), body)
-        after = cpu_snapshot(root)
-        used = {z: cpu_delta(before, after, only=_subtree(root, z)) for z in zygotes}
-        if not used:
-            raise RuntimeError("no zygote processes found under the server")
-        best = max(used, key=lambda z: used[z])
-        if best in found.values():
-            raise RuntimeError(f"cannot tell the zygotes apart: {used}")
-        found[name] = best
-    return found
+def worker_pids(pids: list[int], name: str) -> list[int]:
+    """The pids among ``pids`` of model ``name``'s workers: the kernel name of each
+    (``/proc/PID/comm``, cut to 15 bytes) is ``rc-w<i>:<model>``."""
+    out = []
+    for pid in pids:
+        comm = read_comm(pid)
+        head, _, _ = comm.partition(":")
+        if head.startswith("rc-w") and head[4:].isdigit() and f"{head}:{name}"[:15] == comm:
+            out.append(pid)
+    return out
 
 
 def scenario_weights(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,9 +167,9 @@ def scenario_weights(args: argparse.Namespace) -> dict[str, Any]:
             models.write_model(repo, "heavy", model_name=name, workers=2, weight=weight)
         with RuntimeCoreServer(repo) as server:
             progress(f"weights: runtime-core ready in {server.ready_seconds:.2f} s")
-            zygote_of = map_zygotes(server.url, server.pid, list(weights))
-            progress(f"weights: zygotes {zygote_of}")
             body = models.request_body("heavy")
+            for name in weights:  # one request each: every worker is up and named
+                _post(infer_url(server.url, name), body)
 
             def make(d: float) -> list[Load]:
                 return [
@@ -202,7 +179,12 @@ def scenario_weights(args: argparse.Namespace) -> dict[str, Any]:
 
             results, cpu = windowed(make, server.pid, args.warmup, args.duration)
             assert cpu.before is not None and cpu.after is not None
-            cpu_of = {n: cpu_delta(cpu.before, cpu.after, only=_subtree(server.pid, z)) for n, z in zygote_of.items()}
+            alive = [pid for pid, _ in cpu.after]
+            workers_of = {n: worker_pids(alive, n) for n in weights}
+            progress(f"weights: worker pids {workers_of}")
+            if any(not pids for pids in workers_of.values()):
+                raise RuntimeError(f"no rc-w<i>:<model> workers found for some model: {workers_of}")
+            cpu_of = {n: cpu_delta(cpu.before, cpu.after, only=pids) for n, pids in workers_of.items()}
     total = sum(cpu_of.values())
     rows = []
     for (name, weight), result in zip(weights.items(), results, strict=True):
@@ -221,7 +203,7 @@ def scenario_weights(args: argparse.Namespace) -> dict[str, Any]:
     ratio = rows[0]["cpu_s"] / rows[1]["cpu_s"] if rows[1]["cpu_s"] else float("nan")
     rps_ratio = rows[0]["rps"] / rows[1]["rps"] if rows[1]["rps"] else float("nan")
     progress(f"weights: CPU ratio w2/w1 = {ratio:.2f}, req/s ratio = {rps_ratio:.2f}")
-    return {"models": rows, "cpu_ratio": ratio, "rps_ratio": rps_ratio, "zygotes": zygote_of}
+    return {"models": rows, "cpu_ratio": ratio, "rps_ratio": rps_ratio, "workers": workers_of}
 
 
 # --------------------------------------------------------------------------- report
@@ -269,7 +251,7 @@ def render(data: dict[str, Any]) -> str:
     parts += [table(headers, rows), ""]
     if data.get("weights"):
         w = data["weights"]
-        parts.append("Weights (two flooded copies of heavy, 2 workers each; CPU of each model's zygote subtree):")
+        parts.append("Weights (two flooded copies of heavy, 2 workers each; CPU of each model's rc-w<i> workers):")
         parts.append("")
         parts.append(
             table(

@@ -48,11 +48,21 @@ def windowed(make_loads: Any, root_pid: int, warmup: float, duration: float) -> 
 
 
 def closed_window(
-    url: str, body: bytes, root_pid: int, *, concurrency: int, warmup: float, duration: float
+    url: str,
+    body: bytes,
+    root_pid: int,
+    *,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One closed-loop measurement with server CPU per request."""
     (result,), cpu = windowed(
-        lambda d: [ClosedLoop(url, body, concurrency=concurrency, duration=d)], root_pid, warmup, duration
+        lambda d: [ClosedLoop(url, body, concurrency=concurrency, duration=d, headers=headers)],
+        root_pid,
+        warmup,
+        duration,
     )
     row = result.as_dict()
     row["cpu_s"] = cpu.seconds
