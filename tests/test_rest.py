@@ -337,7 +337,6 @@ def _binary(inputs: list[dict[str, Any]], tail: bytes) -> tuple[bytes, int]:
         (_binary([{**BAD_TENSOR, "parameters": {"binary_data_size": 8}}], b"\0" * 9), 0),  # trailing bytes
         (_binary([{**BAD_TENSOR, "datatype": "BOOL", "parameters": {"binary_data_size": 2}}], b"\x01\x05"), 0),
         (_binary([{**BAD_TENSOR, "datatype": "BYTES", "parameters": {"binary_data_size": 5}}], b"\x09\0\0\0a"), 0),
-        (_binary([HUGE_BYTES], b""), 0),  # a huge BYTES shape with no data: not allocated
     ],
 )
 def test_malformed_binary_bodies_are_400(
@@ -350,6 +349,16 @@ def test_malformed_binary_bodies_are_400(
     }
     status, data = post(server, "/v2/models/echo/infer", body, headers)
     assert_error(status, data, 400)
+    assert_still_serving(server, toy_pid)
+
+
+def test_a_huge_binary_shape_is_refused_without_allocating(server: ServerProcess, toy_pid: int) -> None:
+    # 2**40 BYTES elements and no data: refused from the shape (max_elements, 413) before
+    # anything is allocated; the worker survives.
+    body, length = _binary([HUGE_BYTES], b"")
+    headers = {"Inference-Header-Content-Length": str(length), "Content-Type": "application/octet-stream"}
+    status, data = post(server, "/v2/models/echo/infer", body, headers)
+    assert "max_elements" in assert_error(status, data, 413)
     assert_still_serving(server, toy_pid)
 
 
