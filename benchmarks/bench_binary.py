@@ -41,7 +41,7 @@ from typing import Any
 
 import models
 import numpy as np
-from common import closed_window, environment, infer_url, median, progress, table, write_results
+from common import closed_window, environment, infer_url, median, progress, publish, table
 from servers import RuntimeCoreServer
 
 ROWS = 64
@@ -233,11 +233,7 @@ def main() -> None:
         progress("interrupted")
         data["failures"].append("interrupted")
     markdown = render(data)
-    json_path, md_path = write_results("binary", data, markdown)
-    print()
-    print(markdown)
-    print()
-    progress(f"wrote {json_path} and {md_path}")
+    publish("binary", data, markdown)
 
 
 if __name__ == "__main__":

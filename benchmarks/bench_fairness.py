@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import models
-from common import environment, fmt, infer_url, progress, table, verdict, windowed, write_results
+from common import environment, fmt, infer_url, progress, publish, table, verdict, windowed
 from loadgen import ClosedLoop, Load, LoadResult, OpenLoop
 from measure import cpu_delta
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
@@ -358,11 +358,7 @@ def main() -> None:
         progress("interrupted: writing what was measured")
         data["failures"].append("interrupted")
     markdown = render(data)
-    json_path, md_path = write_results("fairness", data, markdown)
-    print()
-    print(markdown)
-    print()
-    progress(f"wrote {json_path} and {md_path}")
+    publish("fairness", data, markdown)
 
 
 if __name__ == "__main__":

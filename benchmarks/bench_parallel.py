@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import models
-from common import closed_window, environment, fmt, infer_url, median, progress, table, verdict, write_results
+from common import closed_window, environment, fmt, infer_url, median, progress, publish, table, verdict
 from measure import http_status, tree_pss_mib, tree_stats
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
@@ -497,11 +497,7 @@ def main() -> None:
         data["failures"].append("interrupted")
     data["targets"] = targets(data)
     markdown = render(data)
-    json_path, md_path = write_results("parallel", data, markdown)
-    print()
-    print(markdown)
-    print()
-    progress(f"wrote {json_path} and {md_path}")
+    publish("parallel", data, markdown)
 
 
 if __name__ == "__main__":

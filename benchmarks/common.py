@@ -122,5 +122,14 @@ def write_results(stem: str, data: dict[str, Any], markdown: str) -> tuple[Path,
     return json_path, md_path
 
 
+def publish(stem: str, data: dict[str, Any], markdown: str) -> None:
+    """Write the results files, print the tables and say where they went."""
+    json_path, md_path = write_results(stem, data, markdown)
+    print()
+    print(markdown)
+    print()
+    progress(f"wrote {json_path} and {md_path}")
+
+
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
