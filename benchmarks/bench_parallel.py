@@ -113,22 +113,28 @@ def _warm_every(url: str, names: list[str]) -> None:
             resp.read()
 
 
+def measure_server(server: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One closed-loop window against a started server, plus its memory, size and start time."""
+    row = closed_window(
+        infer_url(server.url, name),
+        models.request_body(name),
+        server.pid,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        duration=args.duration,
+    )
+    row["pss_mib"] = tree_pss_mib(server.pid)
+    row["processes"] = len(tree_stats(server.pid))
+    row["ready_s"] = server.ready_seconds
+    return row
+
+
 def run_runtime_core(name: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-rc-") as tmp:
         repo = Path(tmp)
         models.write_model(repo, name, workers=workers)
         with RuntimeCoreServer(repo) as server:
-            row = closed_window(
-                infer_url(server.url, name),
-                models.request_body(name),
-                server.pid,
-                concurrency=args.concurrency,
-                warmup=args.warmup,
-                duration=args.duration,
-            )
-            row["pss_mib"] = tree_pss_mib(server.pid)
-            row["processes"] = len(tree_stats(server.pid))
-            row["ready_s"] = server.ready_seconds
+            row = measure_server(server, name, args)
             row["alive_after"] = http_status(server.url + "/v2/health/ready") == 200
     row.update(server="runtime-core", model=name, workers=workers)
     return row
@@ -139,17 +145,7 @@ def run_mlserver(name: str, workers: int, args: argparse.Namespace) -> dict[str,
         repo = Path(tmp)
         models.write_model(repo, name, flavor="mlserver")
         with MLServerServer(repo, parallel_workers=workers) as server:
-            row = closed_window(
-                infer_url(server.url, name),
-                models.request_body(name),
-                server.pid,
-                concurrency=args.concurrency,
-                warmup=args.warmup,
-                duration=args.duration,
-            )
-            row["pss_mib"] = tree_pss_mib(server.pid)
-            row["processes"] = len(tree_stats(server.pid))
-            row["ready_s"] = server.ready_seconds
+            row = measure_server(server, name, args)
     row.update(server="mlserver", model=name, workers=workers)
     return row
 
