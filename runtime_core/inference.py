@@ -84,8 +84,6 @@ class ModelHandler:
         self.model_name = runtime.context.model_name
         self.version = runtime.context.version
         self.batchable = bool(getattr(runtime, "supports_batching", False))
-        #: Number of ``predict`` calls made (observable in tests and metrics).
-        self.calls = 0
 
     # ------------------------------------------------------------------ pieces
 
@@ -117,7 +115,6 @@ class ModelHandler:
         return request
 
     async def _predict(self, request: InferenceRequest) -> InferenceResponse:
-        self.calls += 1
         response = await self.runtime.predict(request)
         if not isinstance(response, InferenceResponse):
             raise TypeError(f"predict returned {type(response).__name__}, not InferenceResponse")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import cast
 
 import pluggy
@@ -134,10 +133,3 @@ def import_runtime(import_path: str) -> type[Runtime]:
     if not (isinstance(obj, type) and issubclass(obj, Runtime)):
         raise PluginError(f"{import_path} is not a Runtime subclass")
     return obj
-
-
-def distribution_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "unknown"

@@ -536,7 +536,6 @@ class ProcessPool(ModelPool):
         if event["event"] != "template_ready":
             raise ModelLoadError(event.get("error") or "the model's worker template exited during load")
         self._shared = bool(event.get("shared"))
-        self.zygote_load_time = event.get("load_time", 0.0)
 
     def _read_control(self, sock: socket.socket) -> None:
         try:

@@ -125,11 +125,13 @@ class ModelRepository:
             found[settings.name] = settings
         return found, errors
 
-    def prewarm(self) -> None:
-        """Start the root template of every runtime the repository uses. Importing a framework
-        is slow but light on memory, so it starts at once for all runtimes (even before the
-        event loop, from the command line) and outside the load limiter."""
-        found, _ = self.scan()
+    def prewarm(self, found: dict[str, ModelSettings] | None = None) -> None:
+        """Start the root template of every runtime the repository uses (``found``: a scan
+        already made). Importing a framework is slow but light on memory, so it starts at
+        once for all runtimes (even before the event loop, from the command line) and outside
+        the load limiter; starting it twice is a no-op."""
+        if found is None:
+            found, _ = self.scan()
         paths: list[str] = []
         for settings in found.values():
             with contextlib.suppress(RuntimeCoreError):
@@ -140,8 +142,8 @@ class ModelRepository:
 
     async def load_all(self) -> None:
         """Load every model found; failures are recorded UNAVAILABLE, the others serve."""
-        self.prewarm()
         found, errors = self.scan()
+        self.prewarm(found)
         for error in errors:
             name = error.model or (Path(error.path).parent.name if error.path else "?")
             record = self._records.setdefault(name, ModelRecord(name))
