@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
-from runtime_core.messages import Outcome
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
 from runtime_core.runtime import Runtime
 
@@ -90,25 +90,24 @@ class ModelHandler:
     def _error(self, exc: BaseException, started: float) -> Outcome:
         if isinstance(exc, RuntimeCoreError):
             message = exc.message if isinstance(exc, InvalidRequest) else client_message(exc.message)
-            return Outcome(exc.code, message.encode(), -1, time.perf_counter() - started)
+            return Outcome(exc.code, message.encode(), compute=time.perf_counter() - started)
         log.error("model %r: inference failed", self.model_name, exc_info=exc)
         detail = client_message(str(exc)) or "an internal error"
         message = f"model {self.model_name!r} failed to run the request: {detail}"
-        return Outcome(InferenceFailed.code, message.encode(), -1, time.perf_counter() - started)
+        return Outcome(InferenceFailed.code, message.encode(), compute=time.perf_counter() - started)
 
-    def decode(
-        self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0, arrived: float = 0.0
-    ) -> InferenceRequest:
-        if deadline and time.time() > deadline:
+    def decode(self, envelope: Envelope) -> InferenceRequest:
+        if envelope.deadline and time.time() > envelope.deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
-        request = decode_request(body, None if json_length < 0 else json_length, self.max_elements)
+        header = envelope.header_length if envelope.wire is Wire.BINARY else None
+        request = decode_request(envelope.payload, header, self.max_elements)
         timeout = request.parameters.get("timeout")
         if timeout is not None:
             # Triton's request parameter, in microseconds, from the request's arrival. It is
             # read here, in the worker, so the main process never parses the body for it.
             if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
                 raise InvalidRequest("parameters.timeout must be a positive number of microseconds")
-            if arrived and time.time() > arrived + timeout / 1e6:
+            if envelope.arrived and time.time() > envelope.arrived + timeout / 1e6:
                 raise DeadlineExceeded(
                     f"model {self.model_name!r}: parameters.timeout ({timeout:g} us) passed before the request ran"
                 )
@@ -120,7 +119,10 @@ class ModelHandler:
             raise TypeError(f"predict returned {type(response).__name__}, not InferenceResponse")
         return response
 
-    def _encode(self, request: InferenceRequest, response: InferenceResponse, started: float, share: int) -> Outcome:
+    def _encode(
+        self, request: InferenceRequest, response: InferenceResponse, started: float, share: int, predict: float
+    ) -> Outcome:
+        encoding = time.perf_counter()
         outputs = response.outputs
         if request.outputs:
             produced = {t.name: t for t in outputs}
@@ -136,22 +138,18 @@ class ModelHandler:
             model_version=self.version,
             request=request,
         )
-        elapsed = (time.perf_counter() - started) / share
-        return Outcome(0, payload, -1 if header_length is None else header_length, elapsed)
+        now = time.perf_counter()
+        elapsed = (now - started) / share
+        wire, length = (Wire.JSON, 0) if header_length is None else (Wire.BINARY, header_length)
+        return Outcome(0, payload, wire, length, elapsed, predict=predict / share, encode=now - encoding, batch=share)
 
     # ------------------------------------------------------------------ entry points
 
-    async def infer(self, body: bytes | memoryview, json_length: int = -1, deadline: float = 0.0) -> Outcome:
-        """Run one request from its bytes."""
-        started = time.perf_counter()
-        try:
-            return await self.run(self.decode(body, json_length, deadline), started)
-        except Exception as exc:
-            return self._error(exc, started)
-
     async def run(self, request: InferenceRequest, started: float) -> Outcome:
         try:
-            return self._encode(request, await self._predict(request), started, 1)
+            predicting = time.perf_counter()
+            response = await self._predict(request)
+            return self._encode(request, response, started, 1, time.perf_counter() - predicting)
         except Exception as exc:
             return self._error(exc, started)
 
@@ -188,7 +186,9 @@ class ModelHandler:
             parameters=first.parameters,
         )
         try:
+            predicting = time.perf_counter()
             response = await self._predict(merged)
+            predict = time.perf_counter() - predicting
             if any(t.data.ndim == 0 or t.data.shape[0] != total for t in response.outputs):
                 raise ValueError("outputs are not row-wise")
             bounds = np.cumsum(sizes)[:-1]
@@ -205,6 +205,7 @@ class ModelHandler:
                     ),
                     started,
                     len(group),
+                    predict,
                 )
                 for n, request in enumerate(group)
             ]
@@ -224,15 +225,13 @@ class BatchLoop:
         self.handler = handler
         self.limit = max_batch_size if max_batch_size > 1 else DEFAULT_COALESCE
         self.wait = max_batch_time if max_batch_size > 1 else 0.0
-        self._pending: deque[tuple[asyncio.Future[Outcome], bytes | memoryview, int, float, float, float]] = deque()
+        self._pending: deque[tuple[asyncio.Future[Outcome], Envelope, float]] = deque()
         self._wakeup = asyncio.Event()
         self._closed = False
 
-    def submit(
-        self, body: bytes | memoryview, json_length: int, deadline: float, arrived: float = 0.0
-    ) -> asyncio.Future[Outcome]:
+    def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((future, body, json_length, deadline, arrived, time.monotonic()))
+        self._pending.append((future, envelope, time.monotonic()))
         self._wakeup.set()
         return future
 
@@ -254,14 +253,20 @@ class BatchLoop:
                 done: list[tuple[asyncio.Future[Outcome], Outcome]] = []
                 decoded: list[InferenceRequest] = []
                 owners: list[asyncio.Future[Outcome]] = []
-                for future, body, json_length, deadline, arrived, _ in take:
+                decode_times: list[float] = []
+                for future, envelope, _ in take:
+                    decoding = time.perf_counter()
                     try:
-                        decoded.append(handler.decode(body, json_length, deadline, arrived))
+                        decoded.append(handler.decode(envelope))
                         owners.append(future)
+                        decode_times.append(time.perf_counter() - decoding)
                     except Exception as exc:
                         done.append((future, handler._error(exc, started)))
                 if decoded:
-                    done.extend(zip(owners, await handler.run_batch(decoded, started), strict=True))
+                    outcomes = await handler.run_batch(decoded, started)
+                    for outcome, seconds in zip(outcomes, decode_times, strict=True):
+                        outcome.decode = seconds
+                    done.extend(zip(owners, outcomes, strict=True))
                 # Service time: wall time less the time this thread sat runnable waiting for a
                 # CPU, so a worker at low priority is not charged for being made to wait.
                 service = max(0.0, (time.perf_counter() - started) - (_cpu_wait() - waited)) / len(take)
@@ -272,11 +277,11 @@ class BatchLoop:
         while self._pending:
             future = self._pending.popleft()[0]
             if not future.done():
-                future.set_result(Outcome(InferenceFailed.code, b"the model was unloaded", -1, 0.0))
+                future.set_result(Outcome(InferenceFailed.code, b"the model was unloaded"))
 
     async def _fill(self) -> None:
         """Wait until ``limit`` requests are pending or the oldest has waited ``wait`` seconds."""
-        until = self._pending[0][5] + self.wait
+        until = self._pending[0][2] + self.wait
         while len(self._pending) < self.limit and not self._closed:
             remaining = until - time.monotonic()
             if remaining <= 0:

@@ -4,14 +4,17 @@ A frame on a worker's data socket (a stream socket) is::
 
     u32 length | u8 kind | u64 request id | payload (length - 9 bytes)
 
-``INFER`` payloads are ``i64 json_length | f64 deadline | f64 arrived | request body``;
-``REPLY`` payloads are ``u8 error code | i64 json_length | f64 compute seconds |
-f64 CPU seconds | body``. The request body goes through untouched: the main process never parses
-it. ``CONTROL`` frames carry small pickled dicts (ready, unload, ...), which are
-rare. Errors cross as ``(code, message)``, never as pickled exceptions.
+``INFER`` payloads are ``u8 wire | i64 header length | f64 deadline | f64 arrived |
+u32 model slot | request bytes`` (see :class:`~runtime_core.envelope.Envelope`; the slot
+names the model in a process that hosts several). ``REPLY`` payloads are the
+:class:`~runtime_core.envelope.Outcome` fixed fields followed by its body. The request
+bytes go through untouched: the main process never parses them. ``CONTROL`` frames carry
+small pickled typed messages (see :mod:`runtime_core.control`), which are rare. Errors
+cross as ``(code, message)``, never as pickled exceptions.
 
-The zygote's control socket is ``SOCK_SEQPACKET``: one pickled dict a message,
-with worker sockets attached as ``SCM_RIGHTS`` file descriptors.
+:class:`FrameReader` costs time linear in the bytes fed, however the stream is split:
+a frame that spans chunks is gathered as a list of chunks and joined once, when its
+last byte arrives.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from __future__ import annotations
 import pickle
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
+from runtime_core.envelope import Envelope, Outcome, Wire
+
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
-INFER_HEAD = struct.Struct("<qdd")  # json_length (-1: pure JSON), deadline (0: none), arrival time
-REPLY_HEAD = struct.Struct("<Bqdd")  # error code (0: ok), json_length, compute seconds, CPU seconds
+INFER_HEAD = struct.Struct("<BqddI")  # wire, header length, deadline (0: none), arrival time, model slot
+REPLY_HEAD = struct.Struct("<BBqdddddI")  # code, wire, header length, compute, cpu, decode, predict, encode, batch
 
 INFER = 1
 REPLY = 2
@@ -33,80 +37,123 @@ CONTROL = 3
 #: Largest frame accepted from the other side; the server's body limit is far below.
 MAX_FRAME = 1 << 31
 
+__all__ = [
+    "CONTROL",
+    "FRAME",
+    "INFER",
+    "INFER_HEAD",
+    "MAX_FRAME",
+    "REPLY",
+    "REPLY_HEAD",
+    "Envelope",
+    "FrameReader",
+    "Outcome",
+    "Wire",
+    "control_frame",
+    "infer_frame",
+    "parse_control",
+    "parse_infer",
+    "parse_reply",
+    "reply_frame",
+]
 
-@dataclass(slots=True)
-class Outcome:
-    """What a worker answers for one request."""
 
-    code: int
-    """0 for success, else the ``code`` of a :class:`~runtime_core.errors.RuntimeCoreError`."""
-    body: bytes
-    """Response bytes on success, the UTF-8 error message otherwise."""
-    json_length: int = -1
-    """Length of the JSON header when the body carries binary outputs, else -1."""
-    compute: float = 0.0
-    """Seconds the worker spent on the request (decode, predict, encode); a batch's time is
-    shared evenly among its requests."""
-    cpu: float = 0.0
-    """Service seconds: ``compute`` less the time the worker sat waiting for a CPU, shared
-    likewise. Fair sharing charges this: plain wall time would also charge a low-priority
-    worker for the time it was made to wait."""
-
-
-def infer_frame(
-    request_id: int, body: bytes | memoryview, json_length: int, deadline: float, arrived: float = 0.0
-) -> list[bytes]:
-    """The pieces of an INFER frame, for ``transport.writelines`` (the body is not copied)."""
+def infer_frame(request_id: int, envelope: Envelope, slot: int = 0) -> list[bytes]:
+    """The pieces of an INFER frame, for ``transport.writelines`` (the payload is not copied)."""
+    body = envelope.payload
     head = FRAME.pack(FRAME.size - 4 + INFER_HEAD.size + len(body), INFER, request_id)
-    return [head + INFER_HEAD.pack(json_length, deadline, arrived), body]  # type: ignore[list-item]
+    fixed = INFER_HEAD.pack(envelope.wire, envelope.header_length, envelope.deadline, envelope.arrived, slot)
+    return [head + fixed, body]  # type: ignore[list-item]
 
 
-def reply_frame(request_id: int, outcome: Outcome) -> bytes:
+def parse_infer(payload: memoryview) -> tuple[int, Envelope]:
+    """``(slot, envelope)`` of an INFER payload; the envelope's payload is a view, not a copy."""
+    wire, header_length, deadline, arrived, slot = INFER_HEAD.unpack_from(payload)
+    return slot, Envelope(payload[INFER_HEAD.size :], Wire(wire), header_length, deadline, arrived)
+
+
+def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:
+    """The pieces of a REPLY frame, for ``transport.writelines`` (the body is not copied)."""
     size = FRAME.size - 4 + REPLY_HEAD.size + len(outcome.body)
-    return (
-        FRAME.pack(size, REPLY, request_id)
-        + REPLY_HEAD.pack(outcome.code, outcome.json_length, outcome.compute, outcome.cpu)
-        + outcome.body
+    head = FRAME.pack(size, REPLY, request_id) + REPLY_HEAD.pack(
+        outcome.code,
+        outcome.wire,
+        outcome.header_length,
+        outcome.compute,
+        outcome.cpu,
+        outcome.decode,
+        outcome.predict,
+        outcome.encode,
+        outcome.batch,
+    )
+    return [head, outcome.body]
+
+
+def parse_reply(payload: memoryview) -> Outcome:
+    code, wire, header_length, compute, cpu, decode, predict, encode, batch = REPLY_HEAD.unpack_from(payload)
+    return Outcome(
+        code, bytes(payload[REPLY_HEAD.size :]), Wire(wire), header_length, compute, cpu, decode, predict, encode, batch
     )
 
 
-def control_frame(request_id: int, message: dict[str, Any]) -> bytes:
+def control_frame(request_id: int, message: Any) -> bytes:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return FRAME.pack(FRAME.size - 4 + len(payload), CONTROL, request_id) + payload
 
 
-def parse_reply(payload: memoryview) -> Outcome:
-    code, json_length, compute, cpu = REPLY_HEAD.unpack_from(payload)
-    return Outcome(code, bytes(payload[REPLY_HEAD.size :]), json_length, compute, cpu)
+def parse_control(payload: memoryview | bytes) -> Any:
+    return pickle.loads(payload)
 
 
 class FrameReader:
-    """Splits a byte stream into frames. Frames that arrive whole in one chunk are
-    returned as views on that chunk; a frame split over chunks is assembled once."""
+    """Splits a byte stream into frames.
 
-    __slots__ = ("_buffer", "_need")
+    Frames that arrive whole in one chunk are returned as views on that chunk. A frame
+    split over chunks is gathered as a list of chunks (no copy per chunk) and joined once
+    when complete, so the cost is linear in the frame size however finely it was split.
+    """
+
+    __slots__ = ("_have", "_need", "_parts")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._need = 0  # total bytes of the frame being assembled (0: unknown yet)
+        self._parts: list[bytes] = []
+        self._have = 0  # bytes held in _parts
+        self._need = 0  # total bytes of the frame being gathered (0: its header is incomplete)
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
-        if self._buffer:
-            self._buffer += data
-            view = memoryview(bytes(self._buffer))
-            self._buffer.clear()
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if not self._need and self._have >= FRAME.size:
+                head = b"".join(self._parts)
+                self._parts = [head]
+                self._need = self._frame_size(head, 0)
+            if not self._need or self._have < self._need:
+                return
+            view = memoryview(b"".join(self._parts))
+            self._parts = []
+            self._have = 0
+            self._need = 0
         else:
             view = memoryview(data)
         pos = 0
         end = len(view)
         while end - pos >= FRAME.size:
-            length, kind, request_id = FRAME.unpack_from(view, pos)
-            if length > MAX_FRAME:
-                raise ValueError("frame too large")
-            stop = pos + 4 + length
+            stop = pos + self._frame_size(view, pos)
             if stop > end:
                 break
+            _length, kind, request_id = FRAME.unpack_from(view, pos)
             yield kind, request_id, view[pos + FRAME.size : stop]
             pos = stop
         if pos < end:
-            self._buffer += view[pos:]
+            rest = bytes(view[pos:])
+            self._parts = [rest]
+            self._have = len(rest)
+            self._need = self._frame_size(rest, 0) if len(rest) >= FRAME.size else 0
+
+    @staticmethod
+    def _frame_size(buffer: bytes | memoryview, pos: int) -> int:
+        length, _kind, _id = FRAME.unpack_from(buffer, pos)
+        if length > MAX_FRAME:
+            raise ValueError("frame too large")
+        return 4 + int(length)

@@ -70,7 +70,16 @@ from runtime_core.errors import (
     WorkerDied,
 )
 from runtime_core.inference import BatchLoop, ModelHandler
-from runtime_core.messages import CONTROL, REPLY, FrameReader, Outcome, control_frame, infer_frame, parse_reply
+from runtime_core.messages import (
+    CONTROL,
+    REPLY,
+    Envelope,
+    FrameReader,
+    Outcome,
+    control_frame,
+    infer_frame,
+    parse_reply,
+)
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.runtime import ModelMetadata, Runtime
 from runtime_core.settings import ModelSettings, ServerSettings
@@ -107,9 +116,8 @@ class ModelPool(abc.ABC):
         """Load the model everywhere it runs; raise :class:`ModelLoadError` on failure."""
 
     @abc.abstractmethod
-    def submit(self, body: bytes, json_length: int, deadline: float, arrived: float = 0.0) -> asyncio.Future[Outcome]:
-        """Send one request; only called while ``inflight < capacity``. ``deadline`` and
-        ``arrived`` are wall-clock times (0: none)."""
+    def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
+        """Send one request; only called while ``inflight < capacity``."""
 
     @property
     @abc.abstractmethod
@@ -173,9 +181,9 @@ class InProcessPool(ModelPool):
     def inflight(self) -> int:
         return self._inflight
 
-    def submit(self, body: bytes, json_length: int, deadline: float, arrived: float = 0.0) -> asyncio.Future[Outcome]:
+    def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
         self._inflight += 1
-        future = self._batcher.submit(body, json_length, deadline, arrived)
+        future = self._batcher.submit(envelope)
         future.add_done_callback(self._done)
         return future
 
@@ -362,11 +370,8 @@ class Templates:
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Outcome]
-    body: bytes
-    json_length: int
-    deadline: float
+    envelope: Envelope
     sent_at: float
-    arrived: float = 0.0
     retried: bool = False
 
 
@@ -423,9 +428,7 @@ class _WorkerConnection(asyncio.Protocol):
             # Flush once per event-loop turn: requests dispatched in the same turn reach the
             # worker in one write and one wake-up, and it can run them as one batch.
             asyncio.get_running_loop().call_soon(self._flush)
-        self.outbox.extend(
-            infer_frame(request_id, pending.body, pending.json_length, pending.deadline, pending.arrived)
-        )
+        self.outbox.extend(infer_frame(request_id, pending.envelope))
 
     def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -693,14 +696,14 @@ class ProcessPool(ModelPool):
                 best, best_key = conn, key
         return best
 
-    def submit(self, body: bytes, json_length: int, deadline: float, arrived: float = 0.0) -> asyncio.Future[Outcome]:
+    def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         conn = self._pick()
         if conn is None:
             future.set_exception(ModelNotReady(f"model {self.settings.name!r} has no ready worker"))
             return future
         self._next_id += 1
-        conn.send(self._next_id, _Pending(future, body, json_length, deadline, time.monotonic(), arrived))
+        conn.send(self._next_id, _Pending(future, envelope, time.monotonic()))
         self._inflight += 1  # only once it is really in flight: a failed send must not leak a slot
         return future
 

@@ -56,8 +56,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull, ShuttingDown
-from runtime_core.messages import Outcome
 from runtime_core.pool import ModelPool
 
 _EWMA = 0.2
@@ -76,11 +76,8 @@ Observer = Callable[[str, Outcome | int, float, float, float], None]
 @dataclass(slots=True)
 class _Item:
     future: asyncio.Future[Outcome]
-    body: bytes
-    json_length: int
-    deadline: float
+    envelope: Envelope
     enqueued: float
-    arrived: float
     sent: float = 0.0
     estimate: float = 0.0
     skip_budget: bool = False
@@ -206,7 +203,7 @@ class FairScheduler:
 
     # ------------------------------------------------------------------ requests
 
-    async def submit(self, key: str, body: bytes, json_length: int = -1, deadline: float = 0.0) -> Outcome:
+    async def submit(self, key: str, envelope: Envelope) -> Outcome:
         """Queue one request for model ``key`` and wait for its outcome."""
         lane = self._lanes.get(key)
         if lane is None:
@@ -226,7 +223,9 @@ class FairScheduler:
         idle = not lane.queue and not lane.inflight
         if idle:
             lane.vtime = max(lane.vtime, self._clock)
-        item = _Item(future, body, json_length, deadline, time.monotonic(), time.time(), skip_budget=idle)
+        if not envelope.arrived:
+            envelope.arrived = time.time()
+        item = _Item(future, envelope, time.monotonic(), skip_budget=idle)
         lane.queue.append(item)
         self._pump()
         try:
@@ -258,7 +257,7 @@ class FairScheduler:
             item = lane.queue.popleft()
             if item.future.done():  # cancelled by a client that went away
                 continue
-            if item.deadline and time.time() > item.deadline:
+            if item.envelope.deadline and time.time() > item.envelope.deadline:
                 lane.stats.expired += 1
                 if self.observers:
                     waited = time.monotonic() - item.enqueued
@@ -273,7 +272,7 @@ class FairScheduler:
             lane.inflight += 1
             self._inflight += 1
             item.sent = time.monotonic()
-            sent = lane.pool.submit(item.body, item.json_length, item.deadline, item.arrived)
+            sent = lane.pool.submit(item.envelope)
             sent.add_done_callback(functools.partial(self._finished, lane, item))
         self._update_priorities()
 

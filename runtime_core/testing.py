@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +79,25 @@ def make_runtime(
 def predict_outputs(runtime: Runtime, request: InferenceRequest) -> dict[str, Tensor]:
     """``runtime.predict(request)``'s outputs by name."""
     return {t.name: t for t in run(runtime.predict(request)).outputs}
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, message: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail with
+    ``message`` (and the last exception the predicate raised, if any) after ``timeout``
+    seconds. The one way tests wait for a condition: never a sleep of a guessed length."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = None
+        except Exception as exc:  # the condition may not be observable yet (process gone, ...)
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}") from last
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -49,7 +49,16 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from runtime_core.inference import BatchLoop, ModelHandler, client_message
-from runtime_core.messages import CONTROL, INFER, INFER_HEAD, FrameReader, Outcome, control_frame, reply_frame
+from runtime_core.messages import (
+    CONTROL,
+    INFER,
+    FrameReader,
+    Outcome,
+    control_frame,
+    parse_control,
+    parse_infer,
+    reply_frame,
+)
 from runtime_core.plugins import import_runtime
 from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext
 from runtime_core.settings import ModelSettings
@@ -218,20 +227,17 @@ class _WorkerProtocol(asyncio.Protocol):
             return
         for kind, request_id, payload in frames:
             if kind == INFER:
-                json_length, deadline, arrived = INFER_HEAD.unpack_from(payload)
-                future = self.batcher.submit(payload[INFER_HEAD.size :], json_length, deadline, arrived)
+                _slot, envelope = parse_infer(payload)
+                future = self.batcher.submit(envelope)
                 future.add_done_callback(functools.partial(self._reply, request_id))
-            elif kind == CONTROL:
-                if pickle.loads(payload).get("cmd") == "unload":
-                    self._finish()
-                elif self.transport is not None:
-                    self.transport.write(control_frame(request_id, {"event": "pong"}))
+            elif kind == CONTROL and parse_control(payload).get("cmd") == "unload":
+                self._finish()
 
     def _reply(self, request_id: int, future: asyncio.Future[Outcome]) -> None:
         if not self.outbox:
             # The replies of one batch leave in one write (one wake-up of the main process).
             asyncio.get_running_loop().call_soon(self._flush)
-        self.outbox.append(reply_frame(request_id, future.result()))
+        self.outbox.extend(reply_frame(request_id, future.result()))
 
     def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

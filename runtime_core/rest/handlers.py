@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from runtime_core import __version__
+from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import Forbidden, InvalidRequest, ModelNotReady, PayloadTooLarge, error_from_code
 from runtime_core.repository import ModelRecord, ModelState
 from runtime_core.rest.keys import METRICS, OPENAPI, REPOSITORY, SCHEDULER, SETTINGS, STATE
@@ -95,19 +96,22 @@ async def infer(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_request_size
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the limit of {limit}")
-    json_length, deadline = _header_length(request), _deadline(request)
+    arrived = time.time()
+    header_length, deadline = _header_length(request), _deadline(request)
     body = await request.read()
-    if json_length > len(body):
+    if header_length > len(body):
         raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
-    outcome = await request.app[SCHEDULER].submit(record.name, body, json_length, deadline)
+    wire = Wire.JSON if header_length < 0 else Wire.BINARY
+    envelope = Envelope(body, wire, max(header_length, 0), deadline, arrived)
+    outcome = await request.app[SCHEDULER].submit(record.name, envelope)
     if outcome.code:
         raise error_from_code(outcome.code, outcome.body.decode("utf-8", "replace"), model=record.name)
-    if outcome.json_length < 0:
+    if outcome.wire is Wire.JSON:
         return web.Response(body=outcome.body, content_type="application/json")
     return web.Response(
         body=outcome.body,
         content_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(outcome.json_length)},
+        headers={HEADER_LENGTH: str(outcome.header_length)},
     )
 
 
