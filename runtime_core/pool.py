@@ -70,6 +70,7 @@ from runtime_core.errors import (
     WorkerDied,
 )
 from runtime_core.inference import BatchLoop, ModelHandler
+from runtime_core.limits import cpu_count
 from runtime_core.messages import (
     CONTROL,
     REPLY,
@@ -205,13 +206,6 @@ class InProcessPool(ModelPool):
                 await self._runner
         with contextlib.suppress(Exception):
             await self._runtime.unload()
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _alive(pid: int) -> bool:
@@ -466,7 +460,7 @@ class ProcessPool(ModelPool):
         self.batch_depth = max(self.depth, BATCH_DEPTH)
         self.batchable = bool(getattr(entry.cls, "supports_batching", False))
         self.cost = 0.0  # EWMA of the compute seconds per request the workers report
-        self.active = _cpu_count()  # workers preferred when batching: more than cores only add switches
+        self.active = cpu_count()  # workers preferred when batching: more than cores only add switches
         self.spec = worker_module.WorkerSpec(
             settings=settings.model_dump(),
             settings_path=str(settings.path),

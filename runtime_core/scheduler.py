@@ -50,7 +50,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from dataclasses import dataclass, field
 
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull, ShuttingDown
+from runtime_core.limits import cpu_count
 from runtime_core.pool import ModelPool
 
 _EWMA = 0.2
@@ -124,11 +124,7 @@ def default_budget() -> int:
     batching (a 300-tree forest served 3x fewer requests for the same CPU with 8 in flight
     on 2 cores than with 32); a larger one only moves waiting from our queues, where
     deadlines, cancellation and fair order apply, into the workers' sockets."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return 2 * _BATCH * max(1, cores)
+    return 2 * _BATCH * cpu_count()
 
 
 class FairScheduler:

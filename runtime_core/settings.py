@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from runtime_core.errors import SettingsError
+from runtime_core.limits import cpu_count
 
 MODEL_SETTINGS_FILE = "model-settings.json"
 SERVER_SETTINGS_FILE = "settings.json"
@@ -32,13 +33,6 @@ ENV_PREFIX = "RUNTIME_CORE_"
 
 #: Model names are URL path segments: no separators, no dot-dot, nothing exotic.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class ServerSettings(BaseSettings):
@@ -90,7 +84,7 @@ class ServerSettings(BaseSettings):
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds a worker may spend on one request before it is killed and replaced."""
 
-    max_concurrent_loads: int = Field(default_factory=_cpu_count, ge=1)
+    max_concurrent_loads: int = Field(default_factory=cpu_count, ge=1)
     """How many models load at once, so that peak memory does not multiply."""
 
     pipeline_depth: int = Field(2, ge=1, le=64)
@@ -238,7 +232,7 @@ class ModelSettings(BaseModel):
         """Threads per worker: set explicitly, or the cores divided among this model's workers."""
         if self.threads is not None:
             return self.threads
-        return max(1, _cpu_count() // max(1, self.workers(server)))
+        return max(1, cpu_count() // max(1, self.workers(server)))
 
     def resolve_uri(self, repository: Path | None, default_names: tuple[str, ...] = ()) -> Path | None:
         """The artifact path: ``parameters.uri`` (confined to the repository), else the first
