@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from runtime_core import __version__
+from runtime_core.dataplane import DataPlane, ServerState
 from runtime_core.errors import RuntimeCoreError
 from runtime_core.plugins import RuntimeRegistry, load_registry
 from runtime_core.repository import ModelRepository, ModelState
@@ -97,14 +98,13 @@ def _progress(name: str, runtime: str, seconds: float, error: str | None) -> Non
 async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: ModelRepository) -> int:
     # Imported here, after the runtimes' templates started importing their frameworks.
     from runtime_core.rest.app import create_app, serve
-    from runtime_core.rest.keys import ServerState
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     state = ServerState()
-    app = create_app(settings, repository, scheduler, state)
+    app = create_app(DataPlane(settings, repository, scheduler, state))
     try:
         runner, port = await serve(app, settings.host, settings.http_port)
     except OSError as exc:

@@ -9,30 +9,21 @@ import orjson
 from aiohttp import web
 
 from runtime_core import __version__
+from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
-from runtime_core.repository import ModelRepository
-from runtime_core.rest.keys import METRICS, OPENAPI, REPOSITORY, SCHEDULER, SETTINGS, STATE, ServerState
+from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS
 from runtime_core.rest.middlewares import error_middleware
 from runtime_core.rest.routes import setup_routes
-from runtime_core.scheduler import FairScheduler
-from runtime_core.settings import ServerSettings
 
 
-def create_app(
-    settings: ServerSettings,
-    repository: ModelRepository,
-    scheduler: FairScheduler,
-    state: ServerState,
-    metrics: ServerMetrics | None = None,
-) -> web.Application:
+def create_app(dataplane: DataPlane, metrics: ServerMetrics | None = None) -> web.Application:
+    settings = dataplane.settings
     # The body limit is enforced twice: by Content-Length before reading (handlers.infer)
     # and by aiohttp while reading chunked bodies.
     app = web.Application(client_max_size=settings.max_request_size, middlewares=[error_middleware])
     app[SETTINGS] = settings
-    app[REPOSITORY] = repository
-    app[SCHEDULER] = scheduler
-    app[STATE] = state
-    app[METRICS] = metrics or ServerMetrics(scheduler, repository)
+    app[DATAPLANE] = dataplane
+    app[METRICS] = metrics or ServerMetrics(dataplane.scheduler, dataplane.repository)
     app[OPENAPI] = openapi_document()
     setup_routes(app)
     return app

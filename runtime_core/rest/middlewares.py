@@ -63,6 +63,8 @@ async def error_middleware(
         headers = None
         if isinstance(exc, errors.QueueFull):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        elif isinstance(exc, errors.Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
         message = exc.message
         if isinstance(exc, errors.SettingsError):  # settings errors name server files: keep them in the log
             log.warning("%s", exc.message)
