@@ -26,6 +26,7 @@ from typing import Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
 from runtime_core.inference import client_message
+from runtime_core.layout import single_model
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
 from runtime_core.pool import InProcessPool, ModelPool, ProcessPool, Templates
 from runtime_core.runtime import ModelMetadata, RuntimeContext
@@ -107,7 +108,10 @@ class ModelRepository:
         errors: list[SettingsError] = []
         if self.root is None:
             return found, errors
-        for path in find_model_settings(self.root):
+        paths = find_model_settings(self.root)
+        if not paths:  # KServe's layout: one model's files, no settings file (issue 11)
+            return single_model(self.root, self.server, self.registry)
+        for path in paths:
             try:
                 settings = load_model_settings(path)
             except SettingsError as exc:

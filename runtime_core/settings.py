@@ -126,6 +126,26 @@ class ServerSettings(BaseSettings):
     repository_token: str | None = None
     """When set, the repository endpoints require ``Authorization: Bearer <token>`` (else 401)."""
 
+    model_name: str | None = Field(
+        None, validation_alias=AliasChoices("RUNTIME_CORE_MODEL_NAME", "MLSERVER_MODEL_NAME")
+    )
+    """Single-model layout (KServe): the name of the one model served from a repository folder
+    that has no ``model-settings.json``; default: the folder's name. ``MLSERVER_MODEL_NAME``
+    is read as an alias."""
+
+    model_runtime: str | None = Field(
+        None, validation_alias=AliasChoices("RUNTIME_CORE_MODEL_RUNTIME", "MLSERVER_MODEL_IMPLEMENTATION")
+    )
+    """Single-model layout: the runtime of that model (a name or an alias such as
+    ``mlserver_sklearn.SKLearnModel``, read from ``MLSERVER_MODEL_IMPLEMENTATION`` too);
+    default: inferred from the model file's suffix."""
+
+    @field_validator("model_name", "model_runtime", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # KServe fills these from templates such as {{.Labels.modelClass}}, empty when unset.
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class TensorSettings(BaseModel):
     """Declared metadata for one input or output of a model."""
@@ -325,6 +345,10 @@ def _read_server_json(json_file: Path | None) -> dict[str, Any]:
 def _env_names(field: str) -> list[str]:
     if field == "parallel_workers":
         return [ENV_PREFIX + "PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"]
+    if field == "model_name":
+        return [ENV_PREFIX + "MODEL_NAME", "MLSERVER_MODEL_NAME"]
+    if field == "model_runtime":
+        return [ENV_PREFIX + "MODEL_RUNTIME", "MLSERVER_MODEL_IMPLEMENTATION"]
     return [ENV_PREFIX + field.upper()]
 
 
