@@ -2,9 +2,9 @@
 
 Data flow::
 
-    handler ──submit(model, body)──> lane(model).queue ──_pump()──> pool.submit ──> worker
-       ^                                                              │
-       └──────────────── outcome (status, bytes) <─────────────────────┘
+    handler ──submit(model, envelope)──> lane(model).queue ──_pump()──> pool.submit ──> worker
+       ^                                                                   │
+       └──────────────────────── Outcome <─────────────────────────────────┘
 
 What is bounded:
 
@@ -29,11 +29,27 @@ it becomes active its virtual time is raised to the scheduler's clock. Hence a
 newly active model is served after at most one in-flight completion, and its
 waiting time is bounded by (number of active models) x (one request of each).
 
+Mechanism (the cost of a request does not grow with the number of models, #9):
+a heap keyed by virtual time holds the models that have queued work, and a
+second one the models whose first queued request has the idle pass. Entries
+are invalidated lazily: a model is pushed again whenever its virtual time
+changes or it may be able to send (a request queued, one of its own finished,
+its pool reported capacity through its own ``on_capacity`` callback), and an
+entry is checked against the model's state when it reaches the top; a model
+found at its pool's capacity leaves the heap until one of those events. A
+dispatch costs O(log a), a the number of active models, and stale entries are
+swept out once they outnumber the active models. The set of active models is
+kept as requests come and go, and CPU priorities are recomputed only for the
+models whose work changed, or for every saturated model when the first modest
+one arrives or the last one leaves.
+
 On the CPU, while some model has work within its means (no more requests than
 workers), the workers of every saturated model (more requests than workers) run
 at ``SCHED_IDLE`` (see ``cpu_priority``): the kernel then runs the modest model's
 worker the moment it wakes, and the flooded ones get all the rest. They return
-to normal priority when the modest work is done.
+to normal priority when the modest work is done. A pool whose worker count
+changes reports it through ``on_capacity`` (or a request of its model ends);
+the model's priority follows at that point.
 
 Cancel: a caller that goes away (client disconnect) cancels its future; the
 request is dropped from the queue without reaching a worker. Deadlines: a
@@ -41,18 +57,21 @@ request whose deadline passes while queued fails with
 :class:`~runtime_core.errors.DeadlineExceeded` and never reaches a worker; the
 worker checks the deadline once more before decoding. Removing a model fails
 its queued requests with :class:`~runtime_core.errors.ModelNotReady`.
+Worker death: the pool retries or fails the request's future; the scheduler
+only sees the outcome (an error ``code`` for the observers) and frees the slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from runtime_core.envelope import Envelope, Outcome
@@ -62,6 +81,9 @@ from runtime_core.pool import ModelPool
 
 _EWMA = 0.2
 _INITIAL_COST = 0.001
+
+# A lane's CPU-priority class (see FairScheduler._update_priorities).
+_IDLE, _MODEST, _SATURATED = 0, 1, 2
 
 log = logging.getLogger("runtime_core.scheduler")
 
@@ -99,7 +121,7 @@ class LaneStats:
     background: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity: a re-added key is a new lane
 class Lane:
     """One model's queue and accounting."""
 
@@ -113,6 +135,15 @@ class Lane:
     inflight: int = 0
     background: bool = False
     stats: LaneStats = field(default_factory=LaneStats)
+    removed: bool = False
+    #: Sequence number of the lane's live entry in the ready heap (-1: none) and its key.
+    ready_seq: int = -1
+    ready_key: float = 0.0
+    #: The queued request that has the idle pass (always the queue's head), its heap entry.
+    pass_item: _Item | None = None
+    pass_seq: int = -1
+    #: _IDLE, _MODEST or _SATURATED, as last classified for CPU priorities.
+    state: int = _IDLE
 
 
 #: Requests that make one full batch in a worker (see ``pool.BATCH_DEPTH``).
@@ -127,6 +158,10 @@ def default_budget() -> int:
     return 2 * _BATCH * cpu_count()
 
 
+def _nice(top: float, weight: float) -> int:
+    return min(19, max(0, round(math.log(top / weight) / math.log(1.25))))
+
+
 class FairScheduler:
     """Routes requests to model pools, fairly. See the module docstring for the policy."""
 
@@ -135,38 +170,66 @@ class FairScheduler:
         self.cpu_priority = cpu_priority
         self._lanes: dict[str, Lane] = {}
         self._inflight = 0
+        self._queued = 0
         self._clock = 0.0
         self._closing = False
+        self._seq = itertools.count()
+        # Heaps of (vtime, seq, lane); an entry is live while seq is the lane's ready_seq
+        # (pass_seq). seq also breaks ties in arrival order.
+        self._ready: list[tuple[float, int, Lane]] = []
+        self._passes: list[tuple[float, int, Lane]] = []
+        self._active: set[Lane] = set()  # lanes with work queued or in flight
+        self._saturated: set[Lane] = set()
+        self._background: set[Lane] = set()
+        self._dirty: set[Lane] = set()  # lanes whose work changed since priorities were set
+        self._modest = 0  # lanes classified _MODEST
+        self._modest_on = False
+        self._weights: Counter[float] = Counter()
+        self._top_weight = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Called once per request; see :data:`Observer` (the metrics hook).
         self.observers: list[Observer] = []
 
     # ------------------------------------------------------------------ models
 
     def add(self, key: str, pool: ModelPool, *, weight: float = 1.0, max_queue: int = 1024) -> Lane:
+        if key in self._lanes:
+            self.remove(key)
         lane = Lane(key, pool, weight, max_queue, vtime=self._clock)
         self._lanes[key] = lane
-        pool.on_capacity = self._pump
-        self._update_weights()
+        pool.on_capacity = functools.partial(self._capacity, lane)
+        self._weights[weight] += 1
+        self._update_weights(lane)
         return lane
 
-    def _update_weights(self) -> None:
+    def _update_weights(self, lane: Lane | None) -> None:
         """Give each model's workers a nice value from its weight, relative to the heaviest
         weight: the kernel then shares the CPU among busy models in those proportions (each
-        nice step is a factor of about 1.25), whatever the batching in their workers."""
-        if not self.cpu_priority or not self._lanes:
+        nice step is a factor of about 1.25), whatever the batching in their workers. Only
+        ``lane`` is set, unless the heaviest weight changed."""
+        if not self.cpu_priority or not self._weights:
             return
-        top = max(lane.weight for lane in self._lanes.values())
-        for lane in self._lanes.values():
-            lane.pool.set_nice(min(19, max(0, round(math.log(top / lane.weight) / math.log(1.25)))))
+        top = max(self._weights)
+        lanes: Iterable[Lane]
+        if top != self._top_weight:
+            self._top_weight = top
+            lanes = self._lanes.values()
+        else:
+            lanes = [lane] if lane is not None else []
+        for each in lanes:
+            each.pool.set_nice(_nice(top, each.weight))
 
     def replace_pool(self, key: str, pool: ModelPool) -> ModelPool:
         """Send new requests to ``pool``; returns the old pool (to drain and close)."""
         lane = self._lanes[key]
         old, lane.pool = lane.pool, pool
-        pool.on_capacity = self._pump
-        self._update_weights()
+        pool.on_capacity = functools.partial(self._capacity, lane)
+        self._update_weights(lane)
         if lane.background:
             pool.set_background(True)
+        self._touch(lane)
+        self._schedule(lane)
         self._pump()
         return old
 
@@ -175,10 +238,25 @@ class FairScheduler:
         lane = self._lanes.pop(key, None)
         if lane is None:
             return None
+        lane.removed = True
+        self._weights[lane.weight] -= 1
+        if not self._weights[lane.weight]:
+            del self._weights[lane.weight]
+        self._active.discard(lane)
+        self._saturated.discard(lane)
+        self._background.discard(lane)
+        self._dirty.discard(lane)
+        if lane.state == _MODEST:
+            self._modest -= 1
+        lane.state = _IDLE
+        lane.pass_item = None
+        self._queued -= len(lane.queue)
         while lane.queue:
             item = lane.queue.popleft()
             if not item.future.done():
                 item.future.set_exception(ModelNotReady(f"model {key!r} was unloaded", model=key))
+        self._update_weights(None)
+        self._pump()  # the budget, the priorities and drain may depend on this lane
         return lane.pool
 
     def close(self) -> None:
@@ -188,10 +266,11 @@ class FairScheduler:
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is queued or in flight (``close`` first); False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._inflight or any(lane.queue for lane in self._lanes.values()):
-            if time.monotonic() >= deadline:
+        while self._inflight or self._queued:
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
                 return False
-            await asyncio.sleep(0.01)
         return True
 
     def __contains__(self, key: str) -> bool:
@@ -223,27 +302,107 @@ class FairScheduler:
             envelope.arrived = time.time()
         item = _Item(future, envelope, time.monotonic(), skip_budget=idle)
         lane.queue.append(item)
+        if idle:
+            lane.pass_item = item
+        self._queued += 1
+        self._idle.clear()
+        self._touch(lane)
+        self._schedule(lane)
         self._pump()
         try:
             return await future
         except asyncio.CancelledError:
             lane.stats.cancelled += 1
-            with contextlib.suppress(ValueError):  # still queued: drop it so it never reaches a worker
+            try:  # still queued: drop it so it never reaches a worker
                 lane.queue.remove(item)
+            except ValueError:
+                pass
+            else:
+                self._dequeued(lane, item)
+                self._pump()  # the lane may have gone idle: budget, priorities, drain
             raise
 
+    def _dequeued(self, lane: Lane, item: _Item) -> None:
+        """Account for ``item`` having left ``lane``'s queue (sent, expired or dropped)."""
+        self._queued -= 1
+        if item is lane.pass_item:
+            lane.pass_item, lane.pass_seq = None, -1
+        self._touch(lane)
+
+    def _touch(self, lane: Lane) -> None:
+        """Keep the active set current after ``lane``'s queue or in-flight count changed."""
+        if lane.removed:
+            return
+        if lane.queue or lane.inflight:
+            self._active.add(lane)
+        else:
+            self._active.discard(lane)
+        if self.cpu_priority:
+            self._dirty.add(lane)
+
+    def _schedule(self, lane: Lane) -> None:
+        """Put ``lane`` in the heaps if it has queued work (its entries were popped, or its
+        virtual time moved); whether it can send is checked when it reaches the top."""
+        if lane.removed or not lane.queue:
+            return
+        if lane.ready_seq < 0 or lane.ready_key != lane.vtime:
+            lane.ready_seq, lane.ready_key = next(self._seq), lane.vtime
+            heapq.heappush(self._ready, (lane.vtime, lane.ready_seq, lane))
+        if lane.pass_item is not None and lane.pass_seq < 0:
+            lane.pass_seq = next(self._seq)
+            heapq.heappush(self._passes, (lane.vtime, lane.pass_seq, lane))
+        if len(self._ready) + len(self._passes) > 4 * len(self._active) + 64:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop stale heap entries. Every live entry left belongs to an active lane, so this
+        runs at most once per 2 x (active lanes) + 64 pushes: O(1) amortised."""
+        ready = []
+        for entry in self._ready:
+            lane = entry[2]
+            if entry[1] == lane.ready_seq:
+                if lane.queue and not lane.removed:
+                    ready.append(entry)
+                else:
+                    lane.ready_seq = -1
+        self._ready = ready
+        heapq.heapify(ready)
+        self._passes = [e for e in self._passes if e[1] == e[2].pass_seq and not e[2].removed]
+        heapq.heapify(self._passes)
+
+    def _capacity(self, lane: Lane) -> None:
+        """``lane``'s pool has room again (or changed its worker count)."""
+        self._touch(lane)
+        self._schedule(lane)
+        self._pump()
+
     def _pick(self) -> Lane | None:
-        active = sum(1 for lane in self._lanes.values() if lane.queue or lane.inflight)
-        over_budget = active > 1 and self._inflight >= self.budget
-        best: Lane | None = None
-        for lane in self._lanes.values():
-            if not lane.queue or lane.pool.inflight >= lane.pool.capacity:
+        """Pop the lane with the smallest virtual time that can send now; while over the
+        budget with other models active, only a lane whose head has the idle pass."""
+        if len(self._active) > 1 and self._inflight >= self.budget:
+            heap = self._passes
+            while heap:
+                _, seq, lane = heapq.heappop(heap)
+                if seq != lane.pass_seq:
+                    continue  # stale
+                lane.pass_seq = -1
+                if lane.removed or lane.pass_item is None:
+                    continue
+                if lane.pool.inflight < lane.pool.capacity:
+                    return lane
+            return None
+        heap = self._ready
+        while heap:
+            _, seq, lane = heapq.heappop(heap)
+            if seq != lane.ready_seq:
+                continue  # stale: the lane was pushed again with a newer virtual time
+            lane.ready_seq = -1
+            if lane.removed or not lane.queue:
                 continue
-            if over_budget and not lane.queue[0].skip_budget:
-                continue
-            if best is None or lane.vtime < best.vtime:
-                best = lane
-        return best
+            if lane.pool.inflight < lane.pool.capacity:
+                return lane
+            # Full: it comes back when its pool reports capacity or one of its requests ends.
+        return None
 
     def _pump(self) -> None:
         while True:
@@ -251,9 +410,10 @@ class FairScheduler:
             if lane is None:
                 break
             item = lane.queue.popleft()
+            self._dequeued(lane, item)
             if item.future.done():  # cancelled by a client that went away
-                continue
-            if item.envelope.deadline and time.time() > item.envelope.deadline:
+                pass
+            elif item.envelope.deadline and time.time() > item.envelope.deadline:
                 lane.stats.expired += 1
                 if self.observers:
                     waited = time.monotonic() - item.enqueued
@@ -261,16 +421,23 @@ class FairScheduler:
                 item.future.set_exception(
                     DeadlineExceeded(f"model {lane.key!r}: the request's deadline passed while queued", model=lane.key)
                 )
-                continue
-            self._clock = max(self._clock, lane.vtime)
-            item.estimate = lane.cost
-            lane.vtime += lane.cost / lane.weight
-            lane.inflight += 1
-            self._inflight += 1
-            item.sent = time.monotonic()
-            sent = lane.pool.submit(item.envelope)
-            sent.add_done_callback(functools.partial(self._finished, lane, item))
+            else:
+                self._send(lane, item)
+            self._schedule(lane)
         self._update_priorities()
+        if not self._inflight and not self._queued:
+            self._idle.set()
+
+    def _send(self, lane: Lane, item: _Item) -> None:
+        self._clock = max(self._clock, lane.vtime)
+        item.estimate = lane.cost
+        lane.vtime += lane.cost / lane.weight
+        lane.inflight += 1
+        self._inflight += 1
+        self._touch(lane)
+        item.sent = time.monotonic()
+        sent = lane.pool.submit(item.envelope)
+        sent.add_done_callback(functools.partial(self._finished, lane, item))
 
     def _finished(self, lane: Lane, item: _Item, done: asyncio.Future[Outcome]) -> None:
         lane.inflight -= 1
@@ -297,6 +464,8 @@ class FairScheduler:
                 self._observe(lane.key, getattr(error, "code", 1), item.sent - item.enqueued, 0.0, wait)
             if not item.future.done():
                 item.future.set_exception(error)
+        self._touch(lane)
+        self._schedule(lane)
         self._pump()
 
     def _observe(self, key: str, result: Outcome | int, wait: float, compute: float, total: float) -> None:
@@ -309,18 +478,42 @@ class FairScheduler:
     def _update_priorities(self) -> None:
         if not self.cpu_priority:
             return
-        lanes = self._lanes.values()
-        # Saturated: more work than the model has workers to run it on at once.
-        saturated = {id(lane) for lane in lanes if lane.inflight + len(lane.queue) > lane.pool.parallelism}
+        changed, self._dirty = self._dirty, set()
+        for lane in changed:
+            if lane not in self._active:
+                state = _IDLE
+            elif lane.inflight + len(lane.queue) > lane.pool.parallelism:
+                # Saturated: more work than the model has workers to run it on at once.
+                state = _SATURATED
+            else:
+                state = _MODEST
+            if state == lane.state:
+                continue
+            if lane.state == _MODEST:
+                self._modest -= 1
+            elif lane.state == _SATURATED:
+                self._saturated.discard(lane)
+            if state == _MODEST:
+                self._modest += 1
+            elif state == _SATURATED:
+                self._saturated.add(lane)
+            lane.state = state
         # A model with work that is within its means must not wait for the CPU behind one
         # that is flooded; while there is none, the flooded ones keep normal priority (so a
         # lone busy model does not yield to every other process on the host).
-        modest = any((lane.queue or lane.inflight) and id(lane) not in saturated for lane in lanes)
-        for lane in lanes:
-            want = modest and id(lane) in saturated
+        modest = self._modest > 0
+        if modest != self._modest_on:
+            self._modest_on = modest
+            changed |= self._saturated | self._background
+        for lane in changed:
+            want = modest and lane.state == _SATURATED and not lane.removed
             if want != lane.background:
                 lane.pool.set_background(want)
                 lane.background = want
+                if want:
+                    self._background.add(lane)
+                else:
+                    self._background.discard(lane)
 
     # ------------------------------------------------------------------ visibility
 
@@ -334,7 +527,3 @@ class FairScheduler:
             lane.stats.background = lane.background
             out[key] = lane.stats
         return out
-
-    @property
-    def inflight(self) -> int:
-        return self._inflight
