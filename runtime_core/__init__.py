@@ -15,6 +15,7 @@ from runtime_core.protocol import (
     stack_columns,
 )
 from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext, check_requested_outputs
+from runtime_core.sanitize import client_message
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "__version__",
     "check_requested_outputs",
+    "client_message",
     "hookimpl",
     "stack_columns",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -110,8 +111,12 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     except OSError as exc:
         print(f"runtime-core: cannot listen on {settings.host}:{settings.http_port}: {exc.strerror}", file=sys.stderr)
         return 1
-    _say(f"runtime-core {__version__}: loading models from {settings.model_repository}")
-    loading = loop.create_task(repository.load_all())
+    if settings.load_models_at_startup:
+        _say(f"runtime-core {__version__}: loading models from {settings.model_repository}")
+        loading = loop.create_task(repository.load_all())
+    else:
+        _say(f"runtime-core {__version__}: models in {settings.model_repository} load through the repository API")
+        loading = loop.create_task(asyncio.sleep(0))
     stopper = loop.create_task(stop.wait())
     await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
@@ -143,6 +148,26 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _startup_warnings(settings: ServerSettings) -> None:
+    """One line on stderr for each unsafe combination of settings."""
+    if settings.repository_api and settings.repository_token is None and not _is_loopback(settings.host):
+        print(
+            f"runtime-core: warning: listening on {settings.host} with the repository API on and no "
+            "repository_token: anyone who can reach the port can load and unload models",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _event_loop_runner() -> asyncio.Runner:
     try:
         import uvloop
@@ -162,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runtimes":
             _print_runtimes(load_registry())
             return 0
+        if not sys.platform.startswith("linux"):
+            # Workers rely on fork, /proc and Linux scheduling classes.
+            print(f"runtime-core: the server runs on Linux only, not on {sys.platform}", file=sys.stderr)
+            return 2
         repository: Path = args.model_repository
         if not repository.is_dir():
             print(f"runtime-core: model repository {repository} is not a folder", file=sys.stderr)
@@ -183,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         global _json_status
         _json_status = settings.log_format == "json"
         registry = load_registry()
+        _startup_warnings(settings)
     except RuntimeCoreError as exc:
         print(f"runtime-core: {exc.message}", file=sys.stderr)
         return 2

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from typing import Any
@@ -36,10 +35,11 @@ from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
 from runtime_core.runtime import Runtime
+from runtime_core.sanitize import client_message, error_id
+
+__all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler", "client_message"]
 
 log = logging.getLogger("runtime_core.inference")
-
-_PATHS = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+){2,}[\\/]?")
 
 #: Most requests merged by coalescing when the model sets no ``max_batch_size``.
 DEFAULT_COALESCE = 32
@@ -52,12 +52,6 @@ def _cpu_wait() -> float:
             return int(f.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
         return 0.0
-
-
-def client_message(text: str, limit: int = 500) -> str:
-    """``text`` without server paths, cut to ``limit`` characters."""
-    text = _PATHS.sub("<path>", text.strip())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _batch_key(request: InferenceRequest) -> tuple[Any, ...] | None:
@@ -91,9 +85,16 @@ class ModelHandler:
         if isinstance(exc, RuntimeCoreError):
             message = exc.message if isinstance(exc, InvalidRequest) else client_message(exc.message)
             return Outcome(exc.code, message.encode(), compute=time.perf_counter() - started)
-        log.error("model %r: inference failed", self.model_name, exc_info=exc)
-        detail = client_message(str(exc)) or "an internal error"
-        message = f"model {self.model_name!r} failed to run the request: {detail}"
+        # A runtime failure: the detail (traceback, raw message) goes to the log under an id
+        # that the client also gets, so that one report finds the other.
+        ident = error_id()
+        log.error("model %r: inference failed [error id %s]", self.model_name, ident, exc_info=exc)
+        message = f"model {self.model_name!r} failed to run the request"
+        # The exception's own words only where they are the model's (a ValueError about the
+        # input, say); an AttributeError or KeyError speaks of the code, not of the request.
+        detail = client_message(exc) if isinstance(exc, ValueError | ArithmeticError) else ""
+        message += f": {detail}" if detail else " (an internal error in its runtime)"
+        message += f" [error id {ident}]"
         return Outcome(InferenceFailed.code, message.encode(), compute=time.perf_counter() - started)
 
     def decode(self, envelope: Envelope) -> InferenceRequest:
@@ -116,7 +117,9 @@ class ModelHandler:
     async def _predict(self, request: InferenceRequest) -> InferenceResponse:
         response = await self.runtime.predict(request)
         if not isinstance(response, InferenceResponse):
-            raise TypeError(f"predict returned {type(response).__name__}, not InferenceResponse")
+            log.error("model %r: predict returned %s, not an InferenceResponse", self.model_name, type(response))
+            got = "nothing" if response is None else "something other than an inference response"
+            raise InferenceFailed(f"model {self.model_name!r}: its runtime returned {got}", model=self.model_name)
         return response
 
     def _encode(

@@ -11,6 +11,7 @@ it when the command line asks.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,8 @@ from runtime_core.limits import cpu_count
 MODEL_SETTINGS_FILE = "model-settings.json"
 SERVER_SETTINGS_FILE = "settings.json"
 ENV_PREFIX = "RUNTIME_CORE_"
+
+log = logging.getLogger("runtime_core.settings")
 
 #: Model names are URL path segments: no separators, no dot-dot, nothing exotic.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -125,6 +128,10 @@ class ServerSettings(BaseSettings):
 
     repository_token: str | None = None
     """When set, the repository endpoints require ``Authorization: Bearer <token>`` (else 401)."""
+
+    load_models_at_startup: bool = True
+    """Load every model of the repository at start; when false, models are loaded only through
+    the repository API (MLServer's key of the same name)."""
 
     model_name: str | None = Field(
         None, validation_alias=AliasChoices("RUNTIME_CORE_MODEL_NAME", "MLSERVER_MODEL_NAME")
@@ -255,11 +262,13 @@ class ModelSettings(BaseModel):
         return max(1, cpu_count() // max(1, self.workers(server)))
 
     def resolve_uri(self, repository: Path | None, default_names: tuple[str, ...] = ()) -> Path | None:
-        """The artifact path: ``parameters.uri`` (confined to the repository), else the first
-        of ``default_names`` present in the model folder, else ``None``."""
+        """The artifact path: ``parameters.uri``, else the first of ``default_names`` present
+        in the model folder, else ``None``. One confinement rule for both: the path, with every
+        symlink resolved, must stay inside the repository (the model folder without one)."""
         folder = self.folder
         if folder is None:
             return None
+        root = (repository or folder).resolve()
         if self.parameters.uri:
             uri = self.parameters.uri
             if os.path.isabs(uri) or "\\" in uri or "%" in uri:
@@ -268,19 +277,21 @@ class ModelSettings(BaseModel):
                     model=self.name,
                     path=str(self.path),
                 )
-            resolved = (folder / uri).resolve()
-            root = (repository or folder).resolve()
-            if resolved != root and root not in resolved.parents:
-                raise SettingsError(
-                    f"{self.path}: model {self.name!r}: parameters.uri leaves the model repository",
-                    model=self.name,
-                    path=str(self.path),
-                )
-            return resolved
+            return self._confined(folder / uri, root, "parameters.uri")
         for candidate in default_names:
             if (folder / candidate).exists():
-                return folder / candidate
+                return self._confined(folder / candidate, root, f"artifact {candidate!r}")
         return None
+
+    def _confined(self, path: Path, root: Path, what: str) -> Path:
+        resolved = path.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise SettingsError(
+                f"{self.path}: model {self.name!r}: {what} leaves the model repository",
+                model=self.name,
+                path=str(self.path),
+            )
+        return resolved
 
 
 def _format_validation_item(item: Any) -> str:
@@ -342,6 +353,111 @@ def _read_server_json(json_file: Path | None) -> dict[str, Any]:
     return raw
 
 
+# --------------------------------------------------------------------------- MLServer compatibility
+
+#: MLServer server keys (``settings.json``) that are named differently here.
+_MLSERVER_RENAMED = {"model_repository_root": "model_repository"}
+
+#: MLServer server keys without an equivalent: accepted, ignored, with one warning line each.
+_MLSERVER_IGNORED = {
+    "parallel_workers_timeout": "workers are stopped after shutdown_grace",
+    "environments_dir": "runtime-core does not unpack per-model environments",
+    "model_repository_implementation": "the model repository is always the folder",
+    "model_repository_implementation_args": "the model repository is always the folder",
+    "server_name": "the server's name is runtime-core",
+    "server_version": "the server's version is its own",
+    "extensions": "the extensions list is the server's own",
+    "root_path": "routes are served at the root",
+    "grpc_port": "this server has no gRPC endpoint",
+    "grpc_max_message_length": "the message size limit is max_request_size",
+    "cors_settings": "CORS headers are not served",
+    "metrics_endpoint": "metrics are served at /metrics",
+    "metrics_port": "metrics are served at /metrics on http_port",
+    "metrics_rest_server_prefix": "metric names are runtime-core's own",
+    "metrics_dir": "workers report metrics to the main process",
+    "logging_settings": "use log_level and log_format",
+    "kafka_enabled": "Kafka is not supported",
+    "kafka_servers": "Kafka is not supported",
+    "kafka_topic_input": "Kafka is not supported",
+    "kafka_topic_output": "Kafka is not supported",
+    "tracing_server": "tracing is not supported",
+    "cache_enabled": "responses are not cached",
+    "cache_size": "responses are not cached",
+    "gzip_enabled": "responses are not compressed",
+    "model_version": "the single-model layout serves its model without a version label",
+}
+
+#: The MLServer environment variables read, and the MLServer key each one stands for.
+#: ``RUNTIME_CORE_*`` variables win over them; ``settings.json`` loses to them.
+MLSERVER_ENV = {
+    "MLSERVER_HTTP_PORT": "http_port",
+    "MLSERVER_GRPC_PORT": "grpc_port",
+    "MLSERVER_HOST": "host",
+    "MLSERVER_PARALLEL_WORKERS": "parallel_workers",
+    "MLSERVER_MODEL_REPOSITORY_ROOT": "model_repository_root",
+    "MLSERVER_LOAD_MODELS_AT_STARTUP": "load_models_at_startup",
+    "MLSERVER_DEBUG": "debug",
+    # KServe's MLServer runtime: the folder its storage initializer fills. MLSERVER_MODEL_NAME
+    # and MLSERVER_MODEL_IMPLEMENTATION are aliases of model_name and model_runtime.
+    "MLSERVER_MODEL_URI": "model_repository_root",
+    "MLSERVER_MODEL_VERSION": "model_version",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _mlserver_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise SettingsError(f"{where}: must be true or false")
+
+
+def _translate_mlserver(raw: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
+    """``raw`` with MLServer keys mapped to ours; ``where`` names each key's origin (file or
+    variable) for messages. Keys of ours win over MLServer keys for the same setting; MLServer
+    keys without an equivalent are dropped with one warning line; unknown keys are kept (and
+    fail validation, naming the key)."""
+    ours = set(ServerSettings.model_fields)
+    out = {k: v for k, v in raw.items() if k in ours}
+    for key, value in raw.items():
+        if key in ours:
+            continue
+        origin = where.get(key, "settings")
+        if key == "debug":
+            if _mlserver_bool(value, f"{origin}: 'debug'") and "log_level" not in raw:
+                out["log_level"] = "debug"
+        elif key == "use_structured_logging":
+            if _mlserver_bool(value, f"{origin}: 'use_structured_logging'") and "log_format" not in raw:
+                out["log_format"] = "json"
+        elif key in _MLSERVER_RENAMED:
+            out.setdefault(_MLSERVER_RENAMED[key], value)
+        elif key in _MLSERVER_IGNORED:
+            log.warning("%s: MLServer setting %r is ignored: %s", origin, key, _MLSERVER_IGNORED[key])
+        else:
+            out[key] = value
+    return out
+
+
+def _mlserver_target(key: str) -> str:
+    """The setting of ours that the MLServer key ``key`` sets."""
+    return {"debug": "log_level", "use_structured_logging": "log_format"}.get(key, _MLSERVER_RENAMED.get(key, key))
+
+
+def _mlserver_environment() -> tuple[dict[str, Any], dict[str, str]]:
+    """The MLServer variables that are set, as MLServer keys, and the variable of each key."""
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for name, value in os.environ.items():
+        key = MLSERVER_ENV.get(name.upper())
+        if key is not None:
+            values[key] = value
+            where[key] = f"environment variable {name.upper()}"
+    return values, where
+
+
 def _env_names(field: str) -> list[str]:
     if field == "parallel_workers":
         return [ENV_PREFIX + "PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"]
@@ -360,7 +476,12 @@ def load_server_settings(repository: Path | None = None, **overrides: Any) -> Se
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     json_file = repository / SERVER_SETTINGS_FILE if repository is not None else None
-    from_file = _read_server_json(json_file)
+    raw_file = _read_server_json(json_file)
+    from_file = _translate_mlserver(raw_file, dict.fromkeys(raw_file, str(json_file)))
+    raw_env, env_origin = _mlserver_environment()
+    from_mlserver_env = _translate_mlserver(raw_env, env_origin)
+    # The setting each MLServer variable ended up in, for error messages.
+    mlserver_source = {_mlserver_target(key): origin for key, origin in env_origin.items()}
     if repository is not None:
         given.setdefault("model_repository", repository)
 
@@ -375,6 +496,8 @@ def load_server_settings(repository: Path | None = None, **overrides: Any) -> Se
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if from_mlserver_env:
+                sources.append(InitSettingsSource(settings_cls, init_kwargs=from_mlserver_env))
             if from_file:
                 sources.append(InitSettingsSource(settings_cls, init_kwargs=from_file))
             return tuple(sources)
@@ -386,6 +509,8 @@ def load_server_settings(repository: Path | None = None, **overrides: Any) -> Se
         for name in _env_names(field):
             if name in env:
                 return f"environment variable {name}"
+        if field in mlserver_source:
+            return mlserver_source[field]
         return str(json_file) if field in from_file else "server settings"
 
     try:

@@ -146,3 +146,53 @@ def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     output = server.output()
     assert "runtime-core: stopping" in output and "runtime-core: stopped" in output
     assert "Traceback" not in output
+
+
+def test_other_systems_fail_with_one_line(tmp_path: Path) -> None:
+    # The module is imported first (as the console script does), then the platform is changed.
+    code = "import sys; from runtime_core.cli import main; sys.platform = 'darwin'; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "start", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == "runtime-core: the server runs on Linux only, not on darwin\n"
+
+
+WARNING = "anyone who can reach the port can load and unload models"
+
+
+@pytest.mark.parametrize(
+    ("host", "env", "warned"),
+    [
+        ("0.0.0.0", {}, True),
+        ("0.0.0.0", {"RUNTIME_CORE_REPOSITORY_TOKEN": "s3cret"}, False),
+        ("0.0.0.0", {"RUNTIME_CORE_REPOSITORY_API": "false"}, False),
+        ("127.0.0.1", {}, False),
+    ],
+)
+def test_open_repository_api_on_a_public_address_warns_once(
+    tmp_path: Path, host: str, env: dict[str, str], warned: bool
+) -> None:
+    server = ServerProcess(tmp_path, args=["--host", host], env=env)
+    try:
+        lines = [line for line in server.output().splitlines() if WARNING in line]
+        assert len(lines) == (1 if warned else 0), server.output()
+        if warned:
+            assert "s3cret" not in lines[0] and "repository_token" in lines[0]
+    finally:
+        server.stop()
+
+
+def test_models_load_only_through_the_api_when_asked(tmp_path: Path) -> None:
+    write_model(tmp_path / "echo", runtime="echo", parallel_workers=0)
+    (tmp_path / "settings.json").write_text('{"load_models_at_startup": false}')
+    server = ServerProcess(tmp_path)
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]}
+        status, _ = server.post_json("/v2/models/echo/infer", body)
+        assert status == 404
+        status, doc = server.post_json("/v2/repository/models/echo/load")
+        assert status == 200, doc
+        status, doc = server.post_json("/v2/models/echo/infer", body)
+        assert (status, doc["outputs"][0]["data"]) == (200, [1.5])
+    finally:
+        server.stop()

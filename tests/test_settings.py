@@ -351,3 +351,161 @@ def test_cli_reports_bad_server_settings(tmp_path: Path) -> None:
     result = _start([str(tmp_path)], env={"RUNTIME_CORE_PARALLEL_WORKERS": "-1"})
     assert result.returncode == 2
     assert "environment variable RUNTIME_CORE_PARALLEL_WORKERS: 'parallel_workers'" in result.stderr
+
+
+# --------------------------------------------------------------------------- MLServer settings
+
+
+def test_mlserver_keys_in_settings_json_are_mapped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _settings_json(
+        tmp_path,
+        {
+            "debug": "true",  # MLServer's examples write booleans as strings
+            "http_port": 9001,
+            "host": "127.0.0.3",
+            "parallel_workers": 3,
+            "load_models_at_startup": False,
+            "model_repository_root": str(tmp_path / "elsewhere"),
+            "use_structured_logging": True,
+        },
+    )
+    built = load_server_settings(tmp_path)
+    assert (built.log_level, built.http_port, built.host, built.parallel_workers) == ("debug", 9001, "127.0.0.3", 3)
+    assert (built.load_models_at_startup, built.log_format) == (False, "json")
+    # The command line's MODEL_REPOSITORY wins over model_repository_root, as in `mlserver start DIR`.
+    assert built.model_repository == tmp_path
+    assert not caplog.records
+
+
+def test_our_keys_win_over_mlserver_keys(tmp_path: Path) -> None:
+    _settings_json(tmp_path, {"debug": True, "log_level": "warning"})
+    assert load_server_settings(tmp_path).log_level == "warning"
+    _settings_json(tmp_path, {"debug": False})
+    assert load_server_settings(tmp_path).log_level == "info"
+
+
+def test_mlserver_keys_without_equivalent_warn_once_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _settings_json(tmp_path, {"metrics_port": 8082, "cors_settings": {"allow_origins": ["*"]}, "http_port": 1})
+    assert load_server_settings(tmp_path).http_port == 1
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 2, lines
+    assert all(line.startswith(f"{path}: MLServer setting ") for line in lines)
+    assert "'metrics_port'" in lines[0] and "'cors_settings'" in lines[1]
+
+
+def test_keys_neither_ours_nor_mlservers_stay_errors(tmp_path: Path) -> None:
+    path = _settings_json(tmp_path, {"metrics_port": 8082, "metrics_prot": 8082})
+    with pytest.raises(SettingsError) as info:
+        load_server_settings(tmp_path)
+    assert info.value.message == f"{path}: unknown key 'metrics_prot'"
+
+
+def test_bad_mlserver_boolean_names_file_and_key(tmp_path: Path) -> None:
+    path = _settings_json(tmp_path, {"debug": "maybe"})
+    with pytest.raises(SettingsError, match=re.escape(f"{path}: 'debug': must be true or false")):
+        load_server_settings(tmp_path)
+
+
+def test_mlserver_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _settings_json(tmp_path, {"http_port": 9000, "host": "127.0.0.2"})
+    for name, value in {
+        "MLSERVER_HTTP_PORT": "9001",
+        "MLSERVER_HOST": "127.0.0.4",
+        "MLSERVER_PARALLEL_WORKERS": "2",
+        "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
+        "MLSERVER_DEBUG": "1",
+        "MLSERVER_MODEL_NAME": "iris",
+        "MLSERVER_MODEL_IMPLEMENTATION": "mlserver_sklearn.SKLearnModel",
+        "MLSERVER_MODEL_URI": str(tmp_path / "mnt"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    built = load_server_settings(None)
+    assert (built.http_port, built.host, built.parallel_workers) == (9001, "127.0.0.4", 2)
+    assert (built.load_models_at_startup, built.log_level) == (False, "debug")
+    assert (built.model_name, built.model_runtime) == ("iris", "mlserver_sklearn.SKLearnModel")
+    assert built.model_repository == tmp_path / "mnt"
+    # With a repository folder given (as by the command line), it wins over MLSERVER_MODEL_URI.
+    built = load_server_settings(tmp_path)
+    assert built.model_repository == tmp_path
+    assert (built.http_port, built.host) == (9001, "127.0.0.4")  # the variables win over settings.json
+    # Our own variables win over MLServer's, and flags over both.
+    monkeypatch.setenv("RUNTIME_CORE_HTTP_PORT", "9002")
+    monkeypatch.setenv("RUNTIME_CORE_LOG_LEVEL", "error")
+    built = load_server_settings(tmp_path)
+    assert (built.http_port, built.log_level) == (9002, "error")
+    assert load_server_settings(tmp_path, http_port=9003).http_port == 9003
+
+
+def test_bad_mlserver_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSERVER_HTTP_PORT", "eighty")
+    with pytest.raises(SettingsError, match="environment variable MLSERVER_HTTP_PORT: 'http_port'"):
+        load_server_settings(tmp_path)
+
+
+# --------------------------------------------------------------------------- artifact confinement
+
+
+def test_symlinked_default_artifact_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    path = _model(repository, "m", {"runtime": "sklearn"})
+    (tmp_path / "outside.joblib").write_bytes(b"")
+    (path.parent / "model.joblib").symlink_to(tmp_path / "outside.joblib")
+    with pytest.raises(SettingsError, match=r"artifact 'model\.joblib' leaves the model repository"):
+        load_model_settings(path).resolve_uri(repository, ("model.joblib",))
+
+
+def test_mlserver_repository_and_symlinked_artifacts_in_a_real_server(tmp_path: Path) -> None:
+    """A repository as MLServer's sklearn and xgboost examples lay it out (MLServer keys in
+    settings.json), plus default artifacts that are symlinks: inside the repository they
+    serve, out of it the model is refused and the file is never loaded."""
+    import joblib
+    import xgboost
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    root = tmp_path / "repo"
+    root.mkdir()
+    _settings_json(root, {"debug": "false", "load_models_at_startup": True, "metrics_port": 8082})
+    for name, implementation, artifact in (
+        ("mnist-svm", "mlserver_sklearn.SKLearnModel", "mnist-svm.joblib"),
+        ("mushroom-xgboost", "mlserver_xgboost.XGBoostModel", "mushroom-xgboost.json"),
+    ):
+        _model(
+            root,
+            name,
+            {
+                "name": name,
+                "implementation": implementation,
+                "parameters": {"uri": f"./{artifact}", "version": "v0.1.0"},
+            },
+        )
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), root / "mnist-svm" / "mnist-svm.joblib")
+    booster = xgboost.XGBClassifier(n_estimators=3, n_jobs=1).fit(x, y)
+    booster.save_model(root / "mushroom-xgboost" / "mushroom-xgboost.json")
+    _model(root, "linked", {"runtime": "sklearn"})
+    (root / "linked" / "model.joblib").symlink_to(root / "mnist-svm" / "mnist-svm.joblib")
+    _model(root, "escape", {"runtime": "sklearn"})
+    outside = tmp_path / "outside.joblib"
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), outside)
+    (root / "escape" / "model.joblib").symlink_to(outside)
+
+    server = ServerProcess(root, workers=1, wait=False)
+    try:
+        server.wait_ready()
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": x[0].tolist()}]}
+        for name in ("mnist-svm", "mushroom-xgboost", "linked"):
+            status, doc = server.post_json(f"/v2/models/{name}/infer", body)
+            assert status == 200, (name, doc)
+            assert doc["outputs"][0]["data"] == [int(y[0])]
+        status, index = server.post_json("/v2/repository/index", {})
+        (escape,) = [item for item in index if item["name"] == "escape"]
+        assert escape["state"] == "UNAVAILABLE"
+        assert "artifact 'model.joblib' leaves the model repository" in escape["reason"]
+        assert str(tmp_path) not in escape["reason"]
+        status, doc = server.post_json("/v2/models/escape/infer", body)
+        assert status != 200, doc
+        warnings = [line for line in server.output().splitlines() if "MLServer setting" in line]
+        assert len(warnings) == 1 and "'metrics_port'" in warnings[0], server.output()
+    finally:
+        server.stop()

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from runtime_core import errors
+from runtime_core.sanitize import client_message
 
 log = logging.getLogger("runtime_core.rest")
 
@@ -68,8 +69,6 @@ async def error_middleware(
         message = exc.message
         if isinstance(exc, errors.SettingsError):  # settings errors name server files: keep them in the log
             log.warning("%s", exc.message)
-            from runtime_core.inference import client_message
-
             message = client_message(exc.message)
         return error_response(status_of(exc), message, headers)
     except web.HTTPException as exc:

@@ -45,7 +45,6 @@ Artifacts are unpickled: only serve files you trust.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +61,7 @@ from runtime_core import (
     Tensor,
     TensorSpec,
     check_requested_outputs,
+    client_message,
     stack_columns,
 )
 
@@ -75,18 +75,6 @@ PREDICT_PROBA = "predict_proba"
 PANDAS_CONTENT_TYPE = "pd"
 
 _MAX_MESSAGE = 400
-# An absolute POSIX or Windows path with at least one directory part, not part of a URL.
-_PATH_RE = re.compile(r"(?<![\w:/])(?:[A-Za-z]:)?[\\/](?:[\w.\-]+[\\/])+[\w.\-]*")
-
-
-def client_message(exc: BaseException) -> str:
-    """The exception's message fit for a client: one line, no file paths, bounded length."""
-    text = _PATH_RE.sub("<path>", " ".join(str(exc).split()))
-    if not text:
-        text = "the model rejected the input"
-    if len(text) > _MAX_MESSAGE:
-        text = text[: _MAX_MESSAGE - 3].rstrip() + "..."
-    return text
 
 
 def _decoded(request: InferenceRequest, tensor: Tensor) -> np.ndarray[Any, Any]:
@@ -199,7 +187,7 @@ class SKLearnRuntime(Runtime):
             with scope:
                 results = [(name, getattr(self._model, name)(features)) for name in names]
         except ValueError as exc:
-            raise InvalidRequest(client_message(exc)) from exc
+            raise InvalidRequest(client_message(exc) or "the model rejected the input") from exc
         return InferenceResponse(outputs=[_to_tensor(name, result) for name, result in results])
 
     def metadata(self) -> ModelMetadata:

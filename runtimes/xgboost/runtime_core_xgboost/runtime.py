@@ -36,7 +36,6 @@ Design notes (the *why* behind the code):
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,21 +50,18 @@ from runtime_core import (
     Tensor,
     TensorSpec,
     check_requested_outputs,
+    client_message,
     stack_columns,
 )
 
 if TYPE_CHECKING:
     from runtime_core.settings import ModelSettings
 
-__all__ = ["PREDICT", "PREDICT_PROBA", "XGBoostRuntime", "client_message"]
+__all__ = ["PREDICT", "PREDICT_PROBA", "XGBoostRuntime"]
 
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
 
-_MAX_MESSAGE = 300
-# "[12:34:56] /some/where/src/learner.cc:123: " -- the prefix of every xgboost log/error line.
-_LOG_PREFIX_RE = re.compile(r"\[\d{1,2}:\d{2}:\d{2}\]\s*(?:\S+?\.(?:cc|cu|cuh|h|cpp):\d+:\s*)?")
-_PATH_RE = re.compile(r"(?<![\w:/])(?:[A-Za-z]:)?[\\/](?:[\w.\-]+[\\/])+[\w.\-]*")
 
 # Objective families, by what their raw prediction is.
 _BINARY_PROB = {"binary:logistic"}
@@ -74,24 +70,6 @@ _BINARY_LABEL = {"binary:hinge"}
 _MULTI_PROB = {"multi:softprob"}
 _MULTI_LABEL = {"multi:softmax"}
 _CLASSIFIERS = _BINARY_PROB | _BINARY_MARGIN | _BINARY_LABEL | _MULTI_PROB | _MULTI_LABEL
-
-
-def client_message(exc: BaseException) -> str:
-    """xgboost's message fit for a client: no timestamp/source prefix, no stack trace,
-    no file paths, one bounded line."""
-    lines = []
-    for line in str(exc).splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("Stack trace", "[bt]")):
-            break
-        if stripped:
-            lines.append(stripped)
-    text = _PATH_RE.sub("<path>", _LOG_PREFIX_RE.sub("", " ".join(lines))).strip()
-    if not text:
-        text = "the model rejected the input"
-    if len(text) > _MAX_MESSAGE:
-        text = text[: _MAX_MESSAGE - 3].rstrip() + "..."
-    return text
 
 
 def _sigmoid(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -200,7 +178,7 @@ class XGBoostRuntime(Runtime):
             raw = self._raw(features, margin=False)
             results = {name: self._output(name, raw, features) for name in names}
         except ValueError as exc:  # includes XGBoostError
-            raise InvalidRequest(client_message(exc)) from exc
+            raise InvalidRequest(client_message(exc) or "the model rejected the input") from exc
         return InferenceResponse(outputs=[Tensor(name, results[name]) for name in names])
 
     def metadata(self) -> ModelMetadata:

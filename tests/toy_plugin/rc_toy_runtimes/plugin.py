@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,13 @@ class Identity(Runtime):
             raise RuntimeError("the toy model failed, as asked")
         if params.get("invalid"):
             raise InvalidRequest("the toy model rejects this input, as asked")
+        if "value_error" in params:  # a failure told in the model's words
+            raise ValueError(str(params["value_error"]))
+        if params.get("attribute_error"):  # a bug in the runtime: Python's words, not the model's
+            unset: Any = None
+            unset.predict()
+        if params.get("return_none"):
+            return None  # type: ignore[return-value]
         delay = float(params.get("sleep", _extra(self, "sleep", 0.0)))
         if delay:
             if self.settings.parameters.extra.get("spin"):
