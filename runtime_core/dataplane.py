@@ -27,7 +27,7 @@ from runtime_core.settings import ServerSettings
 
 SERVER_NAME = "runtime-core"
 #: The V2 extensions this server implements (``GET /v2`` and ServerMetadata).
-EXTENSIONS = ("model_repository", "binary_tensor_data")
+EXTENSIONS = ("model_repository", "binary_tensor_data", "statistics")
 
 
 @dataclass(slots=True)

@@ -153,6 +153,10 @@ class ServerSettings(BaseSettings):
         # KServe fills these from templates such as {{.Labels.modelClass}}, empty when unset.
         return None if isinstance(value, str) and not value.strip() else value
 
+    status_page: bool = True
+    """Serve the live status page at ``/`` (and the JSON it polls, ``/status.json``); when false
+    they answer 404. The page shows only what the V2 endpoints already expose."""
+
 
 class TensorSettings(BaseModel):
     """Declared metadata for one input or output of a model."""

@@ -11,12 +11,15 @@ from aiohttp import web
 from runtime_core import __version__
 from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
-from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS
+from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
 from runtime_core.rest.middlewares import error_middleware
 from runtime_core.rest.routes import setup_routes
+from runtime_core.stats import ServerStatistics
 
 
-def create_app(dataplane: DataPlane, metrics: ServerMetrics | None = None) -> web.Application:
+def create_app(
+    dataplane: DataPlane, metrics: ServerMetrics | None = None, statistics: ServerStatistics | None = None
+) -> web.Application:
     settings = dataplane.settings
     # The body limit is enforced twice: by Content-Length before reading (handlers.infer)
     # and by aiohttp while reading chunked bodies.
@@ -24,6 +27,7 @@ def create_app(dataplane: DataPlane, metrics: ServerMetrics | None = None) -> we
     app[SETTINGS] = settings
     app[DATAPLANE] = dataplane
     app[METRICS] = metrics or ServerMetrics(dataplane.scheduler, dataplane.repository)
+    app[STATISTICS] = statistics or ServerStatistics(dataplane.scheduler, dataplane.repository)
     app[OPENAPI] = openapi_document()
     setup_routes(app)
     return app

@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from runtime_core.rest import handlers
+from runtime_core.rest.status import setup_status_routes
 
 
 def setup_routes(app: web.Application) -> None:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
+    setup_status_routes(app)  # first: /v2/models/stats is not a model's metadata
     app.router.add_get("/v2/health/live", handlers.live)
     app.router.add_get("/v2/health/ready", handlers.ready)
     app.router.add_get("/v2", handlers.server_metadata)

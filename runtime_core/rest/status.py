@@ -1,0 +1,80 @@
+"""The statistics extension and the status page: thin handlers over :mod:`runtime_core.stats`.
+
+* ``GET /v2/models/stats``, ``/v2/models/{m}/stats``, ``/v2/models/{m}/versions/{v}/stats``:
+  Triton's statistics extension;
+* ``GET /``: the status page (HTML, with its script and style sheet from ``/static/``,
+  shipped in the package: it works with no internet access);
+* ``GET /status.json``: what the page polls.
+
+The page shows only what the V2 endpoints already expose: each model's state reason only
+when the repository index (which shows it too) is open to anyone. ``status_page = false``
+turns the page, its assets and its JSON into 404s; the statistics extension stays.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import orjson
+from aiohttp import web
+
+from runtime_core import __version__
+from runtime_core.dataplane import EXTENSIONS
+from runtime_core.rest.keys import SETTINGS, STATISTICS
+
+#: Files under ``/static/``: name -> content type.
+ASSETS = {"status.js": "text/javascript", "status.css": "text/css"}
+
+_CACHE = {"Cache-Control": "no-cache"}
+
+
+def _asset(name: str) -> bytes:
+    return importlib.resources.files("runtime_core.rest").joinpath("static", name).read_bytes()
+
+
+def _json(data: object) -> web.Response:
+    return web.Response(body=orjson.dumps(data), content_type="application/json", headers=_CACHE)
+
+
+async def model_stats(request: web.Request) -> web.Response:
+    info = request.match_info
+    return _json(request.app[STATISTICS].model_stats(info.get("model"), info.get("version")))
+
+
+def _check_enabled(request: web.Request) -> None:
+    if not request.app[SETTINGS].status_page:
+        raise web.HTTPNotFound()
+
+
+async def page(request: web.Request) -> web.Response:
+    _check_enabled(request)
+    return web.Response(body=_asset("status.html"), content_type="text/html", charset="utf-8", headers=_CACHE)
+
+
+async def asset(request: web.Request) -> web.Response:
+    _check_enabled(request)
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise web.HTTPNotFound()
+    return web.Response(body=_asset(name), content_type=ASSETS[name], charset="utf-8", headers=_CACHE)
+
+
+async def status(request: web.Request) -> web.Response:
+    _check_enabled(request)
+    settings = request.app[SETTINGS]
+    data = request.app[STATISTICS].status(reasons=settings.repository_api and settings.repository_token is None)
+    data["server"].update(
+        name="runtime-core", version=__version__, extensions=list(EXTENSIONS), url=f"{request.scheme}://{request.host}"
+    )
+    return _json(data)
+
+
+def setup_status_routes(app: web.Application) -> None:
+    """Add the routes. Called before the model routes: ``/v2/models/stats`` must not be taken
+    for the metadata of a model called ``stats``."""
+    app.router.add_get("/v2/models/stats", model_stats)
+    app.router.add_get("/v2/models/{model}/stats", model_stats)
+    app.router.add_get("/v2/models/{model}/versions/{version}/stats", model_stats)
+    app.router.add_get("/", page)
+    app.router.add_get("/status.json", status)
+    app.router.add_get("/static/{name}", asset)
