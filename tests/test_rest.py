@@ -406,7 +406,7 @@ def test_unknown_model_is_404(server: ServerProcess, toy_pid: int, method: str, 
 
 @pytest.mark.parametrize(
     "path",
-    ["/status", "/v1/models/echo", "/v2/nope", "/v2/models", "/v2/models/echo/infer/more", "/v2/repository", "/metrics/x"],
+    ["/x", "/v1/models/echo", "/v2/nope", "/v2/models", "/v2/models/echo/infer/more", "/v2/repository", "/metrics/x"],
 )
 def test_unknown_route_is_404_json(server: ServerProcess, toy_pid: int, path: str) -> None:
     status, data, headers = server.request("GET", path)
