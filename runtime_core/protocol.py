@@ -29,6 +29,7 @@ runtime, which builds a DataFrame with :meth:`InferenceRequest.as_dataframe`
 from __future__ import annotations
 
 import binascii
+import json
 import math
 import struct
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from runtime_core.errors import InvalidRequest, PayloadTooLarge
+from runtime_core.errors import InferenceFailed, InvalidRequest, PayloadTooLarge
 
 __all__ = [
     "CONTENT_TYPES",
@@ -562,7 +563,60 @@ def _json_data(array: np.ndarray[Any, Any]) -> Any:
         return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
     if not flat.dtype.isnative:
         flat = flat.astype(flat.dtype.newbyteorder("="))
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        # JSON has no NaN or infinity, and orjson would write null, losing which one it was.
+        # Write the tokens Python's json module, Triton and most clients' parsers use
+        # (NaN, Infinity, -Infinity): the same values a binary client gets. docs/protocol.md.
+        return orjson.Fragment(json.dumps(flat.tolist(), allow_nan=True, separators=(",", ":")))
     return np.ascontiguousarray(flat)
+
+
+def _output_error(model_name: str, tensor: Tensor, problem: str) -> InferenceFailed:
+    return InferenceFailed(
+        f"model {model_name!r}: output {tensor.name!r} is declared {tensor.datatype} but {problem}", model=model_name
+    )
+
+
+def _checked_output(tensor: Tensor, model_name: str) -> np.ndarray[Any, Any]:
+    """The output's data as its declared datatype: converted when every value survives the
+    conversion, else :class:`InferenceFailed` naming the model and the output (a 500: the
+    runtime broke its own declaration, the request is fine)."""
+    data = tensor.data
+    if not isinstance(data, np.ndarray):
+        raise _output_error(model_name, tensor, "its data is not an array")
+    target = DATATYPES.get(tensor.datatype)
+    if target is None:
+        raise InferenceFailed(
+            f"model {model_name!r}: output {tensor.name!r} has the unknown datatype {tensor.datatype!r}",
+            model=model_name,
+        )
+    kind = data.dtype.kind
+    if tensor.datatype == "BYTES":
+        if kind in "OSU":
+            return data
+        raise _output_error(model_name, tensor, f"holds {data.dtype} numbers")
+    if data.dtype == target:
+        return data
+    if kind not in "biuf":
+        raise _output_error(model_name, tensor, f"holds {data.dtype} values")
+    if kind != "f" and target.kind == "f":
+        return data.astype(target)  # integers and booleans as floats: nearest value, as numpy does
+    if kind == "f" and target.kind == "f":
+        with np.errstate(over="ignore"):
+            converted = data.astype(target)
+        if np.isfinite(data).sum() != np.isfinite(converted).sum():
+            raise _output_error(model_name, tensor, f"holds values too large for {tensor.datatype}")
+        return converted
+    # To an integer or boolean type: only when every value is exactly representable.
+    with np.errstate(all="ignore"):
+        converted = data.astype(target)
+        exact = converted.astype(data.dtype) == data
+        if kind == "f":
+            exact &= np.isfinite(data)
+    if not exact.all():
+        bad = data.reshape(-1)[~exact.reshape(-1)][0].item()
+        raise _output_error(model_name, tensor, f"holds {bad!r}, which {tensor.datatype} cannot represent")
+    return converted
 
 
 def _binary_data(datatype: str, data: np.ndarray[Any, Any]) -> bytes:
@@ -621,7 +675,9 @@ def encode_response(
         params = dict(tensor.parameters)
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         asked = wanted.get(tensor.name, _NO_PARAMETERS)
-        data = tensor.data
+        data = _checked_output(tensor, model_name)
+        if data is not tensor.data:
+            tensor = Tensor(tensor.name, data, tensor.datatype, tensor.parameters)
         if asked or params or default_content is not None:
             data = _encode_content(tensor, asked, default_content, params)
         if asked.get("binary_data", binary_all):

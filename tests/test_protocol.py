@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from runtime_core.errors import InvalidRequest
+from runtime_core.errors import InferenceFailed, InvalidRequest
 from runtime_core.protocol import (
     DATATYPES,
     InferenceRequest,
@@ -717,3 +717,69 @@ def test_junk_json_requests_raise_only_invalid_request(doc: Any, tail: bytes, bi
         _check_decode(header + tail, len(header))
     else:
         _check_decode(header, None)
+
+
+# --------------------------------------------------------------------------- output datatypes
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "problem"),
+    [
+        (np.array([1.5, 2.5]), "INT8", "holds 1.5, which INT8 cannot represent"),
+        (np.array([1000]), "INT8", "holds 1000, which INT8 cannot represent"),
+        (np.array([-1]), "UINT32", "holds -1, which UINT32 cannot represent"),
+        (np.array([np.nan]), "INT64", "holds nan, which INT64 cannot represent"),
+        (np.array([2]), "BOOL", "holds 2, which BOOL cannot represent"),
+        (np.array([1e300]), "FP32", "holds values too large for FP32"),
+        (np.array([1, 2]), "BYTES", "holds int64 numbers"),
+        (np.array([b"a"], dtype=object), "FP32", "holds object values"),
+    ],
+)
+@pytest.mark.parametrize("binary", [False, True])
+def test_outputs_that_break_their_datatype_fail_naming_model_and_output(
+    data: np.ndarray[Any, Any], datatype: str, problem: str, binary: bool
+) -> None:
+    request = InferenceRequest(inputs=[], parameters={"binary_data_output": binary})
+    with pytest.raises(InferenceFailed) as info:
+        encode([Tensor("y", data, datatype)], request, model_name="churn")
+    assert info.value.message == f"model 'churn': output 'y' is declared {datatype} but {problem}"
+
+
+def test_unknown_output_datatype_fails() -> None:
+    with pytest.raises(InferenceFailed, match="output 'y' has the unknown datatype 'FP8'"):
+        encode([Tensor("y", np.array([1.0]), "FP8")])
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "expected"),
+    [
+        (np.array([1.0, -2.0]), "INT8", [1, -2]),
+        (np.array([3, 4], dtype=np.int64), "UINT8", [3, 4]),
+        (np.array([True, False]), "INT32", [1, 0]),
+        (np.array([0, 1]), "BOOL", [False, True]),
+        (np.array([0.5, 0.25]), "FP32", [0.5, 0.25]),
+        (np.array([7], dtype=np.int64), "FP64", [7.0]),
+    ],
+)
+def test_outputs_convert_to_their_datatype_when_every_value_survives(
+    data: np.ndarray[Any, Any], datatype: str, expected: list[Any]
+) -> None:
+    doc, _, _ = encode([Tensor("y", data, datatype)])
+    assert doc["outputs"][0]["data"] == expected
+    assert doc["outputs"][0]["datatype"] == datatype
+    doc, tail, _ = encode([Tensor("y", data, datatype)], InferenceRequest([], parameters={"binary_data_output": True}))
+    assert np.frombuffer(tail, DATATYPES[datatype]).tolist() == expected
+
+
+@pytest.mark.parametrize("datatype", FLOATS)
+def test_nan_and_infinity_are_the_same_values_in_json_and_binary(datatype: str) -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.5, -0.0], dtype=DATATYPES[datatype])
+    body, json_length = encode_response(
+        InferenceResponse([Tensor("y", values)]), model_name="m", model_version=None, request=InferenceRequest([])
+    )
+    assert json_length is None
+    assert b'"data":[NaN,Infinity,-Infinity,1.5,-0.0]' in body
+    from_json = np.array(json.loads(body)["outputs"][0]["data"], dtype=DATATYPES[datatype])
+    _, tail, _ = encode([Tensor("y", values)], InferenceRequest([], parameters={"binary_data_output": True}))
+    from_binary = np.frombuffer(tail, DATATYPES[datatype])
+    assert same(from_json, values) and same(from_binary, values)

@@ -619,3 +619,20 @@ def test_body_over_the_limit_is_413(small_server: ServerProcess) -> None:
     pid = output(doc, "pid")
     status, doc = small_server.post_json("/v2/models/toy/infer", small)
     assert status == 200 and output(doc, "pid") == pid
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_output_that_breaks_its_datatype_is_500_naming_model_and_output(
+    server: ServerProcess, toy_pid: int, binary: bool
+) -> None:
+    body = infer_body([1.5, 2.5], label_output="INT8", binary_data_output=binary)
+    status, data = post(server, "/v2/models/toy/infer", json.dumps(body).encode())
+    message = assert_error(status, data, 500)
+    assert "model 'toy'" in message and "output 'y'" in message and "INT8" in message
+    # Values that survive the conversion are converted, the same in JSON and binary.
+    body = infer_body([1.0, 2.0], label_output="INT8")
+    status, data = post(server, "/v2/models/toy/infer", json.dumps(body).encode())
+    assert status == 200
+    (y,) = [o for o in json.loads(data)["outputs"] if o["name"] == "y"]
+    assert (y["datatype"], y["data"]) == ("INT8", [1, 2])
+    assert_still_serving(server, toy_pid)

@@ -117,6 +117,22 @@ def _input(datatype: str, data: np.ndarray[Any, Any], binary: bool, name: str = 
 
 
 @pytest.mark.parametrize("binary_out", [True, False], ids=["out-binary", "out-json"])
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_nan_and_infinity_come_back_as_sent(
+    client: httpclient.InferenceServerClient, datatype: str, binary_out: bool
+) -> None:
+    """JSON has no NaN: the server writes NaN/Infinity tokens, which tritonclient reads as the
+    same values a binary response carries (docs/protocol.md)."""
+    data = np.array([np.nan, np.inf, -np.inf, 0.5], dtype=NUMERIC[datatype])
+    result = client.infer(
+        "echo", [_input(datatype, data, True)], outputs=[httpclient.InferRequestedOutput("x", binary_data=binary_out)]
+    )
+    back = result.as_numpy("x")
+    assert back is not None and back.dtype == data.dtype
+    np.testing.assert_array_equal(back, data)  # NaN equals NaN here
+
+
+@pytest.mark.parametrize("binary_out", [True, False], ids=["out-binary", "out-json"])
 @pytest.mark.parametrize("binary_in", [True, False], ids=["in-binary", "in-json"])
 @pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
 def test_infer_every_datatype(

@@ -33,7 +33,8 @@ class Identity(Runtime):
     ``parameters.extra.sleep`` (seconds) makes every call take that long (busy CPU if
     ``spin`` is true, else sleeping). Request parameter ``crash`` makes the worker exit
     at once; ``hang`` makes it sleep for an hour; ``fail`` raises an ordinary exception;
-    ``sleep`` overrides the per-call sleep.
+    ``sleep`` overrides the per-call sleep; ``value_error``, ``attribute_error`` and
+    ``return_none`` fail in those ways; ``label_output`` mislabels the output ``y``.
     """
 
     name = "toy-identity"
@@ -79,7 +80,8 @@ class Identity(Runtime):
         first = request.inputs[0]
         return InferenceResponse(
             outputs=[
-                Tensor("y", first.data, first.datatype),
+                # ``label_output`` declares another datatype than the data's (a runtime bug).
+                Tensor("y", first.data, str(params.get("label_output", first.datatype))),
                 Tensor("pid", np.array([os.getpid()], dtype=np.int64)),
                 Tensor("calls", np.array([self.calls], dtype=np.int64)),
                 Tensor("loaded_in", np.array([self.loaded_in], dtype=np.int64)),
