@@ -1,0 +1,155 @@
+"""The status page at ``/`` in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+The browser loads the page from a real server with three models (one of which failed to
+load), sees every model, watches the numbers and both charts of a model change while
+traffic flows, sees a model turn UNAVAILABLE (and stand out) after an unload, and logs no
+JavaScript error on the way. The page's JSON carries no server path, and the
+``status_page`` setting turns all of it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import infer_body, toy_model
+
+from runtime_core.testing import ServerProcess, wait_until, write_model
+
+CHROMIUM = os.environ.get("RUNTIME_CORE_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MODELS = ["broken", "echo", "toy"]
+
+
+def _env(toy_site: Path) -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(toy_site) + (os.pathsep + path if path else "")}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("status-repo")
+    write_model(root / "echo", name="echo", runtime="echo", parameters={"version": "1"})
+    toy_model(root, "toy", weight=2)
+    toy_model(root, "broken", parameters={"extra": {"load_fails": True}})
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root: Path, toy_site: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(root, workers=1, env=_env(toy_site))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: ServerProcess) -> Iterator[Any]:
+    """The status page, loaded; fails the test if the browser logged a JavaScript error."""
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    tab = context.new_page()
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(server.url + "/")
+    yield tab
+    context.close()
+    assert errors == [], errors
+
+
+def cell(page: Any, model: str, name: str) -> str:
+    return str(page.text_content(f'#models tr[data-model="{model}"] td.{name}') or "")
+
+
+def chart(page: Any, model: str, kind: str) -> str:
+    return str(page.evaluate(f"document.querySelector('.card[data-model=\"{model}\"] canvas.{kind}').toDataURL()"))
+
+
+def test_every_model_is_listed_with_its_state(page: Any, server: ServerProcess) -> None:
+    rows = wait_until(
+        lambda: page.eval_on_selector_all("#models tbody tr", "rows => rows.map(r => r.dataset.model)"),
+        message="the model table",
+    )
+    assert rows == MODELS
+    assert cell(page, "echo", "state").startswith("READY")
+    assert cell(page, "echo", "version") == "1"
+    assert cell(page, "echo", "runtime") == "echo"
+    assert cell(page, "toy", "weight") == "2"
+    assert cell(page, "toy", "workers") == "1/1"
+    # The model that failed to load stands out, in the table and in its chart card.
+    assert cell(page, "broken", "state").startswith("UNAVAILABLE")
+    assert "trouble" in (page.get_attribute('#models tr[data-model="broken"]', "class") or "")
+    assert "trouble" in (page.get_attribute('.card[data-model="broken"]', "class") or "")
+    assert "trouble" not in (page.get_attribute('#models tr[data-model="echo"]', "class") or "")
+    assert page.text_content("#version") == "0.1.0"
+    assert page.text_content("#url") == server.url
+    for link in ("/metrics", "/v2/docs/openapi.json"):
+        assert page.locator(f'nav a[href="{link}"]').count() == 1
+
+
+def test_traffic_moves_the_numbers_and_the_charts(page: Any, server: ServerProcess) -> None:
+    wait_until(lambda: cell(page, "toy", "success") == "0", message="the toy row before traffic")
+    before = chart(page, "toy", "throughput"), chart(page, "toy", "latency")
+    for i in range(20):
+        status, _ = server.post_json("/v2/models/toy/infer", infer_body([float(i)]))
+        assert status == 200
+    bad = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1.0]}]}
+    status, _ = server.post_json("/v2/models/toy/infer", bad)
+    assert status == 400
+    wait_until(lambda: cell(page, "toy", "success") == "20", message="20 requests on the page")
+    assert float(cell(page, "toy", "rps")) > 0
+    assert float(cell(page, "toy", "p50")) > 0 and float(cell(page, "toy", "p99")) >= float(cell(page, "toy", "p50"))
+    assert cell(page, "toy", "errors") == "client 1"
+    assert chart(page, "toy", "throughput") != before[0]
+    assert chart(page, "toy", "latency") != before[1]
+    assert cell(page, "echo", "success") == "0"  # the other models' figures did not move
+
+
+def test_an_unloaded_model_changes_state_and_stands_out(page: Any, server: ServerProcess) -> None:
+    wait_until(lambda: cell(page, "echo", "state").startswith("READY"), message="echo READY on the page")
+    status, _ = server.post_json("/v2/repository/models/echo/unload")
+    assert status == 200
+    wait_until(lambda: cell(page, "echo", "state").startswith("UNAVAILABLE"), message="echo UNAVAILABLE on the page")
+    assert "trouble" in (page.get_attribute('#models tr[data-model="echo"]', "class") or "")
+    status, _ = server.post_json("/v2/repository/models/echo/load")
+    assert status == 200
+    wait_until(lambda: cell(page, "echo", "state") == "READY", message="echo READY again")
+
+
+def test_the_page_shows_no_server_path(server: ServerProcess, root: Path) -> None:
+    status, body, _ = server.request("GET", "/status.json")
+    assert status == 200
+    assert str(root) not in body.decode() and str(root.parent) not in body.decode()
+
+
+def test_a_setting_turns_the_page_off(root: Path, toy_site: Path, serve: Any) -> None:
+    server = serve(root, workers=0, env={"RUNTIME_CORE_STATUS_PAGE": "false"})
+    for path in ("/", "/status.json", "/static/status.js"):
+        status, body, _ = server.request("GET", path)
+        assert status == 404 and "error" in json.loads(body), path
+    status, _ = server.get("/v2/models/stats")  # the statistics extension stays
+    assert status == 200
