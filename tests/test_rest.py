@@ -193,7 +193,7 @@ def test_wrong_version_is_404(server: ServerProcess, toy_pid: int, method: str, 
 def test_model_ready(server: ServerProcess) -> None:
     assert server.get("/v2/models/echo/ready") == (200, {"name": "echo", "ready": True})
     status, body, _ = server.request("GET", "/v2/models/broken/ready")
-    assert status == 503 and json.loads(body) == {"name": "broken", "ready": False}
+    assert status == 400 and json.loads(body) == {"name": "broken", "ready": False}
 
 
 # --------------------------------------------------------------------------- inference
@@ -375,6 +375,9 @@ def test_a_huge_binary_shape_is_refused_without_allocating(server: ServerProcess
         {"Request-Timeout": "0"},
         {"Request-Timeout": "-1"},
         {"Request-Timeout": "nan"},
+        {"Request-Timeout": "inf"},
+        {"Request-Timeout": "Infinity"},
+        {"Request-Timeout": "1e999"},
     ],
 )
 def test_bad_headers_are_400(server: ServerProcess, toy_pid: int, headers: dict[str, str]) -> None:
@@ -413,6 +416,28 @@ def test_unknown_route_is_404_json(server: ServerProcess, toy_pid: int, path: st
     assert_error(status, data, 404)
     assert headers["Content-Type"].startswith("application/json")
     assert_still_serving(server, toy_pid)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2"),
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2/models/echo"),
+        ("GET", "/v2/models/echo/ready"),
+        ("GET", "/v2/models/echo-v/versions/2/ready"),
+        ("POST", "/v2/models/echo/infer"),
+        ("POST", "/v2/repository/index"),
+        ("GET", "/v2/docs/openapi.json"),
+    ],
+)
+def test_trailing_slash_gets_the_same_answer(server: ServerProcess, method: str, path: str) -> None:
+    body = json.dumps(ECHO_BODY).encode() if method == "POST" else None
+    plain = server.request(method, path, body)
+    slashed = server.request(method, path + "/", body)
+    assert slashed[0] == plain[0] == 200, (slashed, plain)
+    assert json.loads(slashed[1]) == json.loads(plain[1])
 
 
 @pytest.mark.parametrize(
@@ -537,11 +562,11 @@ def test_unload_then_infer_then_load_again(server: ServerProcess, toy_pid: int) 
     assert server.post_json("/v2/models/cycle/infer", ECHO_BODY)[0] == 200
     status, _ = server.post_json("/v2/repository/models/cycle/unload")  # empty body
     assert status == 200
-    # The model is known but not loaded: 503 (not ready), not 404 (no such model).
+    # The model is known but not loaded: infer is 503 and readiness 400 (false), not 404 (no such model).
     status, data, _ = server.request("POST", "/v2/models/cycle/infer", json.dumps(ECHO_BODY).encode())
     assert "cycle" in assert_error(status, data, 503)
     status, body, _ = server.request("GET", "/v2/models/cycle/ready")
-    assert status == 503 and json.loads(body) == {"name": "cycle", "ready": False}
+    assert status == 400 and json.loads(body) == {"name": "cycle", "ready": False}
     status, index = server.post_json("/v2/repository/index")
     assert {e["name"]: e["state"] for e in index}["cycle"] == "UNAVAILABLE"
     # Unloading twice is an error that names the model.

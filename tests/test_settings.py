@@ -318,7 +318,7 @@ def test_bad_model_settings_fail_alone(tmp_path: Path) -> None:
         assert status == 200, doc
         assert doc["outputs"][0]["data"] == [1.5]
         status, doc = server.get("/v2/models/typo/ready")
-        assert (status, doc) == (503, {"name": "typo", "ready": False})
+        assert (status, doc) == (400, {"name": "typo", "ready": False})
         output = server.output()
         assert f"{tmp_path / 'typo' / 'model-settings.json'}: unknown key 'paramters'" in output
         assert f"{tmp_path / 'thief' / 'model-settings.json'}: model 'thief'" in output

@@ -9,6 +9,7 @@ parses tensors; the worker does.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -35,9 +36,14 @@ async def live(request: web.Request) -> web.Response:
     return _json({"live": request.app[DATAPLANE].live()})
 
 
+# Readiness is a boolean carried by the status (Open Inference Protocol, health): 200 for
+# true, 4xx for false; 400 as Triton answers. The JSON body stays for humans.
+NOT_READY = 400
+
+
 async def ready(request: web.Request) -> web.Response:
     is_ready = request.app[DATAPLANE].ready()
-    return _json({"ready": is_ready}, 200 if is_ready else 503)
+    return _json({"ready": is_ready}, 200 if is_ready else NOT_READY)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -50,7 +56,7 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 async def model_ready(request: web.Request) -> web.Response:
     name, is_ready = request.app[DATAPLANE].model_ready(*_model(request))
-    return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+    return _json({"name": name, "ready": is_ready}, 200 if is_ready else NOT_READY)
 
 
 def _deadline(request: web.Request) -> float:
@@ -61,8 +67,8 @@ def _deadline(request: web.Request) -> float:
         seconds = float(raw)
     except ValueError:
         raise InvalidRequest(f"{TIMEOUT_HEADER} must be a number of seconds") from None
-    if not seconds > 0:
-        raise InvalidRequest(f"{TIMEOUT_HEADER} must be positive")
+    if not (seconds > 0 and math.isfinite(seconds)):  # "inf" and "nan" parse as floats
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive, finite number of seconds")
     return time.time() + seconds
 
 

@@ -24,3 +24,18 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)
     app.router.add_get("/v2/docs/openapi.json", handlers.openapi)
     app.router.add_get("/metrics", handlers.metrics)
+    _with_trailing_slashes(app)
+
+
+def _with_trailing_slashes(app: web.Application) -> None:
+    """Every route answers with and without a trailing slash, the same answer (``GET /v2/``
+    is ``GET /v2``): clients that append one get no 404, and no redirect that a POST would
+    not follow."""
+    twins = [
+        (route.method, resource.canonical + "/", route.handler)
+        for resource in list(app.router.resources())
+        if not resource.canonical.endswith("/")
+        for route in resource
+    ]
+    for method, path, handler in twins:
+        app.router.add_route(method, path, handler)
