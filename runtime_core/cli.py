@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("model_repository", metavar="MODEL_REPOSITORY", type=Path, help="folder holding model folders")
     start.add_argument("--host", help="address to bind (default 0.0.0.0)")
     start.add_argument("--http-port", type=int, help="HTTP port (default 8080; 0 picks a free port)")
+    start.add_argument("--grpc-port", type=int, help="gRPC port (default 8081; 0 picks a free port)")
+    start.add_argument(
+        "--no-grpc",
+        dest="grpc_enabled",
+        action="store_false",
+        default=None,
+        help="serve REST only, no gRPC endpoint (setting grpc_enabled)",
+    )
     start.add_argument(
         "--parallel-workers",
         type=int,
@@ -105,12 +113,25 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     state = ServerState()
-    app = create_app(DataPlane(settings, repository, scheduler, state))
+    plane = DataPlane(settings, repository, scheduler, state)
+    app = create_app(plane)
     try:
         runner, port = await serve(app, settings.host, settings.http_port)
     except OSError as exc:
         print(f"runtime-core: cannot listen on {settings.host}:{settings.http_port}: {exc.strerror}", file=sys.stderr)
         return 1
+    grpc_server = None
+    if settings.grpc_enabled:
+        from runtime_core.grpc.server import GrpcServer
+
+        grpc_server = GrpcServer(plane)
+        try:
+            grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
+        except OSError:
+            print(f"runtime-core: cannot listen on {settings.host}:{settings.grpc_port} (gRPC)", file=sys.stderr)
+            await grpc_server.stop(0)
+            await runner.cleanup()
+            return 1
     if settings.load_models_at_startup:
         _say(f"runtime-core {__version__}: loading models from {settings.model_repository}")
         loading = loop.create_task(repository.load_all())
@@ -127,7 +148,11 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
         state.started = True
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         summary = f"{ready} model{'s' if ready != 1 else ''} ready" + (f", {failed} unavailable" if failed else "")
-        _say(f"runtime-core ready at http://{host}:{port} ({summary})")
+        urls = f"http://{host}:{port}"
+        if grpc_server is not None:
+            await grpc_server.set_serving(True)
+            urls += f" and grpc://{host}:{grpc_port}"
+        _say(f"runtime-core ready at {urls} ({summary})")
         watcher = loop.create_task(repository.watch(settings.watch_interval)) if settings.watch else None
         await stopper
         if watcher is not None:
@@ -138,10 +163,14 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
             await loading
     _say("runtime-core: stopping")
     state.draining = True
+    if grpc_server is not None:
+        await grpc_server.set_serving(False)
     scheduler.close()
     started = time.monotonic()
     if not await scheduler.drain(settings.shutdown_grace):
         log.warning("requests still running after shutdown_grace (%g s) are cancelled", settings.shutdown_grace)
+    if grpc_server is not None:  # the drained calls' replies are sent; nothing new is accepted
+        await grpc_server.stop(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     await repository.aclose(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     await runner.cleanup()
     _say("runtime-core: stopped")
@@ -199,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             repository.resolve(),
             host=args.host,
             http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            grpc_enabled=args.grpc_enabled,
             parallel_workers=args.parallel_workers,
             log_level=args.log_level,
             watch=args.watch,

@@ -34,6 +34,7 @@ import numpy as np
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
+from runtime_core.protocol_grpc import GrpcInferenceRequest, decode_grpc_request, encode_grpc_response
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id
 
@@ -100,8 +101,11 @@ class ModelHandler:
     def decode(self, envelope: Envelope) -> InferenceRequest:
         if envelope.deadline and time.time() > envelope.deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
-        header = envelope.header_length if envelope.wire is Wire.BINARY else None
-        request = decode_request(envelope.payload, header, self.max_elements)
+        if envelope.wire is Wire.GRPC:
+            request: InferenceRequest = decode_grpc_request(envelope.payload, self.max_elements)
+        else:
+            header = envelope.header_length if envelope.wire is Wire.BINARY else None
+            request = decode_request(envelope.payload, header, self.max_elements)
         timeout = request.parameters.get("timeout")
         if timeout is not None:
             # Triton's request parameter, in microseconds, from the request's arrival. It is
@@ -135,15 +139,16 @@ class ModelHandler:
                     f"unknown output {missing[0]!r}; model {self.model_name!r} has {', '.join(produced) or 'none'}"
                 )
             outputs = [produced[o.name] for o in request.outputs]
-        payload, header_length = encode_response(
-            InferenceResponse(outputs, response.parameters),
-            model_name=self.model_name,
-            model_version=self.version,
-            request=request,
-        )
+        reply = InferenceResponse(outputs, response.parameters)
+        name, version = self.model_name, self.version
+        if isinstance(request, GrpcInferenceRequest):  # it came over gRPC: so does its reply
+            payload = encode_grpc_response(reply, model_name=name, model_version=version, request=request)
+            wire, length = Wire.GRPC, 0
+        else:
+            payload, header_length = encode_response(reply, model_name=name, model_version=version, request=request)
+            wire, length = (Wire.JSON, 0) if header_length is None else (Wire.BINARY, header_length)
         now = time.perf_counter()
         elapsed = (now - started) / share
-        wire, length = (Wire.JSON, 0) if header_length is None else (Wire.BINARY, header_length)
         return Outcome(0, payload, wire, length, elapsed, predict=predict / share, encode=now - encoding, batch=share)
 
     # ------------------------------------------------------------------ entry points

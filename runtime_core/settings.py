@@ -58,6 +58,13 @@ class ServerSettings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     """TCP port of the V2 REST API (0 picks a free port)."""
 
+    grpc_port: int = Field(8081, ge=0, le=65535)
+    """TCP port of the V2 gRPC API (0 picks a free port). ``MLSERVER_GRPC_PORT`` is read too,
+    below ``RUNTIME_CORE_GRPC_PORT``."""
+
+    grpc_enabled: bool = True
+    """Serve the V2 gRPC API; false serves REST alone (``--no-grpc``)."""
+
     parallel_workers: int = Field(
         4,
         ge=0,
@@ -372,7 +379,6 @@ _MLSERVER_IGNORED = {
     "server_version": "the server's version is its own",
     "extensions": "the extensions list is the server's own",
     "root_path": "routes are served at the root",
-    "grpc_port": "this server has no gRPC endpoint",
     "grpc_max_message_length": "the message size limit is max_request_size",
     "cors_settings": "CORS headers are not served",
     "metrics_endpoint": "metrics are served at /metrics",

@@ -1,7 +1,7 @@
 """Test helpers for runtime authors (also a pytest plugin: ``pytest11`` entry point).
 
-Start a real server process on a free port of 127.0.0.1, on a model repository
-folder, and talk to it over HTTP::
+Start a real server process on free ports of 127.0.0.1 (``url`` for HTTP,
+``grpc_url`` for gRPC), on a model repository folder, and talk to it::
 
     def test_my_runtime(tmp_path, rc_server):
         write_model(tmp_path / "m", runtime="my-runtime")
@@ -128,8 +128,11 @@ class ServerProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        #: ``host:port`` of the gRPC endpoint, as gRPC clients take it.
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         cmd = [sys.executable, "-m", "runtime_core.cli", "start", str(repository), "--host", "127.0.0.1"]
-        cmd += ["--http-port", str(self.port)]
+        cmd += ["--http-port", str(self.port), "--grpc-port", str(self.grpc_port)]
         if workers is not None:
             cmd += ["--parallel-workers", str(workers)]
         cmd += args or []

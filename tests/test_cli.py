@@ -120,7 +120,10 @@ def test_progress_line_per_model_then_ready_line(tmp_path: Path) -> None:
     assert failed.startswith("  FAILED  gamma (no-such-runtime): ")
     assert "not installed" in failed
     ready = [line for line in lines if "ready at" in line]
-    assert ready == [f"runtime-core ready at http://127.0.0.1:{server.port} (2 models ready, 1 unavailable)"]
+    assert ready == [
+        f"runtime-core ready at http://127.0.0.1:{server.port} and grpc://127.0.0.1:{server.grpc_port}"
+        " (2 models ready, 1 unavailable)"
+    ]
     assert lines.index(ready[0]) > max(lines.index(line) for line in model_lines)
 
 

@@ -1,0 +1,226 @@
+"""``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on grpcio's asyncio server.
+
+Data flow::
+
+    client ──ModelInfer(bytes)──> route(): model name ──> DataPlane.infer(Envelope(GRPC)) ──> scheduler
+       ^                                                                                      │
+       └──────────── ModelInferResponse bytes, encoded by the worker <────────────────────────┘
+
+The service runs in the main process on the server's event loop, beside the
+REST app, over the same :class:`~runtime_core.dataplane.DataPlane` (scheduler,
+pools, repository). ``ModelInfer`` is registered without a deserializer: the
+main process reads only the model's name and version from the request bytes
+(:func:`~runtime_core.protocol_grpc.route`) and forwards the bytes untouched;
+the worker decodes the tensors and serializes the reply, which goes back
+as it is. The other RPCs are small and are answered here.
+
+What is bounded: a request message is at most ``max_request_size`` bytes (grpcio
+refuses a larger one with RESOURCE_EXHAUSTED before it is read in full); the
+number of waiting requests is bounded per model by the scheduler's queue
+(RESOURCE_EXHAUSTED when full). Replies are not size-limited here.
+
+Timeout: the call's gRPC deadline becomes the envelope's deadline, so a request
+still queued when it passes never reaches a runtime (DEADLINE_EXCEEDED).
+Cancel: when the client cancels (or its deadline passes) grpcio cancels the
+handler's task; the scheduler then drops the queued request, as for a REST
+client that hangs up. Worker death: the pool fails the request with
+:class:`~runtime_core.errors.WorkerDied`, answered UNAVAILABLE. Shutdown:
+:meth:`GrpcServer.set_serving` turns the health service to NOT_SERVING while
+draining, and :meth:`GrpcServer.stop` lets calls in flight finish within a grace.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from runtime_core.dataplane import DataPlane
+from runtime_core.envelope import Envelope, Wire
+from runtime_core.errors import RuntimeCoreError, SettingsError
+from runtime_core.grpc.status import status_of
+from runtime_core.inference import client_message
+from runtime_core.proto import grpc_service_pb2 as pb
+from runtime_core.protocol_grpc import route
+
+log = logging.getLogger("runtime_core.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+Method = Callable[[Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Reply]]
+
+
+def _answering_errors(method: Method[Request, Reply]) -> Method[Request, Reply]:
+    """Turn core errors into their gRPC status, anything else into INTERNAL (traceback logged)."""
+
+    @functools.wraps(method)
+    async def call(request: Request, context: grpc.aio.ServicerContext[Any, Any]) -> Reply:
+        try:
+            return await method(request, context)
+        except RuntimeCoreError as exc:
+            message = exc.message
+            if isinstance(exc, SettingsError):  # settings errors name server files: keep them in the log
+                log.warning("%s", exc.message)
+                message = client_message(exc.message)
+            await context.abort(status_of(exc), message)
+        except Exception:
+            log.exception("unexpected error in gRPC method %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    return call
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
+
+
+class InferenceService:
+    """The RPCs of ``inference.GRPCInferenceService``: each a thin adapter over the data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.plane.live())
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        _, ready = self.plane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta.get("versions", []),
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        arrived = time.time()
+        name, version = route(payload)
+        record = self.plane.ready_model(name, version or None)
+        remaining = context.time_remaining()
+        deadline = arrived + remaining if remaining is not None else 0.0
+        outcome = await self.plane.infer(record.name, Envelope(payload, Wire.GRPC, 0, deadline, arrived))
+        return outcome.body
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RepositoryIndexResponse:
+        self.plane.authorize(_metadata(context, "authorization"))
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[index(**item) for item in self.plane.repository_index(ready_only=request.ready)]
+        )
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RepositoryModelLoadResponse:
+        self.plane.authorize(_metadata(context, "authorization"))
+        await self.plane.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RepositoryModelUnloadResponse:
+        self.plane.authorize(_metadata(context, "authorization"))
+        await self.plane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's method table for grpcio's generic handler."""
+
+        def unary(method: Method[Any, Any], request: Any = None, reply: Any = None) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                _answering_errors(method),
+                request_deserializer=request.FromString if request is not None else None,
+                response_serializer=reply.SerializeToString if reply is not None else None,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+                "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+                "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+                "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+                "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+                # bytes in, bytes out: the worker parses the request and serializes the reply
+                "ModelInfer": unary(self.model_infer),
+                "RepositoryIndex": unary(
+                    self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
+                ),
+                "RepositoryModelLoad": unary(
+                    self.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+                ),
+                "RepositoryModelUnload": unary(
+                    self.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+                ),
+            },
+        )
+
+
+class GrpcServer:
+    """The gRPC front end: the inference service and the standard health service on one port."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.port = 0
+        settings = plane.settings
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_request_size),
+                ("grpc.max_send_message_length", -1),
+                # A port already taken must fail the start, not be shared with another server.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._server.add_generic_rpc_handlers((InferenceService(plane).handler(),))
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: a free port); returns the bound port. Raises
+        :class:`OSError` when the address cannot be bound."""
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = int(self._server.add_insecure_port(address))
+        except RuntimeError as exc:  # grpcio reports a failed bind this way
+            raise OSError(f"cannot listen on {address}") from exc
+        if not bound:
+            raise OSError(f"cannot listen on {address}")
+        self.port = bound
+        await self.set_serving(False)
+        await self._server.start()
+        return bound
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health: SERVING for the server ("") and the inference service, or NOT_SERVING."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE):
+            await self._health.set(service, status)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls; calls in flight get ``grace`` seconds to finish."""
+        await self._server.stop(grace)

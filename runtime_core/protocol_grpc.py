@@ -1,0 +1,292 @@
+"""The tensor codec of the V2 gRPC protocol: ``ModelInferRequest`` bytes in, ``ModelInferResponse`` bytes out.
+
+It runs where :mod:`runtime_core.protocol` runs, in the process that runs the
+model: the main process forwards the serialized request untouched (it reads
+only the model's name, with :func:`route`) and returns the worker's reply bytes
+as they are. It imports ``google.protobuf`` (through the generated messages in
+:mod:`runtime_core.proto`), never grpcio.
+
+Inputs come either as ``raw_input_contents`` (one entry per input, the layout of
+the binary tensor extension; what tritonclient and KServe send) or as typed
+``contents``:
+
+=================== ===================================
+datatype             typed field
+=================== ===================================
+BOOL                 ``bool_contents``
+INT8, INT16, INT32   ``int_contents`` (range-checked)
+INT64                ``int64_contents``
+UINT8, UINT16, UINT32 ``uint_contents`` (range-checked)
+UINT64               ``uint64_contents``
+FP16, FP32           ``fp32_contents`` (FP16 range-checked)
+FP64                 ``fp64_contents``
+BYTES                ``bytes_contents``
+=================== ===================================
+
+Outputs always go back in ``raw_output_contents``, as tritonclient and KServe
+expect. Request ``id`` and ``parameters``, tensor parameters and content types
+behave as over REST: validation and content types are :mod:`runtime_core.protocol`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from google.protobuf.message import DecodeError
+
+from runtime_core.errors import InvalidRequest, PayloadTooLarge
+from runtime_core.proto.grpc_service_pb2 import InferParameter, ModelInferRequest, ModelInferResponse
+from runtime_core.proto.routing_pb2 import InferRoute
+from runtime_core.protocol import (
+    _OUTPUT_CONTENT_TYPES,
+    CONTENT_TYPES,
+    DATATYPES,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+    _binary_data,
+    _check_content_type,
+    _decode_content,
+    _encode_content,
+    _shape,
+)
+
+__all__ = ["GrpcInferenceRequest", "decode_grpc_request", "encode_grpc_response", "route"]
+
+_LENGTH = struct.Struct("<I")
+_INT64_MAX = 2**63 - 1
+
+#: datatype -> the typed ``contents`` field that carries it.
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP16": "fp32_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+# The numpy dtype each typed field holds on the wire, before narrowing to the datatype.
+_WIRE_DTYPE = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+
+@dataclass(slots=True)
+class GrpcInferenceRequest(InferenceRequest):
+    """An :class:`InferenceRequest` that came over gRPC: its reply is a ``ModelInferResponse``."""
+
+
+def route(payload: bytes | memoryview) -> tuple[str, str]:
+    """``(model_name, model_version)`` of a serialized ``ModelInferRequest``, without reading
+    its tensors (the main process's only look inside a request)."""
+    try:
+        head = InferRoute.FromString(bytes(payload) if isinstance(payload, memoryview) else payload)
+    except DecodeError:
+        raise InvalidRequest("the request is not a valid ModelInferRequest message") from None
+    return head.model_name, head.model_version
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _parameter_value(value: InferParameter) -> Any:
+    choice = value.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(value, choice)
+
+
+def _parameters(entries: Any) -> dict[str, Any]:
+    if not entries:
+        return {}
+    return {key: _parameter_value(value) for key, value in entries.items()}
+
+
+def _set_parameter(target: InferParameter, value: Any) -> None:
+    if isinstance(value, bool | np.bool_):
+        target.bool_param = bool(value)
+    elif isinstance(value, int | np.integer):
+        number = int(value)
+        if number > _INT64_MAX:
+            target.uint64_param = number
+        else:
+            target.int64_param = number
+    elif isinstance(value, float | np.floating):
+        target.double_param = float(value)
+    elif isinstance(value, str):
+        target.string_param = value
+    else:  # lists, objects (MLServer's "headers"): as JSON text
+        target.string_param = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _fill_parameters(entries: Any, parameters: dict[str, Any]) -> None:
+    for key, value in parameters.items():
+        if value is not None:
+            _set_parameter(entries[str(key)], value)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _from_raw(raw: bytes, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
+    count = math.prod(shape)
+    size = len(raw)
+    if datatype == "BYTES":
+        if count > size // _LENGTH.size:  # each element needs at least its 4-byte length
+            raise InvalidRequest(f"{where}: raw BYTES contents are shorter than shape {list(shape)} needs")
+        out = np.empty(count, dtype=object)
+        view = memoryview(raw)
+        pos = 0
+        for i in range(count):
+            if pos + 4 > size:
+                raise InvalidRequest(f"{where}: raw BYTES contents are shorter than shape {list(shape)} needs")
+            (length,) = _LENGTH.unpack_from(view, pos)
+            pos += 4
+            if pos + length > size:
+                raise InvalidRequest(f"{where}: a BYTES element runs past the end of its raw contents")
+            out[i] = bytes(view[pos : pos + length])
+            pos += length
+        if pos != size:
+            raise InvalidRequest(f"{where}: raw contents hold more bytes than shape {list(shape)} needs")
+        return out.reshape(shape)
+    dtype = DATATYPES[datatype]
+    if size != count * dtype.itemsize:
+        raise InvalidRequest(
+            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes,"
+            f" raw contents have {size}"
+        )
+    array = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    if datatype == "BOOL" and count and np.any(array.view(np.uint8) > 1):
+        raise InvalidRequest(f"{where}: BOOL bytes must be 0 or 1")
+    return array
+
+
+def _from_typed(tensor: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
+    field_name = _TYPED_FIELD[datatype]
+    values = getattr(tensor.contents, field_name)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidRequest(
+            f"{where}: shape {list(shape)} needs {count} elements, contents.{field_name} has {len(values)}"
+        )
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=object)
+        out[:] = list(values)
+        return out.reshape(shape)
+    wire = np.array(values, dtype=_WIRE_DTYPE[field_name]).reshape(shape)
+    dtype = DATATYPES[datatype]
+    if dtype == wire.dtype:
+        return wire
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if count and (wire.min() < info.min or wire.max() > info.max):
+            raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+        return wire.astype(dtype)
+    with np.errstate(over="ignore"):  # FP16 from fp32_contents
+        cast = wire.astype(dtype)
+    if not np.array_equal(np.isfinite(cast), np.isfinite(wire)):
+        raise InvalidRequest(f"{where}: a value is out of range for {datatype}")
+    return cast
+
+
+def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> GrpcInferenceRequest:
+    """Decode a serialized ``ModelInferRequest``.
+
+    Raises :class:`InvalidRequest` for anything a runtime could not rely on, and
+    :class:`PayloadTooLarge` when the inputs hold more than ``max_elements`` elements
+    in all (0: no limit), before any of their data is converted.
+    """
+    try:
+        message = ModelInferRequest.FromString(bytes(payload) if isinstance(payload, memoryview) else payload)
+    except DecodeError:
+        raise InvalidRequest("the request is not a valid ModelInferRequest message") from None
+    raw_contents = message.raw_input_contents
+    if raw_contents and len(raw_contents) != len(message.inputs):
+        raise InvalidRequest(
+            f"the request has {len(message.inputs)} inputs but {len(raw_contents)} raw_input_contents entries;"
+            " send one per input, or typed contents"
+        )
+    request_parameters = _parameters(message.parameters)
+    default_content = request_parameters.get("content_type")
+    if default_content is not None:
+        _check_content_type(default_content, "request", CONTENT_TYPES)
+    inputs: list[Tensor] = []
+    seen: set[str] = set()
+    elements = 0
+    for index, item in enumerate(message.inputs):
+        name = item.name
+        if not name:
+            raise InvalidRequest(f"input {index}: 'name' must be a non-empty string")
+        where = f"input {name!r}"
+        if name in seen:
+            raise InvalidRequest(f"{where}: appears twice")
+        seen.add(name)
+        datatype = item.datatype
+        if datatype not in DATATYPES:
+            raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+        shape = _shape(list(item.shape), where)
+        if max_elements:
+            elements += math.prod(shape)
+            if elements > max_elements:
+                raise PayloadTooLarge(f"the request's inputs hold more than max_elements ({max_elements}) elements")
+        if raw_contents:
+            data = _from_raw(raw_contents[index], datatype, shape, where)
+        else:
+            data = _from_typed(item, datatype, shape, where)
+        params = _parameters(item.parameters)
+        if params or default_content is not None:
+            data = _decode_content(data, datatype, params, default_content, True, where)
+        inputs.append(Tensor(name, data, datatype, params))
+    outputs: list[RequestedOutput] = []
+    for index, wanted in enumerate(message.outputs):
+        if not wanted.name:
+            raise InvalidRequest(f"output {index}: 'name' must be a non-empty string")
+        params = _parameters(wanted.parameters)
+        if params.get("content_type") is not None:
+            _check_content_type(params["content_type"], f"output {wanted.name!r}", _OUTPUT_CONTENT_TYPES)
+        outputs.append(RequestedOutput(wanted.name, params))
+    return GrpcInferenceRequest(inputs, outputs, message.id or None, request_parameters)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_grpc_response(
+    response: InferenceResponse, *, model_name: str, model_version: str | None, request: InferenceRequest
+) -> bytes:
+    """Serialize a ``ModelInferResponse``: outputs in ``raw_output_contents``, in order."""
+    message = ModelInferResponse(model_name=model_name, model_version=model_version or "", id=request.id or "")
+    if response.parameters:
+        _fill_parameters(message.parameters, response.parameters)
+    default_content = request.parameters.get("content_type") if request.parameters else None
+    wanted = {o.name: o.parameters for o in request.outputs}
+    raw = message.raw_output_contents
+    for tensor in response.outputs:
+        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        params = dict(tensor.parameters)
+        asked = wanted.get(tensor.name) or {}
+        data = tensor.data
+        if asked or params or default_content is not None:
+            data = _encode_content(tensor, asked, default_content, params)
+        if params:
+            _fill_parameters(out.parameters, params)
+        raw.append(_binary_data(tensor.datatype, data))
+    serialized: bytes = message.SerializeToString()
+    return serialized

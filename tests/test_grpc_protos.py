@@ -1,0 +1,69 @@
+"""The shipped gRPC messages: generated from our .proto, and wire-compatible with Triton's.
+
+The generated modules are never imported here: Triton's generated module (imported
+for the comparison) registers the same ``inference.*`` symbols.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+from grpc_tools import protoc
+from tritonclient.grpc import service_pb2 as triton
+
+import runtime_core.proto
+from runtime_core.proto.generate import generate
+
+PROTO_DIR = Path(runtime_core.proto.__file__).parent
+
+
+def test_the_shipped_modules_are_what_the_protos_generate(tmp_path: Path) -> None:
+    for fresh in generate(tmp_path):
+        shipped = PROTO_DIR / fresh.name
+        assert shipped.read_text() == fresh.read_text(), (
+            f"{shipped.name} is stale: run `python -m runtime_core.proto.generate`"
+        )
+    assert sorted(p.name for p in PROTO_DIR.glob("*_pb2.py*")) == sorted(p.name for p in tmp_path.iterdir())
+
+
+def ours(tmp_path: Path) -> descriptor_pb2.FileDescriptorProto:
+    out = tmp_path / "set.pb"
+    code = protoc.main(["protoc", f"--proto_path={PROTO_DIR}", f"--descriptor_set_out={out}", "grpc_service.proto"])
+    assert code == 0
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    return files[0]
+
+
+def theirs() -> descriptor_pb2.FileDescriptorProto:
+    proto = descriptor_pb2.FileDescriptorProto()
+    triton.DESCRIPTOR.CopyToProto(proto)
+    return proto
+
+
+def fields(message: descriptor_pb2.DescriptorProto, prefix: str = "") -> dict[str, tuple[object, ...]]:
+    """Every field of a message and its nested messages: what decides the wire format."""
+    found = {
+        f"{prefix}{message.name}.{f.name}": (f.number, f.type, f.label, f.type_name, f.HasField("oneof_index"))
+        for f in message.field
+    }
+    for nested in message.nested_type:
+        found.update(fields(nested, f"{prefix}{message.name}."))
+    return found
+
+
+def test_every_message_and_rpc_matches_tritons_grpc_service(tmp_path: Path) -> None:
+    mine, reference = ours(tmp_path), theirs()
+    assert mine.package == reference.package == "inference"
+    by_name = {m.name: m for m in reference.message_type}
+    assert mine.message_type, "no messages"
+    for message in mine.message_type:
+        assert message.name in by_name, message.name
+        assert fields(message) == fields(by_name[message.name]), message.name
+    (service,) = mine.service
+    (reference_service,) = reference.service
+    assert service.name == reference_service.name == "GRPCInferenceService"
+    methods = {m.name: (m.input_type, m.output_type) for m in reference_service.method}
+    for method in service.method:
+        assert methods[method.name] == (method.input_type, method.output_type), method.name
+
