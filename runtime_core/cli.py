@@ -25,6 +25,7 @@ from runtime_core.plugins import RuntimeRegistry, load_registry
 from runtime_core.repository import ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings, load_server_settings
+from runtime_core.stats import ServerStatistics
 from runtime_core.worker import configure_logging
 
 log = logging.getLogger("runtime_core")
@@ -114,7 +115,8 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
         loop.add_signal_handler(sig, stop.set)
     state = ServerState()
     plane = DataPlane(settings, repository, scheduler, state)
-    app = create_app(plane)
+    statistics = ServerStatistics(scheduler, repository)  # one observer, served by both front ends
+    app = create_app(plane, statistics=statistics)
     try:
         runner, port = await serve(app, settings.host, settings.http_port)
     except OSError as exc:
@@ -124,7 +126,7 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     if settings.grpc_enabled:
         from runtime_core.grpc.server import GrpcServer
 
-        grpc_server = GrpcServer(plane)
+        grpc_server = GrpcServer(plane, statistics)
         try:
             grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
         except OSError:

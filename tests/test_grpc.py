@@ -356,6 +356,31 @@ def test_deadlines_expire_in_the_queue_and_cancelled_calls_are_dropped(tmp_path:
     assert calls() == 2  # the busy call and this one: neither queued call reached the runtime
 
 
+def test_model_statistics_match_the_rest_statistics(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "toy", parallel_workers=1)
+    toy_model(tmp_path, "idle", parallel_workers=1)
+    server = serve(tmp_path)
+    client = grpcclient.InferenceServerClient(url=server.grpc_url)
+    x = tensor("x", np.array([1.0]), "FP64")
+    try:
+        for _ in range(3):
+            client.infer("toy", [x])
+        status_of(lambda: client.infer("toy", [x], parameters={"fail": True}))
+        stats = client.get_inference_statistics("toy", as_json=True)["model_stats"]
+        rest = server.get("/v2/models/toy/stats")[1]["model_stats"]
+        (mine,) = stats
+        assert mine["name"] == "toy" and int(mine["inference_count"]) == 3
+        assert int(mine["inference_stats"]["success"]["count"]) == 3
+        assert int(mine["inference_stats"]["fail"]["count"]) == 1
+        assert int(mine["execution_count"]) == rest[0]["execution_count"] == 3
+        assert int(mine["inference_stats"]["success"]["ns"]) == rest[0]["inference_stats"]["success"]["ns"]
+        every = client.get_inference_statistics(as_json=True)["model_stats"]
+        assert [m["name"] for m in every] == ["idle", "toy"]
+        assert status_of(lambda: client.get_inference_statistics("nope"))[0] == "NOT_FOUND"
+    finally:
+        client.close()
+
+
 # --------------------------------------------------------------------------- repository
 
 

@@ -47,6 +47,7 @@ from runtime_core.grpc.status import status_of
 from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
 from runtime_core.protocol_grpc import route
+from runtime_core.stats import ServerStatistics
 
 log = logging.getLogger("runtime_core.grpc")
 
@@ -87,10 +88,12 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | No
 
 
 class InferenceService:
-    """The RPCs of ``inference.GRPCInferenceService``: each a thin adapter over the data plane."""
+    """The RPCs of ``inference.GRPCInferenceService``: each a thin adapter over the data plane
+    (and the statistics the REST front end serves too)."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, statistics: ServerStatistics) -> None:
         self.plane = plane
+        self.statistics = statistics
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.plane.live())
@@ -148,6 +151,11 @@ class InferenceService:
         await self.plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        doc = self.statistics.model_stats(request.name or None, request.version or None)
+        # The dictionaries have the message's field names (Triton's JSON and gRPC shapes agree).
+        return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(**item) for item in doc["model_stats"]])
+
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method table for grpcio's generic handler."""
 
@@ -177,6 +185,7 @@ class InferenceService:
                 "RepositoryModelUnload": unary(
                     self.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
                 ),
+                "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
             },
         )
 
@@ -184,7 +193,7 @@ class InferenceService:
 class GrpcServer:
     """The gRPC front end: the inference service and the standard health service on one port."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, statistics: ServerStatistics) -> None:
         self.plane = plane
         self.port = 0
         settings = plane.settings
@@ -196,7 +205,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._server.add_generic_rpc_handlers((InferenceService(plane).handler(),))
+        self._server.add_generic_rpc_handlers((InferenceService(plane, statistics).handler(),))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
