@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from runtime_core.testing import write_model
 
 
@@ -25,3 +27,20 @@ def output(doc: dict[str, Any], name: str) -> list[Any]:
         if out["name"] == name:
             return list(out["data"])
     raise KeyError(name)
+
+
+def named_processes(pid: int) -> list[tuple[str, psutil.Process]]:
+    """Descendants of ``pid`` with their names, each read once. A worker may exit between
+    the walk and the question (tests kill them), so a process that vanished is skipped
+    rather than raising ``NoSuchProcess``; callers never ask a process its name again."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in children:
+        try:
+            found.append((proc.name(), proc))
+        except psutil.NoSuchProcess:
+            continue
+    return found

@@ -16,26 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from support import toy_model
+from support import named_processes, toy_model
 
-from runtime_core.testing import ServerProcess
+from runtime_core.testing import ServerProcess, wait_until
 
 CLEAN_ERRORS = {503, 504}  # worker died / model reloading or unloaded / worker_timeout
 
 
-def rc_processes(server: ServerProcess) -> list[psutil.Process]:
-    found = []
-    try:
-        children = psutil.Process(server.pid).children(recursive=True)
-    except psutil.NoSuchProcess:  # a process of the tree vanished during the walk
-        return found
-    for proc in children:
-        try:
-            if proc.name().startswith("rc-"):
-                found.append(proc)
-        except psutil.NoSuchProcess:  # killed while we looked
-            continue
-    return found
+def rc_processes(server: ServerProcess) -> list[tuple[str, psutil.Process]]:
+    """The server's ``rc-*`` processes, each with its name read once (see named_processes)."""
+    return [(name, proc) for name, proc in named_processes(server.pid) if name.startswith("rc-")]
 
 
 def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: Any) -> None:
@@ -85,7 +75,7 @@ def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: An
     def killer() -> None:
         while not stop.is_set():
             time.sleep(0.3)
-            workers = [p for p in rc_processes(server) if p.name().startswith("rc-w")]
+            workers = [p for name, p in rc_processes(server) if name.startswith("rc-w")]
             if workers:
                 victim = rng.choice(workers)
                 try:
@@ -108,14 +98,12 @@ def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: An
     # Everything recovers: the churned model is loaded again, all answer, and the process
     # tree holds exactly one root per runtime, one zygote per model and its workers.
     assert server.post_json("/v2/repository/models/churn/load")[0] == 200
-    deadline = time.monotonic() + 20
     expected = ["rc-r"] + ["rc-w"] * 6 + ["rc-z"] * 3  # one root template for all runtimes
-    while time.monotonic() < deadline:
-        names = sorted(p.name()[:4] for p in rc_processes(server) if p.is_running())
-        if names == expected:
-            break
-        time.sleep(0.1)
-    assert names == expected
+    wait_until(
+        lambda: sorted(name[:4] for name, _ in rc_processes(server)) == expected,
+        20,
+        f"the process tree {expected}",
+    )
     for model in ("steady", "churn", "echoing"):
         body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
         assert server.post_json(f"/v2/models/{model}/infer", body)[0] == 200

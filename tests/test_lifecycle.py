@@ -13,7 +13,7 @@ from typing import Any
 
 from support import infer_body, output, toy_model
 
-from runtime_core.testing import ServerProcess
+from runtime_core.testing import ServerProcess, wait_until
 
 
 def infer(server: ServerProcess, model: str, **params: Any) -> tuple[int, Any]:
@@ -21,15 +21,6 @@ def infer(server: ServerProcess, model: str, **params: Any) -> tuple[int, Any]:
         return server.post_json(f"/v2/models/{model}/infer", infer_body([1.0], **params), timeout=30)
     except OSError:
         return -1, None  # connection refused: the server had stopped listening
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path, serve: Any) -> None:
@@ -56,7 +47,7 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
     before = output(infer(server, "kept")[1], "loaded_in")[0]
 
     toy_model(repo, "fresh", parallel_workers=1)
-    wait_for(lambda: infer(server, "fresh")[0] == 200)
+    wait_until(lambda: infer(server, "fresh")[0] == 200, 20, "the new model to serve")
 
     statuses: list[int] = []
     stop = threading.Event()
@@ -73,7 +64,7 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
         doc["parameters"] = {"extra": {"revision": 2}}
         time.sleep(0.3)
         settings.write_text(json.dumps(doc))
-        wait_for(lambda: output(infer(server, "kept")[1], "loaded_in")[0] != before)
+        wait_until(lambda: output(infer(server, "kept")[1], "loaded_in")[0] != before, 20, "the reload")
         time.sleep(0.3)
     finally:
         stop.set()
@@ -81,5 +72,5 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
     assert statuses and set(statuses) == {200}
 
     shutil.rmtree(repo / "fresh")
-    wait_for(lambda: infer(server, "fresh")[0] in (404, 503))
+    wait_until(lambda: infer(server, "fresh")[0] in (404, 503), 20, "the removed model to go")
     assert infer(server, "kept")[0] == 200

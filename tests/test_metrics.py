@@ -12,7 +12,6 @@ import json
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import infer_body, toy_model
 
-from runtime_core.testing import ServerProcess, write_model
+from runtime_core.testing import ServerProcess, wait_until, write_model
 
 ECHO_OK = {"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
 ECHO_BAD = {"inputs": [{"name": "a", "shape": [3], "datatype": "INT32", "data": [1, 2]}]}
@@ -53,14 +52,13 @@ def requests(samples: Samples, model: str, version: str = "") -> dict[str, int]:
 
 
 def wait_for(server: ServerProcess, check: Any, timeout: float = 20.0) -> Samples:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The first scrape whose samples pass ``check`` (polled by the shared wait_until)."""
+
+    def passing() -> Samples | None:
         samples, _ = scrape(server)
-        if check(samples):
-            return samples
-        if time.monotonic() > deadline:
-            raise AssertionError("metrics never reached the expected state")
-        time.sleep(0.02)
+        return samples if check(samples) else None
+
+    return wait_until(passing, timeout, "the expected metrics")
 
 
 @pytest.fixture(scope="module")

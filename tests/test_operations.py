@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import infer_body, toy_model
 
-from runtime_core.testing import ServerProcess, write_model
+from runtime_core.testing import ServerProcess, wait_until, write_model
 
 ECHO_BODY = {"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}]}
 GUARDED = [
@@ -41,14 +40,13 @@ def post(server: ServerProcess, path: str, body: bytes = b"", **headers: str) ->
 
 
 def wait_output(server: ServerProcess, predicate: Any, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The server's output once ``predicate`` accepts it (polled by the shared wait_until)."""
+
+    def matching() -> str:
         out = server.output()
-        if predicate(out):
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"server output never matched:\n{out}")
-        time.sleep(0.05)
+        return out if predicate(out) else ""
+
+    return wait_until(matching, timeout, "the expected server output")
 
 
 # --------------------------------------------------------------------------- repository guard
@@ -145,7 +143,7 @@ def test_json_logs(serve: Any, repo: Path) -> None:
     assert failed["level"] == "error" and "refuses to load" in failed["message"]
     access = next(d for d in docs if d["logger"] == "aiohttp.access" and "/v2/models/echo/infer" in d["message"])
     assert " 200 " in access["message"]
-    crash = next(d for d in docs if d["message"] == "model 'toy': inference failed")
+    crash = next(d for d in docs if d["message"].startswith("model 'toy': inference failed [error id "))
     assert crash["logger"] == "runtime_core.inference" and crash["pid"] != server.pid  # from the worker
     assert "the toy model failed, as asked" in crash["exception"]
     assert "runtime-core: stopped" in by_message

@@ -7,16 +7,16 @@ counting each model's worker processes; the rest goes through ``load_server_sett
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
+from support import named_processes
 
 from runtime_core.errors import SettingsError
 from runtime_core.settings import (
@@ -27,7 +27,7 @@ from runtime_core.settings import (
     load_model_settings,
     load_server_settings,
 )
-from runtime_core.testing import ServerProcess, write_model
+from runtime_core.testing import ServerProcess, wait_until, write_model
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
@@ -258,22 +258,7 @@ def test_uri_inside_the_repository_resolves(tmp_path: Path) -> None:
 
 def _worker_count(server: ServerProcess) -> int:
     """Worker processes of the server: descendants named ``rc-w<i>:<model>`` (PR_SET_NAME)."""
-    count = 0
-    for proc in psutil.Process(server.pid).children(recursive=True):
-        try:
-            count += bool(re.match(r"rc-w\d+:", proc.name()))
-        except psutil.NoSuchProcess:
-            continue
-    return count
-
-
-def _wait_workers(server: ServerProcess, expected: int) -> int:
-    deadline = time.monotonic() + 30
-    count = _worker_count(server)
-    while count != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        count = _worker_count(server)
-    return count
+    return sum(bool(re.match(r"rc-w\d+:", name)) for name, _ in named_processes(server.pid))
 
 
 def test_parallel_workers_precedence_in_real_servers(tmp_path: Path) -> None:
@@ -290,7 +275,8 @@ def test_parallel_workers_precedence_in_real_servers(tmp_path: Path) -> None:
     try:
         for server, (env, flag, expected) in zip(servers, cases, strict=True):
             server.wait_ready()
-            assert _wait_workers(server, expected) == expected, (env, flag, server.output())
+            counted = functools.partial(lambda s, n: _worker_count(s) == n, server, expected)
+            wait_until(counted, 30, f"{expected} workers for {env} {flag}")
     finally:
         for server in servers:
             server.stop()

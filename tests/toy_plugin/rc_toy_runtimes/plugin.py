@@ -34,7 +34,8 @@ class Identity(Runtime):
     ``spin`` is true, else sleeping). Request parameter ``crash`` makes the worker exit
     at once; ``hang`` makes it sleep for an hour; ``fail`` raises an ordinary exception;
     ``sleep`` overrides the per-call sleep; ``value_error``, ``attribute_error`` and
-    ``return_none`` fail in those ways; ``label_output`` mislabels the output ``y``.
+    ``return_none`` fail in those ways; ``label_output`` mislabels the output ``y``;
+    ``started_file`` appends the worker's pid to that file when the call starts.
     """
 
     name = "toy-identity"
@@ -52,6 +53,9 @@ class Identity(Runtime):
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
         self.calls += 1
         params = request.parameters
+        if "started_file" in params:  # tells a test which worker runs this request, and when
+            with open(str(params["started_file"]), "a") as marker:
+                marker.write(f"{os.getpid()}\n")
         if params.get("crash"):
             os._exit(17)
         if params.get("hang"):
