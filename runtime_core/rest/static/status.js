@@ -70,6 +70,12 @@ function renderTable(models) {
       why.textContent = m.trouble.join(", ");
       state.appendChild(why);
     }
+    if (m.reason && m.state !== "READY") {
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = m.reason;
+      state.appendChild(reason);
+    }
     cell(tr, m.workers ? `${m.workers.ready}/${m.workers.total}` : "-", "workers");
     cell(tr, m.restarts === null ? "-" : String(m.restarts), "restarts");
     cell(tr, String(m.queued), "queued");
@@ -105,7 +111,8 @@ function chart(canvas, times, lines, unit) {
   for (let i = 0; i <= 2; i += 1) {
     const y = top + h - (h * i) / 2;
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + w, y); ctx.stroke();
-    ctx.fillText(`${(max * i / 2).toPrecision(3)}${unit}`, 2, y + 3);
+    const v = (max * i) / 2;
+    ctx.fillText(`${v >= 100 ? v.toFixed(0) : v.toPrecision(2)}${unit}`, 2, y + 3);
   }
   ctx.fillText("5 min ago", left, height - 3);
   ctx.fillText("now", left + w - 18, height - 3);
