@@ -124,7 +124,9 @@ class Runtime(abc.ABC):
         if self.context.uri is None or not self.context.uri.exists():
             expected = ", ".join(self.artifact_names) or "parameters.uri"
             raise FileNotFoundError(
-                f"model {self.context.model_name!r}: no model file in {self.context.folder} (looked for {expected})"
+                f"model {self.context.model_name!r}: no model file in {self.context.folder} (looked for {expected});"
+                " save the trained model there under one of these names, or set parameters.uri"
+                " (the bundled examples: run examples/train_models.py)"
             )
         return self.context.uri
 

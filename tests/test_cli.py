@@ -199,3 +199,18 @@ def test_models_load_only_through_the_api_when_asked(tmp_path: Path) -> None:
         assert (status, doc["outputs"][0]["data"]) == (200, [1.5])
     finally:
         server.stop()
+
+
+def test_untrained_examples_say_what_to_run(tmp_path: Path) -> None:
+    """A fresh clone has no example model files: each example model says what to run."""
+    examples = Path(__file__).resolve().parent.parent / "examples" / "models"
+    for settings in examples.glob("*/model-settings.json"):
+        (tmp_path / settings.parent.name).mkdir()
+        (tmp_path / settings.parent.name / settings.name).write_text(settings.read_text())
+    server = ServerProcess(tmp_path, workers=0)
+    try:
+        failed = [line for line in server.output().splitlines() if "FAILED" in line]
+        assert len(failed) == 3, server.output()
+        assert all("examples/train_models.py" in line for line in failed), failed
+    finally:
+        server.stop()

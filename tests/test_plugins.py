@@ -10,8 +10,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pluggy
+import pytest
 from conftest import pip_install_target
 from support import infer_body, output, toy_model
+
+from runtime_core import InferenceRequest, InferenceResponse, Runtime, hookimpl, hookspecs
+from runtime_core.errors import PluginError, RuntimeNotFound
+from runtime_core.plugins import RuntimeRegistry
 
 DOCS = Path(__file__).parent.parent / "docs" / "writing-a-runtime.md"
 
@@ -129,3 +135,71 @@ def test_the_plugin_guide_example_installs_and_serves(tmp_path: Path, rc_server:
     assert output(doc, "doubled") == [3.0, -4.0]
     runtimes = cli("runtimes", env={"PYTHONPATH": str(site)}).stdout
     assert re.search(r"doubler\s+-\s+runtime-core-doubler\s+0\.1\.0", runtimes)
+
+
+# --------------------------------------------------------------------------- the registry, in-process
+
+
+def _runtime(runtime_name: str, *alias: str) -> type[Runtime]:
+    class Named(Runtime):
+        name = runtime_name
+        aliases = alias
+
+        async def predict(self, request: InferenceRequest) -> InferenceResponse:
+            return InferenceResponse(outputs=[])
+
+    Named.__qualname__ = f"Named_{runtime_name}"
+    return Named
+
+
+def _plugin(*runtimes: type[Runtime]) -> object:
+    class Plugin:
+        @hookimpl
+        def rc_register_runtimes(self) -> list[type[Runtime]]:
+            return list(runtimes)
+
+    return Plugin()
+
+
+def _manager(*plugins: object) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for n, plugin in enumerate(plugins):
+        pm.register(plugin, name=f"plugin-{n}")
+    return pm
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "claimed"),
+    [
+        (_runtime("dup"), _runtime("dup"), "dup"),
+        (_runtime("one", "shared.Model"), _runtime("two", "shared.Model"), "shared.Model"),
+        (_runtime("three"), _runtime("other", "three"), "three"),
+    ],
+)
+def test_two_plugins_claiming_one_name_are_refused_without_pip(
+    first: type[Runtime], second: type[Runtime], claimed: str
+) -> None:
+    with pytest.raises(PluginError) as info:
+        RuntimeRegistry.from_plugin_manager(_manager(_plugin(first), _plugin(second)))
+    assert f"two plugins claim the runtime name {claimed!r}" in info.value.message
+    assert first.__qualname__ in info.value.message and second.__qualname__ in info.value.message
+
+
+def test_a_refused_batch_leaves_the_registry_unchanged() -> None:
+    kept = _runtime("kept", "kept.Alias")
+    registry = RuntimeRegistry.from_plugin_manager(_manager(_plugin(kept)))
+    fresh, clash = _runtime("afresh"), _runtime("clash", "kept.Alias")  # iterated by name: afresh first
+    batch = RuntimeRegistry.from_plugin_manager(_manager(_plugin(fresh, clash)))
+    with pytest.raises(PluginError):
+        registry.add(batch)
+    assert [e.name for e in registry] == ["kept"]
+    with pytest.raises(RuntimeNotFound):
+        registry.get("afresh")  # staged before the clash was found, never added
+    assert registry.get("kept.Alias").cls is kept
+
+
+def test_one_plugin_registering_a_class_twice_is_not_a_clash() -> None:
+    twice = _runtime("twice")
+    registry = RuntimeRegistry.from_plugin_manager(_manager(_plugin(twice, twice)))
+    assert registry.get("twice").cls is twice
