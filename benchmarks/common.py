@@ -129,6 +129,9 @@ def publish(stem: str, data: dict[str, Any], markdown: str) -> None:
     print(markdown)
     print()
     progress(f"wrote {json_path} and {md_path}")
+    from plots import plot_after_run  # the plots go beside the results
+
+    plot_after_run(json_path)
 
 
 def verdict(ok: bool | None) -> str:

@@ -1,0 +1,278 @@
+"""Plots of benchmark results (matplotlib), drawn from the JSON files the benchmarks write.
+
+Every ``bench_*.py`` run draws its plots beside its results (``benchmarks/results/
+parallel-<stamp>.json`` -> ``parallel-<stamp>-throughput.png`` ...). This script redraws
+them from stored results without running anything:
+
+    .venv/bin/python benchmarks/plots.py                      # the plots of docs/benchmarks.md
+    .venv/bin/python benchmarks/plots.py benchmarks/results/parallel-20261130-120000.json
+
+With no argument it reads the results published in ``benchmarks/published/`` and writes
+``docs/img/bench-<kind>-<plot>.png``. The kind of a results file is the start of its name
+(``parallel``, ``fairness``, ``batching``, ``binary``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PUBLISHED = HERE / "published"
+DOCS_IMG = HERE.parent / "docs" / "img"
+
+RC, MLS = "#2563eb", "#9ca3af"
+COLORS = {"runtime-core": RC, "mlserver": MLS}
+LABELS = {"runtime-core": "runtime-core", "mlserver": "MLServer 1.7.1"}
+MODELS = ("light", "heavy", "xgb")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def _subtitle(data: dict[str, Any]) -> str:
+    env = data.get("env", {})
+    return f"{env.get('cpus', '?')} CPUs, {str(env.get('time', ''))[:10]}"
+
+
+# --------------------------------------------------------------------------- bench_parallel
+
+
+def plot_parallel(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("servers", [])
+    names = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    out: list[Path] = []
+    if not names:
+        return out
+    bound = {r["model"]: r["rps_1core"] for r in data.get("in_process", []) if r.get("threads", 1) == 1}
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for server in ("runtime-core", "mlserver"):
+            points = sorted((r["workers"], r["rps"]) for r in rows if r["model"] == name and r["server"] == server)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, "o-", color=COLORS[server], label=LABELS[server])
+        if name in bound:
+            ax.axhline(bound[name], color="#111827", linestyle=":", linewidth=1, label="plain predict loop, 1 core")
+        ax.set_title(f"{name}")
+        ax.set_xlabel("workers (parallel_workers)")
+        ax.set_xticks(sorted({r["workers"] for r in rows if r["model"] == name}))
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("requests/s (closed loop, C = 16)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Throughput against worker count ({_subtitle(data)})", fontsize=10)
+    out.append(_save(fig, prefix.with_name(prefix.name + "-throughput.png")))
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        workers = sorted({r["workers"] for r in rows if r["model"] == name})
+        for k, server in enumerate(("runtime-core", "mlserver")):
+            by = {r["workers"]: r for r in rows if r["model"] == name and r["server"] == server}
+            xs = [i + (k - 0.5) * 0.38 for i, w in enumerate(workers) if w in by]
+            total = [by[w]["cpu_ms_per_req"] for w in workers if w in by]
+            main = [by[w].get("cpu_main_ms_per_req", 0.0) for w in workers if w in by]
+            ax.bar(xs, total, width=0.38, color=COLORS[server])
+            ax.bar(xs, main, width=0.38, color="none", edgecolor="#111827", hatch="///", linewidth=0)
+        ax.set_xticks(range(len(workers)), [str(w) for w in workers])
+        ax.set_title(name)
+        ax.set_xlabel("workers")
+    axes[0][0].set_ylabel("server CPU ms per request")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=COLORS[s], label=LABELS[s]) for s in ("runtime-core", "mlserver")]
+    handles.append(Patch(facecolor="white", edgecolor="#111827", hatch="///", label="of which main process"))
+    axes[0][0].legend(handles=handles, fontsize=8)
+    fig.suptitle(f"CPU per request, whole process tree ({_subtitle(data)})", fontsize=10)
+    out.append(_save(fig, prefix.with_name(prefix.name + "-cpu.png")))
+
+    memory = data.get("memory") or []
+    if memory:
+        fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8))
+        labels = [LABELS.get(r["server"], r["server"]) for r in memory]
+        colors = [COLORS.get(r["server"], RC) for r in memory]
+        for ax, key, title in ((axes[0], "pss_mib", "memory (PSS, MiB)"), (axes[1], "ready_s", "start to ready (s)")):
+            values = [r[key] for r in memory]
+            ax.bar(labels, values, color=colors)
+            for i, v in enumerate(values):
+                ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+            ax.set_title(title)
+        fig.suptitle(f"Three models x 4 workers ({_subtitle(data)})", fontsize=10)
+        out.append(_save(fig, prefix.with_name(prefix.name + "-memory.png")))
+    return out
+
+
+# --------------------------------------------------------------------------- bench_fairness
+
+
+def _short(server: str) -> str:
+    return (
+        server.replace("MLServer ", "MLServer\n")
+        .replace(", ", ",\n")
+        .replace("parallel_workers=", "workers ")
+    )
+
+
+def plot_fairness(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("light_heavy", [])
+    out: list[Path] = []
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+        probes = (("open", "light open loop, 100 req/s"), ("closed", "light closed loop, C = 1"))
+        for ax, (probe, title) in zip(axes, probes, strict=True):
+            xs = range(len(rows))
+            bars = (
+                ("alone_p50", "p50 alone", "#93c5fd", -1.5),
+                ("alone_p99", "p99 alone", "#2563eb", -0.5),
+                ("loaded_p50", "p50 under heavy flood", "#fca5a5", 0.5),
+                ("loaded_p99", "p99 under heavy flood", "#b91c1c", 1.5),
+            )
+            for key, label, color, offset in bars:
+                values = [r[f"light_{probe}_{key}"] for r in rows]
+                ax.bar([x + offset * 0.2 for x in xs], values, width=0.2, color=color, label=label)
+            ax.set_yscale("log")
+            ax.set_xticks(list(xs), [_short(r["server"]) for r in rows], fontsize=7)
+            ax.set_title(title)
+        axes[0].set_ylabel("light model latency, ms (log scale)")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(
+            f"Fairness: a light model's latency alone and under a heavy flood ({_subtitle(data)})", fontsize=10
+        )
+        out.append(_save(fig, prefix.with_name(prefix.name + "-latency.png")))
+    weights = (data.get("weights") or {}).get("models") or []
+    if weights:
+        fig, ax = plt.subplots(figsize=(4.2, 2.8))
+        labels = [f"{w['model']}\nweight {w['weight']:g}" for w in weights]
+        shares = [100 * w["cpu_share"] for w in weights]
+        ax.bar(labels, shares, color=[RC, "#93c5fd"][: len(weights)])
+        total = sum(w["weight"] for w in weights)
+        for i, w in enumerate(weights):
+            ax.hlines(100 * w["weight"] / total, i - 0.4, i + 0.4, colors="#111827", linestyles="--")
+            ax.text(i, shares[i], f"{shares[i]:.1f} %", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel("CPU share, %")
+        ax.set_title("Weights 2:1, both flooded (dashed: 2/3 and 1/3)", fontsize=9)
+        out.append(_save(fig, prefix.with_name(prefix.name + "-weights.png")))
+    return out
+
+
+# --------------------------------------------------------------------------- bench_batching
+
+
+def plot_batching(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("rows", [])
+    if not rows:
+        return []
+    groups = list(dict.fromkeys((r["server"], r["workers"]) for r in rows))
+    modes = list(dict.fromkeys(r["batching"] for r in rows))
+    shades = ["#9ca3af", "#60a5fa", "#1d4ed8", "#1e3a8a"]
+    width = 0.8 / len(modes)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, key, title in ((axes[0], "rps", "requests/s"), (axes[1], "p99_ms", "p99 latency, ms")):
+        for k, mode in enumerate(modes):
+            by = {(r["server"], r["workers"]): r for r in rows if r["batching"] == mode}
+            xs = [i + (k - (len(modes) - 1) / 2) * width for i, g in enumerate(groups) if g in by]
+            label = "batching off" if mode == "off" else f"batching {mode}"
+            ax.bar(xs, [by[g][key] for g in groups if g in by], width=width, color=shades[k % 4], label=label)
+        names = [
+            f"{LABELS.get(server, server)}\n{workers} worker{'s' if workers != 1 else ''}" for server, workers in groups
+        ]
+        ax.set_xticks(range(len(groups)), names, fontsize=8)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Adaptive batching: light model, 1-row requests, C = 32 ({_subtitle(data)})", fontsize=10)
+    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
+
+
+# --------------------------------------------------------------------------- bench_binary
+
+
+def plot_binary(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("rows", [])
+    if not rows:
+        return []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    bodies = list(dict.fromkeys(r["body"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    shades = ["#9ca3af", "#60a5fa", "#1d4ed8"]
+    for k, body in enumerate(bodies):
+        by = {r["model"]: r for r in rows if r["body"] == body}
+        xs = [i + (k - (len(bodies) - 1) / 2) * 0.25 for i, m in enumerate(models) if m in by]
+        ax.bar(xs, [by[m]["cpu_ms_per_req"] for m in models if m in by], width=0.25, color=shades[k % 3], label=body)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("server CPU ms per request")
+    ax.legend(fontsize=8)
+    ax.set_title(f"[64, 20] FP32 per request: JSON vs binary tensors ({_subtitle(data)})", fontsize=9)
+    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
+
+
+PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
+    "parallel": plot_parallel,
+    "fairness": plot_fairness,
+    "batching": plot_batching,
+    "binary": plot_binary,
+}
+
+
+def plot_file(path: Path, prefix: Path | None = None) -> list[Path]:
+    """Draw the plots of one results file; ``prefix`` (default: the file without ``.json``)
+    starts the names of the PNG files."""
+    kind = path.name.split("-", 1)[0]
+    plotter = PLOTTERS.get(kind)
+    if plotter is None:
+        return []
+    data = json.loads(path.read_text())
+    return plotter(data, prefix or path.with_suffix(""))
+
+
+def plot_after_run(path: Path) -> None:
+    """What the benchmark scripts call after writing a results file: draw its plots, or say
+    why not (matplotlib missing) without failing the run."""
+    try:
+        written = plot_file(path)
+    except ImportError:
+        print("[plots] matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr, flush=True)
+        return
+    for p in written:
+        print(f"[plots] wrote {p}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="*", type=Path, help="results JSON files (default: the published ones)")
+    args = parser.parse_args()
+    if args.results:
+        for path in args.results:
+            for written in plot_file(path):
+                print(written)
+        return
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    for path in sorted(PUBLISHED.glob("*.json")):
+        kind = path.name.split("-", 1)[0]
+        for written in plot_file(path, DOCS_IMG / f"bench-{kind}"):
+            print(written.relative_to(HERE.parent))
+
+
+if __name__ == "__main__":
+    main()
