@@ -9,7 +9,7 @@ them from stored results without running anything:
 
 With no argument it reads the results published in ``benchmarks/published/`` and writes
 ``docs/img/bench-<kind>-<plot>.png``. The kind of a results file is the start of its name
-(``parallel``, ``fairness``, ``batching``, ``binary``).
+(``parallel``, ``fairness``, ``batching``, ``binary``, ``density``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _subtitle(data: dict[str, Any]) -> str:
-    env = data.get("env", {})
+    env = data.get("env") or data.get("environment") or {}
     return f"{env.get('cpus', '?')} CPUs, {str(env.get('time', ''))[:10]}"
 
 
@@ -125,11 +125,7 @@ def plot_parallel(data: dict[str, Any], prefix: Path) -> list[Path]:
 
 
 def _short(server: str) -> str:
-    return (
-        server.replace("MLServer ", "MLServer\n")
-        .replace(", ", ",\n")
-        .replace("parallel_workers=", "workers ")
-    )
+    return server.replace("MLServer ", "MLServer\n").replace(", ", ",\n").replace("parallel_workers=", "workers ")
 
 
 def plot_fairness(data: dict[str, Any], prefix: Path) -> list[Path]:
@@ -227,11 +223,37 @@ def plot_binary(data: dict[str, Any], prefix: Path) -> list[Path]:
     return [_save(fig, prefix.with_name(prefix.name + ".png"))]
 
 
+# --------------------------------------------------------------------------- bench_density
+
+
+def plot_density(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("rows", [])
+    if not rows:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    panels = ((axes[0], "pss_mib", "memory (PSS, MiB)"), (axes[1], "ready_all_s", "until every model is READY (s)"))
+    for ax, key, title in panels:
+        for server in ("runtime-core", "mlserver"):
+            points = sorted((r["models"], r[key]) for r in rows if r.get("server") == server and r.get(key) is not None)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, "o-", color=COLORS[server], label=LABELS[server])
+        ax.set_xscale("log")
+        ax.set_xlabel("models")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Many models: memory and time to ready ({_subtitle(data)})", fontsize=10)
+    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "parallel": plot_parallel,
     "fairness": plot_fairness,
     "batching": plot_batching,
     "binary": plot_binary,
+    "density": plot_density,
 }
 
 
