@@ -377,7 +377,7 @@ class ServerStatistics:
         trouble = []
         if record.state is ModelState.UNAVAILABLE:
             trouble.append("unavailable")
-        if health is not None and (health.ready < health.workers or restarted):
+        if restarted:  # fewer ready workers than allowed is normal for pools that grow on demand
             trouble.append("workers restarting")
         if recent_errors and recent_errors[OUTCOMES.index("rejected")]:
             trouble.append("queue full")
@@ -403,9 +403,9 @@ class ServerStatistics:
         }
         if reasons:
             out["reason"] = record.reason
-        residency = getattr(record, "residency", None)  # set by repositories that evict models
+        residency = getattr(health, "residency", None)  # pools that load on demand and evict say so
         if residency is not None:
-            out["residency"] = str(getattr(residency, "value", residency))
+            out["residency"] = str(residency)
         return out
 
 

@@ -63,8 +63,14 @@ async def status(request: web.Request) -> web.Response:
     _check_enabled(request)
     settings = request.app[SETTINGS]
     data = request.app[STATISTICS].status(reasons=settings.repository_api and settings.repository_token is None)
+    # gRPC's address as the client sees this host; unknown when the port is picked at start (0).
+    grpc = f"{request.url.host}:{settings.grpc_port}" if settings.grpc_enabled and settings.grpc_port else None
     data["server"].update(
-        name="runtime-core", version=__version__, extensions=list(EXTENSIONS), url=f"{request.scheme}://{request.host}"
+        name="runtime-core",
+        version=__version__,
+        extensions=list(EXTENSIONS),
+        url=f"{request.scheme}://{request.host}",
+        grpc=grpc,
     )
     return _json(data)
 

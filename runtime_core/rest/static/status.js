@@ -48,7 +48,7 @@ function renderServer(data) {
   document.getElementById("processes").textContent = String(s.processes);
   document.getElementById("cpu").textContent = s.cpu_cores === null ? "-" : `${(s.cpu_cores * 100).toFixed(0)} % of a core`;
   document.getElementById("memory").textContent = bytes(s.memory_bytes);
-  document.getElementById("url").textContent = s.url;
+  document.getElementById("url").textContent = s.grpc ? `${s.url} (gRPC ${s.grpc})` : s.url;
   document.getElementById("extensions").textContent = s.extensions.join(", ");
 }
 
@@ -69,6 +69,12 @@ function renderTable(models) {
       why.className = "trouble-why";
       why.textContent = m.trouble.join(", ");
       state.appendChild(why);
+    }
+    if (m.residency && m.residency !== "resident") {
+      const residency = document.createElement("span");
+      residency.className = "residency";
+      residency.textContent = m.residency;
+      state.appendChild(residency);
     }
     if (m.reason && m.state !== "READY") {
       const reason = document.createElement("span");
