@@ -43,6 +43,9 @@ class _Server:
         self.timeout = timeout
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
+        self.grpc_port = free_port()
+        #: ``host:port`` of the server's V2 gRPC endpoint.
+        self.grpc_target = f"{HOST}:{self.grpc_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_seconds = 0.0
         self.leftovers = 0  # processes of the tree still alive after the server's own exit
@@ -143,7 +146,7 @@ class RuntimeCoreServer(_Server):
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "runtime_core.cli", "start", str(self.repo), "--host", HOST]
-        cmd += ["--http-port", str(self.port)]
+        cmd += ["--http-port", str(self.port), "--grpc-port", str(self.grpc_port)]
         if self.workers is not None:
             cmd += ["--parallel-workers", str(self.workers)]
         return cmd + self.extra_args
@@ -167,7 +170,7 @@ class MLServerServer(_Server):
         settings = {
             "host": HOST,
             "http_port": self.port,
-            "grpc_port": free_port(),
+            "grpc_port": self.grpc_port,
             "metrics_port": free_port(),
             "parallel_workers": self.parallel_workers,
             "metrics_dir": str(self._scratch / "metrics"),
