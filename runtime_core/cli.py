@@ -107,7 +107,7 @@ def _progress(name: str, runtime: str, seconds: float, error: str | None) -> Non
 
 async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: ModelRepository) -> int:
     # Imported here, after the runtimes' templates started importing their frameworks.
-    from runtime_core.rest.app import create_app, serve
+    from runtime_core.rest.app import close_connections, create_app, serve
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -174,7 +174,9 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     if grpc_server is not None:  # the drained calls' replies are sent; nothing new is accepted
         await grpc_server.stop(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     await repository.aclose(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
-    await runner.cleanup()
+    # Keep-alive clients get up to a second to send one more request, answered "shutting
+    # down" with Connection: close, rather than meet a closed socket (issue 13).
+    await close_connections(runner, min(1.0, max(0.0, settings.shutdown_grace - (time.monotonic() - started))))
     _say("runtime-core: stopped")
     return 0
 

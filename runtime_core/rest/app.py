@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import logging
+import time
+from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime_core import __version__
 from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
-from runtime_core.rest.middlewares import error_middleware
+from runtime_core.rest.middlewares import drain_middleware, error_middleware
 from runtime_core.rest.routes import setup_routes
 from runtime_core.stats import ServerStatistics
 
@@ -23,7 +27,7 @@ def create_app(
     settings = dataplane.settings
     # The body limit is enforced twice: by Content-Length before reading (handlers.infer)
     # and by aiohttp while reading chunked bodies.
-    app = web.Application(client_max_size=settings.max_request_size, middlewares=[error_middleware])
+    app = web.Application(client_max_size=settings.max_request_size, middlewares=[drain_middleware, error_middleware])
     app[SETTINGS] = settings
     app[DATAPLANE] = dataplane
     app[METRICS] = metrics or ServerMetrics(dataplane.scheduler, dataplane.repository)
@@ -40,13 +44,74 @@ def openapi_document() -> bytes:
     return orjson.dumps(doc)
 
 
+class ProtocolLog:
+    """aiohttp's per-connection logger (its ``logger`` argument), made safe to expose.
+
+    aiohttp answers a request it cannot parse (a negative or duplicate Content-Length, bad
+    chunking) with 400 itself, before any handler or middleware runs, and logs each one
+    with a full traceback: a client could flood the log. Here such parse errors make one
+    warning line, at most one per ``interval`` seconds, which counts the ones left out.
+    Anything else aiohttp reports keeps its traceback.
+    """
+
+    def __init__(self, interval: float = 60.0, logger: logging.Logger | None = None) -> None:
+        self.interval = interval
+        self.log = logger or logging.getLogger("runtime_core.rest")
+        self._next = 0.0
+        self._dropped = 0
+
+    def exception(self, msg: str, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        if not isinstance(exc_info, HttpProcessingError):
+            self.log.error(msg, *args, exc_info=exc_info or True, **kwargs)
+            return
+        now = time.monotonic()
+        if now < self._next:
+            self._dropped += 1
+            return
+        self._next = now + self.interval
+        dropped, self._dropped = self._dropped, 0
+        more = f" ({dropped} more in the last {self.interval:g} s)" if dropped else ""
+        self.log.warning("malformed HTTP request answered 400: %s%s", exc_info.message, more)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log.debug(msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log.warning(msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log.error(msg, *args, **kwargs)
+
+
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start listening; returns the runner (to clean up) and the bound port."""
-    access_log = logging.getLogger("aiohttp.access") if app[SETTINGS].access_log else None
-    runner = web.AppRunner(app, access_log=access_log, handler_cancellation=True)
+    settings = app[SETTINGS]
+    access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+    runner = web.AppRunner(
+        app,
+        access_log=access_log,
+        handler_cancellation=True,
+        # aiohttp's keep-alive timer runs from the connection (or the previous response)
+        # until a request's headers are complete: it is the header read timeout too.
+        keepalive_timeout=settings.read_timeout,
+        logger=ProtocolLog(),
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     addresses = runner.addresses  # the bound port, when port 0 asked for a free one
     bound = int(addresses[0][1]) if addresses else port
     return runner, bound
+
+
+async def close_connections(runner: web.AppRunner, linger: float) -> None:
+    """Stop serving HTTP. While draining, every answer carries ``Connection: close``; first
+    wait up to ``linger`` seconds for keep-alive clients to send one more request (answered
+    "shutting down") and go, so that a request already on its way is not met by a closed
+    socket. Then stop listening and close what is left: idle connections at once, requests
+    in progress once answered."""
+    server = runner.server
+    deadline = time.monotonic() + linger
+    while server is not None and server.connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await runner.cleanup()

@@ -8,6 +8,7 @@ parses tensors; the worker does.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
-from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI
+from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TIMEOUT_HEADER = "Request-Timeout"
@@ -72,6 +73,15 @@ def _deadline(request: web.Request) -> float:
     return time.time() + seconds
 
 
+async def _body(request: web.Request) -> bytes:
+    """The whole body, or 408 if it does not arrive within ``read_timeout`` (a client that
+    trickles its body must not hold a connection and a buffer forever)."""
+    try:
+        return await asyncio.wait_for(request.read(), request.app[SETTINGS].read_timeout)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+
+
 def _header_length(request: web.Request) -> int:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
@@ -88,7 +98,7 @@ async def infer(request: web.Request) -> web.Response:
         plane.check_size(request.content_length)
     arrived = time.time()
     header_length, deadline = _header_length(request), _deadline(request)
-    body = await request.read()
+    body = await _body(request)
     if header_length > len(body):
         raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
     wire = Wire.JSON if header_length < 0 else Wire.BINARY
@@ -103,7 +113,7 @@ async def infer(request: web.Request) -> web.Response:
 
 
 async def _optional_json(request: web.Request) -> dict[str, object]:
-    raw = await request.read()
+    raw = await _body(request)
     if not raw.strip():
         return {}
     try:

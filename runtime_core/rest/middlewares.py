@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from runtime_core import errors
+from runtime_core.rest.keys import DATAPLANE
 from runtime_core.sanitize import client_message
 
 log = logging.getLogger("runtime_core.rest")
@@ -74,10 +75,36 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = {404: "not found", 405: "method not allowed", 413: "request body too large"}.get(
+        reason = {
+            404: "not found",
+            405: "method not allowed",
+            408: "the request body did not arrive within read_timeout",
+            413: "request body too large",
+        }.get(
             exc.status, exc.reason
         )
         return error_response(exc.status, reason, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return error_response(500, "internal server error")
+
+
+#: Paths answered normally while the server drains: probes must see it draining.
+_HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+@web.middleware
+async def drain_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """After SIGTERM: health answers as usual (ready is false), every other request gets 503
+    "the server is shutting down"; every answer closes its connection, so keep-alive
+    clients go elsewhere before the listener closes. Requests accepted before still run."""
+    if not request.app[DATAPLANE].state.draining:
+        return await handler(request)
+    if request.path.rstrip("/") in _HEALTH:
+        response = await handler(request)
+    else:
+        response = error_response(503, "the server is shutting down")
+    response.force_close()
+    return response
