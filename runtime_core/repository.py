@@ -29,6 +29,7 @@ from runtime_core.inference import client_message
 from runtime_core.layout import single_model
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
 from runtime_core.pool import InProcessPool, ModelPool, ProcessPool, Templates
+from runtime_core.ray_pool import RayPool
 from runtime_core.runtime import ModelMetadata, RuntimeContext
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
@@ -185,6 +186,8 @@ class ModelRepository:
 
     def _make_pool(self, settings: ModelSettings, entry: RuntimeEntry) -> ModelPool:
         uri = settings.resolve_uri(self.root, entry.cls.artifact_names)
+        if settings.backend_name(self.server) == "ray":  # workers as Ray actors (issue 11)
+            return RayPool(settings, entry, self.server, uri=str(uri) if uri else None)
         if settings.workers(self.server) == 0:
             assert settings.folder is not None
             context = RuntimeContext(

@@ -145,6 +145,15 @@ class ServerSettings(BaseSettings):
     """Load every model of the repository at start; when false, models are loaded only through
     the repository API (MLServer's key of the same name)."""
 
+    pool_backend: Literal["process", "ray"] = "process"
+    """Where models' workers run by default: ``process`` (local worker processes) or ``ray``
+    (Ray actors anywhere in a Ray cluster; needs ``pip install 'runtime-core[ray]'``). A
+    model's own ``backend`` wins."""
+
+    ray_address: str | None = None
+    """The Ray cluster for the ``ray`` backend, e.g. ``127.0.0.1:6379``; unset: a local Ray
+    instance is started."""
+
     model_name: str | None = Field(
         None, validation_alias=AliasChoices("RUNTIME_CORE_MODEL_NAME", "MLSERVER_MODEL_NAME")
     )
@@ -199,6 +208,22 @@ class ModelParameters(BaseModel):
     """Default content type of requests (MLServer's ``np``, ``pd``, ``str``, ``base64``)."""
 
 
+class RayActorSettings(BaseModel):
+    """The ``ray`` object of ``model-settings.json``: how the model's Ray actors are placed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float = Field(1.0, ge=0)
+    """Logical CPUs each actor reserves (fractions allowed, e.g. ``0.5``)."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each actor reserves, e.g. ``{"big-memory": 1}``."""
+
+    placement: Literal["SPREAD", "DEFAULT"] = "SPREAD"
+    """Ray scheduling strategy: ``SPREAD`` puts the actors on as many nodes as it can;
+    ``DEFAULT`` lets Ray pack them by load."""
+
+
 class ModelSettings(BaseModel):
     """One ``model-settings.json``. Unknown keys are errors that name the file and the key."""
 
@@ -222,6 +247,12 @@ class ModelSettings(BaseModel):
 
     threads: int | None = Field(None, ge=1)
     """BLAS/OpenMP/xgboost threads per worker; default: cores divided among the workers."""
+
+    backend: Literal["process", "ray"] | None = None
+    """Where this model's workers run; default: the server's ``pool_backend``."""
+
+    ray: RayActorSettings = Field(default_factory=lambda: RayActorSettings.model_validate({}))
+    """Placement of the model's Ray actors (``backend: ray`` only)."""
 
     weight: float = Field(1.0, gt=0, validation_alias=AliasChoices("weight", "priority"))
     """Fair-share weight: a model of weight 2 gets twice the CPU of weight 1 when both are busy."""
@@ -267,6 +298,9 @@ class ModelSettings(BaseModel):
     def runtime_name(self) -> str:
         """The runtime named by ``runtime`` or, failing that, ``implementation``."""
         return self.runtime or self.implementation or ""
+
+    def backend_name(self, server: ServerSettings) -> str:
+        return self.backend or server.pool_backend
 
     def workers(self, server: ServerSettings) -> int:
         return server.parallel_workers if self.parallel_workers is None else self.parallel_workers

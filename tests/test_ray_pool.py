@@ -1,0 +1,231 @@
+"""The Ray pool backend on a real two-node Ray cluster on this machine.
+
+One ``ray.cluster_utils.Cluster`` per module: a head node and a second node, each with its
+own logical CPUs and a custom resource named after it, so placement is observable. The
+server is a real ``runtime-core`` process that joins the cluster through
+``RUNTIME_CORE_RAY_ADDRESS``; this test process joins it too, to look at the actors
+(``ray.util.list_named_actors``: the pool names its actors ``<model>/<id>``) and to kill them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+import ray
+import tritonclient.http as httpclient
+from ray.cluster_utils import Cluster
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+
+from runtime_core.ray_pool import NAMESPACE
+from runtime_core.testing import ServerProcess, wait_until, write_model
+
+N_FEATURES = 4
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"head": 10}, "include_dashboard": False},
+    )
+    second = cluster.add_node(num_cpus=2, resources={"second": 10})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="runtime-core-tests", log_to_driver=False)
+    try:
+        yield {"cluster": cluster, "head": cluster.head_node.node_id, "second": second}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    x, y = make_classification(n_samples=100, n_features=N_FEATURES, n_informative=3, n_redundant=0, random_state=3)
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x, y)
+    root = tmp_path_factory.mktemp("ray-repo")
+    write_model(root / "forest", runtime="sklearn", backend="ray", parallel_workers=2, ray={"num_cpus": 0.5})
+    joblib.dump(forest, root / "forest" / "model.joblib")
+    pinned = {"num_cpus": 0.25, "resources": {"second": 1}}
+    write_model(root / "pinned", runtime="sklearn", backend="ray", parallel_workers=1, ray=pinned)
+    joblib.dump(forest, root / "pinned" / "model.joblib")
+    return {"root": root, "forest": forest, "x": x[:6]}
+
+
+@pytest.fixture(scope="module")
+def server(cluster: dict[str, Any], model: dict[str, Any]) -> Iterator[ServerProcess]:
+    env = {"RUNTIME_CORE_RAY_ADDRESS": cluster["cluster"].address, "RUNTIME_CORE_GRPC_PORT": "0"}
+    proc = ServerProcess(model["root"], env=env, wait=False)
+    try:
+        proc.wait_ready(180)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def actors(model_name: str | None = None) -> list[str]:
+    """Names of the live actors the server created (of one model, if given)."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE]
+    return sorted(n for n in names if model_name is None or n.startswith(model_name + "/"))
+
+
+def where(name: str) -> dict[str, Any]:
+    return dict(ray.get(ray.get_actor(name, namespace=NAMESPACE).where.remote(), timeout=30))
+
+
+def infer(server: ServerProcess, name: str, x: np.ndarray[Any, Any]) -> tuple[int, Any]:
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return server.post_json(f"/v2/models/{name}/infer", body)
+
+
+def restarts(server: ServerProcess, name: str) -> float:
+    _, text, _ = server.request("GET", "/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith("runtime_core_worker_restarts_total{") and f'model="{name}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_workers_spread_over_two_nodes_and_custom_resources_pin(
+    server: ServerProcess, cluster: dict[str, Any]
+) -> None:
+    forest = actors("forest")
+    assert len(forest) == 2
+    assert {where(n)["node_id"] for n in forest} == {cluster["head"], cluster["second"].node_id}
+    pinned_actors = actors("pinned")
+    assert len(pinned_actors) == 1, server.output()
+    pinned = pinned_actors[0]
+    assert where(pinned)["node_id"] == cluster["second"].node_id
+    # Unloading a model kills its actors.
+    status, _ = server.post_json("/v2/repository/models/pinned/unload")
+    assert status == 200
+    wait_until(lambda: not actors("pinned"), 60, "the unloaded model's actor gone")
+    assert len(actors("forest")) == 2
+
+
+def test_rest_and_tritonclient_answers(server: ServerProcess, model: dict[str, Any]) -> None:
+    x, expected = model["x"], model["forest"].predict(model["x"]).tolist()
+    status, doc = infer(server, "forest", x)
+    assert status == 200, doc
+    assert doc["outputs"][0]["data"] == expected
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        result = client.infer("forest", [tensor], outputs=[httpclient.InferRequestedOutput("predict")])
+        assert result.as_numpy("predict").tolist() == expected
+        assert client.is_model_ready("forest")
+    finally:
+        client.close()
+
+
+class Load:
+    """Clients sending requests in a loop until stopped; counts answers by status."""
+
+    def __init__(self, server: ServerProcess, x: np.ndarray[Any, Any], clients: int = 4) -> None:
+        self.server, self.x = server, x
+        self.statuses: Counter[int] = Counter()
+        self.bodies: list[Any] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            status, doc = infer(self.server, "forest", self.x)
+            self.statuses[status] += 1
+            if status != 200:
+                self.bodies.append(doc)
+
+    def finish(self) -> Counter[int]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+        return self.statuses
+
+
+def test_node_removal(server: ServerProcess, cluster: dict[str, Any], model: dict[str, Any]) -> None:
+    """Runs before the SIGKILL test: the actors are still spread, one on each node."""
+    on_second = [n for n in actors("forest") if where(n)["node_id"] == cluster["second"].node_id]
+    assert on_second
+    load = Load(server, model["x"], clients=2)
+    try:
+        wait_until(lambda: load.statuses[200] >= 10, 60, "requests flowing")
+        cluster["cluster"].remove_node(cluster["second"])
+        wait_until(
+            lambda: (names := actors("forest")) and len(names) == 2 and not set(names) & set(on_second),
+            180,
+            "actors replaced after the node left",
+        )
+        wait_until(
+            lambda: all(where(n)["node_id"] == cluster["head"] for n in actors("forest")), 60, "both on the head"
+        )
+        served = load.statuses[200]
+        wait_until(lambda: load.statuses[200] >= served + 10, 60, "requests flowing on the head node")
+    finally:
+        statuses = load.finish()
+    assert set(statuses) <= {200, 503}, (statuses, load.bodies[:3])
+    status, ready = server.get("/v2/models/forest/ready")
+    assert status == 200 and ready["ready"] is True
+
+
+def test_sigkill_of_an_actor_under_load(server: ServerProcess, model: dict[str, Any]) -> None:
+    before = actors("forest")
+    victim = before[0]
+    pid = where(victim)["pid"]
+    load = Load(server, model["x"])
+    try:
+        wait_until(lambda: load.statuses[200] >= 20, 60, "requests flowing")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: restarts(server, "forest") >= 1, 60, "the death noticed")
+        wait_until(
+            lambda: victim not in actors("forest") and len(actors("forest")) == 2, 120, "a replacement actor"
+        )
+        served = load.statuses[200]
+        wait_until(lambda: load.statuses[200] >= served + 20, 60, "requests flowing after the replacement")
+    finally:
+        statuses = load.finish()
+    # Requests on the killed actor were retried on the other one, or failed cleanly (503).
+    assert set(statuses) <= {200, 503}, (statuses, load.bodies[:3])
+    assert all("error" in body for body in load.bodies)
+    status, doc = infer(server, "forest", model["x"])
+    assert status == 200 and doc["outputs"][0]["data"] == model["forest"].predict(model["x"]).tolist()
+
+
+def test_shutdown_leaves_no_actor(server: ServerProcess) -> None:
+    assert actors()
+    assert server.stop() == 0
+    wait_until(lambda: not actors(), 60, "no actor of the server left in the cluster")
+
+
+def test_without_ray_a_clear_error(tmp_path: Path, serve: Any) -> None:
+    """A Ray that cannot be imported: the model is UNAVAILABLE with the install command."""
+    fake = tmp_path / "no-ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    root = tmp_path / "repo"
+    write_model(root / "m", runtime="sklearn", backend="ray")
+    path = str(tmp_path / "no-ray") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    server = serve(root, env={"PYTHONPATH": path}, wait=False)
+
+    def entry() -> dict[str, Any] | None:
+        try:
+            status, index = server.post_json("/v2/repository/index", {})
+        except OSError:
+            return None
+        return index[0] if status == 200 and index and index[0]["state"] == "UNAVAILABLE" else None
+
+    found = wait_until(entry, 60, "the model reported UNAVAILABLE")
+    assert "pip install 'runtime-core[ray]'" in found["reason"], json.dumps(found)
