@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull
-from runtime_core.pool import ModelPool, PoolHealth
 from runtime_core.scheduler import FairScheduler
 
 
@@ -35,8 +35,14 @@ class Cpu:
         return pool.name
 
 
-class FakePool(ModelPool):
-    """A ModelPool that only records: reads of its sizes, what was sent, priority changes."""
+class FakePool:
+    """A pool that only records: reads of its sizes, what was sent, priority changes.
+
+    It has the methods of ``runtime_core.pool.ModelPool`` without subclassing it: that module
+    imports the worker's gRPC codec, whose generated protobuf module registers the same file
+    name as tritonclient's, which other tests import in this process."""
+
+    on_capacity: Callable[[], None] = staticmethod(lambda: None)
 
     def __init__(self, name: str, cpu: Cpu, *, capacity: int = 1, parallelism: int = 1, cost: float = 0.01) -> None:
         self.name = name
@@ -81,8 +87,8 @@ class FakePool(ModelPool):
         self.reads += 1
         return self._parallelism
 
-    def health(self) -> PoolHealth:
-        return PoolHealth(workers=1, ready=1, restarts=0)
+    def health(self) -> None:
+        pass
 
     def set_background(self, background: bool) -> bool:
         self.priority_calls += 1
