@@ -67,3 +67,6 @@ class Outcome:
     """Seconds spent encoding this request's reply (``compute_output``)."""
     batch: int = 1
     """How many requests ran in the same ``predict`` call (1: alone)."""
+    queued: float = 0.0
+    """Seconds the request waited in its model's queue in the main process (set by the
+    scheduler; the worker does not send it)."""

@@ -458,8 +458,9 @@ class FairScheduler:
             lane.stats.completed += 1
             lane.stats.compute_seconds += outcome.compute
             lane.stats.wait_seconds += max(0.0, wait - outcome.compute)
+            outcome.queued = item.sent - item.enqueued  # for the front ends' request log
             if self.observers:
-                self._observe(lane.key, outcome, item.sent - item.enqueued, outcome.compute, wait)
+                self._observe(lane.key, outcome, outcome.queued, outcome.compute, wait)
             if not item.future.done():
                 item.future.set_result(outcome)
         else:

@@ -131,6 +131,10 @@ class ServerSettings(BaseSettings):
     access_log: bool = False
     """Log one line per HTTP request (aiohttp's access log, logger ``aiohttp.access``)."""
 
+    request_log: bool = False
+    """Log one JSON line per inference request (logger ``runtime_core.requests``): model,
+    version, status, request id, bytes in and out, queue, compute and total milliseconds."""
+
     log_format: Literal["text", "json"] = "text"
     """``text``: human-readable lines; ``json``: one JSON object per line (time, level, logger,
     message, model), from the server and from its workers."""

@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
 from runtime_core import __version__
 from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
 from runtime_core.rest.middlewares import drain_middleware, error_middleware
+from runtime_core.rest.requestlog import request_log_middleware
 from runtime_core.rest.routes import setup_routes
 from runtime_core.stats import ServerStatistics
 
@@ -27,7 +29,11 @@ def create_app(
     settings = dataplane.settings
     # The body limit is enforced twice: by Content-Length before reading (handlers.infer)
     # and by aiohttp while reading chunked bodies.
-    app = web.Application(client_max_size=settings.max_request_size, middlewares=[drain_middleware, error_middleware])
+    # The request log sits outside the others, so that it sees refusals and errors as their responses.
+    middlewares: list[Middleware] = [drain_middleware, error_middleware]
+    if settings.request_log:
+        middlewares.insert(0, request_log_middleware())
+    app = web.Application(client_max_size=settings.max_request_size, middlewares=middlewares)
     app[SETTINGS] = settings
     app[DATAPLANE] = dataplane
     app[METRICS] = metrics or ServerMetrics(dataplane.scheduler, dataplane.repository)

@@ -16,3 +16,5 @@ METRICS = web.AppKey("metrics", ServerMetrics)
 STATISTICS = web.AppKey("statistics", ServerStatistics)
 #: The OpenAPI document (JSON bytes), read once at startup.
 OPENAPI = web.AppKey("openapi", bytes)
+#: Request key: the worker's :class:`~runtime_core.envelope.Outcome` of an inference, for the request log.
+OUTCOME = "runtime_core.outcome"
