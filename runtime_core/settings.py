@@ -38,6 +38,44 @@ log = logging.getLogger("runtime_core.settings")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
+class CorsSettings(BaseModel):
+    """Cross-origin resource sharing for browser clients: MLServer's ``cors_settings``, with
+    its keys and defaults. Unset (the default): no CORS headers are sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_origins: list[str] = Field(default_factory=list)
+    """Origins allowed to call the API (``"*"``: any)."""
+
+    allow_origin_regex: str | None = None
+    """A regular expression; origins matching it in full are allowed too."""
+
+    allow_credentials: bool = False
+    """Send ``Access-Control-Allow-Credentials: true`` (cookies and authorization headers)."""
+
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET"])
+    """Methods a preflight may ask for (``"*"``: any)."""
+
+    allow_headers: list[str] = Field(default_factory=list)
+    """Request headers a preflight may ask for, besides the always-safe ones (``"*"``: any)."""
+
+    expose_headers: list[str] = Field(default_factory=list)
+    """Response headers the browser may show the page."""
+
+    max_age: int = Field(600, ge=0)
+    """Seconds a browser may cache a preflight answer."""
+
+    @field_validator("allow_origin_regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
 class ServerSettings(BaseSettings):
     """Settings of the server process. Every field is also ``RUNTIME_CORE_<FIELD>``."""
 
@@ -144,6 +182,9 @@ class ServerSettings(BaseSettings):
 
     repository_token: str | None = None
     """When set, the repository endpoints require ``Authorization: Bearer <token>`` (else 401)."""
+
+    cors_settings: CorsSettings | None = None
+    """CORS for browser clients (MLServer's key and sub-keys); unset: no CORS headers."""
 
     load_models_at_startup: bool = True
     """Load every model of the repository at start; when false, models are loaded only through
@@ -423,7 +464,6 @@ _MLSERVER_IGNORED = {
     "extensions": "the extensions list is the server's own",
     "root_path": "routes are served at the root",
     "grpc_max_message_length": "the message size limit is max_request_size",
-    "cors_settings": "CORS headers are not served",
     "metrics_endpoint": "metrics are served at /metrics",
     "metrics_port": "metrics are served at /metrics on http_port",
     "metrics_rest_server_prefix": "metric names are runtime-core's own",

@@ -230,3 +230,75 @@ def test_sigterm_answers_every_request_on_keep_alive_connections(tmp_path: Path,
     assert idle.sock is not None and idle.sock.recv(1) == b""
     idle.close()
     kept.close()
+
+
+# --------------------------------------------------------------------------- CORS
+
+
+@pytest.fixture(scope="module")
+def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("cors-repo")
+    write_model(root / "echo", name="echo", runtime="echo", parallel_workers=0)
+    cors = {
+        "allow_origins": ["https://app.example"],
+        "allow_origin_regex": r"https://[a-z]+\.example\.org",
+        "allow_credentials": True,
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Authorization"],
+        "expose_headers": ["Inference-Header-Content-Length"],
+        "max_age": 120,
+    }
+    (root / "settings.json").write_text(json.dumps({"cors_settings": cors}))
+    proc = ServerProcess(root)
+    yield proc
+    proc.stop()
+
+
+def _preflight(server: ServerProcess, origin: str, method: str, headers: str = "") -> tuple[int, bytes, dict[str, str]]:
+    asked = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        asked["Access-Control-Request-Headers"] = headers
+    return server.request("OPTIONS", "/v2/models/echo/infer", None, asked)
+
+
+def test_cors_preflight_allowed(cors_server: ServerProcess) -> None:
+    status, _, headers = _preflight(cors_server, "https://app.example", "POST", "Content-Type, Authorization")
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert headers["Access-Control-Allow-Methods"] == "GET, POST"
+    assert headers["Access-Control-Allow-Headers"] == "Authorization"
+    assert headers["Access-Control-Max-Age"] == "120"
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "asked", "refused"),
+    [
+        ("https://evil.example", "POST", "", "origin"),
+        ("https://app.example", "DELETE", "", "method"),
+        ("https://app.example", "POST", "X-Secret", "headers"),
+        ("https://a.example.org.evil", "POST", "", "origin"),  # the regex must match in full
+    ],
+)
+def test_cors_preflight_refused(cors_server: ServerProcess, origin: str, method: str, asked: str, refused: str) -> None:
+    status, body, headers = _preflight(cors_server, origin, method, asked)
+    assert status == 400
+    assert json.loads(body) == {"error": f"CORS preflight refused: disallowed {refused}"}
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_cors_headers_on_answers_to_allowed_origins_only(cors_server: ServerProcess) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]}).encode()
+    status, _, headers = cors_server.request(
+        "POST", "/v2/models/echo/infer", body, {"Origin": "https://ml.example.org", "Content-Type": "application/json"}
+    )
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://ml.example.org"
+    assert headers["Access-Control-Expose-Headers"] == "Inference-Header-Content-Length"
+    assert headers["Vary"] == "Origin"
+    status, _, headers = cors_server.request("GET", "/v2/models/nope", None, {"Origin": "https://app.example"})
+    assert status == 404 and headers["Access-Control-Allow-Origin"] == "https://app.example"  # errors too
+    status, _, headers = cors_server.request("GET", "/v2", None, {"Origin": "https://evil.example"})
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+    status, _, headers = cors_server.request("GET", "/v2")
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers

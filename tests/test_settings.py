@@ -371,12 +371,26 @@ def test_our_keys_win_over_mlserver_keys(tmp_path: Path) -> None:
 
 
 def test_mlserver_keys_without_equivalent_warn_once_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = _settings_json(tmp_path, {"metrics_port": 8082, "cors_settings": {"allow_origins": ["*"]}, "http_port": 1})
+    path = _settings_json(tmp_path, {"metrics_port": 8082, "gzip_enabled": True, "http_port": 1})
     assert load_server_settings(tmp_path).http_port == 1
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 2, lines
     assert all(line.startswith(f"{path}: MLServer setting ") for line in lines)
-    assert "'metrics_port'" in lines[0] and "'cors_settings'" in lines[1]
+    assert "'metrics_port'" in lines[0] and "'gzip_enabled'" in lines[1]
+
+
+def test_mlserver_cors_settings_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _settings_json(tmp_path, {"cors_settings": {"allow_origins": ["https://a.example"], "max_age": 60}})
+    cors = load_server_settings(tmp_path).cors_settings
+    assert cors is not None
+    assert (cors.allow_origins, cors.allow_methods, cors.max_age) == (["https://a.example"], ["GET"], 60)
+    path = _settings_json(tmp_path, {"cors_settings": {"allow_origin": ["*"]}})
+    with pytest.raises(SettingsError, match=re.escape(f"{path}: unknown key 'cors_settings.allow_origin'")):
+        load_server_settings(tmp_path)
+    path.unlink()
+    monkeypatch.setenv("RUNTIME_CORE_CORS_SETTINGS", '{"allow_origin_regex": "https://.*[.]example"}')
+    cors = load_server_settings(tmp_path).cors_settings
+    assert cors is not None and cors.allow_origin_regex == "https://.*[.]example"
 
 
 def test_keys_neither_ours_nor_mlservers_stay_errors(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from runtime_core import __version__
 from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
-from runtime_core.rest.middlewares import drain_middleware, error_middleware
+from runtime_core.rest.middlewares import cors_middleware, drain_middleware, error_middleware
 from runtime_core.rest.requestlog import request_log_middleware
 from runtime_core.rest.routes import setup_routes
 from runtime_core.stats import ServerStatistics
@@ -31,6 +31,8 @@ def create_app(
     # and by aiohttp while reading chunked bodies.
     # The request log sits outside the others, so that it sees refusals and errors as their responses.
     middlewares: list[Middleware] = [drain_middleware, error_middleware]
+    if settings.cors_settings is not None:  # errors and shutdown answers get the CORS headers too
+        middlewares.insert(0, cors_middleware(settings.cors_settings))
     if settings.request_log:
         middlewares.insert(0, request_log_middleware())
     app = web.Application(client_max_size=settings.max_request_size, middlewares=middlewares)

@@ -9,14 +9,17 @@ never to the client.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from runtime_core import errors
 from runtime_core.rest.keys import DATAPLANE
 from runtime_core.sanitize import client_message
+from runtime_core.settings import CorsSettings
 
 log = logging.getLogger("runtime_core.rest")
 
@@ -108,3 +111,73 @@ async def drain_middleware(
         response = error_response(503, "the server is shutting down")
     response.force_close()
     return response
+
+
+#: Request headers a browser may always send (CORS "safelisted"), so never refused.
+_SAFE_HEADERS = frozenset({"accept", "accept-language", "content-language", "content-type"})
+
+
+def cors_middleware(cors: CorsSettings) -> Middleware:
+    """CORS as MLServer's ``cors_settings`` describe it (the semantics of Starlette's
+    CORSMiddleware, which MLServer uses). Written here rather than with aiohttp-cors, which
+    has no origin regular expression and wants every route registered with it.
+
+    A preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here: 200
+    with the allowed methods, headers and max age, or 400 naming what is not allowed. Any
+    other request from an allowed origin gets ``Access-Control-Allow-Origin`` (and the
+    credentials and exposed-headers headers) on whatever it is answered, errors included."""
+    any_origin = "*" in cors.allow_origins
+    origins = frozenset(cors.allow_origins)
+    pattern = re.compile(cors.allow_origin_regex) if cors.allow_origin_regex else None
+    any_method = "*" in cors.allow_methods
+    methods = ", ".join(m.upper() for m in cors.allow_methods) if not any_method else ""
+    allowed_methods = frozenset(m.upper() for m in cors.allow_methods)
+    any_header = "*" in cors.allow_headers
+    allowed_headers = _SAFE_HEADERS | {h.lower() for h in cors.allow_headers}
+
+    def origin_allowed(origin: str) -> bool:
+        return any_origin or origin in origins or bool(pattern and pattern.fullmatch(origin))
+
+    def allow_origin(origin: str, headers: dict[str, str]) -> None:
+        if any_origin and not cors.allow_credentials:
+            headers["Access-Control-Allow-Origin"] = "*"
+        else:  # echo the origin: "*" does not work with credentials
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Vary"] = "Origin"
+        if cors.allow_credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return await handler(request)
+        wanted = request.headers.get("Access-Control-Request-Method")
+        if request.method == "OPTIONS" and wanted is not None:
+            asked = [h.strip().lower() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")]
+            refused = []
+            if not origin_allowed(origin):
+                refused.append("origin")
+            if not any_method and wanted.upper() not in allowed_methods:
+                refused.append("method")
+            if not any_header and any(h and h not in allowed_headers for h in asked):
+                refused.append("headers")
+            if refused:
+                return error_response(400, f"CORS preflight refused: disallowed {', '.join(refused)}")
+            headers: dict[str, str] = {"Access-Control-Max-Age": str(cors.max_age)}
+            allow_origin(origin, headers)
+            headers["Access-Control-Allow-Methods"] = methods or wanted.upper()
+            if any_header or cors.allow_headers:
+                given = request.headers.get("Access-Control-Request-Headers", "")
+                headers["Access-Control-Allow-Headers"] = given if any_header else ", ".join(cors.allow_headers)
+            return web.Response(status=200, text="OK", headers=headers)
+        response = await handler(request)
+        if origin_allowed(origin):
+            extra: dict[str, str] = {}
+            allow_origin(origin, extra)
+            if cors.expose_headers:
+                extra["Access-Control-Expose-Headers"] = ", ".join(cors.expose_headers)
+            response.headers.update(extra)
+        return response
+
+    return middleware
