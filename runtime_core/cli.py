@@ -107,7 +107,7 @@ def _progress(name: str, runtime: str, seconds: float, error: str | None) -> Non
 
 async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: ModelRepository) -> int:
     # Imported here, after the runtimes' templates started importing their frameworks.
-    from runtime_core.rest.app import close_connections, create_app, serve
+    from runtime_core.rest.app import close_connections, create_app, serve, serve_metrics
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -122,6 +122,15 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     except OSError as exc:
         print(f"runtime-core: cannot listen on {settings.host}:{settings.http_port}: {exc.strerror}", file=sys.stderr)
         return 1
+    metrics_runner = None
+    if settings.metrics_port is not None:
+        try:
+            metrics_runner, _ = await serve_metrics(app, settings.host, settings.metrics_port)
+        except OSError as exc:
+            where = f"{settings.host}:{settings.metrics_port}"
+            print(f"runtime-core: cannot listen on {where} (metrics): {exc.strerror}", file=sys.stderr)
+            await runner.cleanup()
+            return 1
     grpc_server = None
     if settings.grpc_enabled:
         from runtime_core.grpc.server import GrpcServer
@@ -133,6 +142,8 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
             print(f"runtime-core: cannot listen on {settings.host}:{settings.grpc_port} (gRPC)", file=sys.stderr)
             await grpc_server.stop(0)
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             return 1
     if settings.load_models_at_startup:
         _say(f"runtime-core {__version__}: loading models from {settings.model_repository}")
@@ -177,6 +188,8 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     # Keep-alive clients get up to a second to send one more request, answered "shutting
     # down" with Connection: close, rather than meet a closed socket (issue 13).
     await close_connections(runner, min(1.0, max(0.0, settings.shutdown_grace - (time.monotonic() - started))))
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     _say("runtime-core: stopped")
     return 0
 

@@ -96,6 +96,10 @@ class ServerSettings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     """TCP port of the V2 REST API (0 picks a free port)."""
 
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Also serve the Prometheus ``/metrics`` on this port (MLServer's key; its default is
+    8082). Unset: ``/metrics`` is served on ``http_port`` only."""
+
     grpc_port: int = Field(8081, ge=0, le=65535)
     """TCP port of the V2 gRPC API (0 picks a free port). ``MLSERVER_GRPC_PORT`` is read too,
     below ``RUNTIME_CORE_GRPC_PORT``."""
@@ -464,8 +468,7 @@ _MLSERVER_IGNORED = {
     "extensions": "the extensions list is the server's own",
     "root_path": "routes are served at the root",
     "grpc_max_message_length": "the message size limit is max_request_size",
-    "metrics_endpoint": "metrics are served at /metrics",
-    "metrics_port": "metrics are served at /metrics on http_port",
+    "metrics_endpoint": "metrics are served at /metrics (on http_port, and on metrics_port if set)",
     "metrics_rest_server_prefix": "metric names are runtime-core's own",
     "metrics_dir": "workers report metrics to the main process",
     "logging_settings": "use log_level and log_format",

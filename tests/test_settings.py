@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from runtime_core.settings import (
     load_model_settings,
     load_server_settings,
 )
-from runtime_core.testing import ServerProcess, wait_until, write_model
+from runtime_core.testing import ServerProcess, free_port, wait_until, write_model
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
@@ -371,12 +372,12 @@ def test_our_keys_win_over_mlserver_keys(tmp_path: Path) -> None:
 
 
 def test_mlserver_keys_without_equivalent_warn_once_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = _settings_json(tmp_path, {"metrics_port": 8082, "gzip_enabled": True, "http_port": 1})
+    path = _settings_json(tmp_path, {"metrics_dir": "/tmp/m", "gzip_enabled": True, "http_port": 1})
     assert load_server_settings(tmp_path).http_port == 1
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 2, lines
     assert all(line.startswith(f"{path}: MLServer setting ") for line in lines)
-    assert "'metrics_port'" in lines[0] and "'gzip_enabled'" in lines[1]
+    assert "'metrics_dir'" in lines[0] and "'gzip_enabled'" in lines[1]
 
 
 def test_mlserver_cors_settings_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -394,7 +395,7 @@ def test_mlserver_cors_settings_are_read(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_keys_neither_ours_nor_mlservers_stay_errors(tmp_path: Path) -> None:
-    path = _settings_json(tmp_path, {"metrics_port": 8082, "metrics_prot": 8082})
+    path = _settings_json(tmp_path, {"metrics_dir": "/tmp/m", "metrics_prot": 8082})
     with pytest.raises(SettingsError) as info:
         load_server_settings(tmp_path)
     assert info.value.message == f"{path}: unknown key 'metrics_prot'"
@@ -466,7 +467,10 @@ def test_mlserver_repository_and_symlinked_artifacts_in_a_real_server(tmp_path: 
     x, y = load_iris(return_X_y=True)
     root = tmp_path / "repo"
     root.mkdir()
-    _settings_json(root, {"debug": "false", "load_models_at_startup": True, "metrics_port": 8082})
+    metrics_port = free_port()
+    _settings_json(
+        root, {"debug": "false", "load_models_at_startup": True, "metrics_port": metrics_port, "gzip_enabled": True}
+    )
     for name, implementation, artifact in (
         ("mnist-svm", "mlserver_sklearn.SKLearnModel", "mnist-svm.joblib"),
         ("mushroom-xgboost", "mlserver_xgboost.XGBoostModel", "mushroom-xgboost.json"),
@@ -506,6 +510,9 @@ def test_mlserver_repository_and_symlinked_artifacts_in_a_real_server(tmp_path: 
         status, doc = server.post_json("/v2/models/escape/infer", body)
         assert status != 200, doc
         warnings = [line for line in server.output().splitlines() if "MLServer setting" in line]
-        assert len(warnings) == 1 and "'metrics_port'" in warnings[0], server.output()
+        assert len(warnings) == 1 and "'gzip_enabled'" in warnings[0], server.output()
+        # MLServer's metrics_port: Prometheus scrapes the same metrics there.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as resp:
+            assert resp.status == 200 and b"runtime_core_requests_total" in resp.read()
     finally:
         server.stop()

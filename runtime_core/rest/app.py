@@ -16,6 +16,7 @@ from aiohttp.typedefs import Middleware
 from runtime_core import __version__
 from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
+from runtime_core.rest.handlers import metrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
 from runtime_core.rest.middlewares import cors_middleware, drain_middleware, error_middleware
 from runtime_core.rest.requestlog import request_log_middleware
@@ -123,3 +124,16 @@ async def close_connections(runner: web.AppRunner, linger: float) -> None:
     while server is not None and server.connections and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     await runner.cleanup()
+
+
+async def serve_metrics(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """A second listener that serves only ``GET /metrics`` of ``app`` (``metrics_port``, where
+    MLServer users' Prometheus scrapes). Returns its runner and bound port."""
+    metrics_app = web.Application()
+    metrics_app[METRICS] = app[METRICS]
+    metrics_app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=app[SETTINGS].read_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    addresses = runner.addresses
+    return runner, int(addresses[0][1]) if addresses else port
