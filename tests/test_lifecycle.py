@@ -7,7 +7,6 @@ import json
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,16 @@ def infer(server: ServerProcess, model: str, **params: Any) -> tuple[int, Any]:
 def test_sigterm_finishes_accepted_requests_then_exits_0(tmp_path: Path, serve: Any) -> None:
     toy_model(tmp_path, "slow", parallel_workers=2, parameters={"extra": {"sleep": 0.2}})
     server = serve(tmp_path)
+    marker = tmp_path / "started"
     with concurrent.futures.ThreadPoolExecutor(12) as ex:
-        accepted = [ex.submit(infer, server, "slow") for _ in range(12)]  # 4 running, 8 queued
-        time.sleep(0.3)
+        # 2 workers x pipeline depth 2 take 4; the other 8 queue.
+        accepted = [ex.submit(infer, server, "slow", started_file=str(marker)) for _ in range(12)]
+        wait_until(lambda: marker.exists() and len(marker.read_text().split()) >= 2, 30, "both workers busy")
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
-        ready_status = server.get("/v2/health/ready")[0]
+        wait_until(lambda: server.get("/v2/health/ready")[0] == 400, 30, "readiness to turn false")
         late = infer(server, "slow")[0]
         results = [f.result()[0] for f in accepted]
     assert results == [200] * 12  # queued work was finished, not dropped
-    assert ready_status == 400
     assert late in (503, -1)
     assert server.proc.wait(timeout=30) == 0
 
@@ -62,10 +61,11 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
         settings = repo / "kept" / "model-settings.json"
         doc = json.loads(settings.read_text())
         doc["parameters"] = {"extra": {"revision": 2}}
-        time.sleep(0.3)
+        wait_until(lambda: len(statuses) >= 5, 20, "requests flowing before the change")
         settings.write_text(json.dumps(doc))
         wait_until(lambda: output(infer(server, "kept")[1], "loaded_in")[0] != before, 20, "the reload")
-        time.sleep(0.3)
+        reloaded = len(statuses)
+        wait_until(lambda: len(statuses) >= reloaded + 5, 20, "requests flowing after the reload")
     finally:
         stop.set()
         worker.join()

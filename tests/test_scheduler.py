@@ -1,7 +1,9 @@
 """Fair scheduling across models: order, shares, backpressure, deadlines, cancellation.
 
 These tests assert orders and counts of completions, never wall-clock speed.
-Toy models sleep in their workers to stand for slow and fast models.
+Toy models sleep in their workers to stand for slow and fast models. A test that needs a
+request running or queued first waits for it (the toy's ``started_file``, the queue depth
+in /metrics), never for a guessed time.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ import concurrent.futures
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from support import infer_body, output, toy_model
 
-from runtime_core.testing import ServerProcess
+from runtime_core.testing import ServerProcess, wait_until
 
 
 def post(server: ServerProcess, model: str, headers: dict[str, str] | None = None, **params: Any) -> tuple[int, Any]:
@@ -34,6 +36,22 @@ def calls(server: ServerProcess, model: str) -> int:
     status, (doc, _) = post(server, model)
     assert status == 200
     return int(output(doc, "calls")[0])
+
+
+def queued(server: ServerProcess, model: str) -> int:
+    """Requests waiting in the model's queue, from /metrics."""
+    status, body, _ = server.request("GET", "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == "runtime_core_queue_depth" and sample.labels.get("model") == model:
+                return int(sample.value)
+    return 0
+
+
+def started(marker: Path, count: int = 1) -> bool:
+    """The toy's ``started_file`` shows ``count`` calls begun."""
+    return marker.exists() and len(marker.read_text().split()) >= count
 
 
 class Recorder:
@@ -55,7 +73,7 @@ def test_a_fast_model_is_served_before_a_slow_models_backlog_drains(tmp_path: Pa
     rec = Recorder()
     with concurrent.futures.ThreadPoolExecutor(16) as ex:
         slow = [ex.submit(rec.run, server, "slow") for _ in range(10)]
-        time.sleep(0.3)  # the slow backlog is queued
+        wait_until(lambda: queued(server, "slow") >= 7, 30, "the slow backlog to be queued")
         fast = [ex.submit(rec.run, server, "fast") for _ in range(5)]
         statuses = [f.result() for f in slow + fast]
     assert set(statuses) == {200}
@@ -100,9 +118,10 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(tmp_path: Path, serve
 def test_an_expired_deadline_never_reaches_the_runtime(tmp_path: Path, serve: Any) -> None:
     toy_model(tmp_path, "slow", parallel_workers=1, parameters={"extra": {"sleep": 0.5}})
     server = serve(tmp_path, env={"RUNTIME_CORE_PIPELINE_DEPTH": "1"})
+    marker = tmp_path / "started"
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        first = ex.submit(post, server, "slow")
-        time.sleep(0.1)
+        first = ex.submit(post, server, "slow", started_file=str(marker))
+        wait_until(lambda: started(marker), 30, "the first request to run")
         late = ex.submit(post, server, "slow", {"Request-Timeout": "0.1"})
         assert first.result()[0] == 200
         status, (doc, _) = late.result()
@@ -113,9 +132,10 @@ def test_an_expired_deadline_never_reaches_the_runtime(tmp_path: Path, serve: An
 def test_a_disconnected_clients_queued_request_is_dropped(tmp_path: Path, serve: Any) -> None:
     toy_model(tmp_path, "slow", parallel_workers=1, parameters={"extra": {"sleep": 0.6}})
     server = serve(tmp_path, env={"RUNTIME_CORE_PIPELINE_DEPTH": "1"})
+    marker = tmp_path / "started"
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        first = ex.submit(post, server, "slow")
-        time.sleep(0.15)
+        first = ex.submit(post, server, "slow", started_file=str(marker))
+        wait_until(lambda: started(marker), 30, "the first request to run")
         body = json.dumps(infer_body([1.0])).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(
@@ -123,7 +143,7 @@ def test_a_disconnected_clients_queued_request_is_dropped(tmp_path: Path, serve:
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            time.sleep(0.15)  # queued behind the first request
+            wait_until(lambda: queued(server, "slow") == 1, 30, "the second request to queue behind the first")
         assert first.result()[0] == 200
     assert calls(server, "slow") == 2  # the abandoned request never ran
 
@@ -134,7 +154,7 @@ def test_unloading_a_model_with_queued_requests_answers_them_all(tmp_path: Path,
     server = serve(tmp_path, env={"RUNTIME_CORE_PIPELINE_DEPTH": "1"})
     with concurrent.futures.ThreadPoolExecutor(12) as ex:
         pending = [ex.submit(post, server, "slow") for _ in range(10)]
-        time.sleep(0.3)
+        wait_until(lambda: queued(server, "slow") >= 5, 30, "requests queued for the model")
         status, _ = server.post_json("/v2/repository/models/slow/unload", timeout=30)
         results = [f.result(timeout=30)[0] for f in pending]
     assert status == 200
@@ -146,9 +166,10 @@ def test_unloading_a_model_with_queued_requests_answers_them_all(tmp_path: Path,
 def test_the_v2_timeout_parameter_is_honoured_in_the_worker(tmp_path: Path, serve: Any) -> None:
     toy_model(tmp_path, "slow", parallel_workers=1, parameters={"extra": {"sleep": 0.5}})
     server = serve(tmp_path, env={"RUNTIME_CORE_PIPELINE_DEPTH": "2"})
+    marker = tmp_path / "started"
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
-        first = ex.submit(post, server, "slow")
-        time.sleep(0.1)
+        first = ex.submit(post, server, "slow", started_file=str(marker))
+        wait_until(lambda: started(marker), 30, "the first request to run")
         late = ex.submit(post, server, "slow", timeout=100_000)  # microseconds, as in Triton
         assert first.result()[0] == 200
         status, (doc, _) = late.result()
