@@ -1,8 +1,5 @@
-"""The shipped gRPC messages: generated from our .proto, and wire-compatible with Triton's.
-
-The generated modules are never imported here: Triton's generated module (imported
-for the comparison) registers the same ``inference.*`` symbols.
-"""
+"""The shipped gRPC messages: generated from our .proto, wire-compatible with Triton's, and
+importable beside Triton's generated module (which registers the same ``inference.*`` names)."""
 
 from __future__ import annotations
 
@@ -70,3 +67,18 @@ def test_every_message_and_rpc_matches_tritons_grpc_service(tmp_path: Path) -> N
     for method in service.method:
         assert methods[method.name] == (method.input_type, method.output_type), method.name
 
+
+
+def test_our_messages_live_beside_tritons_and_read_each_others_bytes() -> None:
+    from runtime_core.proto import grpc_service_pb2 as mine
+
+    request = triton.ModelInferRequest(model_name="m", id="7", raw_input_contents=[b"\x00\x00\x80?"])
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    request.parameters["timeout"].int64_param = 5
+    decoded = mine.ModelInferRequest.FromString(request.SerializeToString())
+    assert (decoded.model_name, decoded.id, list(decoded.inputs[0].shape)) == ("m", "7", [1])
+    assert decoded.parameters["timeout"].int64_param == 5
+    reply = mine.ModelInferResponse(model_name="m", raw_output_contents=[b"\x01"])
+    reply.outputs.add(name="y", datatype="BOOL", shape=[1])
+    back = triton.ModelInferResponse.FromString(reply.SerializeToString())
+    assert (back.outputs[0].name, list(back.raw_output_contents)) == ("y", [b"\x01"])

@@ -4,6 +4,12 @@ Usage: ``python -m runtime_core.proto.generate [OUTPUT_FOLDER]`` (default: this 
 folder). Needs grpcio-tools (the ``lint`` extra). Only message code is generated, no
 service stubs: the service is registered by :mod:`runtime_core.grpc` with grpcio's
 generic handlers, so these modules import ``google.protobuf`` alone.
+
+One edit follows protoc: the modules add their descriptors to a pool of their own
+instead of protobuf's default pool. tritonclient's and KServe's generated modules
+register the same ``inference.*`` names in the default pool, and a second
+registration there fails with "duplicate symbol"; with a pool of our own, a process
+(a test, or a runtime that is itself a Triton client) can import theirs and ours.
 """
 
 from __future__ import annotations
@@ -31,7 +37,18 @@ def generate(output: Path) -> list[Path]:
             if code != 0:
                 raise RuntimeError(f"protoc failed on {name} with exit code {code}")
     stems = [name.removesuffix(".proto") + "_pb2" for name in PROTOS]
+    for stem in stems:
+        module = output / f"{stem}.py"
+        code_text = module.read_text()
+        if code_text.count(_DEFAULT_POOL) != 1:
+            raise RuntimeError(f"{module.name}: protoc's output changed shape; cannot give it its own pool")
+        module.write_text(code_text.replace(_DEFAULT_POOL, _OWN_POOL))
     return [output / f"{stem}{ext}" for stem in stems for ext in (".py", ".pyi")]
+
+
+_DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
+# See the module docstring: a pool of our own, so other generated inference.* modules can coexist.
+_OWN_POOL = "_descriptor_pool.DescriptorPool().AddSerializedFile("
 
 
 def main(argv: list[str] | None = None) -> int:
