@@ -173,6 +173,11 @@ class ServerSettings(BaseSettings):
     access_log: bool = False
     """Log one line per HTTP request (aiohttp's access log, logger ``aiohttp.access``)."""
 
+    tracing: bool = False
+    """Make an OpenTelemetry span per inference request, child of the caller's ``traceparent``,
+    with ``queue`` and ``compute`` child spans (needs the ``tracing`` extra; spans go to the
+    tracer provider the application configured)."""
+
     request_log: bool = False
     """Log one JSON line per inference request (logger ``runtime_core.requests``): model,
     version, status, request id, bytes in and out, queue, compute and total milliseconds."""

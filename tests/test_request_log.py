@@ -62,6 +62,7 @@ def test_one_line_per_inference_with_times_that_add_up(tmp_path: Path, serve: An
     assert (bad["model"], bad["version"], bad["status"]) == ("echo", "1", 400)
     assert bad["queue_ms"] is None and bad["compute_ms"] is None and bad["total_ms"] > 0
     assert (unknown["model"], unknown["status"]) == ("nope", 404)
+    assert "Warning" not in server.output()  # quiet otherwise: no library warning per request
 
 
 def test_off_by_default(tmp_path: Path, serve: Any) -> None:

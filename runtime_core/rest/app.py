@@ -34,6 +34,10 @@ def create_app(
     middlewares: list[Middleware] = [drain_middleware, error_middleware]
     if settings.cors_settings is not None:  # errors and shutdown answers get the CORS headers too
         middlewares.insert(0, cors_middleware(settings.cors_settings))
+    if settings.tracing:
+        from runtime_core.rest.tracing import tracing_middleware  # the optional 'tracing' extra
+
+        middlewares.insert(0, tracing_middleware())
     if settings.request_log:
         middlewares.insert(0, request_log_middleware())
     app = web.Application(client_max_size=settings.max_request_size, middlewares=middlewares)

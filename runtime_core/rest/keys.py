@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from runtime_core.dataplane import DataPlane
+from runtime_core.envelope import Outcome
 from runtime_core.metrics import ServerMetrics
 from runtime_core.settings import ServerSettings
 from runtime_core.stats import ServerStatistics
@@ -16,5 +19,6 @@ METRICS = web.AppKey("metrics", ServerMetrics)
 STATISTICS = web.AppKey("statistics", ServerStatistics)
 #: The OpenAPI document (JSON bytes), read once at startup.
 OPENAPI = web.AppKey("openapi", bytes)
-#: Request key: the worker's :class:`~runtime_core.envelope.Outcome` of an inference, for the request log.
-OUTCOME = "runtime_core.outcome"
+#: Request key: the worker's :class:`~runtime_core.envelope.Outcome` of an inference, for the
+#: request log and tracing. aiohttp 3.14 added typed request keys and warns about plain strings.
+OUTCOME: Any = web.RequestKey("outcome", Outcome) if hasattr(web, "RequestKey") else "runtime_core.outcome"
