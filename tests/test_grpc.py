@@ -450,6 +450,24 @@ def test_sigterm_lets_grpc_calls_in_flight_finish(tmp_path: Path, serve: Any) ->
         client.close()
 
 
+def test_health_is_not_serving_until_the_models_are_loaded(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "late", parallel_workers=1, parameters={"extra": {"load_sleep": 5.0}})
+    server = serve(tmp_path, wait=False)
+
+    def check() -> Any:
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+
+    assert wait_until(check, 60, "the gRPC port") == health_pb2.HealthCheckResponse.NOT_SERVING
+    client = grpcclient.InferenceServerClient(url=server.grpc_url)
+    try:
+        assert client.is_server_live() and not client.is_server_ready()
+        server.wait_ready()
+        assert check() == health_pb2.HealthCheckResponse.SERVING and client.is_server_ready()
+    finally:
+        client.close()
+
+
 def test_grpc_can_be_switched_off(tmp_path: Path, serve: Any) -> None:
     toy_model(tmp_path, "a", parallel_workers=1)
     server = serve(tmp_path, args=["--no-grpc"])
