@@ -409,6 +409,39 @@ def _format_validation(error: ValidationError) -> str:
     return "; ".join(_format_validation_item(item) for item in error.errors())
 
 
+#: MLServer model keys without an equivalent: accepted and ignored, with one warning line
+#: per file and key (for the life of the process: repository scans repeat).
+_MLSERVER_MODEL_IGNORED = {
+    "warm_workers": "workers are started before the model is ready",
+    "cache_enabled": "responses are not cached",
+}
+_MLSERVER_PARAMETERS_IGNORED = {
+    "environment_path": "runtime-core does not switch Python environments",
+    "environment_tarball": "runtime-core does not unpack per-model environments",
+    "inference_pool_gid": "each model has its own worker group",
+    "autogenerate_inference_pool_gid": "each model has its own worker group",
+    "format": "the runtime reads the artifact's format from the file",
+}
+_warned: set[tuple[str, str]] = set()
+
+
+def _drop_mlserver_model_keys(raw: dict[str, Any], path: Path) -> None:
+    """Remove MLServer-only keys from a model's settings, warning once for each."""
+    found = [(raw, key, key, why) for key, why in _MLSERVER_MODEL_IGNORED.items() if key in raw]
+    parameters = raw.get("parameters")
+    if isinstance(parameters, dict):
+        found += [
+            (parameters, key, f"parameters.{key}", why)
+            for key, why in _MLSERVER_PARAMETERS_IGNORED.items()
+            if key in parameters
+        ]
+    for holder, key, where, why in found:
+        del holder[key]
+        if (str(path), where) not in _warned:
+            _warned.add((str(path), where))
+            log.warning("%s: MLServer setting %r is ignored: %s", path, where, why)
+
+
 def load_model_settings(path: Path) -> ModelSettings:
     """Read one ``model-settings.json``; errors name the file and the offending key."""
     try:
@@ -420,6 +453,7 @@ def load_model_settings(path: Path) -> ModelSettings:
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: must hold a JSON object", path=str(path))
     raw.setdefault("name", path.parent.name)
+    _drop_mlserver_model_keys(raw, path)
     try:
         settings = ModelSettings.model_validate(raw)
     except ValidationError as exc:

@@ -516,3 +516,25 @@ def test_mlserver_repository_and_symlinked_artifacts_in_a_real_server(tmp_path: 
             assert resp.status == 200 and b"runtime_core_requests_total" in resp.read()
     finally:
         server.stop()
+
+
+def test_mlserver_model_keys_are_ignored_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    doc = {
+        "name": "iris",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "warm_workers": True,
+        "parameters": {"uri": "./model.joblib", "format": "joblib", "environment_tarball": "./env.tar.gz"},
+    }
+    path = _model(tmp_path, "iris", doc)
+    for _ in range(3):  # repository scans read the file again and again
+        settings = load_model_settings(path)
+    assert settings.parameters.uri == "./model.joblib"
+    lines = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert len(lines) == 3, lines
+    assert all(line.startswith(f"{path}: MLServer setting ") for line in lines)
+    assert "'parameters.environment_tarball'" in lines[0] and "'parameters.format'" in lines[1]
+    assert "'warm_workers'" in lines[2]
+    # A key of neither server still fails the model.
+    typo = _model(tmp_path, "typo", {"runtime": "sklearn", "parameters": {"formatt": "joblib"}})
+    with pytest.raises(SettingsError, match=re.escape("unknown key 'parameters.formatt'")):
+        load_model_settings(typo)
