@@ -9,7 +9,7 @@ them from stored results without running anything:
 
 With no argument it reads the results published in ``benchmarks/published/`` and writes
 ``docs/img/bench-<kind>-<plot>.png``. The kind of a results file is the start of its name
-(``parallel``, ``fairness``, ``batching``, ``binary``, ``density``).
+(``parallel``, ``fairness``, ``batching``, ``binary``, ``density``, ``grpc``).
 """
 
 from __future__ import annotations
@@ -248,12 +248,40 @@ def plot_density(data: dict[str, Any], prefix: Path) -> list[Path]:
     return [_save(fig, prefix.with_name(prefix.name + ".png"))]
 
 
+# --------------------------------------------------------------------------- bench_grpc
+
+
+def plot_grpc(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("windows", [])
+    if not rows:
+        return []
+    groups = list(dict.fromkeys((r["server"], r["model"]) for r in rows))
+    protocols = (("rest-json", "REST JSON", "#9ca3af"), ("grpc", "gRPC", "#2563eb"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, key, title in (
+        (axes[0], "cpu_ms_per_req", "server CPU ms per request (log scale)"),
+        (axes[1], "rps", "requests/s"),
+    ):
+        for k, (protocol, label, color) in enumerate(protocols):
+            by = {(r["server"], r["model"]): r for r in rows if r["protocol"] == protocol}
+            xs = [i + (k - 0.5) * 0.38 for i, g in enumerate(groups) if g in by]
+            ax.bar(xs, [by[g][key] for g in groups if g in by], width=0.38, color=color, label=label)
+        ax.set_xticks(range(len(groups)), [f"{LABELS.get(s, s)}\n{m}" for s, m in groups], fontsize=8)
+        ax.set_title(title)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"REST JSON and gRPC, 16 calls in flight, a busy machine ({_subtitle(data)})", fontsize=10)
+    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "parallel": plot_parallel,
     "fairness": plot_fairness,
     "batching": plot_batching,
     "binary": plot_binary,
     "density": plot_density,
+    "grpc": plot_grpc,
 }
 
 
