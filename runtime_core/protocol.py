@@ -48,6 +48,7 @@ __all__ = [
     "RequestedOutput",
     "Tensor",
     "TensorSpec",
+    "checked_output",
     "datatype_of",
     "decode_base64",
     "decode_request",
@@ -577,7 +578,7 @@ def _output_error(model_name: str, tensor: Tensor, problem: str) -> InferenceFai
     )
 
 
-def _checked_output(tensor: Tensor, model_name: str) -> np.ndarray[Any, Any]:
+def checked_output(tensor: Tensor, model_name: str) -> np.ndarray[Any, Any]:
     """The output's data as its declared datatype: converted when every value survives the
     conversion, else :class:`InferenceFailed` naming the model and the output (a 500: the
     runtime broke its own declaration, the request is fine)."""
@@ -675,7 +676,7 @@ def encode_response(
         params = dict(tensor.parameters)
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         asked = wanted.get(tensor.name, _NO_PARAMETERS)
-        data = _checked_output(tensor, model_name)
+        data = checked_output(tensor, model_name)
         if data is not tensor.data:
             tensor = Tensor(tensor.name, data, tensor.datatype, tensor.parameters)
         if asked or params or default_content is not None:

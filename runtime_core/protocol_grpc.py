@@ -55,6 +55,7 @@ from runtime_core.protocol import (
     _decode_content,
     _encode_content,
     _shape,
+    checked_output,
 )
 
 __all__ = ["GrpcInferenceRequest", "decode_grpc_request", "encode_grpc_response", "route"]
@@ -282,7 +283,9 @@ def encode_grpc_response(
         out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         params = dict(tensor.parameters)
         asked = wanted.get(tensor.name) or {}
-        data = tensor.data
+        data = checked_output(tensor, model_name)  # the same datatype rule as REST (issue 13)
+        if data is not tensor.data:
+            tensor = Tensor(tensor.name, data, tensor.datatype, tensor.parameters)
         if asked or params or default_content is not None:
             data = _encode_content(tensor, asked, default_content, params)
         if params:

@@ -783,3 +783,27 @@ def test_nan_and_infinity_are_the_same_values_in_json_and_binary(datatype: str) 
     _, tail, _ = encode([Tensor("y", values)], InferenceRequest([], parameters={"binary_data_output": True}))
     from_binary = np.frombuffer(tail, DATATYPES[datatype])
     assert same(from_json, values) and same(from_binary, values)
+
+
+@pytest.mark.parametrize(("data", "datatype"), [(np.array([1.5]), "INT8"), (np.array([1.0]), "FP8")])
+def test_grpc_outputs_follow_the_same_datatype_rule(data: np.ndarray[Any, Any], datatype: str) -> None:
+    from runtime_core.protocol_grpc import encode_grpc_response
+
+    with pytest.raises(InferenceFailed, match="model 'churn': output 'y'"):
+        encode_grpc_response(
+            InferenceResponse([Tensor("y", data, datatype)]), model_name="churn", model_version=None,
+            request=InferenceRequest([]),
+        )
+
+
+def test_grpc_outputs_convert_when_every_value_survives() -> None:
+    from runtime_core.proto.grpc_service_pb2 import ModelInferResponse
+    from runtime_core.protocol_grpc import encode_grpc_response
+
+    body = encode_grpc_response(
+        InferenceResponse([Tensor("y", np.array([1.0, -2.0]), "INT8")]), model_name="m", model_version=None,
+        request=InferenceRequest([]),
+    )
+    message = ModelInferResponse.FromString(body)
+    assert message.outputs[0].datatype == "INT8"
+    assert np.frombuffer(message.raw_output_contents[0], np.int8).tolist() == [1, -2]
