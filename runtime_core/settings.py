@@ -161,8 +161,9 @@ class ServerSettings(BaseSettings):
 
     read_timeout: float = Field(30.0, gt=0)
     """Seconds a client has to send a request's headers (counted from the connection or the
-    previous response, so it also closes idle keep-alive connections) and, separately, its
-    body. A connection too slow with its headers is closed; a body too slow is answered 408."""
+    previous response, so it also closes idle keep-alive connections), and the longest pause
+    while it sends the body. A connection too slow with its headers is closed; a body that
+    stalls longer is answered 408."""
 
     shutdown_grace: float = Field(30.0, ge=0)
     """Seconds that queued and running requests get to finish after SIGTERM or SIGINT."""

@@ -124,6 +124,28 @@ def test_a_body_slower_than_read_timeout_is_408(server: ServerProcess) -> None:
     _still_serves(server)
 
 
+def test_a_slow_but_steady_body_is_accepted(server: ServerProcess) -> None:
+    """read_timeout bounds pauses, not the whole body: 3 s of body, a piece every 0.25 s."""
+    data = ",".join(["1.5"] * 12)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [12], "datatype": "FP32", "data": "DATA"}]})
+    raw = body.replace('"DATA"', f"[{data}]").encode()
+    pieces = [raw[i : i + len(raw) // 12 + 1] for i in range(0, len(raw), len(raw) // 12 + 1)]
+    head = f"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+    paused = threading.Event()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head)
+        for piece in pieces:
+            paused.wait(0.25)  # a pause well under read_timeout (1 s)
+            sock.sendall(piece)
+        reply = b""
+        while not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert _status(reply) == 200, reply
+
+
 def test_large_bodies_are_answered_both_ways(server: ServerProcess) -> None:
     """A malformed 40 MiB body gets its 400, and a 40 MiB tensor comes back whole (binary in,
     binary out through the echo runtime)."""

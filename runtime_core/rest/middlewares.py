@@ -81,7 +81,7 @@ async def error_middleware(
         reason = {
             404: "not found",
             405: "method not allowed",
-            408: "the request body did not arrive within read_timeout",
+            408: "the request body stalled for longer than read_timeout",
             413: "request body too large",
         }.get(
             exc.status, exc.reason
