@@ -516,7 +516,7 @@ _MLSERVER_IGNORED = {
     "kafka_servers": "Kafka is not supported",
     "kafka_topic_input": "Kafka is not supported",
     "kafka_topic_output": "Kafka is not supported",
-    "tracing_server": "tracing is not supported",
+    "tracing_server": "set tracing: true and point OpenTelemetry's exporter (OTEL_* variables) at the collector",
     "cache_enabled": "responses are not cached",
     "cache_size": "responses are not cached",
     "gzip_enabled": "responses are not compressed",
