@@ -210,6 +210,33 @@ def test_shutdown_leaves_no_actor(server: ServerProcess) -> None:
     wait_until(lambda: not actors(), 60, "no actor of the server left in the cluster")
 
 
+def test_actors_that_cannot_be_placed_fail_the_load_cleanly(
+    cluster: dict[str, Any], model: dict[str, Any], tmp_path: Path, serve: Any
+) -> None:
+    """A custom resource no node has: the load fails after startup_timeout, naming what is
+    missing, and the pending actors are killed."""
+    root = tmp_path / "repo"
+    write_model(root / "nowhere", runtime="sklearn", backend="ray", parallel_workers=1, ray={"resources": {"tpu": 1}})
+    joblib.dump(model["forest"], root / "nowhere" / "model.joblib")
+    env = {
+        "RUNTIME_CORE_RAY_ADDRESS": cluster["cluster"].address,
+        "RUNTIME_CORE_GRPC_PORT": "0",
+        "RUNTIME_CORE_STARTUP_TIMEOUT": "3",
+    }
+    server = serve(root, env=env, wait=False)
+
+    def failed() -> dict[str, Any] | None:
+        try:
+            status, index = server.post_json("/v2/repository/index", {})
+        except OSError:
+            return None
+        return index[0] if status == 200 and index and index[0]["state"] == "UNAVAILABLE" else None
+
+    entry = wait_until(failed, 90, "the unplaceable model reported UNAVAILABLE")
+    assert "startup_timeout" in entry["reason"] and "tpu" in entry["reason"], entry
+    wait_until(lambda: not actors("nowhere"), 60, "the pending actor killed")
+
+
 def test_without_ray_a_clear_error(tmp_path: Path, serve: Any) -> None:
     """A Ray that cannot be imported: the model is UNAVAILABLE with the install command."""
     fake = tmp_path / "no-ray" / "ray"
