@@ -9,7 +9,7 @@ them from stored results without running anything:
 
 With no argument it reads the results published in ``benchmarks/published/`` and writes
 ``docs/img/bench-<kind>-<plot>.png``. The kind of a results file is the start of its name
-(``parallel``, ``fairness``, ``batching``, ``binary``, ``density``, ``grpc``).
+(``parallel``, ``fairness``, ``batching``, ``binary``, ``density``, ``grpc``, ``ray``).
 """
 
 from __future__ import annotations
@@ -275,6 +275,31 @@ def plot_grpc(data: dict[str, Any], prefix: Path) -> list[Path]:
     return [_save(fig, prefix.with_name(prefix.name + ".png"))]
 
 
+# --------------------------------------------------------------------------- bench_ray
+
+
+def plot_ray(data: dict[str, Any], prefix: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = data.get("rows", [])
+    if not rows:
+        return []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    backends = (("process", "local worker processes", RC), ("ray", "Ray actors", "#f59e0b"))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    panels = ((axes[0], "cpu_ms_per_req_less_idle", "CPU ms per request (log scale)"), (axes[1], "rps", "requests/s"))
+    for ax, key, title in panels:
+        for k, (backend, label, color) in enumerate(backends):
+            by = {r["model"]: r for r in rows if r.get("backend") == backend}
+            xs = [i + (k - 0.5) * 0.38 for i, m in enumerate(models) if m in by]
+            ax.bar(xs, [by[m][key] for m in models if m in by], width=0.38, color=color, label=label)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_title(title)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Ray backend against local workers, one machine ({_subtitle(data)})", fontsize=10)
+    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "parallel": plot_parallel,
     "fairness": plot_fairness,
@@ -282,6 +307,7 @@ PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "binary": plot_binary,
     "density": plot_density,
     "grpc": plot_grpc,
+    "ray": plot_ray,
 }
 
 
