@@ -54,6 +54,9 @@ SLOT_SECONDS = 2.0
 SLOTS = 150
 #: Seconds over which the headline req/s, p50 and p99 are computed.
 RECENT_SECONDS = 60.0
+#: With more models than this, only the busiest ones (requests in the timeline) get charts,
+#: so that a server with a thousand models sends and draws a bounded page.
+MAX_CHARTS = 24
 
 #: Upper bounds (seconds) of the latency buckets: 10 us to about 100 s, four per octave,
 #: so a percentile read from them is within 10 % of the true value.
@@ -324,10 +327,13 @@ class ServerStatistics:
         """
         now = self.clock()
         lanes = self.scheduler.stats()
-        models = [
-            self._model_status(record, lanes, now, reasons)
-            for record in sorted(self.repository.records(), key=lambda r: r.name)
-        ]
+        records = sorted(self.repository.records(), key=lambda r: r.name)
+        charted = {r.name for r in records}
+        if len(records) > MAX_CHARTS:
+            activity = {name: sum(s.success + sum(s.errors) for s in f.timeline) for name, f in self._models.items()}
+            busiest = sorted((n for n in charted if activity.get(n)), key=lambda n: -activity[n])
+            charted = set(busiest[:MAX_CHARTS])
+        models = [self._model_status(record, lanes, now, reasons, record.name in charted) for record in records]
         return {
             "server": {
                 "uptime": now - self.started,
@@ -339,9 +345,8 @@ class ServerStatistics:
             "models": models,
         }
 
-    def _model_status(self, record: ModelRecord, lanes: dict[str, Any], now: float, reasons: bool) -> dict[str, Any]:
-        f = self._models.get(record.name) or ModelFigures()
-        current = int(now // SLOT_SECONDS)
+    def _series(self, f: ModelFigures, current: int) -> dict[str, list[Any]]:
+        """The chart data: per slot of the last :data:`SLOTS`, requests/s, p50 and p99 (ms)."""
         first = current - SLOTS + 1
         by_index = {s.index: s for s in f.timeline if s.index >= first}
         times: list[float] = []
@@ -360,6 +365,13 @@ class ServerStatistics:
             p50, p99 = percentile(slot.latency, 0.5), percentile(slot.latency, 0.99)
             p50s.append(None if p50 is None else p50 * 1000)
             p99s.append(None if p99 is None else p99 * 1000)
+        return {"time": times, "requests_per_second": rates, "p50_ms": p50s, "p99_ms": p99s}
+
+    def _model_status(
+        self, record: ModelRecord, lanes: dict[str, Any], now: float, reasons: bool, chart: bool
+    ) -> dict[str, Any]:
+        f = self._models.get(record.name) or ModelFigures()
+        current = int(now // SLOT_SECONDS)
         recent = [s for s in f.timeline if s.index > current - RECENT_SECONDS / SLOT_SECONDS]
         latency = [sum(column) for column in zip(*(s.latency for s in recent), strict=True)] if recent else []
         # Over the last minute, or since start-up if that is shorter.
@@ -399,7 +411,7 @@ class ServerStatistics:
             "errors": {name: f.outcomes[i] for i, name in enumerate(OUTCOMES) if i != SUCCESS},
             "success": f.outcomes[SUCCESS],
             "trouble": trouble,
-            "series": {"time": times, "requests_per_second": rates, "p50_ms": p50s, "p99_ms": p99s},
+            "series": self._series(f, current) if chart else None,
         }
         if reasons:
             out["reason"] = record.reason

@@ -161,6 +161,32 @@ def test_the_page_shows_no_server_path(server: ServerProcess, root: Path) -> Non
     assert str(root) not in body.decode() and str(root.parent) not in body.decode()
 
 
+def test_with_many_models_only_the_busy_ones_are_charted(tmp_path: Path, serve: Any, browser: Any) -> None:
+    names = [f"m{i:02d}" for i in range(26)]  # more than stats.MAX_CHARTS (24)
+    for name in names:
+        write_model(tmp_path / name, name=name, runtime="echo")
+    server = serve(tmp_path, workers=0)
+    body = {"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}]}
+    for name in ("m03", "m17", "m17"):
+        status, _ = server.post_json(f"/v2/models/{name}/infer", body)
+        assert status == 200
+    status, data = server.get("/status.json")
+    assert status == 200 and [m["name"] for m in data["models"]] == names
+    assert {m["name"] for m in data["models"] if m["series"] is not None} == {"m03", "m17"}
+
+    tab = browser.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(server.url + "/")
+    cards = wait_until(
+        lambda: tab.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.model)"), message="the charts"
+    )
+    assert cards == ["m03", "m17"]
+    assert tab.locator("#models tbody tr").count() == 26
+    tab.close()
+    assert errors == []
+
+
 def test_a_setting_turns_the_page_off(root: Path, toy_site: Path, serve: Any) -> None:
     server = serve(root, workers=0, env={"RUNTIME_CORE_STATUS_PAGE": "false"})
     for path in ("/", "/status.json", "/static/status.js"):

@@ -155,6 +155,7 @@ function renderCharts(models) {
   const cards = new Map([...box.children].map((c) => [c.dataset.model, c]));
   const wanted = [];
   for (const m of models) {
+    if (!m.series) continue; // many models: only the busiest are charted
     let card = cards.get(m.name);
     if (!card) {
       card = document.createElement("div");
