@@ -151,15 +151,27 @@ class ProcessTree:
         self._cached: tuple[float, dict[str, Any]] | None = None
 
     @staticmethod
-    def _stat(pid: str) -> tuple[int, int, int] | None:
-        """(parent pid, CPU ticks, resident pages) of one process, or None if it is gone."""
+    def _stat(pid: str) -> tuple[int, int, int, int] | None:
+        """(parent pid, CPU ticks, resident pages, start in ticks after boot) of one process,
+        or None if it is gone."""
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 raw = f.read()
         except OSError:
             return None
         fields = raw[raw.rfind(b")") + 2 :].split()  # the command name may hold spaces
-        return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[21])
+        return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[21]), int(fields[19])
+
+    def _since_start(self, root: tuple[int, int, int, int], ticks: int) -> float | None:
+        """Cores used on average since the root process started (the first sample has no
+        previous one to compare with)."""
+        try:
+            with open("/proc/uptime", "rb") as f:
+                uptime = float(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        alive = uptime - root[3] / self._ticks
+        return ticks / self._ticks / alive if alive > 0 else None
 
     @staticmethod
     def _pss(pid: int) -> int | None:
@@ -173,7 +185,8 @@ class ProcessTree:
         return None
 
     def sample(self) -> dict[str, Any]:
-        """``{"processes", "cpu_cores", "memory_bytes"}``; ``cpu_cores`` is None on the first call."""
+        """``{"processes", "cpu_cores", "memory_bytes"}``. ``cpu_cores`` covers the time since the
+        previous sample (the first: since the server started)."""
         now = self._clock()
         if self._cached is not None and now - self._cached[0] < 1.0:
             return self._cached[1]
@@ -183,7 +196,7 @@ class ProcessTree:
             return {"processes": 0, "cpu_cores": None, "memory_bytes": None}
         stats = {int(p): s for p in pids if (s := self._stat(p)) is not None}
         children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in stats.items():
+        for pid, (ppid, *_) in stats.items():
             children.setdefault(ppid, []).append(pid)
         tree, todo = [], [os.getpid()]
         while todo:
@@ -197,7 +210,9 @@ class ProcessTree:
             pss = self._pss(pid)
             memory += pss if pss is not None else stats[pid][2] * self._page
         cpu = None
-        if self._last is not None and now > self._last[0]:
+        if self._last is None and os.getpid() in stats:
+            cpu = self._since_start(stats[os.getpid()], sum(ticks.values()))
+        elif self._last is not None and now > self._last[0]:
             before = self._last[1]
             used = sum(t - before.get(pid, t) for pid, t in ticks.items())  # new processes: from now on
             cpu = max(0.0, used / self._ticks / (now - self._last[0]))

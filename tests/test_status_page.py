@@ -107,6 +107,10 @@ def test_every_model_is_listed_with_its_state(page: Any, server: ServerProcess) 
     assert "trouble" in (page.get_attribute('.card[data-model="broken"]', "class") or "")
     assert "trouble" not in (page.get_attribute('#models tr[data-model="echo"]', "class") or "")
     assert page.text_content("#version") == "0.1.0"
+    # The process tree: the server and at least the template its workers are forked from.
+    assert int(page.text_content("#processes") or 0) >= 2
+    assert (page.text_content("#cpu") or "").endswith("% of a core")
+    assert (page.text_content("#memory") or "").endswith("MiB")
     assert (page.text_content("#url") or "").startswith(server.url)
     for link in ("/metrics", "/v2/docs/openapi.json"):
         assert page.locator(f'nav a[href="{link}"]').count() == 1
