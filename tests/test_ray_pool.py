@@ -130,6 +130,24 @@ def test_rest_and_tritonclient_answers(server: ServerProcess, model: dict[str, A
         client.close()
 
 
+def test_requests_waiting_for_an_actor_run_as_one_predict(server: ServerProcess, model: dict[str, Any]) -> None:
+    """Under concurrent load, what waits for an actor goes in one call and one ``predict``:
+    the statistics extension shows executions that served several requests."""
+
+    def batched() -> bool:
+        status, doc = server.get("/v2/models/forest/stats")
+        assert status == 200, doc
+        batches = doc["model_stats"][0]["batch_stats"]
+        return any(b["batch_size"] > 1 and b["compute_infer"]["count"] > 0 for b in batches)
+
+    load = Load(server, model["x"], clients=8)
+    try:
+        wait_until(batched, 60, "a predict call that served several requests")
+    finally:
+        statuses = load.finish()
+    assert set(statuses) == {200}, (statuses, load.bodies[:3])
+
+
 class Load:
     """Clients sending requests in a loop until stopped; counts answers by status."""
 
