@@ -12,6 +12,10 @@ CPU per request counts the server's whole process tree and, for ``ray``, also th
 head's whole tree (GCS, raylet, the actors, Ray's idle helpers): everything Ray adds is
 charged to it. Closed loop with wrk (C in flight), W s warm-up then D s window per row.
 
+Large bodies: the built-in ``echo`` model (one worker / one actor) echoes a binary FP32
+tensor of 1, 8 and 32 MiB in binary, one request at a time (median of 3): what carrying
+the bytes through Ray (its object store, for arguments this large) adds per MiB.
+
 Targets (issue 11): heavy with Ray >= 0.9x the process backend's req/s; light CPU per
 request with Ray <= 2x the process backend's.
 
@@ -26,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import models
+from bench_bodies import _bodies, _send
 from common import environment, infer_url, progress, publish, table, verdict
 from loadgen import ClosedLoop, run_loads
 from measure import CpuWindow
@@ -134,20 +140,33 @@ def measure(server: RuntimeCoreServer, ray_root: int | None, model: str, args: a
     return row
 
 
+def large_body(server: RuntimeCoreServer, mib: int, repeats: int) -> dict[str, Any]:
+    """A binary FP32 tensor of ``mib`` MiB echoed back in binary, one request at a time."""
+    body, headers = _bodies(mib)["binary request"]
+    runs = [_send(server.port, body, headers) for _ in range(repeats + 1)][1:]  # the first warms
+    if {status for status, _, _ in runs} != {200}:
+        raise RuntimeError(f"echo of {mib} MiB failed: {[status for status, _, _ in runs]}")
+    seconds = sorted(s for _, _, s in runs)[len(runs) // 2]
+    return {"mib": mib, "median_ms": 1000 * seconds, "runs_ms": [1000 * s for _, _, s in runs]}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "env": environment(), "rows": []}
-    head = RayHead(cpus=args.workers * len(MODELS))  # logical CPUs: one per actor
+    results: dict[str, Any] = {"args": dict(vars(args)), "env": environment(), "rows": [], "bodies": []}
+    head = RayHead(cpus=args.workers * len(MODELS) + 1)  # logical CPUs: one per actor (and echo's)
     try:
         head.wait()
         progress(f"Ray head at {head.address}")
         for backend in BACKENDS:
             repo = Path(tempfile.mkdtemp(prefix=f"bench-ray-{backend}-"))
             try:
+                extra: dict[str, Any] = {}
+                if backend == "ray":
+                    extra = {"backend": "ray", "ray": {"num_cpus": 1, "placement": "DEFAULT"}}
                 for model in MODELS:
-                    extra: dict[str, Any] = {}
-                    if backend == "ray":
-                        extra = {"backend": "ray", "ray": {"num_cpus": 1, "placement": "DEFAULT"}}
                     models.write_model(repo, model, workers=args.workers, **extra)
+                (repo / "echo").mkdir()
+                echo = {"runtime": "echo", "parallel_workers": 1, **extra}
+                (repo / "echo" / "model-settings.json").write_text(json.dumps(echo))
                 server = RuntimeCoreServer(repo, timeout=300)
                 if backend == "ray":
                     server.environment = lambda: {**os.environ, "RUNTIME_CORE_RAY_ADDRESS": head.address}  # type: ignore[method-assign]
@@ -163,6 +182,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             time.sleep(args.duration)
                         results["ray_idle_cores"] = idle.seconds / idle.wall
                         progress(f"ray: idle cluster uses {results['ray_idle_cores']:.2f} cores")
+                    for mib in args.body_sizes:
+                        row = large_body(server, mib, args.repeats)
+                        row.update(backend=backend)
+                        results["bodies"].append(row)
+                        progress(f"{backend} echo of {mib} MiB: {row['median_ms']:.0f} ms")
                     for model in MODELS:
                         row = measure(server, head.proc.pid if backend == "ray" else None, model, args)
                         row.update(backend=backend, model=model)
@@ -201,6 +225,23 @@ def render(results: dict[str, Any]) -> str:
     headers.append("main process CPU ms/req")
     lines.append(table(headers, body))
     lines[0] += f" The idle Ray cluster used {results.get('ray_idle_cores', math.nan):.2f} cores (measured apart)."
+    if results.get("bodies"):
+        by = {(b["backend"], b["mib"]): b for b in results["bodies"]}
+        sizes = sorted({b["mib"] for b in results["bodies"]})
+        lines += [
+            "",
+            "Large bodies: the built-in `echo` model (1 worker / 1 actor), a binary FP32 tensor echoed "
+            f"in binary, one request at a time, median of {a['repeats']} after one to warm up.",
+            "",
+            table(
+                ["MiB each way", "process ms", "ray ms", "ray extra ms per MiB"],
+                [
+                    [m, by[("process", m)]["median_ms"], by[("ray", m)]["median_ms"],
+                     (by[("ray", m)]["median_ms"] - by[("process", m)]["median_ms"]) / m]
+                    for m in sizes
+                ],
+            ),
+        ]
     heavy = rows[("ray", "heavy")]["rps"] / rows[("process", "heavy")]["rps"]
     light = rows[("ray", "light")]["cpu_ms_per_req_total"] / rows[("process", "light")]["cpu_ms_per_req_total"]
     results["ratios"] = {"heavy_rps": heavy, "light_cpu": light}
@@ -223,6 +264,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--quick", action="store_true", help="2 s warm-up, 5 s windows")
+    parser.add_argument("--body-sizes", type=int, nargs="*", default=[1, 8, 32], help="echo body sizes, MiB")
+    parser.add_argument("-r", "--repeats", type=int, default=3, help="requests per body size (median)")
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.duration = 2.0, 5.0

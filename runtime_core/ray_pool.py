@@ -68,9 +68,9 @@ _INSTALL_HINT = "the Ray pool backend needs Ray: pip install 'runtime-core[ray]'
 #: Remote calls in flight per actor. One: requests that arrive while an actor runs a call
 #: wait here and all go in its next call, which its batch loop runs as one ``predict``. A
 #: remote call costs far more CPU than a local frame, and models such as a 300-tree forest
-#: have a large fixed cost per ``predict``, so under load fewer, fuller calls win (with two
-#: calls per actor the benchmark's heavy model served 0.73x the process backend's req/s,
-#: with one 1.25x; docs/benchmarks.md). The price: the actor idles one round trip per call.
+#: have a large fixed cost per ``predict``, so under load fewer, fuller calls should win;
+#: in short trials up to 8 calls per actor measured no better (docs/benchmarks.md, Ray
+#: backend). The price: the actor idles one round trip per call.
 _CALLS_PER_ACTOR = 1
 
 #: Seconds an actor may take to unload when its model is unloaded, before it is killed.
