@@ -22,11 +22,11 @@ from runtime_core import __version__
 from runtime_core.dataplane import DataPlane, ServerState
 from runtime_core.errors import RuntimeCoreError
 from runtime_core.plugins import RuntimeRegistry, load_registry
+from runtime_core.processes import configure_logging
 from runtime_core.repository import ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings, load_server_settings
 from runtime_core.stats import ServerStatistics
-from runtime_core.worker import configure_logging
 
 log = logging.getLogger("runtime_core")
 

@@ -222,6 +222,37 @@ class ModelHandler:
             return [await self.run(r, time.perf_counter()) for r in group]
 
 
+async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> list[Outcome]:
+    """Decode each request on its own, run the decoded ones (merged where the runtime allows),
+    and return one outcome per envelope, in order. Never raises."""
+    started = time.perf_counter()
+    waited = _cpu_wait()
+    outcomes: list[Outcome | None] = [None] * len(envelopes)
+    decoded: list[InferenceRequest] = []
+    places: list[int] = []
+    decode_times: list[float] = []
+    for i, envelope in enumerate(envelopes):
+        decoding = time.perf_counter()
+        try:
+            decoded.append(handler.decode(envelope))
+            places.append(i)
+            decode_times.append(time.perf_counter() - decoding)
+        except Exception as exc:
+            outcomes[i] = handler._error(exc, started)
+    if decoded:
+        ran = await handler.run_batch(decoded, started)
+        for i, outcome, seconds in zip(places, ran, decode_times, strict=True):
+            outcome.decode = seconds
+            outcomes[i] = outcome
+    # Service time: wall time less the time this thread sat runnable waiting for a CPU, so a
+    # worker at low priority is not charged for being made to wait.
+    service = max(0.0, (time.perf_counter() - started) - (_cpu_wait() - waited)) / len(envelopes)
+    done = [o for o in outcomes if o is not None]
+    for outcome in done:
+        outcome.cpu = service
+    return done
+
+
 class BatchLoop:
     """Feeds a :class:`ModelHandler` from submitted request bytes; see the module docstring.
 
@@ -256,30 +287,8 @@ class BatchLoop:
                 if self.wait and len(self._pending) < self.limit:
                     await self._fill()
                 take = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
-                started = time.perf_counter()
-                waited = _cpu_wait()
-                done: list[tuple[asyncio.Future[Outcome], Outcome]] = []
-                decoded: list[InferenceRequest] = []
-                owners: list[asyncio.Future[Outcome]] = []
-                decode_times: list[float] = []
-                for future, envelope, _ in take:
-                    decoding = time.perf_counter()
-                    try:
-                        decoded.append(handler.decode(envelope))
-                        owners.append(future)
-                        decode_times.append(time.perf_counter() - decoding)
-                    except Exception as exc:
-                        done.append((future, handler._error(exc, started)))
-                if decoded:
-                    outcomes = await handler.run_batch(decoded, started)
-                    for outcome, seconds in zip(outcomes, decode_times, strict=True):
-                        outcome.decode = seconds
-                    done.extend(zip(owners, outcomes, strict=True))
-                # Service time: wall time less the time this thread sat runnable waiting for a
-                # CPU, so a worker at low priority is not charged for being made to wait.
-                service = max(0.0, (time.perf_counter() - started) - (_cpu_wait() - waited)) / len(take)
-                for future, outcome in done:
-                    outcome.cpu = service
+                outcomes = await run_envelopes(handler, [envelope for _, envelope, _ in take])
+                for (future, _, _), outcome in zip(take, outcomes, strict=True):
                     if not future.done():
                         future.set_result(outcome)
         while self._pending:

@@ -33,7 +33,8 @@ from prometheus_client.metrics_core import (
 )
 
 from runtime_core import errors
-from runtime_core.messages import Outcome
+from runtime_core.envelope import Outcome
+from runtime_core.pools.residency import COLD_START_BUCKETS
 from runtime_core.repository import ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
 
@@ -261,3 +262,36 @@ class ServerMetrics:
         yield load
         yield restarts
         yield workers
+        yield from self._residency_metrics()
+
+    def _residency_metrics(self) -> Iterator[Metric]:
+        """Density figures: resident models, live workers, spawns, retirements, evictions and
+        the cold-start (load on demand) latency, from the pools' residency book."""
+        residency = self.repository.residency
+        resident = GaugeMetricFamily(f"{PREFIX}_models_resident", "Models loaded in a host process now.")
+        resident.add_metric([], residency.resident)
+        resident_bytes = GaugeMetricFamily(
+            f"{PREFIX}_models_resident_bytes", "Memory the resident models took when they loaded (estimate)."
+        )
+        resident_bytes.add_metric([], residency.used)
+        live = GaugeMetricFamily(f"{PREFIX}_workers_live", "Dedicated worker processes of all models now.")
+        live.add_metric([], sum(r.pool.health().ready for r in self.repository.records() if r.pool is not None))
+        spawns = CounterMetricFamily(f"{PREFIX}_worker_spawns", "Dedicated workers started on demand.")
+        spawns.add_metric([], residency.spawns)
+        spawn_seconds = CounterMetricFamily(
+            f"{PREFIX}_worker_spawn_seconds", "Seconds from asking for a dedicated worker to its being ready, summed."
+        )
+        spawn_seconds.add_metric([], residency.spawn_seconds)
+        retirements = CounterMetricFamily(f"{PREFIX}_worker_retirements", "Dedicated workers retired when idle.")
+        retirements.add_metric([], residency.retirements)
+        evictions = CounterMetricFamily(f"{PREFIX}_evictions", "Models evicted to stay within memory_budget.")
+        evictions.add_metric([], residency.evictions)
+        cold = HistogramMetricFamily(
+            f"{PREFIX}_cold_start_seconds", "Seconds a model took to load into its host (at start or on demand)."
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip([*COLD_START_BUCKETS, float("inf")], residency.cold_starts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        cold.add_metric([], buckets, residency.cold_start_seconds)
+        yield from (resident, resident_bytes, live, spawns, spawn_seconds, retirements, evictions, cold)

@@ -27,9 +27,14 @@ from typing import Any
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
 from runtime_core.inference import client_message
 from runtime_core.layout import single_model
+from runtime_core.limits import memory_limit
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
-from runtime_core.pool import InProcessPool, ModelPool, ProcessPool, Templates
-from runtime_core.ray_pool import RayPool
+from runtime_core.pools.base import ModelPool
+from runtime_core.pools.inprocess import InProcessPool
+from runtime_core.pools.process import ProcessPool
+from runtime_core.pools.ray import RayPool
+from runtime_core.pools.residency import Residency
+from runtime_core.pools.templates import Templates
 from runtime_core.runtime import ModelMetadata, RuntimeContext
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
@@ -41,6 +46,11 @@ from runtime_core.settings import (
 )
 
 log = logging.getLogger("runtime_core.repository")
+
+
+def default_memory_budget() -> int:
+    """Half the memory of the machine, or of the container's cgroup limit when that is lower."""
+    return max((memory_limit() or 0) // 2, 64 * 1024 * 1024)
 
 
 class ModelState(StrEnum):
@@ -99,7 +109,9 @@ class ModelRepository:
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
-        self.templates = Templates(server.log_level)
+        self.templates = Templates(server.log_level, server.startup_timeout)
+        budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
+        self.residency = Residency(budget, self.templates, server.worker_timeout)
 
     # ------------------------------------------------------------------ discovery
 
@@ -204,8 +216,9 @@ class ModelRepository:
             entry,
             self.server,
             uri=str(uri) if uri else None,
-            load_limiter=self._limiter,
             templates=self.templates,
+            residency=self.residency,
+            lazy=self.server.lazy_load,
         )
 
     async def _load(self, settings: ModelSettings) -> ModelRecord:
@@ -222,7 +235,8 @@ class ModelRepository:
                 entry = self._entry(settings)
                 runtime_name = entry.name
                 pool = self._make_pool(settings, entry)
-                await pool.start()
+                async with self._limiter:
+                    await pool.start()
             except Exception as exc:
                 if not isinstance(exc, RuntimeCoreError):  # a bug, in a plugin or here: log it whole
                     log.error("model %r: unexpected error while loading", name, exc_info=True)
@@ -337,6 +351,7 @@ class ModelRepository:
             self._records[name].pool = None
             self._records[name].state = ModelState.UNAVAILABLE
             self._records[name].reason = "server stopped"
+        await self.residency.aclose()
         await self.templates.aclose()
 
     # ------------------------------------------------------------------ queries
@@ -365,6 +380,8 @@ class ModelRepository:
                 item["version"] = version
             item["state"] = record.state.value
             item["reason"] = record.reason
+            if record.pool is not None:
+                item["residency"] = record.pool.health().residency
             out.append(item)
         return out
 

@@ -73,14 +73,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull, ShuttingDown
 from runtime_core.limits import cpu_count
-
-if TYPE_CHECKING:  # annotations only: the pool module pulls in the worker and its codecs
-    from runtime_core.pool import ModelPool
+from runtime_core.pools.base import ModelPool
 
 _EWMA = 0.2
 _INITIAL_COST = 0.001

@@ -115,7 +115,8 @@ class ServerSettings(BaseSettings):
         # (populate_by_name) for flags and settings.json.
         validation_alias=AliasChoices("RUNTIME_CORE_PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"),
     )
-    """Default size of each model's worker group; 0 runs inference in the main process.
+    """Default most worker processes of each model (workers start as requests pile up and
+    retire when idle, see ``min_workers``); 0 runs inference in the main process.
     ``MLSERVER_MODEL_PARALLEL_WORKERS`` is read as an alias."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -135,6 +136,24 @@ class ServerSettings(BaseSettings):
 
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds a worker may spend on one request before it is killed and replaced."""
+
+    min_workers: int = Field(0, ge=0)
+    """Dedicated workers each model keeps even when idle (at most its ``parallel_workers``).
+    With 0, a quiet model is served by its runtime's shared host process and costs no
+    process of its own; workers are forked when its requests pile up."""
+
+    worker_idle_timeout: float = Field(30.0, gt=0)
+    """Seconds without a request after which a dedicated worker is retired (down to
+    ``min_workers``)."""
+
+    memory_budget: int | None = Field(None, ge=0)
+    """Bytes of loaded models kept resident; past it, the models idle longest are evicted
+    (and brought back on their next request). Default: half the memory of the machine or
+    of the container's cgroup limit."""
+
+    lazy_load: bool = False
+    """Load each model on its first request instead of at start: the server is ready at
+    once, however many models the repository holds."""
 
     max_concurrent_loads: int = Field(default_factory=cpu_count, ge=1)
     """How many models load at once, so that peak memory does not multiply."""
@@ -298,7 +317,11 @@ class ModelSettings(BaseModel):
     outputs: list[TensorSettings] = Field(default_factory=list)
 
     parallel_workers: int | None = Field(None, ge=0)
-    """Size of this model's worker group; default: the server's ``parallel_workers``."""
+    """Most worker processes this model may have (0: run in the main process); default: the
+    server's ``parallel_workers``."""
+
+    min_workers: int | None = Field(None, ge=0)
+    """Dedicated workers this model keeps even when idle; default: the server's ``min_workers``."""
 
     threads: int | None = Field(None, ge=1)
     """BLAS/OpenMP/xgboost threads per worker; default: cores divided among the workers."""
@@ -359,6 +382,9 @@ class ModelSettings(BaseModel):
 
     def workers(self, server: ServerSettings) -> int:
         return server.parallel_workers if self.parallel_workers is None else self.parallel_workers
+
+    def min_workers_for(self, server: ServerSettings) -> int:
+        return server.min_workers if self.min_workers is None else self.min_workers
 
     def thread_cap(self, server: ServerSettings) -> int:
         """Threads per worker: set explicitly, or the cores divided among this model's workers."""

@@ -27,7 +27,7 @@ from ray.cluster_utils import Cluster
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
-from runtime_core.ray_pool import NAMESPACE
+from runtime_core.pools.ray import NAMESPACE
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
 N_FEATURES = 4

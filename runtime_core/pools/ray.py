@@ -52,13 +52,14 @@ from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import InferenceFailed, ModelLoadError, SettingsError, WorkerDied
 from runtime_core.inference import BatchLoop, ModelHandler
 from runtime_core.plugins import RuntimeEntry, import_runtime
-from runtime_core.pool import BATCH_DEPTH, ModelPool, PoolHealth
+from runtime_core.pools.base import ModelPool, PoolHealth
+from runtime_core.pools.dispatch import BATCH_DEPTH
 from runtime_core.runtime import ModelMetadata, RuntimeContext
 from runtime_core.settings import ModelSettings, ServerSettings
 
 __all__ = ["NAMESPACE", "RayPool", "connect"]
 
-log = logging.getLogger("runtime_core.ray_pool")
+log = logging.getLogger("runtime_core.pools.ray")
 
 #: Ray namespace of every actor this server creates (actors are named ``<model>/<id>``).
 NAMESPACE = "runtime-core"
@@ -241,9 +242,8 @@ class RayPool(ModelPool):
         return _Actor(handle, name)
 
     async def _load(self, actor: _Actor) -> None:
-        metadata, seconds = await actor.handle.load.remote()
+        metadata, _seconds = await actor.handle.load.remote()
         self.metadata = metadata
-        self.load_time = max(self.load_time, seconds)
         actor.alive = True
         self._watch(actor)
 

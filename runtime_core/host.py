@@ -1,0 +1,317 @@
+"""Template processes: the root, and one host per runtime.
+
+Process tree::
+
+    main ──ctl──> root (rc-root)        imports every runtime in use, once; forks hosts
+      │             └─ fork ─> host (rc-h:<runtime>)   one per runtime in use
+      ├──ctl + data socket──────┘  │ holds that runtime's resident models (many),
+      │                            │ serves their requests while they have no worker,
+      │                            └─ fork ─> worker (rc-w<i>:<model>)  dedicated, elastic
+      └──data socket──────────────────────────┘
+
+The root starts with every BLAS/OpenMP pool capped at one thread, imports the
+runtimes and what their ``preload`` names, freezes its heap (``gc.freeze``) and forks
+a host per runtime on request. A host loads models on command (``LoadModel``), as
+many as the memory budget allows, and answers each with ``ModelLoaded`` (metadata, load
+time, the memory it took). It serves INFER frames for any of its models on its data
+socket, one batch per wake-up, grouped by model: this is how a thousand quiet models
+cost no process each. On ``SpawnWorker`` it forks a dedicated worker for one model,
+which inherits the loaded model (copy-on-write) and so starts in milliseconds.
+
+A host is a plain blocking loop over two sockets, never a running event loop, and forks
+only while it has a single thread; otherwise (a runtime started threads) the worker is
+a fresh interpreter that loads the model itself.
+
+Isolation: a crash or hang *inside* a host affects the requests of every model it is
+serving at that moment (each such request is retried once elsewhere or fails with 503)
+and the main process starts a new host; models reload into it on their next request.
+Dedicated workers are separate processes: a crash there affects only that worker's
+requests. Lifetimes: the root and hosts die with the main process (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from runtime_core.control import (
+    ForkHost,
+    HostForked,
+    HostReady,
+    LoadModel,
+    ModelLoaded,
+    ModelLoadFailed,
+    RootReady,
+    SpawnWorker,
+    Stop,
+    UnloadModel,
+    WorkerExited,
+    WorkerSpawned,
+)
+from runtime_core.errors import ModelNotReady
+from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, client_message, run_envelopes
+from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, reply_frame
+from runtime_core.plugins import import_runtime
+from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
+from runtime_core.runtime import Runtime
+from runtime_core.worker import WorkerSpec, metadata_of, run_worker
+
+log = logging.getLogger("runtime_core.host")
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
+        return 0
+
+
+def _send(ctl: socket.socket, message: Any, fds: list[int] | None = None) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    with contextlib.suppress(OSError):
+        if fds:
+            socket.send_fds(ctl, [data], fds)
+        else:
+            ctl.send(data)
+
+
+class _Host:
+    """The body of one host process (see the module docstring)."""
+
+    def __init__(self, ctl: socket.socket, data: socket.socket) -> None:
+        self.ctl = ctl
+        self.data = data
+        self.models: dict[int, tuple[WorkerSpec, Runtime, ModelHandler]] = {}
+        self.loop = asyncio.new_event_loop()  # never running between batches, so forks are clean
+        self.reader = FrameReader()
+
+    def _reap(self, signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _send(self.ctl, WorkerExited(pid, status))
+
+    # ------------------------------------------------------------------ commands
+
+    def load(self, command: LoadModel) -> None:
+        spec: WorkerSpec = command.spec
+        before = _resident_bytes()
+        started = time.perf_counter()
+        try:
+            runtime = spec.build(None)
+            self.loop.run_until_complete(runtime.load())
+        except Exception as exc:
+            log.error("model %r (%s): load failed", spec.name, spec.settings_path, exc_info=True)
+            _send(self.ctl, ModelLoadFailed(command.slot, client_message(str(exc))))
+            return
+        self.models[command.slot] = (spec, runtime, ModelHandler(runtime, spec.max_elements))
+        gc.freeze()  # what is loaded now stays untouched by the collector: forks share its pages
+        seconds = time.perf_counter() - started
+        grown = max(0, _resident_bytes() - before)
+        _send(self.ctl, ModelLoaded(command.slot, metadata_of(runtime), seconds, grown))
+
+    def unload(self, command: UnloadModel) -> None:
+        entry = self.models.pop(command.slot, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(entry[1].unload())
+
+    def spawn(self, command: SpawnWorker, fd: int) -> None:
+        entry = self.models.get(command.slot)
+        if entry is None:  # unloaded meanwhile: pid 0 tells the main process
+            os.close(fd)
+            _send(self.ctl, WorkerSpawned(command.slot, command.index, 0))
+            return
+        spec, runtime, _ = entry
+        if thread_count() == 1:
+            pid = os.fork()
+            if pid == 0:
+                self.ctl.close()
+                self.data.close()
+                self.loop.close()
+                shared = runtime if type(runtime).share_loaded_model else None
+                run_worker(socket.socket(fileno=fd), spec, command.index, shared)
+        else:  # forking a process with threads is unsafe: start a fresh interpreter
+            child = subprocess.Popen(
+                [sys.executable, "-m", "runtime_core.worker", "--worker", str(fd), str(command.index)],
+                pass_fds=[fd],
+                stdin=subprocess.PIPE,
+            )
+            assert child.stdin is not None
+            child.stdin.write(pickle.dumps(spec))
+            child.stdin.close()
+            pid = child.pid
+        os.close(fd)
+        _send(self.ctl, WorkerSpawned(command.slot, command.index, pid))
+
+    # ------------------------------------------------------------------ requests
+
+    def serve(self, frames: list[tuple[int, int, memoryview]]) -> None:
+        by_slot: dict[int, list[tuple[int, Any]]] = {}
+        for kind, request_id, payload in frames:
+            if kind == INFER:
+                slot, envelope = parse_infer(payload)
+                by_slot.setdefault(slot, []).append((request_id, envelope))
+        out: list[bytes] = []
+        for slot, items in by_slot.items():
+            entry = self.models.get(slot)
+            if entry is None:
+                gone = Outcome(ModelNotReady.code, b"the model is not loaded")
+                for request_id, _ in items:
+                    out.extend(reply_frame(request_id, gone))
+                continue
+            handler = entry[2]
+            for start in range(0, len(items), DEFAULT_COALESCE):
+                chunk = items[start : start + DEFAULT_COALESCE]
+                outcomes = self.loop.run_until_complete(run_envelopes(handler, [e for _, e in chunk]))
+                for (request_id, _), outcome in zip(chunk, outcomes, strict=True):
+                    out.extend(reply_frame(request_id, outcome))
+        if out:
+            self.data.sendall(b"".join(out))
+
+    def run(self) -> None:
+        signal.signal(signal.SIGCHLD, self._reap)
+        selector = selectors.DefaultSelector()
+        selector.register(self.ctl, selectors.EVENT_READ, "ctl")
+        selector.register(self.data, selectors.EVENT_READ, "data")
+        self.data.setblocking(False)
+        _send(self.ctl, HostReady(os.getpid()))
+        while True:
+            for key, _ in selector.select():
+                if key.data == "ctl":
+                    self._command()
+                else:
+                    self._read()
+
+    def _command(self) -> None:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 20, 4)
+        except OSError:
+            message, fds = b"", []
+        if not message:
+            os._exit(0)
+        command = pickle.loads(message)
+        if isinstance(command, LoadModel):
+            self.load(command)
+        elif isinstance(command, UnloadModel):
+            self.unload(command)
+        elif isinstance(command, SpawnWorker):
+            self.spawn(command, fds[0])
+        elif isinstance(command, Stop):
+            os._exit(0)
+
+    def _read(self) -> None:
+        frames: list[tuple[int, int, memoryview]] = []
+        while True:
+            try:
+                chunk = self.data.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                os._exit(0)
+            frames.extend(self.reader.feed(chunk))
+            if len(chunk) < 1 << 20:
+                break
+        self.data.setblocking(True)  # replies are written whole
+        try:
+            self.serve(frames)
+        finally:
+            self.data.setblocking(False)
+
+
+def _run_host(ctl: socket.socket, data: socket.socket, import_path: str, log_level: str) -> None:
+    """Body of a host, however it was started. Never returns."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(log_level)
+    name = import_runtime(import_path).name if import_path else "host"
+    set_process_name(f"rc-h:{name}")
+    try:
+        _Host(ctl, data).run()
+    except Exception:
+        log.exception("host of %s crashed", import_path)
+    os._exit(1)
+
+
+def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: str) -> None:
+    """The root template: imports the runtimes (comma-separated import paths) and what their
+    ``preload`` names once, then forks one host per runtime on request."""
+    set_parent_death_signal()
+    if os.getppid() != expected_parent:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(log_level)
+    ctl = socket.socket(fileno=ctl_fd)
+    set_process_name("rc-root")
+    for import_path in import_paths.split(","):
+        try:
+            import_runtime(import_path).preload()
+        except Exception:  # that runtime's host will import it itself, and report
+            log.warning("runtime %s failed to preload", import_path, exc_info=True)
+    fork_safe = thread_count() == 1
+    gc.collect()
+    gc.freeze()
+    _send(ctl, RootReady(fork_safe))
+    if not fork_safe:
+        os._exit(0)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # hosts are reaped by the kernel
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
+        except OSError:
+            message, fds = b"", []
+        if not message:
+            os._exit(0)
+        command = pickle.loads(message)
+        if not isinstance(command, ForkHost) or len(fds) != 2:
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            ctl.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            set_parent_death_signal()
+            ctl_end, data_end = socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
+            _run_host(ctl_end, data_end, command.import_path, command.log_level)
+        for fd in fds:
+            os.close(fd)
+        _send(ctl, HostForked(pid))
+
+
+def host_main(ctl_fd: int, data_fd: int, expected_parent: int, import_path: str, log_level: str) -> None:
+    """A host started as a fresh interpreter (when the root cannot fork)."""
+    set_parent_death_signal()
+    if os.getppid() != expected_parent:
+        os._exit(1)
+    _run_host(socket.socket(fileno=ctl_fd), socket.socket(fileno=data_fd), import_path, log_level)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--root"]:
+        root_main(int(argv[1]), int(argv[2]), argv[3], argv[4])
+    elif argv[:1] == ["--host"]:
+        host_main(int(argv[1]), int(argv[2]), int(argv[3]), argv[4], argv[5])
+    else:
+        sys.exit("runtime_core.host is started by the server, not by hand")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,121 @@
+"""The main process's end of one data socket: to a dedicated worker or to a host.
+
+Requests go out as INFER frames (the envelope's payload is not copied), flushed once
+per event-loop turn so that requests dispatched together reach the process in one
+write and run as one batch. Replies come back as REPLY frames and resolve the
+request's future; the request's owner (its model's pool) is told, so it can free
+capacity. When the socket closes (the process died, by any signal), ``on_lost`` gets
+the connection with its unanswered requests still in ``pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from runtime_core.envelope import Envelope, Outcome
+from runtime_core.errors import WorkerDied
+from runtime_core.messages import CONTROL, REPLY, FrameReader, infer_frame, parse_control, parse_reply
+
+
+class Owner(Protocol):
+    def request_done(self, outcome: Outcome) -> None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    future: asyncio.Future[Outcome]
+    envelope: Envelope
+    owner: Owner
+    slot: int
+    sent_at: float
+    retried: bool = False
+
+
+class Connection(asyncio.Protocol):
+    """One data socket (see the module docstring)."""
+
+    def __init__(self, index: int, on_lost: Callable[[Connection], None]) -> None:
+        self.index = index
+        self.pid = 0
+        self.ready = False
+        self.alive = True
+        self.background = False
+        self.reader = FrameReader()
+        self.pending: dict[int, Pending] = {}
+        self.hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.outbox: list[bytes] = []
+        self.timed_out: set[int] = set()  # ids of Pending that ran past worker_timeout
+        self.last_used = 0.0  # loop time of the last request sent
+        self._on_lost = on_lost
+        self._next_id = 0
+
+    # --------------------------------------------------------------- dispatch policy view
+
+    @property
+    def load(self) -> int:
+        return len(self.pending)
+
+    overdue = False  # set by the pool's watchdog while the oldest request is overdue
+
+    # --------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = list(self.reader.feed(data))
+        except ValueError:
+            self.kill()
+            return
+        for kind, request_id, payload in frames:
+            if kind == REPLY:
+                pending = self.pending.pop(request_id, None)
+                if pending is None:
+                    continue
+                outcome = parse_reply(payload)
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
+                pending.owner.request_done(outcome)
+            elif kind == CONTROL and not self.hello.done():
+                self.hello.set_result(parse_control(payload))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        self.ready = False
+        if not self.hello.done():
+            self.hello.set_exception(WorkerDied("the worker exited before it was ready"))
+        self._on_lost(self)
+
+    # --------------------------------------------------------------- sending
+
+    def send(self, pending: Pending) -> None:
+        self._next_id += 1
+        self.pending[self._next_id] = pending
+        self.last_used = asyncio.get_running_loop().time()
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outbox.extend(infer_frame(self._next_id, pending.envelope, pending.slot))
+
+    def write(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(self.outbox)
+        self.outbox = []
+
+    def kill(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.transport is not None:
+            self.transport.abort()

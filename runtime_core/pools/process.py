@@ -1,0 +1,518 @@
+"""Local worker processes: one model's elastic group, on its runtime's shared host.
+
+Where a model's requests run::
+
+    scheduler ──submit──> ProcessPool ──┬─> dedicated workers (0..parallel_workers), if any are ready
+                                        └─> its runtime's host, while it has none
+
+A model is *resident* when its runtime's host holds it loaded. A resident model with
+no dedicated worker is served by the host, together with the runtime's other quiet
+models: a thousand tiny models cost one process, and a request to any of them needs no
+process to start. When a model's requests pile up (``SCALE_UP_AT`` in flight on the
+host, or twice as many as it has workers), a dedicated worker is forked from the host,
+which already holds the model, so it starts in milliseconds; up to ``parallel_workers``.
+A dedicated worker that has had no request for ``worker_idle_timeout`` is retired, down
+to ``min_workers``.
+
+Bounds: the scheduler never submits past ``capacity``: the dispatch policy's depth per
+ready worker, or one batch's depth on the host. An evicted model (see
+:mod:`runtime_core.pools.residency`) has a capacity of one: its first request brings it
+back and waits here, the others wait in the scheduler's queue, where queue limits apply.
+
+Failures:
+
+* **Worker death** (any signal, OOM, exit) shows as EOF on its socket at once. Its
+  requests are sent once more to another worker or the host, or fail with
+  :class:`~runtime_core.errors.WorkerDied` (503) if none can take them or they were
+  already retried. It is replaced.
+* **Host death**: the requests it held for this model are retried once on a dedicated
+  worker or fail with 503; the model becomes evicted, and its next request loads it into
+  a new host. Dedicated workers keep serving.
+* **Hangs**: a request running longer than ``worker_timeout`` gets its worker (or host)
+  SIGKILLed; that request fails with :class:`~runtime_core.errors.DeadlineExceeded` (it
+  is not retried: it may be the cause), the others are retried as above. While a worker's
+  oldest request is overdue, dispatch prefers its siblings.
+* **Deadlines** of a request waiting for its model to come back are kept: it fails with
+  ``DeadlineExceeded`` when its deadline passes, without waiting for the load.
+* **Cancel**: cancelling a submitted future does not stop the worker; its reply is
+  dropped when it comes.
+* **aclose**: waits for in-flight requests (up to ``grace``), fails waiting ones, asks
+  each worker to unload and exit, unloads the model from the host; processes that do not
+  exit in time are killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.envelope import Envelope, Outcome
+from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, RuntimeCoreError, WorkerDied
+from runtime_core.limits import cpu_count
+from runtime_core.messages import control_frame
+from runtime_core.plugins import RuntimeEntry
+from runtime_core.pools.base import ModelPool, PoolHealth
+from runtime_core.pools.connection import Connection, Pending
+from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
+from runtime_core.pools.templates import Host, Templates
+from runtime_core.protocol import TensorSpec
+from runtime_core.runtime import ModelMetadata
+from runtime_core.settings import ModelSettings, ServerSettings
+from runtime_core.worker import WorkerSpec
+
+if TYPE_CHECKING:
+    from runtime_core.pools.residency import Residency
+
+log = logging.getLogger("runtime_core.pools")
+
+#: Requests of one model in flight on its host that make it ask for a dedicated worker.
+SCALE_UP_AT = 4
+
+RESIDENT, LOADING, EVICTED = "resident", "loading", "evicted"
+
+
+def _declared(settings: ModelSettings) -> ModelMetadata:
+    return ModelMetadata(
+        inputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in settings.inputs],
+        outputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in settings.outputs],
+        platform=settings.platform,
+    )
+
+
+class ProcessPool(ModelPool):
+    """One model's elastic group of worker processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: ModelSettings,
+        entry: RuntimeEntry,
+        server: ServerSettings,
+        *,
+        uri: str | None,
+        templates: Templates,
+        residency: Residency,
+        lazy: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.server = server
+        self.max_workers = max(1, settings.workers(server))
+        self.min_workers = min(self.max_workers, settings.min_workers_for(server))
+        self.idle_timeout = server.worker_idle_timeout
+        depth = max(server.pipeline_depth, settings.max_batch_size)
+        self.dispatch = Dispatch(
+            bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), cpu_count()
+        )
+        self.spec = WorkerSpec(
+            settings=settings.model_dump(),
+            settings_path=str(settings.path),
+            import_path=entry.import_path,
+            uri=uri,
+            threads=settings.thread_cap(server),
+            main_pid=os.getpid(),
+            log_level=server.log_level,
+            max_elements=server.max_elements,
+        )
+        self.uri_size = 0
+        if uri:
+            with contextlib.suppress(OSError):
+                self.uri_size = os.path.getsize(uri)
+        self.memory = 0
+        self.state = EVICTED
+        self.lazy = lazy
+        self._templates = templates
+        self._residency = residency
+        self._workers: list[Connection | None] = [None] * self.max_workers
+        self._spawning: set[int] = set()
+        self._retiring: set[int] = set()
+        self._host: Host | None = None
+        self._slot = 0
+        self._parked: list[Pending] = []
+        self._loading: asyncio.Task[None] | None = None
+        self._inflight = 0
+        self._restarts = 0
+        self._closing = False
+        self._nice = 0
+        self._background_wanted = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.metadata = _declared(settings)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._residency.add(self)
+        if self.lazy:
+            return
+        try:
+            await self._bring_in()
+            await asyncio.gather(*(self._spawn(i) for i in range(self.min_workers)))
+        except BaseException:
+            await self.aclose(grace=0)
+            raise
+        if self.min_workers and not self._ready():
+            await self.aclose(grace=0)
+            raise ModelLoadError(f"model {self.name!r}: its workers failed to start", model=self.name)
+
+    async def _bring_in(self) -> None:
+        """Load the model into its runtime's host (the one place it is loaded from)."""
+        self.state = LOADING
+        started = time.perf_counter()
+        try:
+            host = await self._templates.host(self.spec.import_path)
+            slot = self._templates.new_slot()
+            loaded = await host.load(slot, self.spec, self._host_lost)
+        except RuntimeCoreError as exc:
+            self.state = EVICTED
+            raise ModelLoadError(exc.message, model=self.name) from exc
+        except BaseException:
+            self.state = EVICTED
+            raise
+        if self._closing:
+            host.forget(slot)
+            self.state = EVICTED
+            return
+        self._host, self._slot = host, slot
+        self.metadata = loaded.metadata
+        self.memory = max(loaded.memory, self.uri_size)
+        self.state = RESIDENT
+        self._residency.loaded(self, time.perf_counter() - started)
+
+    def _start_bring_in(self) -> None:
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self._bring_back())
+
+    async def _bring_back(self) -> None:
+        try:
+            await self._bring_in()
+        except Exception as exc:
+            error = exc if isinstance(exc, RuntimeCoreError) else ModelLoadError(str(exc), model=self.name)
+            log.error("model %r (%s): could not load it: %s", self.name, self.settings.path, error)
+            for pending in self._take_parked():
+                self._fail(pending, error)
+            return
+        for pending in self._take_parked():
+            self._dispatch(pending)
+        self.on_capacity()
+
+    def _take_parked(self) -> list[Pending]:
+        parked, self._parked = self._parked, []
+        live = []
+        for pending in parked:
+            if pending.future.done():
+                self._inflight -= 1
+            else:
+                live.append(pending)
+        return live
+
+    def evict(self) -> None:
+        """Give up the resident state: unload from the host, retire dedicated workers. Only
+        called while nothing is in flight."""
+        if self.state is not RESIDENT or self._host is None:
+            return
+        self._host.forget(self._slot)
+        self._host, self._slot = None, 0
+        self.state = EVICTED
+        for conn in self._workers:
+            if conn is not None and conn.ready:
+                self._retire(conn)
+        self._residency.dropped(self)
+
+    async def aclose(self, grace: float = 30.0) -> None:
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        stop_by = loop.time() + grace
+        while self._inflight > len(self._parked) and loop.time() < stop_by:
+            await asyncio.sleep(0.02)
+        for pending in self._take_parked():
+            self._fail(pending, ModelNotReady(f"model {self.name!r} was unloaded", model=self.name))
+        if self._loading is not None:
+            self._loading.cancel()
+        for conn in self._workers:
+            if conn is not None and conn.alive:
+                conn.ready = False
+                conn.write(control_frame(0, Unload()))
+        stop_by = loop.time() + 5.0
+        while any(c is not None and c.alive for c in self._workers) and loop.time() < stop_by:
+            await asyncio.sleep(0.02)
+        for conn in self._workers:
+            if conn is not None and conn.alive:
+                conn.kill()
+        if self._host is not None:
+            self._host.forget(self._slot)
+            self._host = None
+        self._residency.remove(self)
+        self.state = EVICTED
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ requests
+
+    def _ready(self) -> list[Connection]:
+        return [c for c in self._workers if c is not None and c.ready]
+
+    @property
+    def capacity(self) -> int:
+        if self._closing:
+            return 0
+        ready = sum(1 for c in self._workers if c is not None and c.ready)
+        if ready:
+            return ready * self.dispatch.per_worker
+        if self.state is RESIDENT:
+            return self.dispatch.per_worker
+        return 1  # one request brings the model back; the others wait in the scheduler
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def parallelism(self) -> int:
+        return max(1, len(self._ready()))
+
+    def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        pending = Pending(future, envelope, self, 0, loop.time())
+        self._inflight += 1
+        self._residency.touch(self)
+        if self.state is not RESIDENT and not self._ready():
+            self._parked.append(pending)
+            if envelope.deadline:
+                loop.call_at(loop.time() + max(0.0, envelope.deadline - time.time()), self._expire, pending)
+            self._start_bring_in()
+            return future
+        self._dispatch(pending)
+        self._maybe_scale_up()
+        return future
+
+    def _expire(self, pending: Pending) -> None:
+        if pending in self._parked and not pending.future.done():
+            self._parked.remove(pending)
+            self._fail(
+                pending,
+                DeadlineExceeded(f"model {self.name!r}: the request's deadline passed while the model was loading"),
+            )
+
+    def _dispatch(self, pending: Pending, exclude: Connection | None = None) -> bool:
+        worker = self.dispatch.pick(c for c in self._workers if c is not None and c.ready and c is not exclude)
+        if worker is not None:
+            pending.slot = 0
+            worker.send(pending)
+            return True
+        host = self._host
+        if self.state is RESIDENT and host is not None and host.alive and host.conn is not exclude:
+            pending.slot = self._slot
+            host.submit(pending)
+            return True
+        self._fail(pending, WorkerDied(f"model {self.name!r}: no worker can take the request"))
+        return False
+
+    def _fail(self, pending: Pending, error: RuntimeCoreError) -> None:
+        self._inflight -= 1
+        if not pending.future.done():
+            pending.future.set_exception(error)
+        self.on_capacity()
+
+    def request_done(self, outcome: Outcome) -> None:
+        self.dispatch.observe(outcome.compute)
+        self._inflight -= 1
+        self.on_capacity()
+
+    # ------------------------------------------------------------------ elasticity
+
+    def _maybe_scale_up(self) -> None:
+        if self._closing or self.state is not RESIDENT:
+            return
+        live = sum(1 for c in self._workers if c is not None and c.alive) + len(self._spawning)
+        if live >= self.max_workers:
+            return
+        ready = len(self._ready())
+        if ready:
+            wanted = self._inflight > 2 * (ready + len(self._spawning))
+        else:
+            wanted = self._inflight >= SCALE_UP_AT and not self._spawning
+        if wanted:
+            free = (i for i, c in enumerate(self._workers) if (c is None or not c.alive) and i not in self._spawning)
+            self._background(self._spawn(next(free)))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self, index: int) -> None:
+        if index in self._spawning or self._closing:
+            return
+        self._spawning.add(index)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            if self.state is not RESIDENT:
+                await self._bring_in()
+            host = self._host
+            if host is None:
+                return
+            sock, pid = await host.spawn(self._slot, index)
+            if not pid:
+                sock.close()
+                return
+            conn = Connection(index, self._worker_lost)
+            await loop.connect_accepted_socket(lambda: conn, sock)
+            conn.pid = pid
+            self._workers[index] = conn
+            hello = await asyncio.wait_for(conn.hello, self.server.startup_timeout)
+            if isinstance(hello, WorkerLoadFailed) or not isinstance(hello, WorkerReady):
+                conn.kill()
+                error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
+                log.error("model %r: worker %d failed to load: %s", self.name, index, error)
+                return
+            if self._closing:
+                conn.write(control_frame(0, Unload()))
+                return
+            conn.ready = True
+            conn.last_used = loop.time()
+            if self._nice:
+                self._apply_nice(conn)
+            if self._background_wanted:
+                self._apply_priority(conn, True)
+            self._residency.spawned(time.perf_counter() - started)
+            self.on_capacity()
+        except (RuntimeCoreError, OSError, TimeoutError) as exc:
+            log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
+        finally:
+            self._spawning.discard(index)
+
+    def retire_idle(self, now: float) -> None:
+        """Retire dedicated workers idle for ``worker_idle_timeout``, down to ``min_workers``."""
+        ready = self._ready()
+        for conn in reversed(ready):
+            if len(ready) <= self.min_workers:
+                return
+            if not conn.pending and now - conn.last_used >= self.idle_timeout:
+                self._retire(conn)
+                ready.remove(conn)
+
+    def _retire(self, conn: Connection) -> None:
+        conn.ready = False
+        self._retiring.add(id(conn))
+        conn.write(control_frame(0, Unload()))
+        self._residency.retired()
+
+    @property
+    def has_workers(self) -> bool:
+        return any(c is not None and c.alive for c in self._workers)
+
+    def check_hangs(self, now: float) -> None:
+        limit = self.server.worker_timeout
+        for conn in self._workers:
+            if conn is None or not conn.alive or not conn.pending:
+                if conn is not None:
+                    conn.overdue = False
+                continue
+            oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
+            conn.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
+            if now - oldest.sent_at > limit:
+                log.error("model %r: worker %d (pid %d) gave no answer in %g s; killing it",
+                          self.name, conn.index, conn.pid, limit)
+                conn.timed_out = {id(oldest)}
+                conn.kill()
+
+    # ------------------------------------------------------------------ failures
+
+    def _worker_lost(self, conn: Connection) -> None:
+        retiring = id(conn) in self._retiring
+        self._retiring.discard(id(conn))
+        if self._workers[conn.index] is conn:
+            self._workers[conn.index] = None
+        self._requeue(list(conn.pending.values()), conn, conn.timed_out)
+        conn.pending.clear()
+        self.on_capacity()
+        if retiring or self._closing or not conn.hello.done() or conn.hello.exception():
+            return
+        log.warning("model %r: worker %d (pid %d) died; replacing it", self.name, conn.index, conn.pid)
+        self._restarts += 1
+        self._background(self._spawn(conn.index))
+
+    def _host_lost(self, host: Host, orphans: list[Pending]) -> None:
+        if self._host is host:
+            self._host, self._slot = None, 0
+            if self.state is RESIDENT:
+                self._residency.dropped(self)
+            self.state = EVICTED
+            if not self._closing:
+                self._restarts += 1
+        timed_out = host.conn.timed_out if host.conn is not None else set()
+        self._requeue(orphans, host.conn, timed_out)
+        if self._parked and not self._closing:
+            self._start_bring_in()
+        self.on_capacity()
+
+    def _requeue(self, orphans: list[Pending], lost: Connection | None, timed_out: set[int]) -> None:
+        for pending in orphans:
+            if pending.future.done():
+                self._inflight -= 1
+            elif id(pending) in timed_out:
+                self._fail(
+                    pending,
+                    DeadlineExceeded(
+                        f"model {self.name!r}: the request ran longer than worker_timeout"
+                        f" ({self.server.worker_timeout:g} s); its worker was replaced"
+                    ),
+                )
+            elif pending.retried or self._closing:
+                self._fail(pending, WorkerDied(f"model {self.name!r}: the worker running the request died"))
+            else:
+                pending.retried = True
+                if self.state is not RESIDENT and not self._ready():
+                    self._parked.append(pending)  # the host went: bring the model back, then retry
+                    self._start_bring_in()
+                else:
+                    self._dispatch(pending, exclude=lost)
+
+    # ------------------------------------------------------------------ health & CPU
+
+    def health(self) -> PoolHealth:
+        return PoolHealth(
+            workers=self.max_workers,
+            ready=len(self._ready()),
+            restarts=self._restarts,
+            residency=self.state,
+        )
+
+    def worker_pids(self) -> list[int]:
+        return [c.pid for c in self._ready()]
+
+    def set_nice(self, nice: int) -> None:
+        self._nice = nice
+        for conn in self._ready():
+            self._apply_nice(conn)
+
+    def _apply_nice(self, conn: Connection) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, conn.pid, self._nice)
+        except OSError:  # lowering nice needs CAP_SYS_NICE: keep what we have
+            log.debug("model %r: cannot set nice %d on worker %d", self.name, self._nice, conn.pid)
+
+    def set_background(self, background: bool) -> bool:
+        self._background_wanted = background
+        applied = True
+        for conn in self._ready():
+            if conn.background != background:
+                applied = self._apply_priority(conn, background) and applied
+        return applied
+
+    def _apply_priority(self, conn: Connection, background: bool) -> bool:
+        policy = os.SCHED_IDLE if background else os.SCHED_OTHER
+        try:
+            os.sched_setscheduler(conn.pid, policy, os.sched_param(0))
+        except (OSError, AttributeError):
+            return False
+        conn.background = background
+        return True
+

@@ -1,0 +1,130 @@
+"""Which models stay loaded, and the one timer that watches every pool.
+
+:class:`Residency` keeps the resident models in least-recently-used order with the
+memory each took when it loaded (the host's growth, at least the artifact's size). When
+a load takes the total past ``memory_budget``, the models idle longest give up their
+resident state, oldest first; a model with requests in flight is never evicted. An
+evicted model stays READY: its next request brings it back (see
+:mod:`runtime_core.pools.process`). Every operation is O(1) but the eviction sweep,
+which stops at the first model that frees enough.
+
+The supervisor wakes once per ``period`` and visits only pools that have workers or
+requests in flight: it kills workers and hosts whose oldest request ran past
+``worker_timeout`` and retires dedicated workers idle for ``worker_idle_timeout``. An
+idle server with a thousand models does one empty pass a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from bisect import bisect_left
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from runtime_core.pools.templates import Templates
+
+if TYPE_CHECKING:
+    from runtime_core.pools.process import ProcessPool
+
+log = logging.getLogger("runtime_core.pools")
+
+#: Upper bounds (seconds) of the cold-start histogram buckets.
+COLD_START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Residency:
+    """LRU of resident models under a memory budget, and the pools' supervisor."""
+
+    def __init__(self, budget: int, templates: Templates, worker_timeout: float) -> None:
+        self.budget = budget
+        self.templates = templates
+        self.worker_timeout = worker_timeout
+        self.used = 0
+        self._lru: OrderedDict[ProcessPool, int] = OrderedDict()
+        self._pools: set[ProcessPool] = set()
+        self.evictions = 0
+        self.spawns = 0
+        self.retirements = 0
+        self.spawn_seconds = 0.0
+        #: Cumulative counts per bucket of :data:`COLD_START_BUCKETS` (+ one for +Inf), and the sum.
+        self.cold_starts = [0] * (len(COLD_START_BUCKETS) + 1)
+        self.cold_start_seconds = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def add(self, pool: ProcessPool) -> None:
+        self._pools.add(pool)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._supervise())
+
+    def remove(self, pool: ProcessPool) -> None:
+        self._pools.discard(pool)
+        self.dropped(pool)
+
+    def touch(self, pool: ProcessPool) -> None:
+        if pool in self._lru:
+            self._lru.move_to_end(pool)
+
+    def loaded(self, pool: ProcessPool, seconds: float) -> None:
+        self._lru[pool] = pool.memory
+        self.used += pool.memory
+        self.cold_starts[bisect_left(COLD_START_BUCKETS, seconds)] += 1
+        self.cold_start_seconds += seconds
+        if self.used > self.budget:
+            for victim in list(self._lru):
+                if self.used <= self.budget:
+                    break
+                if victim is not pool and not victim.inflight:
+                    victim.evict()
+                    self.evictions += 1
+
+    def dropped(self, pool: ProcessPool) -> None:
+        memory = self._lru.pop(pool, None)
+        if memory is not None:
+            self.used -= memory
+
+    def spawned(self, seconds: float) -> None:
+        self.spawns += 1
+        self.spawn_seconds += seconds
+
+    def retired(self) -> None:
+        self.retirements += 1
+
+    @property
+    def resident(self) -> int:
+        return len(self._lru)
+
+    # ------------------------------------------------------------------ supervisor
+
+    async def _supervise(self) -> None:
+        period = min(1.0, self.worker_timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for pool in [p for p in self._pools if p.inflight or p.has_workers]:
+                try:
+                    pool.check_hangs(now)
+                    pool.retire_idle(now)
+                except Exception:  # one pool's trouble must not stop the watch over the others
+                    log.exception("model %r: supervisor pass failed", pool.name)
+            for host in self.templates.hosts():
+                conn = host.conn
+                if conn is None or not conn.pending:
+                    continue
+                oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
+                if now - oldest.sent_at > self.worker_timeout:
+                    log.error("the host of %s gave no answer in %g s; killing it", host.import_path,
+                              self.worker_timeout)
+                    conn.timed_out = {id(oldest)}
+                    host.kill()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

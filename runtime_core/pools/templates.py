@@ -1,0 +1,432 @@
+"""Main-side handles of the template processes: the root and one host per runtime.
+
+See :mod:`runtime_core.host` for what runs inside them. :class:`Templates` starts the
+root early (importing frameworks is the slowest part of start-up) and one
+:class:`Host` per runtime on first use, and replaces a host that died.
+
+Bounds and failures:
+
+* a host serves the requests of models that have no dedicated worker; how many of a
+  model's requests it holds at once is bounded by that model's pool;
+* loads, unloads and forks are commands on the host's control socket, answered in
+  order; each waits at most ``startup_timeout``;
+* a host that dies (any signal) fails nothing by itself: its listeners (the pools of its
+  models) get the requests it held, retry or fail them, and mark their models evicted,
+  so the next request loads them into a new host;
+* ``aclose`` stops the hosts, then the root; no process outlives the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from runtime_core.control import (
+    ForkHost,
+    HostForked,
+    HostReady,
+    LoadModel,
+    ModelLoaded,
+    ModelLoadFailed,
+    RootReady,
+    SpawnWorker,
+    Stop,
+    UnloadModel,
+    WorkerExited,
+    WorkerSpawned,
+)
+from runtime_core.errors import ModelLoadError, WorkerDied
+from runtime_core.pools.connection import Connection, Pending
+from runtime_core.processes import THREAD_ENV_VARS
+from runtime_core.worker import WorkerSpec
+
+log = logging.getLogger("runtime_core.pools")
+
+
+def _template_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for var in THREAD_ENV_VARS:
+        env[var] = "1"  # templates must stay single-threaded to fork safely
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Root:
+    """The root template process (``python -m runtime_core.host --root``)."""
+
+    def __init__(self, import_path: str, log_level: str) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "runtime_core.host", "--root",
+                str(child.fileno()), str(os.getpid()), import_path, log_level,
+            ],
+            pass_fds=[child.fileno()],
+            env=_template_env(),
+            start_new_session=True,
+        )
+        child.close()
+        parent.setblocking(False)
+        self.ctl = parent
+        self.alive = True
+        self.ready: asyncio.Future[Any] | None = None
+        self.waiting: list[asyncio.Future[int]] = []
+
+    def attach(self) -> asyncio.Future[Any]:
+        """Start reading from the root in the running loop (it may have been started before
+        the loop, so that it imports while the main process is still starting)."""
+        if self.ready is None:
+            loop = asyncio.get_running_loop()
+            self.ready = loop.create_future()
+            loop.add_reader(self.ctl.fileno(), self._read)
+        return self.ready
+
+    def _read(self) -> None:
+        try:
+            message = self.ctl.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        assert self.ready is not None
+        if not message:
+            self.alive = False
+            asyncio.get_running_loop().remove_reader(self.ctl.fileno())
+            if not self.ready.done():
+                self.ready.set_result(RootReady(False))
+            for fut in self.waiting:
+                if not fut.done():
+                    fut.set_exception(WorkerDied("the runtime template exited"))
+            self.waiting.clear()
+            return
+        event = pickle.loads(message)
+        if not self.ready.done():
+            self.ready.set_result(event)
+        elif isinstance(event, HostForked) and self.waiting:
+            fut = self.waiting.pop(0)
+            if not fut.done():
+                fut.set_result(event.pid)
+
+    async def fork(self, command: ForkHost, fds: list[int]) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        try:
+            socket.send_fds(self.ctl, [pickle.dumps(command)], fds)
+        except OSError:
+            self.waiting.remove(fut)
+            raise WorkerDied("the runtime template is gone") from None
+        return await fut
+
+    async def aclose(self) -> None:
+        if self.alive and self.ready is not None:
+            with contextlib.suppress(OSError, ValueError):
+                asyncio.get_running_loop().remove_reader(self.ctl.fileno())
+        self.ctl.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5.0)
+        except TimeoutError:
+            self.proc.kill()
+
+
+#: ``listener(host, orphans)``: the host died; ``orphans`` are the requests it held.
+HostListener = Callable[["Host", list[Pending]], None]
+
+
+class Host:
+    """Main-side handle of one runtime's host process."""
+
+    def __init__(self, import_path: str, log_level: str, timeout: float) -> None:
+        self.import_path = import_path
+        self.log_level = log_level
+        self.timeout = timeout
+        self.pid = 0
+        self.alive = False
+        self.conn: Connection | None = None
+        self.names: dict[int, str] = {}  # slot -> model name, for log lines
+        self.listeners: dict[int, HostListener] = {}  # slot -> its pool's handler of host death
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self._ready: asyncio.Future[HostReady] | None = None
+        self._loads: dict[int, asyncio.Future[ModelLoaded]] = {}
+        self._spawns: dict[tuple[int, int], asyncio.Future[int]] = {}
+        self._command_lock = asyncio.Lock()
+
+    async def start(self, root: _Root | None) -> None:
+        loop = asyncio.get_running_loop()
+        ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        data, data_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if root is not None:
+                self.pid = await root.fork(
+                    ForkHost(self.import_path, self.log_level, os.getpid()), [ctl_child.fileno(), data_child.fileno()]
+                )
+            else:
+                fds = [ctl_child.fileno(), data_child.fileno()]
+                self._proc = subprocess.Popen(
+                    [
+                        sys.executable, "-m", "runtime_core.host", "--host", str(fds[0]), str(fds[1]),
+                        str(os.getpid()), self.import_path, self.log_level,
+                    ],
+                    pass_fds=fds,
+                    env=_template_env(),
+                    start_new_session=True,
+                )
+                self.pid = self._proc.pid
+        finally:
+            ctl_child.close()
+            data_child.close()
+        ctl.setblocking(False)
+        self._ctl = ctl
+        self._ready = loop.create_future()
+        loop.add_reader(ctl.fileno(), self._read_control)
+        conn = Connection(-1, self._data_lost)
+        await loop.connect_accepted_socket(lambda: conn, data)
+        conn.pid = self.pid
+        self.conn = conn
+        self.alive = True
+        try:
+            await asyncio.wait_for(self._ready, self.timeout)
+        except TimeoutError:
+            self.kill()
+            raise ModelLoadError("the runtime's host process did not start") from None
+
+    # ------------------------------------------------------------------ control socket
+
+    def _read_control(self) -> None:
+        assert self._ctl is not None
+        try:
+            message = self._ctl.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if not message:
+            self._died()
+            return
+        event = pickle.loads(message)
+        if isinstance(event, HostReady):
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(event)
+        elif isinstance(event, ModelLoaded | ModelLoadFailed):
+            fut = self._loads.pop(event.slot, None)
+            if fut is not None and not fut.done():
+                if isinstance(event, ModelLoaded):
+                    fut.set_result(event)
+                else:
+                    fut.set_exception(ModelLoadError(event.error))
+        elif isinstance(event, WorkerSpawned):
+            spawned = self._spawns.pop((event.slot, event.index), None)
+            if spawned is not None and not spawned.done():
+                spawned.set_result(event.pid)
+        elif isinstance(event, WorkerExited) and os.WIFSIGNALED(event.status):
+            log.debug("a worker (pid %d) of %s was killed by signal %d", event.pid, self.import_path,
+                      os.WTERMSIG(event.status))
+
+    def _send(self, command: Any, fds: list[int] | None = None) -> None:
+        if self._ctl is None or not self.alive:
+            raise WorkerDied("the runtime's host process is gone")
+        data = pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            if fds:
+                socket.send_fds(self._ctl, [data], fds)
+            else:
+                self._ctl.send(data)
+        except OSError:
+            raise WorkerDied("the runtime's host process is gone") from None
+
+    # ------------------------------------------------------------------ commands
+
+    async def load(self, slot: int, spec: WorkerSpec, listener: HostListener) -> ModelLoaded:
+        fut: asyncio.Future[ModelLoaded] = asyncio.get_running_loop().create_future()
+        self._loads[slot] = fut
+        self.names[slot] = spec.name
+        self.listeners[slot] = listener
+        try:
+            self._send(LoadModel(slot, spec))
+            return await asyncio.wait_for(fut, self.timeout)
+        except TimeoutError:
+            raise ModelLoadError(f"model {spec.name!r}: loading took longer than startup_timeout") from None
+        except BaseException:
+            self.forget(slot)
+            raise
+
+    def forget(self, slot: int) -> None:
+        """Unload ``slot`` in the host (if it is alive) and stop listening for it."""
+        self.listeners.pop(slot, None)
+        self.names.pop(slot, None)
+        if self.alive:
+            with contextlib.suppress(WorkerDied):
+                self._send(UnloadModel(slot))
+
+    async def spawn(self, slot: int, index: int) -> tuple[socket.socket, int]:
+        """Fork a dedicated worker of ``slot``; returns the main end of its data socket and
+        its pid (0: the host no longer holds the model)."""
+        main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._spawns[(slot, index)] = fut
+        try:
+            self._send(SpawnWorker(slot, index), [worker_end.fileno()])
+        except BaseException:
+            self._spawns.pop((slot, index), None)
+            main_end.close()
+            raise
+        finally:
+            worker_end.close()
+        try:
+            pid = await asyncio.wait_for(fut, self.timeout)
+        except BaseException:
+            main_end.close()
+            raise
+        return main_end, pid
+
+    def submit(self, pending: Pending) -> None:
+        assert self.conn is not None
+        self.conn.send(pending)
+
+    # ------------------------------------------------------------------ death
+
+    def _data_lost(self, conn: Connection) -> None:
+        self._died()
+
+    def _died(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        loop = asyncio.get_running_loop()
+        if self._ctl is not None:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(self._ctl.fileno())
+            self._ctl.close()
+            self._ctl = None
+        error = WorkerDied(f"the host process of {self.import_path} exited")
+        waiting: list[asyncio.Future[Any]] = [*self._loads.values(), *self._spawns.values()]
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(error)
+        self._loads.clear()
+        self._spawns.clear()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(error)
+        orphans: dict[int, list[Pending]] = {}
+        if self.conn is not None:
+            for pending in self.conn.pending.values():
+                orphans.setdefault(pending.slot, []).append(pending)
+            self.conn.pending.clear()
+            if self.conn.alive and self.conn.transport is not None:
+                self.conn.transport.abort()
+        listeners, self.listeners = self.listeners, {}
+        for slot, listener in listeners.items():
+            listener(self, orphans.get(slot, []))
+
+    def kill(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        if self.alive:
+            with contextlib.suppress(WorkerDied):
+                self._send(Stop())
+        self.listeners.clear()
+        self._died()
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._proc.wait), 5.0)
+            except TimeoutError:
+                self._proc.kill()
+        elif self.pid:  # forked by the root, which reaps it
+            loop = asyncio.get_running_loop()
+            stop_by = loop.time() + 5.0
+            while _alive(self.pid) and loop.time() < stop_by:
+                await asyncio.sleep(0.02)
+            self.kill()
+
+
+class Templates:
+    """The root template and the hosts forked from it, one per runtime.
+
+    One root for all runtimes, not one each: frameworks share most of their imports, and
+    on a small machine two roots importing the same modules at once only compete for the
+    cores. When the root cannot be used (it failed, or it has threads and so must not
+    fork), hosts are started as fresh interpreters.
+    """
+
+    def __init__(self, log_level: str = "info", timeout: float = 600.0) -> None:
+        self.log_level = log_level
+        self.timeout = timeout
+        self._paths: list[str] = []
+        self._root_proc: _Root | None = None
+        self._hosts: dict[str, Host] = {}
+        self._lock = asyncio.Lock()
+        self._next_slot = 0
+
+    def new_slot(self) -> int:
+        self._next_slot += 1
+        return self._next_slot
+
+    def prewarm(self, import_paths: list[str]) -> None:
+        """Start the root now, preloading ``import_paths``. Needs no event loop."""
+        for path in import_paths:
+            if path not in self._paths:
+                self._paths.append(path)
+        if self._root_proc is None and self._paths:
+            self._root_proc = _Root(",".join(self._paths), self.log_level)
+
+    async def _root(self, import_path: str) -> _Root | None:
+        if import_path not in self._paths:
+            self._paths.append(import_path)
+        if self._root_proc is None or not self._root_proc.alive:
+            self._root_proc = _Root(",".join(self._paths), self.log_level)
+        root = self._root_proc
+        event = await root.attach()
+        if not isinstance(event, RootReady) or not event.fork_safe:
+            return None
+        return root if root.alive else None
+
+    async def host(self, import_path: str) -> Host:
+        """The live host of a runtime, started (or replaced) if need be."""
+        host = self._hosts.get(import_path)
+        if host is not None and host.alive:
+            return host
+        async with self._lock:
+            host = self._hosts.get(import_path)
+            if host is not None and host.alive:
+                return host
+            host = Host(import_path, self.log_level, self.timeout)
+            root = await self._root(import_path)
+            try:
+                await host.start(root)
+            except WorkerDied:
+                if root is None:
+                    raise
+                await host.start(None)  # the root went away meanwhile: a fresh interpreter
+            self._hosts[import_path] = host
+            return host
+
+    def hosts(self) -> list[Host]:
+        return [h for h in self._hosts.values() if h.alive]
+
+    async def aclose(self) -> None:
+        hosts, self._hosts = list(self._hosts.values()), {}
+        await asyncio.gather(*(h.aclose() for h in hosts), return_exceptions=True)
+        root, self._root_proc = self._root_proc, None
+        if root is not None:
+            await root.aclose()
