@@ -29,9 +29,10 @@ def rc_processes(server: ServerProcess) -> list[tuple[str, psutil.Process]]:
 
 
 def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: Any) -> None:
-    toy_model(tmp_path, "steady", parallel_workers=2)
-    toy_model(tmp_path, "churn", parallel_workers=2)
-    toy_model(tmp_path, "echoing", runtime="echo", parallel_workers=2)
+    # min_workers: every model keeps its two dedicated workers for the killer to hit.
+    toy_model(tmp_path, "steady", parallel_workers=2, min_workers=2)
+    toy_model(tmp_path, "churn", parallel_workers=2, min_workers=2)
+    toy_model(tmp_path, "echoing", runtime="echo", parallel_workers=2, min_workers=2)
     server = serve(tmp_path)
     rng = random.Random(7)
     stop = threading.Event()
@@ -96,9 +97,9 @@ def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: An
     assert counts["ok"] > 100
 
     # Everything recovers: the churned model is loaded again, all answer, and the process
-    # tree holds exactly one root per runtime, one zygote per model and its workers.
+    # tree holds exactly one root template, one host per runtime and each model's workers.
     assert server.post_json("/v2/repository/models/churn/load")[0] == 200
-    expected = ["rc-r"] + ["rc-w"] * 6 + ["rc-z"] * 3  # one root template for all runtimes
+    expected = ["rc-h"] * 2 + ["rc-r"] + ["rc-w"] * 6
     wait_until(
         lambda: sorted(name[:4] for name, _ in rc_processes(server)) == expected,
         20,

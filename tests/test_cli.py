@@ -129,7 +129,7 @@ def test_progress_line_per_model_then_ready_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
-    write_model(tmp_path / "pooled", runtime="echo", parallel_workers=2)
+    write_model(tmp_path / "pooled", runtime="echo", parallel_workers=2, min_workers=2)
     write_model(tmp_path / "inline", runtime="echo", parallel_workers=0)
     family: list[psutil.Process] = []
     server = ServerProcess(tmp_path, wait=False)
@@ -140,7 +140,7 @@ def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
         )
         assert status == 200
         family = psutil.Process(server.pid).children(recursive=True)
-        assert len(family) >= 3  # the zygote and two workers
+        assert len(family) >= 4  # the root, the echo runtime's host and two workers
     finally:
         code = server.stop(sig)
     assert code == 0, server.output()

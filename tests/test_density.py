@@ -17,19 +17,13 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from support import infer_body, output, toy_model
+from support import infer_body, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
 
 def names(server: ServerProcess) -> list[str]:
-    out = []
-    for proc in psutil.Process(server.pid).children(recursive=True):
-        try:
-            out.append(proc.name())
-        except psutil.NoSuchProcess:  # exited between the listing and the look
-            continue
-    return out
+    return [name for name, _ in named_processes(server.pid)]
 
 
 def workers_of(server: ServerProcess, model: str) -> int:
@@ -37,14 +31,7 @@ def workers_of(server: ServerProcess, model: str) -> int:
 
 
 def hosts(server: ServerProcess) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.Process(server.pid).children(recursive=True):
-        try:
-            if proc.name().startswith("rc-h:"):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return [proc for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
 
 
 def index(server: ServerProcess) -> dict[str, dict[str, Any]]:
@@ -130,15 +117,20 @@ def test_workers_start_under_load_and_retire_when_idle(tmp_path: Path, serve: An
 
 def test_min_workers_keeps_warm_workers(tmp_path: Path, serve: Any) -> None:
     toy_model(tmp_path, "warm", parallel_workers=3, min_workers=2)
+    toy_model(tmp_path, "probe", parallel_workers=1, min_workers=0)
     (tmp_path / "settings.json").write_text(json.dumps({"worker_idle_timeout": 0.5}))
     server = serve(tmp_path)
     assert workers_of(server, "warm") == 2
     status, doc = infer(server, "warm", [1.0])
     assert status == 200
-    pids = {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
-    assert output(doc, "pid")[0] in pids
-    # They stay past the idle timeout: the supervisor has made passes since.
-    wait_until(lambda: server.get("/metrics")[0] == 200, 5, "metrics")
+    warm = {p.pid for name, p in named_processes(server.pid) if name.endswith(":warm")}
+    assert output(doc, "pid")[0] in warm
+    # Make the probe model start a worker and watch it retire: the idle timeout has then
+    # passed for the warm workers too, and they must still be there.
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda i: infer(server, "probe", [1.0], sleep=0.1), range(12)))
+    wait_until(lambda: workers_of(server, "probe") == 1, 30, "the probe's worker")
+    wait_until(lambda: workers_of(server, "probe") == 0, 30, "the probe's worker to retire")
     assert workers_of(server, "warm") == 2
 
 

@@ -265,7 +265,9 @@ def _worker_count(server: ServerProcess) -> int:
 def test_parallel_workers_precedence_in_real_servers(tmp_path: Path) -> None:
     """settings.json < MLSERVER_MODEL_PARALLEL_WORKERS < RUNTIME_CORE_PARALLEL_WORKERS < flag."""
     write_model(tmp_path / "echo", runtime="echo")
-    _settings_json(tmp_path, {"parallel_workers": 1})
+    # min_workers (capped at parallel_workers) keeps every allowed worker up, so the count
+    # of worker processes shows the parallel_workers in force.
+    _settings_json(tmp_path, {"parallel_workers": 1, "min_workers": 64})
     cases = [
         ({}, None, 1),
         ({"MLSERVER_MODEL_PARALLEL_WORKERS": "2"}, None, 2),

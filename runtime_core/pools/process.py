@@ -9,7 +9,7 @@ A model is *resident* when its runtime's host holds it loaded. A resident model 
 no dedicated worker is served by the host, together with the runtime's other quiet
 models: a thousand tiny models cost one process, and a request to any of them needs no
 process to start. When a model's requests pile up (``SCALE_UP_AT`` in flight on the
-host, or twice as many as it has workers), a dedicated worker is forked from the host,
+host, or as many as its capacity, or twice as many as it has workers), a dedicated worker is forked from the host,
 which already holds the model, so it starts in milliseconds; up to ``parallel_workers``.
 A dedicated worker that has had no request for ``worker_idle_timeout`` is retired, down
 to ``min_workers``.
@@ -22,7 +22,8 @@ back and waits here, the others wait in the scheduler's queue, where queue limit
 Failures:
 
 * **Worker death** (any signal, OOM, exit) shows as EOF on its socket at once. Its
-  requests are sent once more to another worker or the host, or fail with
+  requests are sent once more to a sibling worker (never to the shared host, which they
+  might take down too), or fail with
   :class:`~runtime_core.errors.WorkerDied` (503) if none can take them or they were
   already retried. It is replaced.
 * **Host death**: the requests it held for this model are retried once on a dedicated
@@ -299,14 +300,14 @@ class ProcessPool(ModelPool):
                 DeadlineExceeded(f"model {self.name!r}: the request's deadline passed while the model was loading"),
             )
 
-    def _dispatch(self, pending: Pending, exclude: Connection | None = None) -> bool:
+    def _dispatch(self, pending: Pending, exclude: Connection | None = None, host_ok: bool = True) -> bool:
         worker = self.dispatch.pick(c for c in self._workers if c is not None and c.ready and c is not exclude)
         if worker is not None:
             pending.slot = 0
             worker.send(pending)
             return True
         host = self._host
-        if self.state is RESIDENT and host is not None and host.alive and host.conn is not exclude:
+        if host_ok and self.state is RESIDENT and host is not None and host.alive and host.conn is not exclude:
             pending.slot = self._slot
             host.submit(pending)
             return True
@@ -333,10 +334,10 @@ class ProcessPool(ModelPool):
         if live >= self.max_workers:
             return
         ready = len(self._ready())
-        if ready:
-            wanted = self._inflight > 2 * (ready + len(self._spawning))
-        else:
-            wanted = self._inflight >= SCALE_UP_AT and not self._spawning
+        if ready:  # every worker busy, and requests waiting behind them
+            wanted = self._inflight >= min(self.capacity, 2 * (ready + len(self._spawning)))
+        else:  # the host holds as many of its requests as it may, or SCALE_UP_AT
+            wanted = self._inflight >= min(SCALE_UP_AT, self.capacity) and not self._spawning
         if wanted:
             free = (i for i, c in enumerate(self._workers) if (c is None or not c.alive) and i not in self._spawning)
             self._background(self._spawn(next(free)))
@@ -473,7 +474,9 @@ class ProcessPool(ModelPool):
                     self._parked.append(pending)  # the host went: bring the model back, then retry
                     self._start_bring_in()
                 else:
-                    self._dispatch(pending, exclude=lost)
+                    # A request whose dedicated worker died is retried on a sibling only, never
+                    # on the shared host: if it was the cause, it must not take the host along.
+                    self._dispatch(pending, exclude=lost, host_ok=lost is None or lost.index < 0)
 
     # ------------------------------------------------------------------ health & CPU
 

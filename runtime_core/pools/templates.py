@@ -396,7 +396,9 @@ class Templates:
         if self._root_proc is None or not self._root_proc.alive:
             self._root_proc = _Root(",".join(self._paths), self.log_level)
         root = self._root_proc
-        event = await root.attach()
+        # Shielded: the root's readiness is shared by every load, and a load that is cancelled
+        # (its model was unloaded meanwhile) must not cancel it for the others.
+        event = await asyncio.shield(root.attach())
         if not isinstance(event, RootReady) or not event.fork_safe:
             return None
         return root if root.alive else None
