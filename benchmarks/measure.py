@@ -98,13 +98,14 @@ def cpu_snapshot(root: int) -> dict[ProcKey, int]:
 
 
 def cpu_delta(before: dict[ProcKey, int], after: dict[ProcKey, int], only: Iterable[int] | None = None) -> float:
-    """CPU seconds used between two snapshots by the processes alive at both ends
-    (optionally only the pids in ``only``)."""
+    """CPU seconds used between two snapshots by the processes alive at the end (optionally
+    only the pids in ``only``). A process born between the snapshots (a worker started on
+    demand) used all of its CPU inside the window, so it counts whole."""
     wanted = None if only is None else set(only)
     ticks = 0
     for key, end in after.items():
-        if key in before and (wanted is None or key[0] in wanted):
-            ticks += end - before[key]
+        if wanted is None or key[0] in wanted:
+            ticks += end - before.get(key, 0)
     return ticks / CLOCK_TICKS
 
 

@@ -1,0 +1,234 @@
+"""Many models on one machine: memory, start-up, idle cost and throughput against N.
+
+For N tiny scikit-learn models (LogisticRegression on 20 features, one folder each, default
+settings), runtime-core and MLServer 1.7.1 are measured in the same run:
+
+* time to ready: the server's ``/v2/health/ready``, then every model READY in the
+  repository index;
+* processes and PSS of the server's process tree, and its idle CPU (cores) over a quiet
+  window;
+* the latency of a first request to each model in turn (one at a time);
+* closed-loop traffic (wrk, concurrency 8, 1-row requests), each request to a model picked
+  at random, uniformly or by Zipf's law (s = 1.2): req/s, p99 and server CPU per request.
+
+    python benchmarks/bench_density.py                 # N in 1, 200, 1000 (about 10 min)
+    python benchmarks/bench_density.py --counts 1 200 --duration 5 --warmup 2   # quicker
+
+MLServer is found through ``MLSERVER_BIN`` (see ``servers.py``); without it its rows are
+skipped. Results go to ``benchmarks/results/density-*.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import environment, fmt, progress, publish, table, windowed  # noqa: E402
+from loadgen import _LUA, ClosedLoop  # noqa: E402
+from measure import CpuWindow, tree_pids, tree_pss_mib  # noqa: E402
+from servers import MLServerServer, RuntimeCoreServer, mlserver_available  # noqa: E402
+
+FEATURES = 20
+BODY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": [0.1] * FEATURES}]}
+).encode()
+
+_ROUTED_LUA = r"""
+local names, cdf = {}, {}
+for line in io.lines(os.getenv("BENCH_ROUTES")) do
+  local name, p = string.match(line, "([^ ]+) ([^ ]+)")
+  names[#names + 1] = name
+  cdf[#cdf + 1] = tonumber(p)
+end
+math.randomseed(os.time())
+request = function()
+  local r = math.random()
+  local lo, hi = 1, #cdf
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < r then lo = mid + 1 else hi = mid end
+  end
+  return wrk.format(nil, "/v2/models/" .. names[lo] .. "/infer")
+end
+"""
+
+
+class RoutedLoop(ClosedLoop):
+    """wrk sending each request to a model drawn from ``weights`` (names -> probability)."""
+
+    def __init__(self, base: str, weights: dict[str, float], **kw: Any) -> None:
+        super().__init__(base + "/v2/models/x/infer", BODY, **kw)
+        self.base = base
+        self.weights = weights
+
+    def prepare(self) -> None:
+        super().prepare()
+        routes = tempfile.NamedTemporaryFile("w", prefix="bench-routes-", delete=False)
+        total, acc = sum(self.weights.values()), 0.0
+        with routes:
+            for name, weight in self.weights.items():
+                acc += weight / total
+                routes.write(f"{name} {acc:.9f}\n")
+        lua = self._cmd[self._cmd.index("-s") + 1]
+        Path(lua).write_text(_LUA + _ROUTED_LUA)
+        self._cmd[-1] = self.base
+        self._env["BENCH_ROUTES"] = routes.name
+        self._files.append(routes.name)
+
+
+def zipf(names: list[str], s: float = 1.2) -> dict[str, float]:
+    return {name: 1.0 / (rank**s) for rank, name in enumerate(names, start=1)}
+
+
+def write_models(root: Path, count: int, mlserver: bool) -> list[str]:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    cache = Path(__file__).parent / ".cache" / "density"
+    cache.mkdir(parents=True, exist_ok=True)
+    names = []
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        name = f"m{i:04d}"
+        artifact = cache / f"{name}.joblib"
+        if not artifact.exists():
+            x = rng.normal(size=(64, FEATURES)).astype(np.float32)
+            joblib.dump(LogisticRegression().fit(x, (x[:, i % FEATURES] > 0).astype(int)), artifact)
+        folder = root / name
+        folder.mkdir(parents=True)
+        os.symlink(artifact, folder / "model.joblib")
+        if mlserver:
+            settings: dict[str, Any] = {
+                "name": name,
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib"},
+            }
+        else:
+            settings = {"name": name, "runtime": "sklearn"}
+        (folder / "model-settings.json").write_text(json.dumps(settings))
+        names.append(name)
+    return names
+
+
+def post(url: str, body: bytes = b"{}") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def all_ready(base: str, count: int, started: float, timeout: float = 600.0) -> float:
+    while time.perf_counter() < started + timeout:
+        status, body = post(base + "/v2/repository/index")
+        if status == 200:
+            items = json.loads(body)
+            if sum(1 for item in items if item.get("state") == "READY") >= count:
+                return time.perf_counter() - started
+        time.sleep(0.1)
+    raise TimeoutError("models not ready")
+
+
+def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    mlserver = server_cls is MLServerServer
+    root = Path(tempfile.mkdtemp(prefix="bench-density-"))
+    try:
+        names = write_models(root, count, mlserver)
+        kwargs: dict[str, Any] = {"parallel_workers": 1} if mlserver else {}
+        server = server_cls(root, timeout=900.0, **kwargs)
+        started = time.perf_counter()
+        with server.start():
+            row: dict[str, Any] = {"server": server.name, "models": count}
+            row["ready_server_s"] = server.ready_seconds
+            row["ready_all_s"] = all_ready(server.url, count, started)
+            time.sleep(2.0)  # let start-up work settle before the idle window
+            with CpuWindow(server.pid) as idle:
+                time.sleep(args.idle)
+            row["idle_cores"] = idle.seconds / idle.wall
+            row["processes"] = len(tree_pids(server.pid))
+            row["pss_mib"] = tree_pss_mib(server.pid)
+            first = []
+            for name in names[: args.first]:
+                t0 = time.perf_counter()
+                status, body = post(f"{server.url}/v2/models/{name}/infer", BODY)
+                first.append(1000 * (time.perf_counter() - t0))
+                if status != 200:
+                    raise RuntimeError(f"{server.name}: {name} answered {status}: {body[:200]!r}")
+            first.sort()
+            row["first_p50_ms"] = statistics.median(first)
+            row["first_p99_ms"] = first[min(len(first) - 1, int(0.99 * len(first)))]
+            for label, weights in (("uniform", dict.fromkeys(names, 1.0)), ("zipf", zipf(names))):
+                (result,), cpu = windowed(
+                    lambda d, w=weights: [RoutedLoop(server.url, w, concurrency=args.concurrency, duration=d)],
+                    server.pid,
+                    args.warmup,
+                    args.duration,
+                )
+                if result.errors:
+                    raise RuntimeError(f"{server.name}: {result.errors} errors under {label} traffic")
+                row[f"{label}_rps"] = result.rps
+                row[f"{label}_p99_ms"] = result.p99_ms
+                row[f"{label}_cpu_ms_per_req"] = 1000 * cpu.seconds / result.requests
+            row["pss_after_traffic_mib"] = tree_pss_mib(server.pid)
+            row["processes_after_traffic"] = len(tree_pids(server.pid))
+        progress(f"{server.name} x {count}: " + ", ".join(f"{k}={fmt(v)}" for k, v in row.items() if k != "server"))
+        return row
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+COLUMNS = [
+    ("server", "server"),
+    ("models", "models"),
+    ("ready_server_s", "server ready s"),
+    ("ready_all_s", "all ready s"),
+    ("processes", "processes"),
+    ("pss_mib", "PSS MiB"),
+    ("idle_cores", "idle cores"),
+    ("first_p50_ms", "1st req p50 ms"),
+    ("first_p99_ms", "1st req p99 ms"),
+    ("uniform_rps", "uniform req/s"),
+    ("uniform_p99_ms", "uniform p99 ms"),
+    ("uniform_cpu_ms_per_req", "uniform CPU ms/req"),
+    ("zipf_rps", "Zipf req/s"),
+    ("zipf_p99_ms", "Zipf p99 ms"),
+    ("zipf_cpu_ms_per_req", "Zipf CPU ms/req"),
+    ("processes_after_traffic", "processes after"),
+    ("pss_after_traffic_mib", "PSS after MiB"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 200, 1000])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of the idle-CPU window")
+    parser.add_argument("--first", type=int, default=1000, help="models sent a first request, in turn")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--no-mlserver", action="store_true")
+    args = parser.parse_args()
+    servers: list[Any] = [RuntimeCoreServer]
+    if mlserver_available() and not args.no_mlserver:
+        servers.append(MLServerServer)
+    rows = [measure(cls, count, args) for count in args.counts for cls in servers]
+    markdown = table([title for _, title in COLUMNS], [[row.get(key) for key, _ in COLUMNS] for row in rows])
+    publish("density", {"environment": environment(), "args": vars(args), "rows": rows}, markdown)
+
+
+if __name__ == "__main__":
+    main()
