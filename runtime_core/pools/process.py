@@ -105,6 +105,10 @@ class ProcessPool(ModelPool):
         self.server = server
         self.max_workers = max(1, settings.workers(server))
         self.min_workers = min(self.max_workers, settings.min_workers_for(server))
+        if settings.max_batch_size > 1 and settings.max_batch_time > 0:
+            # Adaptive batching waits for a batch to fill, which only a dedicated worker does
+            # (a host serves what it finds at each wake-up): keep one.
+            self.min_workers = max(self.min_workers, 1)
         self.idle_timeout = server.worker_idle_timeout
         depth = max(server.pipeline_depth, settings.max_batch_size)
         self.dispatch = Dispatch(
