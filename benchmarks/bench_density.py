@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -36,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import environment, fmt, progress, publish, table, windowed  # noqa: E402
-from loadgen import _LUA, ClosedLoop  # noqa: E402
-from measure import CpuWindow, tree_pids, tree_pss_mib  # noqa: E402
-from servers import MLServerServer, RuntimeCoreServer, mlserver_available  # noqa: E402
+from common import environment, fmt, progress, publish, table, windowed
+from loadgen import _LUA, ClosedLoop
+from measure import CpuWindow, tree_pids, tree_pss_mib
+from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
 FEATURES = 20
 BODY = json.dumps(

@@ -17,7 +17,6 @@ import pytest
 
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull
-from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.scheduler import FairScheduler
 
 
