@@ -131,6 +131,14 @@ def post(url: str, body: bytes = b"{}") -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def metric(base: str, name: str) -> float:
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def all_ready(base: str, count: int, started: float, timeout: float = 600.0) -> float:
     while time.perf_counter() < started + timeout:
         status, body = post(base + "/v2/repository/index")
@@ -184,6 +192,12 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
                 row[f"{label}_cpu_ms_per_req"] = 1000 * cpu.seconds / result.requests
             row["pss_after_traffic_mib"] = tree_pss_mib(server.pid)
             row["processes_after_traffic"] = len(tree_pids(server.pid))
+            if not mlserver:
+                spawns, seconds = metric(server.url, "runtime_core_worker_spawns_total"), metric(
+                    server.url, "runtime_core_worker_spawn_seconds_total"
+                )
+                row["worker_spawns"] = spawns
+                row["spawn_ms"] = 1000 * seconds / spawns if spawns else None
         progress(f"{server.name} x {count}: " + ", ".join(f"{k}={fmt(v)}" for k, v in row.items() if k != "server"))
         return row
     finally:
@@ -208,6 +222,8 @@ COLUMNS = [
     ("zipf_cpu_ms_per_req", "Zipf CPU ms/req"),
     ("processes_after_traffic", "processes after"),
     ("pss_after_traffic_mib", "PSS after MiB"),
+    ("worker_spawns", "workers spawned"),
+    ("spawn_ms", "mean spawn ms"),
 ]
 
 

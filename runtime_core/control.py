@@ -120,3 +120,15 @@ class WorkerLoadFailed:
 @dataclass(frozen=True, slots=True)
 class Unload:
     """Finish what is running, unload and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Heartbeat to an idle worker: it answers :class:`Pong` at once unless it is stalled."""
+
+    sent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    sent: float

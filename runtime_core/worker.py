@@ -7,7 +7,8 @@ fork safely (it has threads), it is a fresh interpreter (``--worker``) that load
 model itself.
 
 The main process owns the worker's data socket. The worker answers ``WorkerReady``
-(or ``WorkerLoadFailed``) in a control frame, then serves INFER frames with an asyncio
+(or ``WorkerLoadFailed``) in a control frame, and each ``Ping`` with a ``Pong`` (the
+heartbeat by which a stalled idle worker is found), then serves INFER frames with an asyncio
 loop: requests that arrive while it computes wait in the socket and are read together
 afterwards, and run as one batch (:class:`~runtime_core.inference.BatchLoop`). Replies of
 one batch leave in one write.
@@ -37,7 +38,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.control import Ping, Pong, Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.inference import BatchLoop, ModelHandler, client_message
 from runtime_core.messages import (
     CONTROL,
@@ -125,8 +126,12 @@ class _WorkerProtocol(asyncio.Protocol):
                 _slot, envelope = parse_infer(payload)
                 future = self.batcher.submit(envelope)
                 future.add_done_callback(functools.partial(self._reply, request_id))
-            elif kind == CONTROL and isinstance(parse_control(payload), Unload):
-                self._finish()
+            elif kind == CONTROL:
+                message = parse_control(payload)
+                if isinstance(message, Unload):
+                    self._finish()
+                elif isinstance(message, Ping) and self.transport is not None:
+                    self.transport.write(control_frame(0, Pong(message.sent)))
 
     def _reply(self, request_id: int, future: asyncio.Future[Outcome]) -> None:
         if not self.outbox:

@@ -8,6 +8,7 @@ through the server's own reports.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -237,3 +238,23 @@ def test_a_request_that_crashes_the_host_fails_alone(tmp_path: Path, serve: Any)
     for name in ("a", "b"):
         status, doc = infer(server, name, [2.0])
         assert (status, output(doc, "y")) == (200, [2.0])
+
+
+def test_a_stopped_idle_worker_is_found_by_heartbeat_and_replaced(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "pair", parallel_workers=2, min_workers=2)
+    server = serve(tmp_path, env={"RUNTIME_CORE_WORKER_TIMEOUT": "3"})
+    before = {p.pid: p for name, p in named_processes(server.pid) if name.endswith(":pair")}
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGSTOP)  # idle: no request will ever time out on it
+    try:
+        wait_until(lambda: not psutil.pid_exists(victim) or before[victim].status() == psutil.STATUS_ZOMBIE,
+                   60, "the stopped worker to be killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    wait_until(lambda: workers_of(server, "pair") == 2, 30, "a replacement worker")
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda i: infer(server, "pair", [float(i)]), range(8)))
+    assert [(status, output(doc, "y")) for status, doc in results] == [(200, [float(i)]) for i in range(8)]
+    assert victim not in {output(doc, "pid")[0] for _, doc in results}

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from runtime_core.control import Pong
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import WorkerDied
 from runtime_core.messages import CONTROL, REPLY, FrameReader, infer_frame, parse_control, parse_reply
@@ -53,6 +54,8 @@ class Connection(asyncio.Protocol):
         self.outbox: list[bytes] = []
         self.timed_out: set[int] = set()  # ids of Pending that ran past worker_timeout
         self.last_used = 0.0  # loop time of the last request sent
+        self.last_heard = 0.0  # loop time of the last bytes received
+        self.ping_sent = 0.0  # loop time of the heartbeat not answered yet (0: none)
         self._on_lost = on_lost
         self._next_id = 0
 
@@ -70,6 +73,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.last_heard = asyncio.get_running_loop().time()
         try:
             frames = list(self.reader.feed(data))
         except ValueError:
@@ -84,8 +88,12 @@ class Connection(asyncio.Protocol):
                 if not pending.future.done():
                     pending.future.set_result(outcome)
                 pending.owner.request_done(outcome)
-            elif kind == CONTROL and not self.hello.done():
-                self.hello.set_result(parse_control(payload))
+            elif kind == CONTROL:
+                message = parse_control(payload)
+                if not self.hello.done():
+                    self.hello.set_result(message)
+                elif isinstance(message, Pong):
+                    self.ping_sent = 0.0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False

@@ -29,7 +29,8 @@ Failures:
 * **Host death**: the requests it held for this model are retried once on a dedicated
   worker or fail with 503; the model becomes evicted, and its next request loads it into
   a new host. Dedicated workers keep serving.
-* **Hangs**: a request running longer than ``worker_timeout`` gets its worker (or host)
+* **Hangs**: an idle worker that leaves a heartbeat unanswered (it was stopped, say) is
+  killed and replaced. A request running longer than ``worker_timeout`` gets its worker (or host)
   SIGKILLed; that request fails with :class:`~runtime_core.errors.DeadlineExceeded` (it
   is not retried: it may be the cause), the others are retried as above. While a worker's
   oldest request is overdue, dispatch prefers its siblings.
@@ -52,7 +53,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.control import Ping, Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, RuntimeCoreError, WorkerDied
 from runtime_core.limits import cpu_count
@@ -74,6 +75,10 @@ log = logging.getLogger("runtime_core.pools")
 
 #: Requests of one model in flight on its host that make it ask for a dedicated worker.
 SCALE_UP_AT = 4
+
+#: Seconds of silence after which an idle worker is sent a heartbeat, and the most it may
+#: take to answer (at most ``worker_timeout``) before it is killed as stalled.
+HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
 
 RESIDENT, LOADING, EVICTED = "resident", "loading", "evicted"
 
@@ -414,11 +419,23 @@ class ProcessPool(ModelPool):
         return any(c is not None and c.alive for c in self._workers)
 
     def check_hangs(self, now: float) -> None:
+        """Kill a worker whose oldest request ran past ``worker_timeout``, or that left a
+        heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle (stopped, or stuck outside
+        any request); mark a worker whose oldest request is overdue, so that dispatch
+        prefers its siblings."""
         limit = self.server.worker_timeout
         for conn in self._workers:
-            if conn is None or not conn.alive or not conn.pending:
-                if conn is not None:
-                    conn.overdue = False
+            if conn is None or not conn.alive:
+                continue
+            if not conn.pending:
+                conn.overdue = False
+                if conn.ping_sent and now - conn.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
+                    log.error("model %r: worker %d (pid %d) stopped answering heartbeats; killing it",
+                              self.name, conn.index, conn.pid)
+                    conn.kill()
+                elif conn.ready and not conn.ping_sent and now - max(conn.last_heard, conn.last_used) > HEARTBEAT:
+                    conn.ping_sent = now
+                    conn.write(control_frame(0, Ping(now)))
                 continue
             oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
             conn.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
