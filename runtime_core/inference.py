@@ -24,7 +24,9 @@ model fail fails alone too.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -34,13 +36,21 @@ import numpy as np
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
-from runtime_core.protocol_grpc import GrpcInferenceRequest, decode_grpc_request, encode_grpc_response
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id
 
 __all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler", "client_message"]
 
 log = logging.getLogger("runtime_core.inference")
+
+_GRPC_CODEC = "runtime_core.protocol_grpc"
+
+
+def _grpc_codec() -> Any:
+    """The protobuf codec, imported on the first gRPC request. Not at import time: its
+    generated ``inference.*`` messages share a protobuf pool with any other such module
+    (tritonclient's), so a process that never serves gRPC must not register them."""
+    return importlib.import_module(_GRPC_CODEC)
 
 #: Most requests merged by coalescing when the model sets no ``max_batch_size``.
 DEFAULT_COALESCE = 32
@@ -102,7 +112,7 @@ class ModelHandler:
         if envelope.deadline and time.time() > envelope.deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
         if envelope.wire is Wire.GRPC:
-            request: InferenceRequest = decode_grpc_request(envelope.payload, self.max_elements)
+            request: InferenceRequest = _grpc_codec().decode_grpc_request(envelope.payload, self.max_elements)
         else:
             header = envelope.header_length if envelope.wire is Wire.BINARY else None
             request = decode_request(envelope.payload, header, self.max_elements)
@@ -141,8 +151,9 @@ class ModelHandler:
             outputs = [produced[o.name] for o in request.outputs]
         reply = InferenceResponse(outputs, response.parameters)
         name, version = self.model_name, self.version
-        if isinstance(request, GrpcInferenceRequest):  # it came over gRPC: so does its reply
-            payload = encode_grpc_response(reply, model_name=name, model_version=version, request=request)
+        codec = sys.modules.get(_GRPC_CODEC)  # not imported: no request came over gRPC
+        if codec is not None and isinstance(request, codec.GrpcInferenceRequest):  # so does its reply
+            payload = codec.encode_grpc_response(reply, model_name=name, model_version=version, request=request)
             wire, length = Wire.GRPC, 0
         else:
             payload, header_length = encode_response(reply, model_name=name, model_version=version, request=request)
