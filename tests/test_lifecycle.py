@@ -43,7 +43,7 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
     repo = tmp_path / "repo"
     toy_model(repo, "kept", parallel_workers=1)
     server = serve(repo, args=["--watch"], env={"RUNTIME_CORE_WATCH_INTERVAL": "0.2"})
-    before = output(infer(server, "kept")[1], "loaded_in")[0]
+    before = output(infer(server, "kept")[1], "loaded_at")[0]
 
     toy_model(repo, "fresh", parallel_workers=1)
     wait_until(lambda: infer(server, "fresh")[0] == 200, 20, "the new model to serve")
@@ -63,7 +63,7 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
         doc["parameters"] = {"extra": {"revision": 2}}
         wait_until(lambda: len(statuses) >= 5, 20, "requests flowing before the change")
         settings.write_text(json.dumps(doc))
-        wait_until(lambda: output(infer(server, "kept")[1], "loaded_in")[0] != before, 20, "the reload")
+        wait_until(lambda: output(infer(server, "kept")[1], "loaded_at")[0] != before, 20, "the reload")
         reloaded = len(statuses)
         wait_until(lambda: len(statuses) >= reloaded + 5, 20, "requests flowing after the reload")
     finally:

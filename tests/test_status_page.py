@@ -51,7 +51,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(root: Path, toy_site: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(root, workers=1, env=_env(toy_site))
+    # min_workers: the models keep a dedicated worker, which a test kills.
+    proc = ServerProcess(root, workers=1, env={**_env(toy_site), "RUNTIME_CORE_MIN_WORKERS": "1"})
     yield proc
     proc.stop()
 

@@ -87,6 +87,10 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | No
     return None
 
 
+#: The fields of Triton's ``RepositoryIndexResponse.ModelIndex`` (the REST index has more).
+_INDEX_FIELDS = frozenset({"name", "version", "state", "reason"})
+
+
 class InferenceService:
     """The RPCs of ``inference.GRPCInferenceService``: each a thin adapter over the data plane
     (and the statistics the REST front end serves too)."""
@@ -134,7 +138,10 @@ class InferenceService:
         self.plane.authorize(_metadata(context, "authorization"))
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
-            models=[index(**item) for item in self.plane.repository_index(ready_only=request.ready)]
+            models=[
+                index(**{k: v for k, v in item.items() if k in _INDEX_FIELDS})
+                for item in self.plane.repository_index(ready_only=request.ready)
+            ]
         )
 
     async def repository_model_load(

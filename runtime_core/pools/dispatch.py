@@ -69,9 +69,12 @@ class Dispatch:
     def per_worker(self) -> int:
         return self.depth if self.mode == "spread" else self.batch_depth
 
-    def pick(self, workers: Iterable[T]) -> T | None:
+    def pick(self, workers: Iterable[T], *, full_ok: bool = False) -> T | None:
+        """The worker for the next request, or None if every one is full. ``full_ok``: a
+        retry, which takes the best worker even past its depth (a retry happens once per
+        request, and only when a worker died, so this cannot grow without bound)."""
         mode = self.mode
-        depth = self.per_worker
+        depth = 1 << 30 if full_ok else self.per_worker
         best: T | None = None
         best_key: tuple[int, ...] = ()
         for worker in workers:

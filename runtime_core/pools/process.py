@@ -310,7 +310,8 @@ class ProcessPool(ModelPool):
             )
 
     def _dispatch(self, pending: Pending, exclude: Connection | None = None, host_ok: bool = True) -> bool:
-        worker = self.dispatch.pick(c for c in self._workers if c is not None and c.ready and c is not exclude)
+        ready = (c for c in self._workers if c is not None and c.ready and c is not exclude)
+        worker = self.dispatch.pick(ready, full_ok=pending.retried)
         if worker is not None:
             pending.slot = 0
             worker.send(pending)

@@ -28,7 +28,8 @@ def _extra(runtime: Runtime, key: str, default: float) -> float:
 
 
 class Identity(Runtime):
-    """Returns its first input as ``y`` plus the worker's pid and the number of calls so far.
+    """Returns its first input as ``y`` plus the worker's pid, the number of calls so far, and
+    where (``loaded_in``, a pid) and when (``loaded_at``, ns) this instance was loaded.
 
     ``parameters.extra.sleep`` (seconds) makes every call take that long (busy CPU if
     ``spin`` is true, else sleeping). Request parameter ``crash`` makes the worker exit
@@ -44,6 +45,7 @@ class Identity(Runtime):
     async def load(self) -> None:
         self.calls = 0
         self.loaded_in = os.getpid()
+        self.loaded_at = time.time_ns()  # tells one load from another in the same process
         if self.settings.parameters.extra.get("load_fails"):
             raise RuntimeError("the toy model refuses to load, as asked")
         delay = _extra(self, "load_sleep", 0.0)
@@ -89,6 +91,7 @@ class Identity(Runtime):
                 Tensor("pid", np.array([os.getpid()], dtype=np.int64)),
                 Tensor("calls", np.array([self.calls], dtype=np.int64)),
                 Tensor("loaded_in", np.array([self.loaded_in], dtype=np.int64)),
+                Tensor("loaded_at", np.array([self.loaded_at], dtype=np.int64)),
             ]
         )
 
