@@ -47,9 +47,8 @@ _GRPC_CODEC = "runtime_core.protocol_grpc"
 
 
 def _grpc_codec() -> Any:
-    """The protobuf codec, imported on the first gRPC request. Not at import time: its
-    generated ``inference.*`` messages share a protobuf pool with any other such module
-    (tritonclient's), so a process that never serves gRPC must not register them."""
+    """The protobuf codec, imported on the first gRPC request: a worker, host or test process
+    that never sees one does not pay for importing protobuf and the generated messages."""
     return importlib.import_module(_GRPC_CODEC)
 
 #: Most requests merged by coalescing when the model sets no ``max_batch_size``.
