@@ -203,9 +203,12 @@ def test_hung_worker_is_killed_and_replaced(tmp_path: Path, serve: Any) -> None:
     (first,) = pids_seen(server, "stuck", requests=2)
     status, doc = infer(server, "stuck", hang=True)
     assert status == 504 and "worker_timeout" in doc["error"]
-    wait_until(lambda: infer(server, "stuck")[0] == 200, 10, "a replaced worker answering")
-    (second,) = pids_seen(server, "stuck", requests=2)
-    assert second != first and not psutil.pid_exists(first)
+    # The model keeps answering meanwhile (its host serves it while it has no worker).
+    assert infer(server, "stuck")[0] == 200
+    (second,) = wait_until(lambda: workers(server, "stuck") - {first}, 10, "a replacement worker")
+    # Once it has said it is ready, it takes every request.
+    wait_until(lambda: pids_seen(server, "stuck", requests=2) == {second}, 10, "the replacement to serve")
+    assert not psutil.pid_exists(first)
 
 
 def test_crashing_request_gets_503_and_the_model_keeps_serving(two_models: ServerProcess) -> None:

@@ -76,6 +76,10 @@ log = logging.getLogger("runtime_core.pools")
 #: Requests of one model in flight on its host that make it ask for a dedicated worker.
 SCALE_UP_AT = 4
 
+#: What a resident model counts against ``memory_budget`` at least: loading a small model
+#: often grows the host by no whole page, and no model is free.
+MIN_MODEL_BYTES = 64 * 1024
+
 #: Seconds of silence after which an idle worker is sent a heartbeat, and the most it may
 #: take to answer (at most ``worker_timeout``) before it is killed as stalled.
 HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
@@ -189,7 +193,7 @@ class ProcessPool(ModelPool):
             return
         self._host, self._slot = host, slot
         self.metadata = loaded.metadata
-        self.memory = max(loaded.memory, self.uri_size)
+        self.memory = max(loaded.memory, self.uri_size, MIN_MODEL_BYTES)
         self.state = RESIDENT
         self._residency.loaded(self, time.perf_counter() - started)
 
