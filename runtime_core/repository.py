@@ -1,7 +1,7 @@
 """The model repository: which models exist, their state, and load/unload/reload.
 
 The repository folder is scanned for ``model-settings.json`` files. Each model
-gets a pool (see :mod:`runtime_core.pool`) and a lane in the scheduler. Model
+gets a pool (see :mod:`runtime_core.pools`) and a lane in the scheduler. Model
 operations on one name are serialised by a per-model lock; operations on
 different models run concurrently, and at most ``max_concurrent_loads``
 models load at the same time (peak memory is the sum of what loads at once).

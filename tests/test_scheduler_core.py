@@ -38,9 +38,8 @@ class Cpu:
 class FakePool:
     """A pool that only records: reads of its sizes, what was sent, priority changes.
 
-    It has the methods of ``runtime_core.pool.ModelPool`` without subclassing it: that module
-    imports the worker's gRPC codec, whose generated protobuf module registers the same file
-    name as tritonclient's, which other tests import in this process."""
+    It has the methods of ``runtime_core.pools.base.ModelPool`` (the scheduler's whole view of
+    a pool), written out so that each read can be counted."""
 
     on_capacity: Callable[[], None] = staticmethod(lambda: None)
 
