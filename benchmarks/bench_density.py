@@ -158,7 +158,7 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
         kwargs: dict[str, Any] = {"parallel_workers": 1} if mlserver else {}
         server = server_cls(root, timeout=900.0, **kwargs)
         started = time.perf_counter()
-        with server.start():
+        with server:
             row: dict[str, Any] = {"server": server.name, "models": count}
             row["ready_server_s"] = server.ready_seconds
             row["ready_all_s"] = all_ready(server.url, count, started)

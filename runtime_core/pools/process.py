@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("runtime_core.pools")
 
 #: Requests of one model in flight on its host that make it ask for a dedicated worker.
-SCALE_UP_AT = 4
+SCALE_UP_AT = 8
 
 #: What a resident model counts against ``memory_budget`` at least: loading a small model
 #: often grows the host by no whole page, and no model is free.
