@@ -100,10 +100,22 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, message: str =
         time.sleep(0.02)
 
 
+#: Ports this process has handed out: never handed out twice.
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free TCP port of 127.0.0.1 that this process has not handed out before. The kernel
+    may offer a port again as soon as the probing socket closes, so a server given the
+    same port as another (say its HTTP port as another's gRPC port) would fail to bind, or
+    worse, a test would talk to the wrong server."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def write_model(folder: Path, **settings: Any) -> Path:
