@@ -396,7 +396,7 @@ class ProcessPool(ModelPool):
                 self._apply_nice(conn)
             if self._background_wanted:
                 self._apply_priority(conn, True)
-            self._residency.spawned(time.perf_counter() - started)
+            self._residency.spawned(self, time.perf_counter() - started)
             self.on_capacity()
         except (RuntimeCoreError, OSError, TimeoutError) as exc:
             log.warning("model %r: could not start worker %d: %s", self.name, index, exc)

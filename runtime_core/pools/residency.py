@@ -9,9 +9,10 @@ evicted model stays READY: its next request brings it back (see
 which stops at the first model that frees enough.
 
 The supervisor wakes once per ``period`` and visits only pools that have workers or
-requests in flight: it kills workers and hosts whose oldest request ran past
-``worker_timeout`` and retires dedicated workers idle for ``worker_idle_timeout``. An
-idle server with a thousand models does one empty pass a second.
+requests in flight (a set kept as requests and workers come and go, not a scan). It
+kills workers and hosts whose oldest request ran past ``worker_timeout``, heartbeats
+idle workers, and retires dedicated workers idle for ``worker_idle_timeout``. An idle
+server with a thousand models does one empty pass a second.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Residency:
         self.used = 0
         self._lru: OrderedDict[ProcessPool, int] = OrderedDict()
         self._pools: set[ProcessPool] = set()
+        self._active: set[ProcessPool] = set()  # pools with requests in flight or workers
         self.evictions = 0
         self.spawns = 0
         self.retirements = 0
@@ -62,9 +64,12 @@ class Residency:
 
     def remove(self, pool: ProcessPool) -> None:
         self._pools.discard(pool)
+        self._active.discard(pool)
         self.dropped(pool)
 
     def touch(self, pool: ProcessPool) -> None:
+        """A request for ``pool``: it is the most recently used, and watched until idle."""
+        self._active.add(pool)
         if pool in self._lru:
             self._lru.move_to_end(pool)
 
@@ -86,7 +91,8 @@ class Residency:
         if memory is not None:
             self.used -= memory
 
-    def spawned(self, seconds: float) -> None:
+    def spawned(self, pool: ProcessPool, seconds: float) -> None:
+        self._active.add(pool)
         self.spawns += 1
         self.spawn_seconds += seconds
 
@@ -105,12 +111,14 @@ class Residency:
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            for pool in [p for p in self._pools if p.inflight or p.has_workers]:
+            for pool in list(self._active):
                 try:
                     pool.check_hangs(now)
                     pool.retire_idle(now)
                 except Exception:  # one pool's trouble must not stop the watch over the others
                     log.exception("model %r: supervisor pass failed", pool.name)
+                if not pool.inflight and not pool.has_workers:
+                    self._active.discard(pool)
             for host in self.templates.hosts():
                 conn = host.conn
                 if conn is None or not conn.pending:
