@@ -149,6 +149,7 @@ def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     output = server.output()
     assert "runtime-core: stopping" in output and "runtime-core: stopped" in output
     assert "Traceback" not in output
+    assert " ERROR " not in output, output  # a clean stop logs no error (nor a dropped exception)
 
 
 def test_other_systems_fail_with_one_line(tmp_path: Path) -> None:

@@ -198,6 +198,7 @@ class Host:
         self._ready = loop.create_future()
         loop.add_reader(ctl.fileno(), self._read_control)
         conn = Connection(-1, self._data_lost)
+        conn.hello.set_result(HostReady(self.pid))  # a host says so on its control socket, not here
         await loop.connect_accepted_socket(lambda: conn, data)
         conn.pid = self.pid
         self.conn = conn
