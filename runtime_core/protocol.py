@@ -439,30 +439,62 @@ def _from_binary(
         raise InvalidRequest(f"{where}: 'binary_data_size' must be a non-negative integer")
     if offset + size > len(tail):
         raise InvalidRequest(f"{where}: binary_data_size runs past the end of the request body")
-    chunk = tail[offset : offset + size]
+    return decode_raw_tensor(tail[offset : offset + size], datatype, shape, where, BINARY_BODY)
+
+
+@dataclass(frozen=True, slots=True)
+class RawWording:
+    """How errors name the raw bytes of one tensor, in the words of the wire they came on."""
+
+    short: str
+    """The BYTES elements are fewer than the shape needs: ``{where}: {short} shorter than ...``."""
+    past_end: str
+    """A BYTES element's length runs past the end of the bytes."""
+    extra: str
+    """Bytes are left after the last BYTES element (``{shape}`` is replaced by the shape)."""
+    size: str
+    """The byte count of a fixed-size datatype, e.g. ``binary_data_size is``."""
+
+
+#: Triton's binary extension: a tensor's bytes are ``binary_data_size`` bytes of the body.
+BINARY_BODY = RawWording(
+    short="BYTES data is",
+    past_end="a BYTES element runs past binary_data_size",
+    extra="binary_data_size is larger than the BYTES elements",
+    size="binary_data_size is",
+)
+
+
+def decode_raw_tensor(
+    chunk: memoryview | bytes, datatype: str, shape: tuple[int, ...], where: str, wording: RawWording
+) -> np.ndarray[Any, Any]:
+    """One tensor from its raw little-endian bytes (BYTES elements each a 4-byte length, then
+    the bytes), as the binary extension and gRPC's raw contents carry it. Checks that the
+    bytes match the shape exactly; errors say so in ``wording``."""
     count = math.prod(shape)
+    size = len(chunk)
     if datatype == "BYTES":
         if count > size // _LENGTH.size:  # each element needs at least its 4-byte length
-            raise InvalidRequest(f"{where}: BYTES data is shorter than shape {list(shape)} needs")
+            raise InvalidRequest(f"{where}: {wording.short} shorter than shape {list(shape)} needs")
         out = np.empty(count, dtype=object)
+        view = memoryview(chunk)
         pos = 0
         for i in range(count):
             if pos + 4 > size:
-                raise InvalidRequest(f"{where}: BYTES data is shorter than shape {list(shape)} needs")
-            (length,) = _LENGTH.unpack_from(chunk, pos)
+                raise InvalidRequest(f"{where}: {wording.short} shorter than shape {list(shape)} needs")
+            (length,) = _LENGTH.unpack_from(view, pos)
             pos += 4
             if pos + length > size:
-                raise InvalidRequest(f"{where}: a BYTES element runs past binary_data_size")
-            out[i] = bytes(chunk[pos : pos + length])
+                raise InvalidRequest(f"{where}: {wording.past_end}")
+            out[i] = bytes(view[pos : pos + length])
             pos += length
         if pos != size:
-            raise InvalidRequest(f"{where}: binary_data_size is larger than the BYTES elements")
+            raise InvalidRequest(f"{where}: {wording.extra.format(shape=list(shape))}")
         return out.reshape(shape)
     dtype = DATATYPES[datatype]
     if size != count * dtype.itemsize:
         raise InvalidRequest(
-            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes,"
-            f" binary_data_size is {size}"
+            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, {wording.size} {size}"
         )
     array = np.frombuffer(chunk, dtype=dtype, count=count).reshape(shape)
     if datatype == "BOOL" and count and np.any(array.view(np.uint8) > 1):

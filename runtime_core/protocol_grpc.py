@@ -31,7 +31,6 @@ behave as over REST: validation and content types are :mod:`runtime_core.protoco
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +47,7 @@ from runtime_core.protocol import (
     DATATYPES,
     InferenceRequest,
     InferenceResponse,
+    RawWording,
     RequestedOutput,
     Tensor,
     _binary_data,
@@ -56,11 +56,11 @@ from runtime_core.protocol import (
     _encode_content,
     _shape,
     checked_output,
+    decode_raw_tensor,
 )
 
 __all__ = ["GrpcInferenceRequest", "decode_grpc_request", "encode_grpc_response", "route"]
 
-_LENGTH = struct.Struct("<I")
 _INT64_MAX = 2**63 - 1
 
 #: datatype -> the typed ``contents`` field that carries it.
@@ -146,37 +146,13 @@ def _fill_parameters(entries: Any, parameters: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- decoding
 
 
-def _from_raw(raw: bytes, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
-    count = math.prod(shape)
-    size = len(raw)
-    if datatype == "BYTES":
-        if count > size // _LENGTH.size:  # each element needs at least its 4-byte length
-            raise InvalidRequest(f"{where}: raw BYTES contents are shorter than shape {list(shape)} needs")
-        out = np.empty(count, dtype=object)
-        view = memoryview(raw)
-        pos = 0
-        for i in range(count):
-            if pos + 4 > size:
-                raise InvalidRequest(f"{where}: raw BYTES contents are shorter than shape {list(shape)} needs")
-            (length,) = _LENGTH.unpack_from(view, pos)
-            pos += 4
-            if pos + length > size:
-                raise InvalidRequest(f"{where}: a BYTES element runs past the end of its raw contents")
-            out[i] = bytes(view[pos : pos + length])
-            pos += length
-        if pos != size:
-            raise InvalidRequest(f"{where}: raw contents hold more bytes than shape {list(shape)} needs")
-        return out.reshape(shape)
-    dtype = DATATYPES[datatype]
-    if size != count * dtype.itemsize:
-        raise InvalidRequest(
-            f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes,"
-            f" raw contents have {size}"
-        )
-    array = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
-    if datatype == "BOOL" and count and np.any(array.view(np.uint8) > 1):
-        raise InvalidRequest(f"{where}: BOOL bytes must be 0 or 1")
-    return array
+#: gRPC's ``raw_input_contents``: one bytes entry per tensor.
+RAW_CONTENTS = RawWording(
+    short="raw BYTES contents are",
+    past_end="a BYTES element runs past the end of its raw contents",
+    extra="raw contents hold more bytes than shape {shape} needs",
+    size="raw contents have",
+)
 
 
 def _from_typed(tensor: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray[Any, Any]:
@@ -248,7 +224,7 @@ def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> G
             if elements > max_elements:
                 raise PayloadTooLarge(f"the request's inputs hold more than max_elements ({max_elements}) elements")
         if raw_contents:
-            data = _from_raw(raw_contents[index], datatype, shape, where)
+            data = decode_raw_tensor(raw_contents[index], datatype, shape, where, RAW_CONTENTS)
         else:
             data = _from_typed(item, datatype, shape, where)
         params = _parameters(item.parameters)
