@@ -65,6 +65,15 @@ class ModelMetadata:
     platform: str = ""
 
 
+def declared_metadata(settings: ModelSettings) -> ModelMetadata:
+    """The inputs, outputs and platform that ``model-settings.json`` declares."""
+    return ModelMetadata(
+        inputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in settings.inputs],
+        outputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in settings.outputs],
+        platform=settings.platform,
+    )
+
+
 class Runtime(abc.ABC):
     """Base class of runtime plugins. Subclass it and return the class from the
     ``rc_register_runtimes`` hook of your plugin module."""
@@ -111,11 +120,7 @@ class Runtime(abc.ABC):
 
     def metadata(self) -> ModelMetadata:
         """Inputs and outputs shown in model metadata. Defaults to the declared ones."""
-        return ModelMetadata(
-            inputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in self.settings.inputs],
-            outputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in self.settings.outputs],
-            platform=self.settings.platform,
-        )
+        return declared_metadata(self.settings)
 
     # Helpers for subclasses -------------------------------------------------
 

@@ -63,8 +63,7 @@ from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
 from runtime_core.pools.templates import Host, Templates
-from runtime_core.protocol import TensorSpec
-from runtime_core.runtime import ModelMetadata
+from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
 from runtime_core.worker import WorkerSpec
 
@@ -85,14 +84,6 @@ MIN_MODEL_BYTES = 64 * 1024
 HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
 
 RESIDENT, LOADING, EVICTED = "resident", "loading", "evicted"
-
-
-def _declared(settings: ModelSettings) -> ModelMetadata:
-    return ModelMetadata(
-        inputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in settings.inputs],
-        outputs=[TensorSpec(t.name, t.datatype, list(t.shape)) for t in settings.outputs],
-        platform=settings.platform,
-    )
 
 
 class ProcessPool(ModelPool):
@@ -155,7 +146,7 @@ class ProcessPool(ModelPool):
         self._nice = 0
         self._background_wanted = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.metadata = _declared(settings)
+        self.metadata = declared_metadata(settings)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -513,9 +504,6 @@ class ProcessPool(ModelPool):
             restarts=self._restarts,
             residency=self.state,
         )
-
-    def worker_pids(self) -> list[int]:
-        return [c.pid for c in self._ready()]
 
     def set_nice(self, nice: int) -> None:
         self._nice = nice

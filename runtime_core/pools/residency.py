@@ -44,7 +44,6 @@ class Residency:
         self.worker_timeout = worker_timeout
         self.used = 0
         self._lru: OrderedDict[ProcessPool, int] = OrderedDict()
-        self._pools: set[ProcessPool] = set()
         self._active: set[ProcessPool] = set()  # pools with requests in flight or workers
         self.evictions = 0
         self.spawns = 0
@@ -58,12 +57,11 @@ class Residency:
     # ------------------------------------------------------------------ bookkeeping
 
     def add(self, pool: ProcessPool) -> None:
-        self._pools.add(pool)
+        """A pool is created: the supervisor starts with the first one."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     def remove(self, pool: ProcessPool) -> None:
-        self._pools.discard(pool)
         self._active.discard(pool)
         self.dropped(pool)
 

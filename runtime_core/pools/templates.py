@@ -167,7 +167,6 @@ class Host:
         self._ready: asyncio.Future[HostReady] | None = None
         self._loads: dict[int, asyncio.Future[ModelLoaded]] = {}
         self._spawns: dict[tuple[int, int], asyncio.Future[int]] = {}
-        self._command_lock = asyncio.Lock()
 
     async def start(self, root: _Root | None) -> None:
         loop = asyncio.get_running_loop()
