@@ -67,6 +67,14 @@ class Outcome:
     """Seconds spent encoding this request's reply (``compute_output``)."""
     batch: int = 1
     """How many requests ran in the same ``predict`` call (1: alone)."""
+    rows: int = 1
+    """Inferences this request counts for (Triton's ``inference_count``): for a runtime with
+    row-wise outputs (``supports_batching``), the length of the inputs' shared first axis;
+    otherwise 1 (the model has no batch axis, like a Triton model with ``max_batch_size`` 0).
+    The worker knows it once it has decoded the request."""
+    batch_rows: int = 1
+    """Rows of the ``predict`` call this request ran in, all its requests together (Triton's
+    ``batch_size`` in ``batch_stats``)."""
     queued: float = 0.0
     """Seconds the request waited in its model's queue in the main process (set by the
     scheduler; the worker does not send it)."""

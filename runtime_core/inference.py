@@ -127,6 +127,14 @@ class ModelHandler:
                 )
         return request
 
+    def rows(self, request: InferenceRequest) -> int:
+        """The inferences ``request`` counts for (:attr:`~runtime_core.envelope.Outcome.rows`):
+        the inputs' shared first-axis length when the runtime's outputs are row-wise, else 1."""
+        if not self.batchable or not request.inputs:
+            return 1
+        first = {t.data.shape[0] if t.data.ndim else -1 for t in request.inputs}
+        return first.pop() if len(first) == 1 and -1 not in first else 1
+
     async def _predict(self, request: InferenceRequest) -> InferenceResponse:
         response = await self.runtime.predict(request)
         if not isinstance(response, InferenceResponse):
@@ -136,7 +144,14 @@ class ModelHandler:
         return response
 
     def _encode(
-        self, request: InferenceRequest, response: InferenceResponse, started: float, share: int, predict: float
+        self,
+        request: InferenceRequest,
+        response: InferenceResponse,
+        started: float,
+        share: int,
+        predict: float,
+        rows: int,
+        batch_rows: int,
     ) -> Outcome:
         encoding = time.perf_counter()
         outputs = response.outputs
@@ -159,7 +174,18 @@ class ModelHandler:
             wire, length = (Wire.JSON, 0) if header_length is None else (Wire.BINARY, header_length)
         now = time.perf_counter()
         elapsed = (now - started) / share
-        return Outcome(0, payload, wire, length, elapsed, predict=predict / share, encode=now - encoding, batch=share)
+        return Outcome(
+            0,
+            payload,
+            wire,
+            length,
+            elapsed,
+            predict=predict / share,
+            encode=now - encoding,
+            batch=share,
+            rows=rows,
+            batch_rows=batch_rows,
+        )
 
     # ------------------------------------------------------------------ entry points
 
@@ -167,7 +193,8 @@ class ModelHandler:
         try:
             predicting = time.perf_counter()
             response = await self._predict(request)
-            return self._encode(request, response, started, 1, time.perf_counter() - predicting)
+            rows = self.rows(request)
+            return self._encode(request, response, started, 1, time.perf_counter() - predicting, rows, rows)
         except Exception as exc:
             return self._error(exc, started)
 
@@ -224,6 +251,8 @@ class ModelHandler:
                     started,
                     len(group),
                     predict,
+                    sizes[n],
+                    total,
                 )
                 for n, request in enumerate(group)
             ]

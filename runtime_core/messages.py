@@ -28,7 +28,8 @@ from runtime_core.envelope import Envelope, Outcome, Wire
 
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
 INFER_HEAD = struct.Struct("<BqddI")  # wire, header length, deadline (0: none), arrival time, model slot
-REPLY_HEAD = struct.Struct("<BBqdddddI")  # code, wire, header length, compute, cpu, decode, predict, encode, batch
+# code, wire, header length, compute, cpu, decode, predict, encode, batch, rows, batch rows
+REPLY_HEAD = struct.Struct("<BBqdddddIII")
 
 INFER = 1
 REPLY = 2
@@ -85,15 +86,15 @@ def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:
         outcome.predict,
         outcome.encode,
         outcome.batch,
+        outcome.rows,
+        outcome.batch_rows,
     )
     return [head, outcome.body]
 
 
 def parse_reply(payload: memoryview) -> Outcome:
-    code, wire, header_length, compute, cpu, decode, predict, encode, batch = REPLY_HEAD.unpack_from(payload)
-    return Outcome(
-        code, bytes(payload[REPLY_HEAD.size :]), Wire(wire), header_length, compute, cpu, decode, predict, encode, batch
-    )
+    code, wire, header_length, *figures = REPLY_HEAD.unpack_from(payload)
+    return Outcome(code, bytes(payload[REPLY_HEAD.size :]), Wire(wire), header_length, *figures)
 
 
 def control_frame(request_id: int, message: Any) -> bytes:

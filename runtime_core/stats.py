@@ -26,11 +26,12 @@ Mapping to Triton's fields:
 * ``queue``: time successful requests waited in the model's queue;
 * ``compute_input`` / ``compute_infer`` / ``compute_output``: the worker's decode, the
   request's share of ``predict`` and its encode, for successful requests;
-* ``inference_count``: successful *requests* (Triton counts rows; the main process never
-  parses tensors, so rows are not known here);
+* ``inference_count``: inferences of successful requests, as Triton counts them: a request
+  of ``n`` rows counts ``n`` (the worker counts them after decoding, see
+  :attr:`~runtime_core.envelope.Outcome.rows`; the main process never parses tensors);
 * ``execution_count``: ``predict`` calls: a call that served ``b`` requests counts once;
-* ``batch_stats``: per number of requests in one ``predict`` call, the executions and
-  their decode, predict and encode times.
+* ``batch_stats``: per batch size (the rows of one ``predict`` call, all its requests
+  together), the executions and their decode, predict and encode times.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Duration:
 
 @dataclass(slots=True)
 class BatchFigures:
-    """Executions of one batch size. ``executions`` adds ``1/b`` per request of a batch of ``b``."""
+    """Executions of one batch size (rows per ``predict`` call). ``executions`` adds ``1/b`` per
+    request of a call that served ``b`` requests."""
 
     executions: float = 0.0
     compute_input: int = 0
@@ -113,6 +115,7 @@ class ModelFigures:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     executions: float = 0.0
+    inferences: int = 0
     last_inference: int = 0
     outcomes: list[int] = field(default_factory=lambda: [0] * len(OUTCOMES))
     batches: dict[int, BatchFigures] = field(default_factory=dict)
@@ -267,12 +270,12 @@ class ServerStatistics:
         figures.compute_input.add(result.decode)
         figures.compute_infer.add(result.predict)
         figures.compute_output.add(result.encode)
-        size = max(1, result.batch)
-        share = 1.0 / size
+        figures.inferences += result.rows
+        share = 1.0 / max(1, result.batch)
         figures.executions += share
-        batch = figures.batches.get(size)
+        batch = figures.batches.get(result.batch_rows)
         if batch is None:
-            batch = figures.batches[size] = BatchFigures()
+            batch = figures.batches[result.batch_rows] = BatchFigures()
         batch.executions += share
         batch.compute_input += _ns(result.decode)
         batch.compute_infer += _ns(result.predict)
@@ -317,7 +320,7 @@ class ServerStatistics:
             "name": record.name,
             "version": version if version is not None else (record.version or ""),
             "last_inference": f.last_inference,
-            "inference_count": f.success.count,
+            "inference_count": f.inferences,
             "execution_count": round(f.executions),
             "inference_stats": {
                 "success": f.success.to_json(),

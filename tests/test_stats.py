@@ -1,10 +1,13 @@
 """Triton's statistics extension, read with Triton's own client after known traffic.
 
 ``echo`` gets sequential requests, so every count is exact and each request's parts
-(queue wait, decode, predict, encode) fit inside its total time; ``batch`` (a row-wise
-toy that reports which ``predict`` call served each request) gets concurrent requests,
-and its ``batch_stats`` must match the calls the responses report; ``broken`` failed to
-load and still has (empty) statistics.
+(queue wait, decode, predict, encode) fit inside its total time; ``rows`` (row-wise) and
+``single`` (not row-wise) get sequential requests of different batch sizes, so
+``inference_count`` (rows, as Triton counts them) and ``batch_stats`` are exact; ``batch``
+(a row-wise toy that reports which ``predict`` call served each request, and how many rows
+it had) gets concurrent requests, and its ``batch_stats`` must match the calls the
+responses report; ``broken`` failed to load and still has (empty) statistics. The gRPC
+``ModelStatistics`` RPC answers the same figures.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from support import output, toy_model
 from tritonclient.utils import InferenceServerException
@@ -33,6 +37,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Iterator
     root = tmp_path_factory.mktemp("stats-repo")
     write_model(root / "echo", name="echo", runtime="echo", parameters={"version": "1"})
     toy_model(root, "batch", runtime="toy-batching", max_batch_size=8, max_batch_time=0.5)
+    toy_model(root, "rows", runtime="toy-batching")
+    toy_model(root, "single")
     toy_model(root, "broken", parameters={"extra": {"load_fails": True}})
     path = os.environ.get("PYTHONPATH")
     proc = ServerProcess(root, workers=1, env={"PYTHONPATH": str(toy_site) + (os.pathsep + path if path else "")})
@@ -77,7 +83,7 @@ def test_exact_counts_and_times_that_add_up(server: ServerProcess, client: httpc
     stats = only(client.get_inference_statistics("echo"))
     assert stats["name"] == "echo" and stats["version"] == "1"
     assert before <= stats["last_inference"] <= after
-    assert stats["inference_count"] == 5
+    assert stats["inference_count"] == 10  # five requests of two rows (echo's outputs are row-wise)
     assert stats["execution_count"] == 5
     infer = stats["inference_stats"]
     assert infer["fail"]["count"] == 2 and infer["fail"]["ns"] > 0
@@ -88,13 +94,48 @@ def test_exact_counts_and_times_that_add_up(server: ServerProcess, client: httpc
     # Each request's parts happen one after the other inside its submit-to-answer time.
     assert sum(infer[part]["ns"] for part in PARTS) <= infer["success"]["ns"]
     assert infer["cache_hit"] == {"count": 0, "ns": 0} and infer["cache_miss"] == {"count": 0, "ns": 0}
-    # Sequential requests never share a predict call.
+    # Sequential requests never share a predict call: five calls of two rows.
     [batch] = stats["batch_stats"]
-    assert batch["batch_size"] == 1
+    assert batch["batch_size"] == 2 and batch["compute_infer"]["count"] == 5
     for part in ("compute_input", "compute_infer", "compute_output"):
         assert batch[part] == infer[part]
 
     assert only(client.get_inference_statistics("echo", "1")) == stats
+
+
+def rows_infer(client: httpclient.InferenceServerClient, model: str, rows: int) -> None:
+    data = np.arange(rows * 3, dtype=np.float64).reshape(rows, 3)
+    tensor = httpclient.InferInput("x", [rows, 3], "FP64")
+    tensor.set_data_from_numpy(data)
+    np.testing.assert_array_equal(client.infer(model, [tensor]).as_numpy("y"), data)
+
+
+def test_inference_count_counts_rows(server: ServerProcess, client: httpclient.InferenceServerClient) -> None:
+    sizes = (1, 4, 4, 3, 1)
+    for rows in sizes:
+        rows_infer(client, "rows", rows)
+        rows_infer(client, "single", rows)
+
+    stats = only(client.get_inference_statistics("rows"))
+    assert stats["inference_count"] == 13
+    assert stats["execution_count"] == 5
+    assert stats["inference_stats"]["success"]["count"] == 5
+    assert {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]} == {1: 2, 3: 1, 4: 2}
+    for part in ("compute_input", "compute_infer", "compute_output"):
+        assert sum(b[part]["ns"] for b in stats["batch_stats"]) == stats["inference_stats"][part]["ns"]
+
+    # A runtime whose outputs are not row-wise has no batch axis: a request is one inference.
+    single = only(client.get_inference_statistics("single"))
+    assert single["inference_count"] == 5 and single["execution_count"] == 5
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in single["batch_stats"]] == [(1, 5)]
+
+    # The gRPC RPC serves the same figures.
+    with grpcclient.InferenceServerClient(server.grpc_url) as triton:
+        answer = triton.get_inference_statistics("rows", as_json=True)["model_stats"][0]
+    assert int(answer["inference_count"]) == 13 and int(answer["execution_count"]) == 5
+    assert sorted((int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in answer["batch_stats"]) == [
+        (1, 2), (3, 1), (4, 2),
+    ]
 
 
 def test_batch_stats_match_the_calls_that_ran(server: ServerProcess, client: httpclient.InferenceServerClient) -> None:
@@ -104,13 +145,13 @@ def test_batch_stats_match_the_calls_that_ran(server: ServerProcess, client: htt
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as ex:
         results = list(ex.map(lambda b: server.post_json("/v2/models/batch/infer", b), bodies))
     assert all(status == 200 for status, _ in results), results
-    calls = Counter(output(doc, "call")[0] for _, doc in results)  # call number -> requests it served
-    sizes = Counter(calls.values())  # requests per call -> calls
+    calls = {output(doc, "call")[0]: output(doc, "rows")[0] for _, doc in results}  # call number -> its rows
+    sizes = Counter(calls.values())  # rows per call (the batch size) -> calls
 
-    assert max(sizes) > 1  # some requests did share a call
+    assert max(sizes) > 2  # some requests did share a call
 
     stats = only(client.get_inference_statistics("batch"))
-    assert stats["inference_count"] == 16
+    assert stats["inference_count"] == 32  # sixteen requests of two rows
     assert stats["execution_count"] == len(calls)
     assert {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]} == dict(sizes)
     infer = stats["inference_stats"]
@@ -121,7 +162,7 @@ def test_batch_stats_match_the_calls_that_ran(server: ServerProcess, client: htt
 
 def test_every_model_and_unknown_ones(server: ServerProcess, client: httpclient.InferenceServerClient) -> None:
     every = client.get_inference_statistics()["model_stats"]
-    assert [m["name"] for m in every] == ["batch", "broken", "echo"]
+    assert [m["name"] for m in every] == ["batch", "broken", "echo", "rows", "single"]
     broken = every[1]
     assert broken["inference_count"] == 0 and broken["last_inference"] == 0 and broken["batch_stats"] == []
 
