@@ -38,6 +38,10 @@ class Envelope:
     """Wall-clock time (``time.time()``) after which the request must not run; 0: none."""
     arrived: float = 0.0
     """Wall-clock time the front end received the request (Triton's ``timeout`` counts from it)."""
+    trace: str = ""
+    """The W3C ``traceparent`` of the request's span, which the worker makes the current
+    OpenTelemetry context while the runtime runs; "" when tracing is off (see
+    :mod:`runtime_core.tracing`)."""
 
 
 @dataclass(slots=True)

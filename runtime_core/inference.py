@@ -38,6 +38,7 @@ from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidReques
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id
+from runtime_core.tracing import attach, detach
 
 __all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler", "client_message"]
 
@@ -135,8 +136,15 @@ class ModelHandler:
         first = {t.data.shape[0] if t.data.ndim else -1 for t in request.inputs}
         return first.pop() if len(first) == 1 and -1 not in first else 1
 
-    async def _predict(self, request: InferenceRequest) -> InferenceResponse:
-        response = await self.runtime.predict(request)
+    async def _predict(self, request: InferenceRequest, trace: str) -> InferenceResponse:
+        if trace:  # the request's span is the runtime's current context (runtime_core.tracing)
+            token = attach(trace)
+            try:
+                response = await self.runtime.predict(request)
+            finally:
+                detach(token)
+        else:
+            response = await self.runtime.predict(request)
         if not isinstance(response, InferenceResponse):
             log.error("model %r: predict returned %s, not an InferenceResponse", self.model_name, type(response))
             got = "nothing" if response is None else "something other than an inference response"
@@ -189,19 +197,22 @@ class ModelHandler:
 
     # ------------------------------------------------------------------ entry points
 
-    async def run(self, request: InferenceRequest, started: float) -> Outcome:
+    async def run(self, request: InferenceRequest, started: float, trace: str = "") -> Outcome:
         try:
             predicting = time.perf_counter()
-            response = await self._predict(request)
+            response = await self._predict(request, trace)
             rows = self.rows(request)
             return self._encode(request, response, started, 1, time.perf_counter() - predicting, rows, rows)
         except Exception as exc:
             return self._error(exc, started)
 
-    async def run_batch(self, requests: list[InferenceRequest], started: float) -> list[Outcome]:
-        """Run decoded requests, merging compatible neighbours when the runtime allows it."""
+    async def run_batch(self, requests: list[InferenceRequest], started: float, traces: list[str]) -> list[Outcome]:
+        """Run decoded requests, merging compatible neighbours when the runtime allows it.
+        ``traces``: each request's trace context ("" for none)."""
         if not self.batchable or len(requests) == 1:
-            return [await self.run(r, time.perf_counter() if i else started) for i, r in enumerate(requests)]
+            return [
+                await self.run(r, time.perf_counter() if i else started, traces[i]) for i, r in enumerate(requests)
+            ]
         outcomes: list[Outcome] = []
         i = 0
         while i < len(requests):
@@ -211,12 +222,15 @@ class ModelHandler:
                 while j < len(requests) and _batch_key(requests[j]) == key:
                     j += 1
             group = requests[i:j]
-            outcomes.extend(await self._run_group(group) if len(group) > 1 else [await self.run(group[0], started)])
+            if len(group) > 1:
+                outcomes.extend(await self._run_group(group, traces[i:j]))
+            else:
+                outcomes.append(await self.run(group[0], started, traces[i]))
             started = time.perf_counter()
             i = j
         return outcomes
 
-    async def _run_group(self, group: list[InferenceRequest]) -> list[Outcome]:
+    async def _run_group(self, group: list[InferenceRequest], traces: list[str]) -> list[Outcome]:
         started = time.perf_counter()
         sizes = [r.inputs[0].data.shape[0] for r in group]
         total = sum(sizes)
@@ -232,7 +246,8 @@ class ModelHandler:
         )
         try:
             predicting = time.perf_counter()
-            response = await self._predict(merged)
+            # One call for the batch: it runs in the first trace context among its requests.
+            response = await self._predict(merged, next((t for t in traces if t), ""))
             predict = time.perf_counter() - predicting
             if any(t.data.ndim == 0 or t.data.shape[0] != total for t in response.outputs):
                 raise ValueError("outputs are not row-wise")
@@ -258,7 +273,7 @@ class ModelHandler:
             ]
         except Exception:
             # One request may be the cause: run each alone so that only it fails.
-            return [await self.run(r, time.perf_counter()) for r in group]
+            return [await self.run(r, time.perf_counter(), trace) for r, trace in zip(group, traces, strict=True)]
 
 
 async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> list[Outcome]:
@@ -268,18 +283,20 @@ async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> lis
     waited = _cpu_wait()
     outcomes: list[Outcome | None] = [None] * len(envelopes)
     decoded: list[InferenceRequest] = []
+    traces: list[str] = []
     places: list[int] = []
     decode_times: list[float] = []
     for i, envelope in enumerate(envelopes):
         decoding = time.perf_counter()
         try:
             decoded.append(handler.decode(envelope))
+            traces.append(envelope.trace)
             places.append(i)
             decode_times.append(time.perf_counter() - decoding)
         except Exception as exc:
             outcomes[i] = handler._error(exc, started)
     if decoded:
-        ran = await handler.run_batch(decoded, started)
+        ran = await handler.run_batch(decoded, started, traces)
         for i, outcome, seconds in zip(places, ran, decode_times, strict=True):
             outcome.decode = seconds
             outcomes[i] = outcome

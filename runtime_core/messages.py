@@ -5,8 +5,9 @@ A frame on a worker's data socket (a stream socket) is::
     u32 length | u8 kind | u64 request id | payload (length - 9 bytes)
 
 ``INFER`` payloads are ``u8 wire | i64 header length | f64 deadline | f64 arrived |
-u32 model slot | request bytes`` (see :class:`~runtime_core.envelope.Envelope`; the slot
-names the model in a process that hosts several). ``REPLY`` payloads are the
+u32 model slot | u8 trace length | trace | request bytes`` (see
+:class:`~runtime_core.envelope.Envelope`; the slot names the model in a process that hosts
+several; the trace is the request's W3C ``traceparent``, ASCII, empty when tracing is off). ``REPLY`` payloads are the
 :class:`~runtime_core.envelope.Outcome` fixed fields followed by its body. The request
 bytes go through untouched: the main process never parses them. ``CONTROL`` frames carry
 small pickled typed messages (see :mod:`runtime_core.control`), which are rare. Errors
@@ -27,7 +28,8 @@ from typing import Any
 from runtime_core.envelope import Envelope, Outcome, Wire
 
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
-INFER_HEAD = struct.Struct("<BqddI")  # wire, header length, deadline (0: none), arrival time, model slot
+# wire, header length, deadline (0: none), arrival time, model slot, length of the trace that follows
+INFER_HEAD = struct.Struct("<BqddIB")
 # code, wire, header length, compute, cpu, decode, predict, encode, batch, rows, batch rows
 REPLY_HEAD = struct.Struct("<BBqdddddIII")
 
@@ -62,15 +64,20 @@ __all__ = [
 def infer_frame(request_id: int, envelope: Envelope, slot: int = 0) -> list[bytes]:
     """The pieces of an INFER frame, for ``transport.writelines`` (the payload is not copied)."""
     body = envelope.payload
-    head = FRAME.pack(FRAME.size - 4 + INFER_HEAD.size + len(body), INFER, request_id)
-    fixed = INFER_HEAD.pack(envelope.wire, envelope.header_length, envelope.deadline, envelope.arrived, slot)
-    return [head + fixed, body]  # type: ignore[list-item]
+    trace = envelope.trace.encode() if envelope.trace else b""
+    head = FRAME.pack(FRAME.size - 4 + INFER_HEAD.size + len(trace) + len(body), INFER, request_id)
+    fixed = INFER_HEAD.pack(
+        envelope.wire, envelope.header_length, envelope.deadline, envelope.arrived, slot, len(trace)
+    )
+    return [head + fixed + trace, body]  # type: ignore[list-item]
 
 
 def parse_infer(payload: memoryview) -> tuple[int, Envelope]:
     """``(slot, envelope)`` of an INFER payload; the envelope's payload is a view, not a copy."""
-    wire, header_length, deadline, arrived, slot = INFER_HEAD.unpack_from(payload)
-    return slot, Envelope(payload[INFER_HEAD.size :], Wire(wire), header_length, deadline, arrived)
+    wire, header_length, deadline, arrived, slot, length = INFER_HEAD.unpack_from(payload)
+    start = INFER_HEAD.size + length
+    trace = bytes(payload[INFER_HEAD.size : start]).decode() if length else ""
+    return slot, Envelope(payload[start:], Wire(wire), header_length, deadline, arrived, trace)
 
 
 def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:

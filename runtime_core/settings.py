@@ -194,8 +194,9 @@ class ServerSettings(BaseSettings):
     """Log one line per HTTP request (aiohttp's access log, logger ``aiohttp.access``)."""
 
     tracing: bool = False
-    """Make an OpenTelemetry span per inference request, child of the caller's ``traceparent``,
-    with ``queue`` and ``compute`` child spans (needs the ``tracing`` extra; spans go to the
+    """Make an OpenTelemetry span per inference request (REST and gRPC), child of the caller's
+    ``traceparent``, with ``queue`` and ``compute`` child spans, and run the runtime's
+    ``predict`` in the request span's context (needs the ``tracing`` extra; spans go to the
     tracer provider the application configured)."""
 
     request_log: bool = False

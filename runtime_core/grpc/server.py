@@ -21,6 +21,12 @@ number of waiting requests is bounded per model by the scheduler's queue
 
 Timeout: the call's gRPC deadline becomes the envelope's deadline, so a request
 still queued when it passes never reaches a runtime (DEADLINE_EXCEEDED).
+Tracing (``tracing = true``): each ModelInfer call gets a SERVER span continuing the trace of
+its ``traceparent`` metadata, with ``queue`` and ``compute`` children, and the span's context
+goes to the worker in the envelope (see :mod:`runtime_core.tracing`). UNKNOWN,
+DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS mark the span failed,
+as OpenTelemetry's conventions for gRPC servers say; the other codes are the client's.
+
 Cancel: when the client cancels (or its deadline passes) grpcio cancels the
 handler's task; the scheduler then drops the queued request, as for a REST
 client that hangs up. Worker death: the pool fails the request with
@@ -31,23 +37,27 @@ draining, and :meth:`GrpcServer.stop` lets calls in flight finish within a grace
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runtime_core.dataplane import DataPlane
-from runtime_core.envelope import Envelope, Wire
+from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import RuntimeCoreError, SettingsError
 from runtime_core.grpc.status import status_of
 from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
 from runtime_core.protocol_grpc import route
 from runtime_core.stats import ServerStatistics
+
+if TYPE_CHECKING:
+    from runtime_core.tracing import RequestTracer
 
 log = logging.getLogger("runtime_core.grpc")
 
@@ -87,6 +97,18 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | No
     return None
 
 
+#: Codes that mark a call's span failed: the server's errors, not the client's.
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
 #: The fields of Triton's ``RepositoryIndexResponse.ModelIndex`` (the REST index has more).
 _INDEX_FIELDS = frozenset({"name", "version", "state", "reason"})
 
@@ -98,6 +120,11 @@ class InferenceService:
     def __init__(self, plane: DataPlane, statistics: ServerStatistics) -> None:
         self.plane = plane
         self.statistics = statistics
+        self.tracer: RequestTracer | None = None
+        if plane.settings.tracing:
+            from runtime_core.tracing import RequestTracer  # the optional 'tracing' extra
+
+            self.tracer = RequestTracer()
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.plane.live())
@@ -124,13 +151,44 @@ class InferenceService:
         )
 
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        arrived = time.time()
+        if self.tracer is not None:
+            return await self._traced_infer(self.tracer, payload, context)
         name, version = route(payload)
+        return (await self._infer(name, version, payload, context, "")).body
+
+    async def _infer(
+        self, name: str, version: str, payload: bytes, context: grpc.aio.ServicerContext[Any, Any], trace: str
+    ) -> Outcome:
+        arrived = time.time()
         record = self.plane.ready_model(name, version or None)
         remaining = context.time_remaining()
         deadline = arrived + remaining if remaining is not None else 0.0
-        outcome = await self.plane.infer(record.name, Envelope(payload, Wire.GRPC, 0, deadline, arrived))
-        return outcome.body
+        return await self.plane.infer(record.name, Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace))
+
+    async def _traced_infer(
+        self, tracer: RequestTracer, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        carrier = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "ModelInfer"}
+        with tracer.request("infer", carrier, attributes) as span:
+            code = grpc.StatusCode.INTERNAL  # anything but a core error: _answering_errors says INTERNAL
+            try:
+                name, version = route(payload)
+                span.model(name, version)
+                outcome = await self._infer(name, version, payload, context, span.traceparent)
+                code = grpc.StatusCode.OK
+            except RuntimeCoreError as exc:
+                code = status_of(exc)
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code in _SERVER_ERRORS:
+                    span.failed()
+            span.answered(outcome)
+            return outcome.body
 
     async def repository_index(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -150,9 +150,9 @@ class ModelActor:
         self.stopped = asyncio.Event()
         return runtime.metadata(), seconds
 
-    async def infer(self, items: list[tuple[bytes, int, int, float, float]]) -> list[Outcome]:
+    async def infer(self, items: list[tuple[bytes, int, int, float, float, str]]) -> list[Outcome]:
         assert self.batcher is not None
-        futures = [self.batcher.submit(Envelope(p, Wire(w), h, d, a)) for p, w, h, d, a in items]
+        futures = [self.batcher.submit(Envelope(p, Wire(w), h, d, a, t)) for p, w, h, d, a, t in items]
         return list(await asyncio.gather(*futures))
 
     async def sentinel(self) -> None:
@@ -421,12 +421,23 @@ class RayPool(ModelPool):
             for key in keys:
                 envelope = actor.inflight[key][0]
                 payload = envelope.payload if isinstance(envelope.payload, bytes) else bytes(envelope.payload)
-                items.append((payload, int(envelope.wire), envelope.header_length, envelope.deadline, envelope.arrived))
+                items.append(
+                    (
+                        payload,
+                        int(envelope.wire),
+                        envelope.header_length,
+                        envelope.deadline,
+                        envelope.arrived,
+                        envelope.trace,
+                    )
+                )
             task = asyncio.get_running_loop().create_task(self._call(actor, keys, items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, actor: _Actor, keys: list[int], items: list[tuple[bytes, int, int, float, float]]) -> None:
+    async def _call(
+        self, actor: _Actor, keys: list[int], items: list[tuple[bytes, int, int, float, float, str]]
+    ) -> None:
         try:
             outcomes = await actor.handle.infer.remote(items)
         except (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError):

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
-from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SETTINGS
+from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SETTINGS, TRACEPARENT
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TIMEOUT_HEADER = "Request-Timeout"
@@ -113,7 +113,8 @@ async def infer(request: web.Request) -> web.Response:
     if header_length > len(body):
         raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
     wire = Wire.JSON if header_length < 0 else Wire.BINARY
-    outcome = await plane.infer(record.name, Envelope(body, wire, max(header_length, 0), deadline, arrived))
+    envelope = Envelope(body, wire, max(header_length, 0), deadline, arrived, request.get(TRACEPARENT, ""))
+    outcome = await plane.infer(record.name, envelope)
     request[OUTCOME] = outcome
     if outcome.wire is Wire.JSON:
         return web.Response(body=outcome.body, content_type="application/json")

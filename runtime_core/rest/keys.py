@@ -22,3 +22,6 @@ OPENAPI = web.AppKey("openapi", bytes)
 #: Request key: the worker's :class:`~runtime_core.envelope.Outcome` of an inference, for the
 #: request log and tracing. aiohttp 3.14 added typed request keys and warns about plain strings.
 OUTCOME: Any = web.RequestKey("outcome", Outcome) if hasattr(web, "RequestKey") else "runtime_core.outcome"
+#: Request key: the W3C ``traceparent`` of the request's span, set by the tracing middleware
+#: for the envelope (absent when tracing is off).
+TRACEPARENT: Any = web.RequestKey("traceparent", str) if hasattr(web, "RequestKey") else "runtime_core.traceparent"

@@ -1,39 +1,27 @@
-"""OpenTelemetry tracing of inference requests (the ``tracing`` extra), when ``tracing`` is on.
+"""The REST front end's tracing (``tracing = true``): a span per inference request.
 
-One span per inference request in the main process, a child of the caller's trace when the
-request carries a W3C ``traceparent`` header, with two child spans built from what the
-server measured anyway: ``queue`` (the wait in the model's queue, from the scheduler) and
-``compute`` (decode, predict and encode in the worker, as the worker reports it, with the
-three parts and the batch size as attributes). The two child spans are laid back to back,
-ending when the answer came back; the transfer between the main process and the worker
-(tens of microseconds) is not drawn. Workers do not make spans of their own.
-
-Spans go to whatever tracer provider the application configured (for instance with
-``opentelemetry-instrument`` and the ``OTEL_*`` variables); with none, nothing is recorded.
+A thin middleware over :class:`runtime_core.tracing.RequestTracer` (see there for the spans
+and how their context reaches the worker): it reads the caller's ``traceparent`` from the
+HTTP headers, hands the request span's own ``traceparent`` to the infer handler (request key
+:data:`~runtime_core.rest.keys.TRACEPARENT`) for the envelope, and records the HTTP status.
+A status of 500 or more marks the span as failed; a client's error (4xx) does not.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from runtime_core.envelope import Outcome
-from runtime_core.rest.keys import OUTCOME
-
-
-def _ns(seconds: float) -> int:
-    return max(0, round(seconds * 1e9))
+from runtime_core.rest.keys import OUTCOME, TRACEPARENT
+from runtime_core.tracing import RequestTracer
 
 
 def tracing_middleware() -> Middleware:
     """The middleware; ``ImportError`` if the ``tracing`` extra is not installed."""
-    from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
-
-    tracer = trace.get_tracer("runtime_core")
+    tracer = RequestTracer()
 
     @web.middleware
     async def tracing(
@@ -46,30 +34,16 @@ def tracing_middleware() -> Middleware:
         version = request.match_info.get("version")
         if version:
             attributes["runtime_core.model_version"] = version
-        parent = propagate.extract(dict(request.headers))
-        with tracer.start_as_current_span(f"infer {model}", context=parent, kind=SpanKind.SERVER) as span:
-            span.set_attributes(attributes)
+        # The headers' mapping is case-insensitive, as the propagator's lookups need.
+        with tracer.request(f"infer {model}", request.headers, attributes) as span:
+            request[TRACEPARENT] = span.traceparent
             response = await handler(request)
-            answered = time.time_ns()
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+                span.failed()
             outcome = request.get(OUTCOME)
             if isinstance(outcome, Outcome):
-                computing = answered - _ns(outcome.compute)
-                queued = computing - _ns(outcome.queued)
-                tracer.start_span("queue", start_time=queued).end(end_time=computing)
-                compute = tracer.start_span(
-                    "compute",
-                    start_time=computing,
-                    attributes={
-                        "runtime_core.decode_ms": outcome.decode * 1000,
-                        "runtime_core.predict_ms": outcome.predict * 1000,
-                        "runtime_core.encode_ms": outcome.encode * 1000,
-                        "runtime_core.batch": outcome.batch,
-                    },
-                )
-                compute.end(end_time=answered)
+                span.answered(outcome)
             return response
 
     return tracing

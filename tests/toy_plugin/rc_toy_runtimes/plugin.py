@@ -150,6 +150,51 @@ class Batching(Runtime):
         return InferenceResponse(outputs=[t for t in outputs if not wanted or t.name in wanted])
 
 
+class Traced(Runtime):
+    """Row-wise toy that shows the OpenTelemetry context its ``predict`` runs in, as any runtime
+    that makes spans of its own would. Each call records one span, ``toy predict``, with a
+    tracer provider of its own (the SDK's in-memory exporter, in the process that runs the
+    call), and answers: ``y``, the input ``x``; ``call``, per row, the number of the call; and
+    response parameters ``trace_id`` and ``parent_id``, the trace and parent span of the span it
+    recorded, in hex (both "" when ``predict`` ran in no trace context)."""
+
+    name = "toy-traced"
+    share_loaded_model = True
+    supports_batching = True
+
+    async def load(self) -> None:
+        self.calls = 0
+        self._recorder: Any = None  # made on the first call, in the process that runs it
+
+    def _record(self) -> tuple[str, str]:
+        if self._recorder is None:
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            self._recorder = (provider.get_tracer("rc_toy_runtimes"), exporter)
+        tracer, exporter = self._recorder
+        with tracer.start_as_current_span("toy predict"):
+            pass
+        [span] = exporter.get_finished_spans()
+        exporter.clear()
+        if span.parent is None:
+            return "", ""
+        return format(span.context.trace_id, "032x"), format(span.parent.span_id, "016x")
+
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        self.calls += 1
+        trace_id, parent_id = self._record()
+        x = request.inputs[0].data
+        return InferenceResponse(
+            outputs=[Tensor("y", x), Tensor("call", np.full(x.shape[0], self.calls, dtype=np.int64))],
+            parameters={"trace_id": trace_id, "parent_id": parent_id},
+        )
+
+
 @hookimpl
 def rc_register_runtimes() -> list[type[Runtime]]:
-    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching]
+    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching, Traced]
