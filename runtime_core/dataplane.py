@@ -91,8 +91,8 @@ class DataPlane:
         if meta is None:
             raise ModelNotReady(f"model {record.name!r} is not ready ({record.state.value})", model=record.name)
         body: dict[str, Any] = {"name": record.name, "platform": meta.platform or record.runtime}
-        if record.version:
-            body["versions"] = [record.version]
+        if record.version:  # every version that can be asked for by name, as Triton and KServe list them
+            body["versions"] = self.repository.versions(record.name)
         body["inputs"] = [t.to_json() for t in meta.inputs]
         body["outputs"] = [t.to_json() for t in meta.outputs]
         return body
@@ -106,7 +106,7 @@ class DataPlane:
             raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit}")
 
     async def infer(self, model: str, envelope: Envelope) -> Outcome:
-        """Run one request on ``model`` (a name :meth:`ready_model` returned) and return the
+        """Run one request on ``model`` (the key of a record :meth:`ready_model` returned) and return the
         worker's successful outcome; a failed one is raised as its
         :class:`~runtime_core.errors.RuntimeCoreError`."""
         outcome = await self.scheduler.submit(model, envelope)
@@ -133,13 +133,16 @@ class DataPlane:
             raise Unauthorized("the repository API needs 'Authorization: Bearer <token>'")
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """``[{"name", "version"?, "state", "reason"}]`` for every model found or loaded."""
+        """``[{"name", "version"?, "state", "reason", "residency"?}]``: one row per version of
+        every model found or loaded."""
         return self.repository.index(ready_only=ready_only)
 
     async def load(self, name: str) -> dict[str, Any]:
-        record = await self.repository.load(name)
-        return {"name": record.name, "state": record.state.value}
+        """Load (or reload) every version of ``name``."""
+        records = await self.repository.load(name)
+        return {"name": name, "state": records[0].state.value}
 
     async def unload(self, name: str) -> dict[str, Any]:
+        """Unload every version of ``name``."""
         await self.repository.unload(name)
         return {"name": name, "state": ModelState.UNAVAILABLE.value}

@@ -14,7 +14,7 @@ process does not mix figures):
   (:meth:`ModelPool.health`), model state and load time (repository records).
 
 Every per-model series has the labels ``model`` and ``version`` (empty when the
-model has none). See ``docs/operations.md`` for the list of metrics.
+model has none): each version of a model is its own series. See ``docs/operations.md`` for the list of metrics.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from prometheus_client.metrics_core import (
 from runtime_core import errors
 from runtime_core.envelope import Outcome
 from runtime_core.pools.residency import COLD_START_BUCKETS
-from runtime_core.repository import ModelRepository, ModelState
+from runtime_core.repository import ModelRepository, ModelState, split_key
 from runtime_core.scheduler import FairScheduler
 
 log = logging.getLogger("runtime_core.metrics")
@@ -138,12 +138,6 @@ class ServerMetrics:
 
     # ------------------------------------------------------------------ per request
 
-    def _version(self, model: str) -> str:
-        try:
-            return self.repository.get(model).version or ""
-        except errors.ModelNotFound:
-            return ""
-
     def series(self, model: str, version: str) -> Series:
         key = (model, version)
         found = self._series.get(key)
@@ -152,8 +146,10 @@ class ServerMetrics:
         return found
 
     def observe(self, model: str, result: Outcome | int, wait: float, compute: float, total: float) -> None:
-        """The scheduler observer: one call per request (see :data:`runtime_core.scheduler.Observer`)."""
-        series = self.series(model, self._version(model))
+        """The scheduler observer: one call per request (see :data:`runtime_core.scheduler.Observer`);
+        ``model`` is the version's key, ``name`` or ``name/version``."""
+        name, version = split_key(model)
+        series = self.series(name, version or "")
         index = outcome_index(result)
         series.counts[index] += 1
         if index == REJECTED:
@@ -175,7 +171,7 @@ class ServerMetrics:
 
     def _collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
-        records = {r.name: r for r in self.repository.records()}
+        records = {r.key: r for r in self.repository.records()}  # one per version
         for record in records.values():  # series for every served model, before its first request
             if record.state is ModelState.READY:
                 self.series(record.name, record.version or "")
@@ -221,9 +217,9 @@ class ServerMetrics:
             "Requests whose client went away before the answer (dropped from the queue if still there).",
             labels=labels,
         )
-        for model, stats in sorted(self.scheduler.stats().items()):
-            owner = records.get(model)
-            values = [model, (owner.version if owner else None) or ""]
+        for key, stats in sorted(self.scheduler.stats().items()):
+            model, version_of = split_key(key)
+            values = [model, version_of or ""]
             depth.add_metric(values, stats.queued)
             inflight.add_metric(values, stats.inflight)
             cancelled.add_metric(values, stats.cancelled)
@@ -249,8 +245,8 @@ class ServerMetrics:
             "Worker processes of the model ready to take requests (1 for a model served in the main process).",
             labels=labels,
         )
-        for name, record in sorted(records.items()):
-            values = [name, record.version or ""]
+        for record in records.values():
+            values = [record.name, record.version or ""]
             for value in ModelState:
                 state.add_metric([*values, value.value], 1.0 if record.state is value else 0.0)
             load.add_metric(values, record.load_time)

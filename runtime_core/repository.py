@@ -1,10 +1,18 @@
 """The model repository: which models exist, their state, and load/unload/reload.
 
-The repository folder is scanned for ``model-settings.json`` files. Each model
-gets a pool (see :mod:`runtime_core.pools`) and a lane in the scheduler. Model
-operations on one name are serialised by a per-model lock; operations on
-different models run concurrently, and at most ``max_concurrent_loads``
-models load at the same time (peak memory is the sum of what loads at once).
+The repository folder is scanned for ``model-settings.json`` files. A model may have
+several versions side by side: several folders with one ``name`` and different
+``parameters.version`` (MLServer's layout), or numeric version folders ``<model>/1/``,
+``<model>/2/`` under one settings file (Triton's layout). Each version of each model is
+keyed ``name`` or ``name/version`` (:func:`~runtime_core.settings.model_key`) and gets its
+own record, pool (see :mod:`runtime_core.pools`) and lane in the scheduler: to the
+scheduler, the pools, the statistics and the memory budget a version is a model. The
+repository API's load and unload act on every version of a name; a request without a
+version goes to the model's default version (:meth:`ModelRepository.get`).
+
+Operations on one version are serialised by a per-version lock; operations on
+different ones run concurrently, and at most ``max_concurrent_loads``
+of them load at the same time (peak memory is the sum of what loads at once).
 
 Reload (a ``load`` of a model that is READY) starts a new pool beside the old
 one, switches the scheduler to it once it is ready, then drains and closes the
@@ -39,10 +47,14 @@ from runtime_core.runtime import ModelMetadata, RuntimeContext
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
     MODEL_NAME_RE,
+    MODEL_SETTINGS_FILE,
     ModelSettings,
     ServerSettings,
     find_model_settings,
+    is_version_folder,
     load_model_settings,
+    model_key,
+    version_order,
 )
 
 log = logging.getLogger("runtime_core.repository")
@@ -61,9 +73,18 @@ class ModelState(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
+def split_key(key: str) -> tuple[str, str | None]:
+    """``(name, version)`` of a key made by :func:`~runtime_core.settings.model_key`."""
+    name, slash, version = key.partition("/")
+    return name, version if slash else None
+
+
 @dataclass(slots=True)
 class ModelRecord:
+    """One version of one model (or a model without versions)."""
+
     name: str
+    version: str | None = None
     state: ModelState = ModelState.UNKNOWN
     reason: str = ""
     settings: ModelSettings | None = None
@@ -73,8 +94,9 @@ class ModelRecord:
     error: RuntimeCoreError | None = None
 
     @property
-    def version(self) -> str | None:
-        return self.settings.version if self.settings else None
+    def key(self) -> str:
+        """The scheduler's, the pools' and the statistics' name for this version."""
+        return model_key(self.name, self.version)
 
     @property
     def metadata(self) -> ModelMetadata | None:
@@ -106,8 +128,9 @@ class ModelRepository:
         self.registry = registry
         self.scheduler = scheduler
         self.progress = progress
-        self._records: dict[str, ModelRecord] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._records: dict[str, ModelRecord] = {}  # by key
+        self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
+        self._locks: dict[str, asyncio.Lock] = {}  # by key
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
         self.templates = Templates(server.log_level, server.startup_timeout)
         budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
@@ -116,7 +139,8 @@ class ModelRepository:
     # ------------------------------------------------------------------ discovery
 
     def scan(self) -> tuple[dict[str, ModelSettings], list[SettingsError]]:
-        """Parse every model settings file; returns the valid ones by name and the errors."""
+        """Parse every model settings file; returns the valid ones by key (``name`` or
+        ``name/version``) and the errors (``model`` of each: the key it concerns)."""
         found: dict[str, ModelSettings] = {}
         errors: list[SettingsError] = []
         if self.root is None:
@@ -124,23 +148,88 @@ class ModelRepository:
         paths = find_model_settings(self.root)
         if not paths:  # KServe's layout: one model's files, no settings file (issue 11)
             return single_model(self.root, self.server, self.registry)
+        by_name: dict[str, list[ModelSettings]] = {}
         for path in paths:
+            folder = path.parent
+            in_version_folder = folder.parent != self.root and folder != self.root and is_version_folder(folder.name)
             try:
-                settings = load_model_settings(path)
+                settings = load_model_settings(path, in_version_folder=in_version_folder)
+                for each in self._versions_of_folder(settings):
+                    by_name.setdefault(each.name, []).append(each)
             except SettingsError as exc:
                 errors.append(exc)
-                continue
-            if settings.name in found:
+        for name, group in by_name.items():
+            for settings in self._check_versions(name, group, errors):
+                found[settings.key] = settings
+        return found, errors
+
+    def _versions_of_folder(self, settings: ModelSettings) -> list[ModelSettings]:
+        """Triton's layout: a model folder whose subfolders named by digits hold one version
+        each, under the model folder's settings (a version folder with its own settings file
+        is read on its own, in place of these). Any other folder: the settings themselves."""
+        folder = settings.folder
+        if folder is None or folder == self.root or settings.path is None or settings.path.parent != folder:
+            return [settings]
+        numbered = sorted(
+            (p for p in folder.iterdir() if p.is_dir() and is_version_folder(p.name)), key=lambda p: int(p.name)
+        )
+        if not numbered:
+            return [settings]
+        if settings.version is not None:
+            raise SettingsError(
+                f"{settings.path}: model {settings.name!r}: parameters.version is set but the folder holds "
+                f"version folders ({', '.join(p.name for p in numbered)}); keep one or the other",
+                model=settings.name,
+                path=str(settings.path),
+            )
+        return [settings.as_version(p.name, p) for p in numbered if not (p / MODEL_SETTINGS_FILE).is_file()]
+
+    @staticmethod
+    def _check_versions(name: str, group: list[ModelSettings], errors: list[SettingsError]) -> list[ModelSettings]:
+        """The versions of ``name`` that can serve: one folder per version, all with a version
+        or none, and a ``default_version`` (if any) that they agree on and that exists."""
+        by_version: dict[str | None, ModelSettings] = {}
+        for settings in group:
+            other = by_version.get(settings.version)
+            if other is not None:
+                what = f"model {name!r}" + (f" version {settings.version!r}" if settings.version else "")
                 errors.append(
                     SettingsError(
-                        f"{path}: model name {settings.name!r} is already used by {found[settings.name].path}",
-                        model=settings.name,
-                        path=str(path),
+                        f"{settings.path}: {what} is already defined by {other.path}",
+                        model=settings.key,
+                        path=str(settings.path),
                     )
                 )
                 continue
-            found[settings.name] = settings
-        return found, errors
+            by_version[settings.version] = settings
+        if None in by_version and len(by_version) > 1:
+            plain = by_version.pop(None)
+            versioned = next(iter(by_version.values()))
+            errors.append(
+                SettingsError(
+                    f"{plain.path}: model {name!r} has no parameters.version, but {versioned.path} gives it "
+                    f"version {versioned.version!r}; give every folder of one model a version",
+                    model=name,
+                    path=str(plain.path),
+                )
+            )
+        defaults = {s.default_version: s for s in by_version.values() if s.default_version is not None}
+        problem = ""
+        if len(defaults) > 1:
+            (first, one), (second, two) = list(defaults.items())[:2]
+            problem = f"default_version {first!r} ({one.path}) and {second!r} ({two.path}) disagree"
+        elif defaults:
+            wanted, where = next(iter(defaults.items()))
+            if wanted not in by_version:
+                have = ", ".join(sorted((v for v in by_version if v), key=version_order)) or "none"
+                problem = f"default_version {wanted!r} ({where.path}) is not one of its versions ({have})"
+        if problem:
+            for settings in by_version.values():
+                errors.append(
+                    SettingsError(f"model {name!r}: {problem}", model=settings.key, path=str(settings.path))
+                )
+            return []
+        return list(by_version.values())
 
     def prewarm(self, found: dict[str, ModelSettings] | None = None) -> None:
         """Start the root template of every runtime the repository uses (``found``: a scan
@@ -163,7 +252,7 @@ class ModelRepository:
         self.prewarm(found)
         for error in errors:
             name = error.model or (Path(error.path).parent.name if error.path else "?")
-            record = self._records.setdefault(name, ModelRecord(name))
+            record = self._record(*split_key(name))
             record.state = ModelState.UNAVAILABLE
             record.reason = client_message(error.message)
             log.error("%s", error.message)
@@ -172,26 +261,46 @@ class ModelRepository:
 
     # ------------------------------------------------------------------ operations
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
-    async def load(self, name: str) -> ModelRecord:
-        """Load ``name`` from the repository folder, or reload it if it is loaded."""
+    def _record(self, name: str, version: str | None) -> ModelRecord:
+        """The record of one version of a model, made on first use."""
+        key = model_key(name, version)
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = ModelRecord(name, version)
+            self._by_name.setdefault(name, {})[version] = record
+        return record
+
+    async def load(self, name: str) -> list[ModelRecord]:
+        """Load every version of ``name`` from the repository folder (reloading the loaded
+        ones, unloading the ones whose folder is gone); errors if any version fails."""
         if not MODEL_NAME_RE.match(name) or ".." in name:
             raise ModelNotFound(f"invalid model name {name!r}")
         found, errors = self.scan()
-        settings = found.get(name)
-        if settings is None:
+        wanted = [s for s in found.values() if s.name == name]
+        if not wanted:
             for error in errors:
-                if error.model == name:
+                if error.model is not None and split_key(error.model)[0] == name:
                     raise error
             raise ModelNotFound(f"model {name!r} is not in the model repository", model=name)
-        record = await self._load(settings)
-        if record.state is not ModelState.READY:
-            # Settings problems (a runtime not installed, ...) are the caller's to fix: 400.
-            kind = SettingsError if isinstance(record.error, SettingsError) else ModelLoadError
-            raise kind(f"model {name!r} failed to load: {record.reason}", model=name)
-        return record
+        results = await asyncio.gather(*(self._load(s) for s in wanted), return_exceptions=True)
+        keys = {s.key for s in wanted}
+        for record in list(self._by_name.get(name, {}).values()):
+            if record.key not in keys and record.state is ModelState.READY:
+                await self._unload(record.key)
+        records: list[ModelRecord] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            records.append(result)
+        for record in records:
+            if record.state is not ModelState.READY:
+                # Settings problems (a runtime not installed, ...) are the caller's to fix: 400.
+                kind = SettingsError if isinstance(record.error, SettingsError) else ModelLoadError
+                raise kind(f"model {_label(record)} failed to load: {record.reason}", model=name)
+        return records
 
     def _entry(self, settings: ModelSettings) -> RuntimeEntry:
         return self.registry.get(settings.runtime_name, model=settings.name, path=str(settings.path))
@@ -222,9 +331,9 @@ class ModelRepository:
         )
 
     async def _load(self, settings: ModelSettings) -> ModelRecord:
-        name = settings.name
+        name = settings.key  # in logs and in the progress lines: which version
         async with self._lock(name):
-            record = self._records.setdefault(name, ModelRecord(name))
+            record = self._record(settings.name, settings.version)
             reloading = record.state is ModelState.READY and name in self.scheduler
             if not reloading:
                 record.state = ModelState.LOADING
@@ -275,20 +384,27 @@ class ModelRepository:
             return record
 
     async def unload(self, name: str) -> None:
-        record = self._records.get(name)
-        if record is None or record.state is ModelState.UNKNOWN:
+        """Unload every loaded version of ``name``."""
+        loaded = [r for r in self._by_name.get(name, {}).values() if r.state is ModelState.READY]
+        if not loaded:
             raise ModelNotFound(f"model {name!r} is not loaded", model=name)
-        async with self._lock(name):
+        await asyncio.gather(*(self._unload(r.key) for r in loaded))
+
+    async def _unload(self, key: str) -> None:
+        record = self._records.get(key)
+        if record is None:
+            return
+        async with self._lock(key):
             if record.state is not ModelState.READY:
-                raise ModelNotFound(f"model {name!r} is not loaded", model=name)
+                return
             record.state = ModelState.UNLOADING
-            pool = self.scheduler.remove(name)
+            pool = self.scheduler.remove(key)
             if pool is not None:
                 await pool.aclose()
             record.pool = None
             record.state = ModelState.UNAVAILABLE
             record.reason = "unloaded"
-            log.info("model %r unloaded", name)
+            log.info("model %r unloaded", key)
 
     # ------------------------------------------------------------------ watching
 
@@ -296,7 +412,7 @@ class ModelRepository:
         """Per model: sizes and mtimes of its settings file, the files beside it and its URI."""
         prints: dict[str, tuple[Any, ...]] = {}
         for name, settings in found.items():
-            files: set[Path] = set()
+            files: set[Path] = {settings.path} if settings.path is not None else set()
             if settings.folder is not None:
                 files.update(p for p in settings.folder.iterdir() if p.is_file())
             try:
@@ -331,8 +447,7 @@ class ModelRepository:
                 record = self._records.get(name)
                 if record is not None and record.state is ModelState.READY:
                     log.info("model %r: its folder is gone; unloading", name)
-                    with contextlib.suppress(RuntimeCoreError):
-                        await self.unload(name)
+                    await self._unload(name)
             for name, stamp in sorted(current.items()):
                 if known.get(name) == stamp:
                     continue
@@ -357,25 +472,59 @@ class ModelRepository:
     # ------------------------------------------------------------------ queries
 
     def get(self, name: str, version: str | None = None) -> ModelRecord:
-        record = self._records.get(name)
-        if record is None:
+        """The record of ``version`` of ``name`` or, without a version, of its default version:
+        ``default_version`` from its settings, else its highest ready version, else its highest
+        version (see :func:`~runtime_core.settings.version_order`)."""
+        versions = self._by_name.get(name)
+        if not versions:
             raise ModelNotFound(f"model {name!r} not found", model=name)
-        if version is not None and version != (record.version or "") and not (
-            record.settings and version in record.settings.versions
-        ):
-            raise ModelNotFound(f"model {name!r} has no version {version!r}", model=name)
-        return record
+        if version is None:
+            return self._default(versions)
+        record = versions.get(version)
+        if record is not None:
+            return record
+        for each in versions.values():  # MLServer's ``versions`` list, accepted as aliases
+            if each.settings is not None and version in each.settings.versions:
+                return each
+        raise ModelNotFound(f"model {name!r} has no version {version!r}", model=name)
+
+    @staticmethod
+    def _default(versions: dict[str | None, ModelRecord]) -> ModelRecord:
+        named = sorted((r for v, r in versions.items() if v is not None), key=lambda r: version_order(r.version or ""))
+        if not named:
+            return versions[None]
+        for record in reversed(named):
+            wanted = record.settings.default_version if record.settings is not None else None
+            if wanted is not None and wanted in versions:
+                return versions[wanted]
+        ready = [r for r in named if r.state is ModelState.READY]
+        return (ready or named)[-1]
+
+    def versions(self, name: str, ready_only: bool = True) -> list[str]:
+        """The versions of ``name`` (the READY ones, by default), lowest first."""
+        records = self._by_name.get(name, {}).values()
+        chosen = [r.version for r in records if r.state is ModelState.READY or not ready_only]
+        return sorted((v for v in chosen if v is not None), key=version_order)
+
+    def record(self, key: str) -> ModelRecord | None:
+        """The record of one version by its key (``name`` or ``name/version``)."""
+        return self._records.get(key)
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """One row per version of every model found or loaded: name, version (if any), state,
+        reason and, for a loaded one, residency."""
         found, _ = self.scan()
-        names = sorted(set(self._records) | set(found))
+        rows: list[tuple[str, str | None, ModelRecord]] = []
+        for key in set(self._records) | set(found):
+            name, version = split_key(key)
+            record = self._records.get(key) or ModelRecord(name, version, settings=found.get(key))
+            rows.append((name, version, record))
+        rows.sort(key=lambda row: (row[0], version_order(row[1] or "")))
         out = []
-        for name in names:
-            record = self._records.get(name) or ModelRecord(name, settings=found.get(name))
+        for name, version, record in rows:
             if ready_only and record.state is not ModelState.READY:
                 continue
             item: dict[str, Any] = {"name": name}
-            version = record.version or (found[name].version if name in found else None)
             if version:
                 item["version"] = version
             item["state"] = record.state.value
@@ -386,4 +535,10 @@ class ModelRepository:
         return out
 
     def records(self) -> list[ModelRecord]:
-        return list(self._records.values())
+        """Every version's record, by name then version."""
+        return sorted(self._records.values(), key=lambda r: (r.name, version_order(r.version or "")))
+
+
+def _label(record: ModelRecord) -> str:
+    """``'name'``, or ``'name' version 'v'``, for messages."""
+    return repr(record.name) + (f" version {record.version!r}" if record.version else "")

@@ -274,13 +274,21 @@ class ModelParameters(BaseModel):
     """Model artifact, relative to the settings file's folder (confined to the repository)."""
 
     version: str | None = None
-    """Version label served in metadata and accepted in ``/versions/{v}`` URLs."""
+    """Version label served in metadata and at ``/versions/{v}`` URLs. Several folders with one
+    ``name`` and different versions serve side by side (see :func:`version_order`)."""
 
     extra: dict[str, Any] = Field(default_factory=dict)
     """Free settings for the runtime."""
 
     content_type: str | None = None
     """Default content type of requests (MLServer's ``np``, ``pd``, ``str``, ``base64``)."""
+
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, value: str | None) -> str | None:
+        if value is not None and (not MODEL_NAME_RE.match(value) or ".." in value):
+            raise ValueError("must be letters, digits, '_', '-' or '.', without '..' or '/'")
+        return value
 
 
 class RayActorSettings(BaseModel):
@@ -351,7 +359,14 @@ class ModelSettings(BaseModel):
     versions: list[str] = Field(default_factory=list)
     """MLServer compatibility: accepted and shown in metadata."""
 
+    default_version: str | None = None
+    """Of a model with several versions: the one its unversioned routes serve (default: the
+    highest ready version). Any of the model's settings files may say it; they must agree."""
+
     _path: Path | None = PrivateAttr(default=None)
+    #: The folder of the model's files when it is not the settings file's (Triton's numeric
+    #: version folders, see :func:`as_version`).
+    _folder: Path | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -367,7 +382,22 @@ class ModelSettings(BaseModel):
 
     @property
     def folder(self) -> Path | None:
+        """Where the model's files are: the settings file's folder, or its version folder."""
+        if self._folder is not None:
+            return self._folder
         return self._path.parent if self._path else None
+
+    @property
+    def key(self) -> str:
+        """The model's version's identity in the server: ``name``, or ``name/version``."""
+        return model_key(self.name, self.version)
+
+    def as_version(self, version: str, folder: Path) -> ModelSettings:
+        """These settings for one numeric version folder of Triton's layout (``<model>/<v>/``):
+        same settings file, ``parameters.version`` set, files looked up in ``folder``."""
+        copy = self.model_copy(update={"parameters": self.parameters.model_copy(update={"version": version})})
+        copy._path, copy._folder = self._path, folder
+        return copy
 
     @property
     def version(self) -> str | None:
@@ -426,6 +456,23 @@ class ModelSettings(BaseModel):
         return resolved
 
 
+def model_key(name: str, version: str | None) -> str:
+    """One version of one model, as the scheduler, pools and statistics key it."""
+    return name if version is None else f"{name}/{version}"
+
+
+def is_version_folder(name: str) -> bool:
+    """Whether a folder's name makes it a version folder (Triton's layout): ASCII digits only."""
+    return name.isascii() and name.isdigit()
+
+
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of versions, lowest first: runs of digits compare as numbers, the rest as
+    text, piece by piece (``2`` < ``10``, ``v1.9`` < ``v1.10``, ``1.0`` < ``1.0-rc``); at one
+    position a number sorts before text."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|\D+", version))
+
+
 def _format_validation_item(item: Any) -> str:
     where = ".".join(str(p) for p in item["loc"]) or "(root)"
     if item["type"] == "extra_forbidden":
@@ -470,8 +517,12 @@ def _drop_mlserver_model_keys(raw: dict[str, Any], path: Path) -> None:
             log.warning("%s: MLServer setting %r is ignored: %s", path, where, why)
 
 
-def load_model_settings(path: Path) -> ModelSettings:
-    """Read one ``model-settings.json``; errors name the file and the offending key."""
+def load_model_settings(path: Path, *, in_version_folder: bool = False) -> ModelSettings:
+    """Read one ``model-settings.json``; errors name the file and the offending key.
+
+    ``in_version_folder``: the file is in a numeric version folder of Triton's layout
+    (``<model>/<v>/model-settings.json``): its name defaults to the model folder's name and
+    its ``parameters.version`` to the version folder's."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -480,6 +531,10 @@ def load_model_settings(path: Path) -> ModelSettings:
         raise SettingsError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}", path=str(path)) from None
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: must hold a JSON object", path=str(path))
+    if in_version_folder:
+        raw.setdefault("name", path.parent.parent.name)
+        if isinstance(raw.get("parameters", {}), dict):
+            raw["parameters"] = {"version": path.parent.name, **raw.get("parameters", {})}
     raw.setdefault("name", path.parent.name)
     _drop_mlserver_model_keys(raw, path)
     try:

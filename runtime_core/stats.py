@@ -254,7 +254,8 @@ class ServerStatistics:
     # ------------------------------------------------------------------ per request
 
     def observe(self, model: str, result: Outcome | int, wait: float, compute: float, total: float) -> None:
-        """The scheduler observer: one call per request that reached a model's queue."""
+        """The scheduler observer: one call per request that reached a model's queue (``model``:
+        the version's key, ``name`` or ``name/version``, so each version has its own figures)."""
         figures = self.figures(model)
         now = self.clock()
         index = outcome_index(result)
@@ -300,11 +301,11 @@ class ServerStatistics:
             record = self.repository.get(name, version)
             records = [record]
         else:
-            records = sorted(self.repository.records(), key=lambda r: r.name)
+            records = self.repository.records()  # by name, then version
         return {"model_stats": [self._model_stats(r, version) for r in records]}
 
     def _model_stats(self, record: ModelRecord, version: str | None) -> dict[str, Any]:
-        f = self._models.get(record.name) or ModelFigures()
+        f = self._models.get(record.key) or ModelFigures()
         batches = []
         for size, batch in sorted(f.batches.items()):
             count = round(batch.executions)
@@ -345,13 +346,13 @@ class ServerStatistics:
         """
         now = self.clock()
         lanes = self.scheduler.stats()
-        records = sorted(self.repository.records(), key=lambda r: r.name)
-        charted = {r.name for r in records}
+        records = self.repository.records()  # one row per version, by name then version
+        charted = {r.key for r in records}
         if len(records) > MAX_CHARTS:
             activity = {name: sum(s.success + sum(s.errors) for s in f.timeline) for name, f in self._models.items()}
             busiest = sorted((n for n in charted if activity.get(n)), key=lambda n: -activity[n])
             charted = set(busiest[:MAX_CHARTS])
-        models = [self._model_status(record, lanes, now, reasons, record.name in charted) for record in records]
+        models = [self._model_status(record, lanes, now, reasons, record.key in charted) for record in records]
         return {
             "server": {
                 "uptime": now - self.started,
@@ -388,21 +389,21 @@ class ServerStatistics:
     def _model_status(
         self, record: ModelRecord, lanes: dict[str, Any], now: float, reasons: bool, chart: bool
     ) -> dict[str, Any]:
-        f = self._models.get(record.name) or ModelFigures()
+        f = self._models.get(record.key) or ModelFigures()
         current = int(now // SLOT_SECONDS)
         recent = [s for s in f.timeline if s.index > current - RECENT_SECONDS / SLOT_SECONDS]
         latency = [sum(column) for column in zip(*(s.latency for s in recent), strict=True)] if recent else []
         # Over the last minute, or since start-up if that is shorter.
         span = min(RECENT_SECONDS, max(SLOT_SECONDS, now - self.started))
         recent_errors = [sum(column) for column in zip(*(s.errors for s in recent), strict=True)] if recent else []
-        lane = lanes.get(record.name)
+        lane = lanes.get(record.key)
         health = record.pool.health() if record.pool is not None else None
         restarted = False
         if health is not None:
-            seen, when = self._restarts.get(record.name, (health.restarts, 0.0))
+            seen, when = self._restarts.get(record.key, (health.restarts, 0.0))
             if health.restarts > seen:
                 when = now
-            self._restarts[record.name] = (health.restarts, when)
+            self._restarts[record.key] = (health.restarts, when)
             restarted = now - when < SLOTS * SLOT_SECONDS
         trouble = []
         if record.state is ModelState.UNAVAILABLE:

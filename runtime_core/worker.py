@@ -70,6 +70,8 @@ class WorkerSpec:
     main_pid: int
     log_level: str
     max_elements: int = 0
+    folder: str = ""
+    """The model's files' folder when it is not the settings file's (a numeric version folder)."""
 
     @property
     def name(self) -> str:
@@ -78,6 +80,8 @@ class WorkerSpec:
     def model_settings(self) -> ModelSettings:
         settings = ModelSettings.model_validate(self.settings)
         settings._path = Path(self.settings_path)
+        if self.folder:
+            settings._folder = Path(self.folder)
         return settings
 
     def build(self, index: int | None) -> Runtime:
@@ -86,7 +90,7 @@ class WorkerSpec:
         context = RuntimeContext(
             model_name=settings.name,
             version=settings.version,
-            folder=Path(self.settings_path).parent,
+            folder=Path(self.folder) if self.folder else Path(self.settings_path).parent,
             uri=Path(self.uri) if self.uri else None,
             threads=self.threads,
             worker_index=index,

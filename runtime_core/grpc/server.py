@@ -163,7 +163,7 @@ class InferenceService:
         record = self.plane.ready_model(name, version or None)
         remaining = context.time_remaining()
         deadline = arrived + remaining if remaining is not None else 0.0
-        return await self.plane.infer(record.name, Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace))
+        return await self.plane.infer(record.key, Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace))
 
     async def _traced_infer(
         self, tracer: RequestTracer, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]

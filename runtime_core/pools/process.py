@@ -101,7 +101,7 @@ class ProcessPool(ModelPool):
         lazy: bool = False,
     ) -> None:
         self.settings = settings
-        self.name = settings.name
+        self.name = settings.key  # a version of a model is its own pool: messages say which
         self.server = server
         self.max_workers = max(1, settings.workers(server))
         self.min_workers = min(self.max_workers, settings.min_workers_for(server))
@@ -123,6 +123,7 @@ class ProcessPool(ModelPool):
             main_pid=os.getpid(),
             log_level=server.log_level,
             max_elements=server.max_elements,
+            folder=str(settings.folder) if settings.folder is not None else "",
         )
         self.uri_size = 0
         if uri:

@@ -132,10 +132,11 @@ class ModelActor:
         threadpool_limits(limits=spec["threads"])
         settings = ModelSettings.model_validate(spec["settings"])
         settings._path = Path(spec["settings_path"])
+        settings._folder = Path(spec["folder"])
         context = RuntimeContext(
             model_name=settings.name,
             version=settings.version,
-            folder=Path(spec["settings_path"]).parent,
+            folder=Path(spec["folder"]),
             uri=Path(spec["uri"]) if spec["uri"] else None,
             threads=spec["threads"],
             worker_index=spec["index"],
@@ -218,6 +219,7 @@ class RayPool(ModelPool):
         return {
             "settings": self.settings.model_dump(mode="json", by_alias=False),
             "settings_path": str(self.settings.path),
+            "folder": str(self.settings.folder),
             "import_path": self.entry.import_path,
             "uri": self.uri,
             "threads": self.settings.threads or max(1, int(cpus)),

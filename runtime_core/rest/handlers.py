@@ -114,7 +114,7 @@ async def infer(request: web.Request) -> web.Response:
         raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
     wire = Wire.JSON if header_length < 0 else Wire.BINARY
     envelope = Envelope(body, wire, max(header_length, 0), deadline, arrived, request.get(TRACEPARENT, ""))
-    outcome = await plane.infer(record.name, envelope)
+    outcome = await plane.infer(record.key, envelope)
     request[OUTCOME] = outcome
     if outcome.wire is Wire.JSON:
         return web.Response(body=outcome.body, content_type="application/json")

@@ -52,12 +52,18 @@ function renderServer(data) {
   document.getElementById("extensions").textContent = s.extensions.join(", ");
 }
 
+// Each version of a model is its own row and card.
+function modelKey(m) {
+  return m.version ? `${m.name}/${m.version}` : m.name;
+}
+
 function renderTable(models) {
   const body = document.querySelector("#models tbody");
   const rows = [];
   for (const m of models) {
     const tr = document.createElement("tr");
     tr.dataset.model = m.name;
+    tr.dataset.version = m.version || "";
     if (m.trouble.length) tr.classList.add("trouble");
     cell(tr, m.name, "name");
     cell(tr, m.version || "-", "version");
@@ -152,15 +158,17 @@ function legend(parent, items) {
 
 function renderCharts(models) {
   const box = document.getElementById("charts");
-  const cards = new Map([...box.children].map((c) => [c.dataset.model, c]));
+  const cards = new Map([...box.children].map((c) => [c.dataset.key, c]));
   const wanted = [];
   for (const m of models) {
     if (!m.series) continue; // many models: only the busiest are charted
-    let card = cards.get(m.name);
+    let card = cards.get(modelKey(m));
     if (!card) {
       card = document.createElement("div");
       card.className = "card";
+      card.dataset.key = modelKey(m);
       card.dataset.model = m.name;
+      card.dataset.version = m.version || "";
       const title = document.createElement("h3");
       card.appendChild(title);
       legend(card, [["requests/s", COLORS.rps]]);
