@@ -77,6 +77,11 @@ class WorkerSpec:
     def name(self) -> str:
         return str(self.settings["name"])
 
+    @property
+    def key(self) -> str:
+        """The model's version's key (``name`` or ``name/version``), as the pools know it."""
+        return self.model_settings().key
+
     def model_settings(self) -> ModelSettings:
         settings = ModelSettings.model_validate(self.settings)
         settings._path = Path(self.settings_path)
@@ -175,7 +180,7 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runti
     """Body of a worker process (forked or fresh). Never returns."""
     code = 0
     try:
-        set_process_name(f"rc-w{index}:{spec.name}")
+        set_process_name(f"rc-w{index}:{spec.key}")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -18,13 +18,16 @@ per-version statistics and metrics, and unknown versions.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -32,6 +35,7 @@ import xgboost
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
+from support import named_processes
 from tritonclient.utils import InferenceServerException
 
 from runtime_core.plugins import load_registry
@@ -319,6 +323,35 @@ def test_a_new_version_folder_loads_with_the_model(server: ServerProcess, traine
     status, _ = server.get("/v2/models/triton-skl/versions/3/ready")
     assert status == 400  # known, unloaded: its folder is gone
     wait_until(lambda: server.get("/v2/models/triton-skl")[1]["versions"] == ["1", "2", "10"])
+
+
+def test_a_crash_of_one_versions_worker_leaves_the_other_serving(tmp_path: Path) -> None:
+    """Each version has its own workers: kill -9 of version 1's leaves version 2's alone."""
+    for version in ("1", "2"):
+        write_model(tmp_path / "m" / version, runtime="echo")
+    server = ServerProcess(tmp_path, workers=1, env={"RUNTIME_CORE_MIN_WORKERS": "1"})
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    try:
+
+        def workers() -> dict[str, psutil.Process]:
+            return {name: proc for name, proc in named_processes(server.pid) if name.startswith("rc-w")}
+
+        found = wait_until(lambda: (w := workers()) and {"rc-w0:m/1", "rc-w0:m/2"} <= set(w) and w, message="workers")
+        survivor = found["rc-w0:m/2"].pid
+        os.kill(found["rc-w0:m/1"].pid, signal.SIGKILL)
+        for _ in range(20):
+            status, doc = server.post_json("/v2/models/m/versions/2/infer", body)
+            assert status == 200 and doc["model_version"] == "2", doc
+        assert workers()["rc-w0:m/2"].pid == survivor
+        wait_until(lambda: server.post_json("/v2/models/m/versions/1/infer", body)[0] == 200, message="version 1")
+
+        def restarts() -> dict[str, int]:
+            return {m["version"]: m["restarts"] for m in server.get("/status.json")[1]["models"]}
+
+        wait_until(lambda: restarts()["1"] >= 1, message="version 1's restart counted")
+        assert restarts()["2"] == 0
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- scanning, in process
