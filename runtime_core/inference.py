@@ -19,6 +19,11 @@ outputs and same request parameters. Each request is decoded and validated on
 its own first, so a malformed request fails alone; if the merged call fails,
 every request of the batch is run again on its own, so a request that makes the
 model fail fails alone too.
+
+With tracing on, ``predict`` runs in the request's trace context (its envelope's
+``trace``, see :mod:`runtime_core.tracing`); a merged call runs in the context of the
+first of its requests that has one. A worker also counts each request's rows here, once
+decoded (:attr:`~runtime_core.envelope.Outcome.rows`, Triton's ``inference_count``).
 """
 
 from __future__ import annotations
