@@ -200,8 +200,9 @@ class ServerSettings(BaseSettings):
     tracer provider the application configured)."""
 
     request_log: bool = False
-    """Log one JSON line per inference request (logger ``runtime_core.requests``): model,
-    version, status, request id, bytes in and out, queue, compute and total milliseconds."""
+    """Log one JSON line per inference request, REST or gRPC (logger ``runtime_core.requests``):
+    protocol, model, version, status, request id, bytes in and out, queue, compute and total
+    milliseconds."""
 
     log_format: Literal["text", "json"] = "text"
     """``text``: human-readable lines; ``json``: one JSON object per line (time, level, logger,

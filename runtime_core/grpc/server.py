@@ -27,6 +27,10 @@ goes to the worker in the envelope (see :mod:`runtime_core.tracing`). UNKNOWN,
 DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS mark the span failed,
 as OpenTelemetry's conventions for gRPC servers say; the other codes are the client's.
 
+Request log (``request_log = true``): one JSON line per ModelInfer call, as for REST, with
+``"protocol": "grpc"`` and the gRPC status code as ``status``; the request id is the call's
+``x-request-id`` metadata, else one made up here, and is sent back in the initial metadata.
+
 Cancel: when the client cancels (or its deadline passes) grpcio cancels the
 handler's task; the scheduler then drops the queued request, as for a REST
 client that hangs up. Worker death: the pool fails the request with
@@ -38,15 +42,18 @@ draining, and :meth:`GrpcServer.stop` lets calls in flight finish within a grace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from runtime_core import requestlog
 from runtime_core.dataplane import DataPlane
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import RuntimeCoreError, SettingsError
@@ -54,6 +61,7 @@ from runtime_core.grpc.status import status_of
 from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
 from runtime_core.protocol_grpc import route
+from runtime_core.requestlog import REQUEST_ID, ms
 from runtime_core.stats import ServerStatistics
 
 if TYPE_CHECKING:
@@ -109,6 +117,37 @@ _SERVER_ERRORS = frozenset(
     }
 )
 
+#: The request id's metadata key (gRPC keys are lower case).
+_REQUEST_ID = REQUEST_ID.lower()
+
+
+def _log_call(
+    name: str,
+    version: str,
+    code: grpc.StatusCode,
+    request_id: str,
+    payload: bytes,
+    outcome: Outcome | None,
+    total: float,
+) -> None:
+    """The request log's line for one ModelInfer call (see :mod:`runtime_core.requestlog`)."""
+    requestlog.write(
+        {
+            "time": round(time.time(), 3),
+            "protocol": "grpc",
+            "model": name or None,
+            "version": version or None,
+            "status": code.value[0],
+            "request_id": request_id,
+            "bytes_in": len(payload),
+            "bytes_out": len(outcome.body) if outcome is not None else 0,
+            "queue_ms": ms(outcome.queued) if outcome is not None else None,
+            "compute_ms": ms(outcome.compute) if outcome is not None else None,
+            "total_ms": ms(total),
+        }
+    )
+
+
 #: The fields of Triton's ``RepositoryIndexResponse.ModelIndex`` (the REST index has more).
 _INDEX_FIELDS = frozenset({"name", "version", "state", "reason"})
 
@@ -120,6 +159,9 @@ class InferenceService:
     def __init__(self, plane: DataPlane, statistics: ServerStatistics) -> None:
         self.plane = plane
         self.statistics = statistics
+        self.request_log = plane.settings.request_log
+        if self.request_log:
+            requestlog.setup()
         self.tracer: RequestTracer | None = None
         if plane.settings.tracing:
             from runtime_core.tracing import RequestTracer  # the optional 'tracing' extra
@@ -151,8 +193,8 @@ class InferenceService:
         )
 
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        if self.tracer is not None:
-            return await self._traced_infer(self.tracer, payload, context)
+        if self.tracer is not None or self.request_log:
+            return await self._observed_infer(payload, context)
         name, version = route(payload)
         return (await self._infer(name, version, payload, context, "")).body
 
@@ -165,17 +207,25 @@ class InferenceService:
         deadline = arrived + remaining if remaining is not None else 0.0
         return await self.plane.infer(record.key, Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace))
 
-    async def _traced_infer(
-        self, tracer: RequestTracer, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> bytes:
-        carrier = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
+    async def _observed_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """ModelInfer with its span (``tracing``) and its request log line (``request_log``)."""
+        started = time.perf_counter()
+        metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
+        request_id = ""
+        if self.request_log:
+            request_id = metadata.get(_REQUEST_ID) or uuid.uuid4().hex
+            await context.send_initial_metadata(((_REQUEST_ID, request_id),))
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "ModelInfer"}
-        with tracer.request("infer", carrier, attributes) as span:
-            code = grpc.StatusCode.INTERNAL  # anything but a core error: _answering_errors says INTERNAL
+        tracing = self.tracer.request("infer", metadata, attributes) if self.tracer else contextlib.nullcontext()
+        name = version = ""
+        outcome: Outcome | None = None
+        code = grpc.StatusCode.INTERNAL  # anything but a core error: _answering_errors says INTERNAL
+        with tracing as span:
             try:
                 name, version = route(payload)
-                span.model(name, version)
-                outcome = await self._infer(name, version, payload, context, span.traceparent)
+                if span is not None:
+                    span.model(name, version)
+                outcome = await self._infer(name, version, payload, context, span.traceparent if span else "")
                 code = grpc.StatusCode.OK
             except RuntimeCoreError as exc:
                 code = status_of(exc)
@@ -184,11 +234,16 @@ class InferenceService:
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code in _SERVER_ERRORS:
-                    span.failed()
-            span.answered(outcome)
-            return outcome.body
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    if code in _SERVER_ERRORS:
+                        span.failed()
+                    if outcome is not None:
+                        span.answered(outcome)
+                if self.request_log:
+                    _log_call(name, version, code, request_id, payload, outcome, time.perf_counter() - started)
+        assert outcome is not None  # the call answered
+        return outcome.body
 
     async def repository_index(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
