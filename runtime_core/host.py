@@ -60,7 +60,7 @@ from runtime_core.control import (
     WorkerSpawned,
 )
 from runtime_core.errors import ModelNotReady
-from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, client_message, run_envelopes
+from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, client_message, run_groups
 from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, reply_frame
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
@@ -171,6 +171,8 @@ class _Host:
                 slot, envelope = parse_infer(payload)
                 by_slot.setdefault(slot, []).append((request_id, envelope))
         out: list[bytes] = []
+        ids: list[list[int]] = []
+        groups: list[tuple[ModelHandler, list[Any]]] = []
         for slot, items in by_slot.items():
             entry = self.models.get(slot)
             if entry is None:
@@ -178,11 +180,17 @@ class _Host:
                 for request_id, _ in items:
                     out.extend(reply_frame(request_id, gone))
                 continue
-            handler = entry[2]
             for start in range(0, len(items), DEFAULT_COALESCE):
                 chunk = items[start : start + DEFAULT_COALESCE]
-                outcomes = self.loop.run_until_complete(run_envelopes(handler, [e for _, e in chunk]))
-                for (request_id, _), outcome in zip(chunk, outcomes, strict=True):
+                ids.append([request_id for request_id, _ in chunk])
+                groups.append((entry[2], [envelope for _, envelope in chunk]))
+        if groups:
+            # One run of the event loop for the whole wake-up, whatever the number of models
+            # in it: with traffic spread over many models, most groups hold one request, and a
+            # loop run per group cost more than the group's own decoding (issue 9).
+            results = self.loop.run_until_complete(run_groups(groups))
+            for request_ids, outcomes in zip(ids, results, strict=True):
+                for request_id, outcome in zip(request_ids, outcomes, strict=True):
                     out.extend(reply_frame(request_id, outcome))
         if out:
             self.data.sendall(b"".join(out))

@@ -284,8 +284,33 @@ class ModelHandler:
 async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> list[Outcome]:
     """Decode each request on its own, run the decoded ones (merged where the runtime allows),
     and return one outcome per envelope, in order. Never raises."""
-    started = time.perf_counter()
+    return (await run_groups([(handler, envelopes)]))[0]
+
+
+async def run_groups(groups: list[tuple[ModelHandler, list[Envelope]]]) -> list[list[Outcome]]:
+    """:func:`run_envelopes` for several models' requests at once (a host's wake-up): one
+    outcome list per group, in order. The CPU-wait correction of the service time is read
+    once for all the groups, not once per group. Never raises."""
     waited = _cpu_wait()
+    results: list[list[Outcome]] = []
+    walls: list[float] = []
+    for handler, envelopes in groups:
+        started = time.perf_counter()
+        results.append(await _run_one(handler, envelopes, started))
+        walls.append(time.perf_counter() - started)
+    # Service time: wall time less the time this thread sat runnable waiting for a CPU, so a
+    # worker at low priority is not charged for being made to wait. The wait is shared among
+    # the groups in proportion to their wall time.
+    total = sum(walls)
+    running = max(0.0, total - (_cpu_wait() - waited)) / total if total > 0 else 0.0
+    for outcomes, wall in zip(results, walls, strict=True):
+        service = wall * running / max(1, len(outcomes))
+        for outcome in outcomes:
+            outcome.cpu = service
+    return results
+
+
+async def _run_one(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(envelopes)
     decoded: list[InferenceRequest] = []
     traces: list[str] = []
@@ -305,13 +330,7 @@ async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> lis
         for i, outcome, seconds in zip(places, ran, decode_times, strict=True):
             outcome.decode = seconds
             outcomes[i] = outcome
-    # Service time: wall time less the time this thread sat runnable waiting for a CPU, so a
-    # worker at low priority is not charged for being made to wait.
-    service = max(0.0, (time.perf_counter() - started) - (_cpu_wait() - waited)) / len(envelopes)
-    done = [o for o in outcomes if o is not None]
-    for outcome in done:
-        outcome.cpu = service
-    return done
+    return [o for o in outcomes if o is not None]
 
 
 class BatchLoop:
