@@ -3,7 +3,8 @@
 The browser loads the page from a real server with three models (one of which failed to
 load), sees every model, watches the numbers and both charts of a model change while
 traffic flows, sees a model turn UNAVAILABLE (and stand out) after an unload and after a
-worker of it is killed, and logs no JavaScript error on the way. The page's JSON carries no
+worker of it is killed, shows each version of a model as its own row and chart, and logs no
+JavaScript error on the way. The page's JSON carries no
 server path, and the ``status_page`` setting turns all of it off.
 """
 
@@ -188,6 +189,27 @@ def test_with_many_models_only_the_busy_ones_are_charted(tmp_path: Path, serve: 
     )
     assert cards == ["m03", "m17"]
     assert tab.locator("#models tbody tr").count() == 26
+    tab.close()
+    assert errors == []
+
+
+def test_each_version_of_a_model_has_its_row_and_chart(tmp_path: Path, serve: Any, browser: Any) -> None:
+    for version in ("1", "2"):
+        write_model(tmp_path / "m" / version, runtime="echo")  # Triton's layout: m/1, m/2
+    server = serve(tmp_path, workers=0)
+    body = {"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}]}
+    for _ in range(3):
+        assert server.post_json("/v2/models/m/versions/2/infer", body)[0] == 200
+
+    tab = browser.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(server.url + "/")
+    script = "rows => rows.map(r => [r.dataset.model, r.dataset.version, r.querySelector('td.success').textContent])"
+    rows = wait_until(lambda: tab.eval_on_selector_all("#models tbody tr", script), message="the model table")
+    assert rows == [["m", "1", "0"], ["m", "2", "3"]]
+    cards = tab.eval_on_selector_all(".card", "cards => cards.map(c => c.querySelector('h3').textContent)")
+    assert cards == ["m (version 1): READY", "m (version 2): READY"]
     tab.close()
     assert errors == []
 
