@@ -479,6 +479,8 @@ class ModelRepository:
         if not versions:
             raise ModelNotFound(f"model {name!r} not found", model=name)
         if version is None:
+            if len(versions) == 1:  # the common case, on every request: nothing to choose
+                return next(iter(versions.values()))
             return self._default(versions)
         record = versions.get(version)
         if record is not None:

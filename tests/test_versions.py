@@ -354,6 +354,28 @@ def test_a_crash_of_one_versions_worker_leaves_the_other_serving(tmp_path: Path)
         server.stop()
 
 
+def test_watch_picks_up_a_new_version_folder_and_drops_a_removed_one(tmp_path: Path) -> None:
+    write_model(tmp_path / "m", runtime="echo")
+    (tmp_path / "m" / "1").mkdir()
+    server = ServerProcess(tmp_path, args=["--watch"], env={"RUNTIME_CORE_WATCH_INTERVAL": "0.2"})
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+
+    def served() -> str:
+        status, doc = server.post_json("/v2/models/m/infer", body)
+        return str(doc["model_version"]) if status == 200 else f"status {status}"
+
+    try:
+        assert served() == "1"
+        (tmp_path / "m" / "2").mkdir()
+        wait_until(lambda: served() == "2", message="the new, higher version to take the unversioned route")
+        assert server.post_json("/v2/models/m/versions/1/infer", body)[0] == 200
+        (tmp_path / "m" / "2").rmdir()
+        wait_until(lambda: served() == "1", message="the unversioned route back on version 1")
+        assert server.get("/v2/models/m/versions/2/ready")[0] == 400
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- scanning, in process
 
 
