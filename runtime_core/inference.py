@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -61,11 +63,33 @@ def _grpc_codec() -> Any:
 DEFAULT_COALESCE = 32
 
 
+#: Open schedstat files of this process's threads, by thread id (at most ``_SCHEDSTAT_FILES``),
+#: and the process they were opened in (a forked child inherits the descriptors, which name
+#: its parent's threads).
+_schedstat: dict[int, int] = {}
+_schedstat_pid = 0
+_SCHEDSTAT_FILES = 16
+
+
 def _cpu_wait() -> float:
-    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat)."""
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat).
+
+    Read twice per batch; the file stays open and is read with ``pread``, which costs a
+    tenth of opening it each time (about 2 against 18 us, issue 9)."""
+    global _schedstat_pid
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
+        if _schedstat_pid != os.getpid():  # forked: the inherited descriptors are left alone
+            _schedstat.clear()
+            _schedstat_pid = os.getpid()
+        tid = threading.get_native_id()
+        fd = _schedstat.get(tid)
+        if fd is None:
+            path = f"/proc/self/task/{tid}/schedstat"
+            if len(_schedstat) >= _SCHEDSTAT_FILES:  # threads came and went: no more kept open
+                with open(path, "rb") as f:
+                    return int(f.read().split()[1]) / 1e9
+            fd = _schedstat[tid] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
     except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
         return 0.0
 
