@@ -6,7 +6,9 @@ settings), runtime-core and MLServer 1.7.1 are measured in the same run:
 * time to ready: the server's ``/v2/health/ready``, then every model READY in the
   repository index;
 * processes and PSS of the server's process tree, and its idle CPU (cores) over a quiet
-  window;
+  window (``--idle`` seconds, 10 by default, once ``SETTLE`` seconds have passed since every
+  model was READY: CPU time is counted in clock ticks of 10 ms, so a 5 s window could not
+  tell 0.004 from 0.01 cores, and the last loads' follow-up work must not count as idle);
 * the latency of a first request to each model in turn (one at a time);
 * closed-loop traffic (wrk, concurrency 8, 1-row requests), each request to a model picked
   at random, uniformly or by Zipf's law (s = 1.2): req/s, p99 and server CPU per request.
@@ -41,6 +43,8 @@ from measure import CpuWindow, tree_pids, tree_pss_mib
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
 FEATURES = 20
+#: Seconds between every model READY and the idle-CPU window.
+SETTLE = 3.0
 BODY = json.dumps(
     {"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": [0.1] * FEATURES}]}
 ).encode()
@@ -162,7 +166,7 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
             row: dict[str, Any] = {"server": server.name, "models": count}
             row["ready_server_s"] = server.ready_seconds
             row["ready_all_s"] = all_ready(server.url, count, started)
-            time.sleep(2.0)  # let start-up work settle before the idle window
+            time.sleep(SETTLE)  # let start-up work settle before the idle window
             with CpuWindow(server.pid) as idle:
                 time.sleep(args.idle)
             row["idle_cores"] = idle.seconds / idle.wall
@@ -190,6 +194,7 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
                 row[f"{label}_rps"] = result.rps
                 row[f"{label}_p99_ms"] = result.p99_ms
                 row[f"{label}_cpu_ms_per_req"] = 1000 * cpu.seconds / result.requests
+                row[f"{label}_main_cpu_ms_per_req"] = 1000 * cpu.root_seconds / result.requests
             row["pss_after_traffic_mib"] = tree_pss_mib(server.pid)
             row["processes_after_traffic"] = len(tree_pids(server.pid))
             if not mlserver:
@@ -217,9 +222,11 @@ COLUMNS = [
     ("uniform_rps", "uniform req/s"),
     ("uniform_p99_ms", "uniform p99 ms"),
     ("uniform_cpu_ms_per_req", "uniform CPU ms/req"),
+    ("uniform_main_cpu_ms_per_req", "uniform main proc ms/req"),
     ("zipf_rps", "Zipf req/s"),
     ("zipf_p99_ms", "Zipf p99 ms"),
     ("zipf_cpu_ms_per_req", "Zipf CPU ms/req"),
+    ("zipf_main_cpu_ms_per_req", "Zipf main proc ms/req"),
     ("processes_after_traffic", "processes after"),
     ("pss_after_traffic_mib", "PSS after MiB"),
     ("worker_spawns", "workers spawned"),
@@ -232,7 +239,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 200, 1000])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--idle", type=float, default=5.0, help="seconds of the idle-CPU window")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle-CPU window")
     parser.add_argument("--first", type=int, default=1000, help="models sent a first request, in turn")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-mlserver", action="store_true")
