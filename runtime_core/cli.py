@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             # Workers rely on fork, /proc and Linux scheduling classes.
             print(f"runtime-core: the server runs on Linux only, not on {sys.platform}", file=sys.stderr)
             return 2
+        # OpenMP threads (xgboost, some scikit-learn estimators) sleep when their work runs out
+        # instead of spinning on a core (libgomp's default): spinning threads take the CPU the
+        # main process and the other workers need, and on a busy machine they made an in-process
+        # xgboost model cost 4-5x its CPU per request (issue 9). Set before any framework loads;
+        # templates and workers inherit it; a value set by the operator wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         repository: Path = args.model_repository
         if not repository.is_dir():
             print(f"runtime-core: model repository {repository} is not a folder", file=sys.stderr)

@@ -13,7 +13,9 @@ most that many wait. When the runtime says its outputs are row-wise
 wakes are merged along the first axis into one ``predict`` call (coalescing,
 on by default: it costs no waiting). With ``max_batch_time`` > 0 the loop also
 waits, at most that long after the first request of a batch arrived, for up to
-``max_batch_size`` requests (adaptive batching). Only compatible requests are
+``max_batch_size`` requests (adaptive batching); dedicated workers are built with
+no wait, because their pool holds batches in the main process
+(:mod:`runtime_core.pools.process`). Only compatible requests are
 merged: same input names, datatypes and trailing shapes, same requested
 outputs and same request parameters. Each request is decoded and validated on
 its own first, so a malformed request fails alone; if the merged call fails,

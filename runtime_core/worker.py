@@ -164,7 +164,9 @@ class _WorkerProtocol(asyncio.Protocol):
 async def _serve(handler: ModelHandler, sock: socket.socket, hello: WorkerReady) -> None:
     loop = asyncio.get_running_loop()
     settings = handler.runtime.settings
-    batcher = BatchLoop(handler, settings.max_batch_size, settings.max_batch_time)
+    # Adaptive batching holds requests in the main process, which sees when workers are busy
+    # (pools.process); a worker runs what it is sent, up to max_batch_size at a time, at once.
+    batcher = BatchLoop(handler, settings.max_batch_size, 0.0)
     runner = loop.create_task(batcher.run())
     transport, protocol = await loop.connect_accepted_socket(lambda: _WorkerProtocol(batcher), sock)
     transport.write(control_frame(0, hello))

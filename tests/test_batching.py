@@ -7,13 +7,14 @@ the tests count calls and check that every request got exactly its own rows.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import output, toy_model
 
-from runtime_core.testing import ServerProcess
+from runtime_core.testing import ServerProcess, wait_until
 
 
 def rows_body(values: list[float], outputs: list[str] | None = None) -> dict[str, Any]:
@@ -102,3 +103,60 @@ def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: P
     results = concurrently(server, [rows_body([float(i)]) for i in range(8)])
     assert all(status == 200 for status, _ in results)
     assert len({output(doc, "call")[0] for _, doc in results}) < 8
+
+
+# --------------------------------------------------------------------------- adaptive batching policy
+#
+# Batches are held in the main process, which sees every worker (issue 9). A gated request
+# (a row of 100) holds a worker busy until the test creates the gate file, so these tests see
+# the policy without timing anything: max_batch_time is a minute, far longer than any of them.
+
+
+def metric(server: ServerProcess, name: str, model: str) -> float:
+    status, body, _ = server.request("GET", "/metrics")
+    assert status == 200
+    pattern = re.compile(rf'^runtime_core_{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$', re.M)
+    found = pattern.search(body.decode())
+    return float(found.group(1)) if found else 0.0
+
+
+def gated_model(tmp_path: Path) -> Path:
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=2,
+        max_batch_size=8, max_batch_time=60.0, parameters={"extra": {"gate": str(tmp_path / "gate")}},
+    )
+    return tmp_path / "gate"
+
+
+def busy_workers(gate: Path) -> int:
+    return len(list(gate.parent.glob(gate.name + ".*")))
+
+
+def test_an_idle_worker_runs_a_request_at_once_while_its_sibling_is_busy(tmp_path: Path, serve: Any) -> None:
+    gate = gated_model(tmp_path)
+    server = serve(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        blocked = ex.submit(infer, server, rows_body([100.0]))
+        wait_until(lambda: busy_workers(gate) == 1, message="the gated request to start")
+        # Neither queued behind the busy worker nor held for a batch that would take a minute.
+        status, doc = server.post_json("/v2/models/batch/infer", rows_body([1.0]), timeout=30)
+        assert status == 200 and output(doc, "rows") == [1]
+        assert not blocked.done()
+        gate.touch()
+        assert blocked.result()[0] == 200
+
+
+def test_requests_held_while_every_worker_is_busy_leave_as_one_batch(tmp_path: Path, serve: Any) -> None:
+    gate = gated_model(tmp_path)
+    server = serve(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(6) as ex:
+        blocked = [ex.submit(infer, server, rows_body([100.0])) for _ in range(2)]
+        wait_until(lambda: busy_workers(gate) == 2, message="both workers to be busy")
+        held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(4)]
+        wait_until(lambda: metric(server, "inflight_requests", "batch") == 6, message="6 requests in the pool")
+        gate.touch()
+        results = [f.result() for f in held]
+        assert all(f.result()[0] == 200 for f in blocked)
+    assert all(status == 200 for status, _ in results), results
+    assert {output(doc, "rows")[0] for _, doc in results} == {4}  # one call: the 4 held requests
+    assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(4)]

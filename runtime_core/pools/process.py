@@ -14,6 +14,14 @@ which already holds the model, so it starts in milliseconds; up to ``parallel_wo
 A dedicated worker that has had no request for ``worker_idle_timeout`` is retired, down
 to ``min_workers``.
 
+Adaptive batching (``max_batch_size`` and ``max_batch_time``) is done here, where every
+worker's load is known: a request goes at once to an idle worker; while all are busy,
+requests are held, and the first worker to free up takes up to ``max_batch_size`` of
+them as one batch. A full batch, or one held ``max_batch_time``, is queued on the least
+busy worker. Held requests count as in flight (within ``capacity``); a cancelled one is
+dropped before it reaches a worker; on ``aclose`` the held ones fail with
+``ModelNotReady``; if every worker died, they go to the host or fail like any request.
+
 Bounds: the scheduler never submits past ``capacity``: the dispatch policy's depth per
 ready worker, or one batch's depth on the host. An evicted model (see
 :mod:`runtime_core.pools.residency`) has a capacity of one: its first request brings it
@@ -105,9 +113,12 @@ class ProcessPool(ModelPool):
         self.server = server
         self.max_workers = max(1, settings.workers(server))
         self.min_workers = min(self.max_workers, settings.min_workers_for(server))
-        if settings.max_batch_size > 1 and settings.max_batch_time > 0:
-            # Adaptive batching waits for a batch to fill, which only a dedicated worker does
-            # (a host serves what it finds at each wake-up): keep one.
+        #: Adaptive batching (``max_batch_size`` > 1 and ``max_batch_time`` > 0): the most
+        #: requests held here for one batch, 0 when off. See ``_hold_or_send``.
+        self.hold = settings.max_batch_size if settings.max_batch_size > 1 and settings.max_batch_time > 0 else 0
+        if self.hold:
+            # Batches are held for dedicated workers (a host serves what it finds at each
+            # wake-up, for all its models): keep one.
             self.min_workers = max(self.min_workers, 1)
         self.idle_timeout = server.worker_idle_timeout
         depth = max(server.pipeline_depth, settings.max_batch_size)
@@ -140,6 +151,8 @@ class ProcessPool(ModelPool):
         self._host: Host | None = None
         self._slot = 0
         self._parked: list[Pending] = []
+        self._held: list[Pending] = []
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._loading: asyncio.Task[None] | None = None
         self._inflight = 0
         self._restarts = 0
@@ -235,8 +248,11 @@ class ProcessPool(ModelPool):
         stop_by = loop.time() + grace
         while self._inflight > len(self._parked) and loop.time() < stop_by:
             await asyncio.sleep(0.02)
-        for pending in self._take_parked():
+        held, self._held = self._held, []
+        for pending in self._take_parked() + held:
             self._fail(pending, ModelNotReady(f"model {self.name!r} was unloaded", model=self.name))
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         if self._loading is not None:
             self._loading.cancel()
         for conn in self._workers:
@@ -293,7 +309,10 @@ class ProcessPool(ModelPool):
                 loop.call_at(loop.time() + max(0.0, envelope.deadline - time.time()), self._expire, pending)
             self._start_bring_in()
             return future
-        self._dispatch(pending)
+        if self.hold and self._ready():
+            self._hold_or_send(pending)
+        else:
+            self._dispatch(pending)
         self._maybe_scale_up()
         return future
 
@@ -320,6 +339,63 @@ class ProcessPool(ModelPool):
         self._fail(pending, WorkerDied(f"model {self.name!r}: no worker can take the request"))
         return False
 
+    # ------------------------------------------------------------------ adaptive batching
+
+    def _hold_or_send(self, pending: Pending) -> None:
+        """Adaptive batching without waiting on an idle worker: a request goes at once to a
+        worker with nothing to do. While every worker is busy, requests are held here; the
+        first worker to become free takes what is held (up to ``max_batch_size``) as one
+        batch. A batch that fills, or that has waited ``max_batch_time``, goes to the least
+        busy worker and waits there. So waiting for a batch never leaves a worker idle, and
+        a held batch is bound to a worker only when one frees up (issue 9)."""
+        self._held.append(pending)
+        idle = self._idle_worker()
+        if idle is not None:
+            self._release(idle)
+        elif len(self._held) >= self.hold:
+            self._release(None)
+        elif self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                self.settings.max_batch_time, self._hold_expired
+            )
+
+    def _idle_worker(self) -> Connection | None:
+        return next((c for c in self._workers if c is not None and c.ready and not c.pending and not c.overdue), None)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        if self._held:
+            self._release(self._idle_worker())
+
+    def _release(self, worker: Connection | None) -> None:
+        """Send up to one batch of held requests to ``worker`` (None: the least busy one)."""
+        batch, self._held = self._held[: self.hold], self._held[self.hold :]
+        live = []
+        for pending in batch:
+            if pending.future.done():  # cancelled while held: it never reaches a worker
+                self._inflight -= 1
+            else:
+                live.append(pending)
+        if worker is None:
+            ready = [c for c in self._workers if c is not None and c.ready]
+            worker = min(ready, key=lambda c: (c.overdue, c.load, c.index), default=None)
+        for pending in live:
+            if worker is None:
+                self._dispatch(pending)  # no worker left: the host, or a clean failure
+            else:
+                pending.slot = 0
+                worker.send(pending)
+        if not self._held:
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
+                self._hold_timer = None
+        elif (idle := self._idle_worker()) is not None:
+            self._release(idle)
+        elif self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                self.settings.max_batch_time, self._hold_expired
+            )
+
     def _fail(self, pending: Pending, error: RuntimeCoreError) -> None:
         self._inflight -= 1
         if not pending.future.done():
@@ -329,6 +405,8 @@ class ProcessPool(ModelPool):
     def request_done(self, outcome: Outcome) -> None:
         self.dispatch.observe(outcome.compute)
         self._inflight -= 1
+        if self._held and (idle := self._idle_worker()) is not None:
+            self._release(idle)
         self.on_capacity()
 
     # ------------------------------------------------------------------ elasticity

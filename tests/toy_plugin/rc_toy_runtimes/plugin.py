@@ -123,7 +123,9 @@ class Batching(Runtime):
     ``predict`` call that computed it (so a client can tell which requests shared a call);
     ``rows`` how many rows that call had. A row holding -1 makes the whole call fail with a
     400, which the server must pin on the request that carried it. Each call sleeps
-    ``parameters.extra.sleep`` seconds."""
+    ``parameters.extra.sleep`` seconds. With ``parameters.extra.gate`` (a file path), a call
+    holding a row of 100 first creates ``<gate>.<pid>`` (it has started, in that process), then
+    blocks until the gate file exists: a test holds a worker busy for as long as it wants."""
 
     name = "toy-batching"
     share_loaded_model = True
@@ -137,6 +139,13 @@ class Batching(Runtime):
         x = request.inputs[0].data
         if (x == -1).any():
             raise InvalidRequest("the toy model rejects -1, as asked")
+        gate = self.settings.parameters.extra.get("gate")
+        if gate and (x == 100).any():
+            with open(f"{gate}.{os.getpid()}", "w"):
+                pass
+            stop = time.monotonic() + 120
+            while not os.path.exists(gate) and time.monotonic() < stop:
+                time.sleep(0.01)
         delay = _extra(self, "sleep", 0.0)
         if delay:
             time.sleep(delay)
