@@ -5,6 +5,7 @@ own logical CPUs and a custom resource named after it, so placement is observabl
 server is a real ``runtime-core`` process that joins the cluster through
 ``RUNTIME_CORE_RAY_ADDRESS``; this test process joins it too, to look at the actors
 (``ray.util.list_named_actors``: the pool names its actors ``<model>/<id>``) and to kill them.
+The cluster's nodes see the toy plugin (``PYTHONPATH``), so that actors can run its runtimes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tritonclient.http as httpclient
 from ray.cluster_utils import Cluster
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
+from support import infer_body, toy_model
 
 from runtime_core.pools.ray import NAMESPACE
 from runtime_core.testing import ServerProcess, wait_until, write_model
@@ -34,19 +36,25 @@ N_FEATURES = 4
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, Any]]:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"head": 10}, "include_dashboard": False},
-    )
-    second = cluster.add_node(num_cpus=2, resources={"second": 10})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="runtime-core-tests", log_to_driver=False)
-    try:
-        yield {"cluster": cluster, "head": cluster.head_node.node_id, "second": second}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+def cluster(toy_site: Path) -> Iterator[dict[str, Any]]:
+    with pytest.MonkeyPatch.context() as env:
+        # A token file in the home folder (any local ray.init() writes one) would make the
+        # cluster ask every client for it; the servers here run without one.
+        env.setenv("RAY_AUTH_MODE", "disabled")
+        path = os.environ.get("PYTHONPATH")
+        env.setenv("PYTHONPATH", str(toy_site) + (os.pathsep + path if path else ""))  # for the actors
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 2, "resources": {"head": 10}, "include_dashboard": False},
+        )
+        second = cluster.add_node(num_cpus=2, resources={"second": 10})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace="runtime-core-tests", log_to_driver=False)
+        try:
+            yield {"cluster": cluster, "head": cluster.head_node.node_id, "second": second}
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +66,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_model(root / "forest", runtime="sklearn", backend="ray", parallel_workers=2, ray={"num_cpus": 0.5})
     joblib.dump(forest, root / "forest" / "model.joblib")
     pinned = {"num_cpus": 0.25, "resources": {"second": 1}}
-    write_model(root / "pinned", runtime="sklearn", backend="ray", parallel_workers=1, ray=pinned)
+    # Weight 1/4 of forest's: its actor's model threads get nice 6 (about 1.25 per step).
+    write_model(root / "pinned", runtime="sklearn", backend="ray", parallel_workers=1, ray=pinned, weight=0.25)
     joblib.dump(forest, root / "pinned" / "model.joblib")
     return {"root": root, "forest": forest, "x": x[:6]}
 
@@ -95,6 +104,20 @@ def restarts(server: ServerProcess, name: str) -> float:
         if line.startswith("runtime_core_worker_restarts_total{") and f'model="{name}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a nice below Ray's 15 needs CAP_SYS_NICE")
+def test_actors_run_at_their_models_cpu_priority(server: ServerProcess) -> None:
+    """Ray starts its workers at nice 15; the pool gives each actor's model threads the nice a
+    local worker of the model would have: 0 for the heaviest weight, 6 for a quarter of it."""
+    names = {name: model for model in ("forest", "pinned") for name in actors(model)}
+    assert len(names) == 3, names
+    wanted = {"forest": 0, "pinned": 6}
+
+    def niced() -> bool:
+        return all(where(name)["nice"] == wanted[model] for name, model in names.items())
+
+    wait_until(niced, 60, "the actors' model threads at their models' nice values")
 
 
 def test_workers_spread_over_two_nodes_and_custom_resources_pin(
@@ -225,7 +248,8 @@ def test_sigkill_of_an_actor_under_load(server: ServerProcess, model: dict[str, 
 
 def test_shutdown_leaves_no_actor(server: ServerProcess) -> None:
     assert actors()
-    assert server.stop() == 0
+    code = server.stop()
+    assert code == 0, server.output()[-4000:]
     wait_until(lambda: not actors(), 60, "no actor of the server left in the cluster")
 
 
@@ -254,6 +278,35 @@ def test_actors_that_cannot_be_placed_fail_the_load_cleanly(
     entry = wait_until(failed, 90, "the unplaceable model reported UNAVAILABLE")
     assert "startup_timeout" in entry["reason"] and "tpu" in entry["reason"], entry
     wait_until(lambda: not actors("nowhere"), 60, "the pending actor killed")
+
+
+def test_hung_and_stalled_actors_are_killed_and_replaced(
+    cluster: dict[str, Any], tmp_path: Path, serve: Any
+) -> None:
+    """A request running past ``worker_timeout`` fails with 504 and its actor is replaced; an
+    idle actor that stops answering (SIGSTOP) is found by the heartbeat and replaced."""
+    toy_model(tmp_path, "stuck", backend="ray", parallel_workers=1, ray={"num_cpus": 0.25})
+    env = {
+        "RUNTIME_CORE_RAY_ADDRESS": cluster["cluster"].address,
+        "RUNTIME_CORE_GRPC_PORT": "0",
+        "RUNTIME_CORE_WORKER_TIMEOUT": "2",
+    }
+    server = serve(tmp_path, env=env, wait=False)
+    server.wait_ready(180)
+    (first,) = actors("stuck")
+    assert server.post_json("/v2/models/stuck/infer", infer_body([1.0]))[0] == 200
+    # The toy sleeps an hour on "hang": only the watchdog can answer this in time.
+    status, doc = server.post_json("/v2/models/stuck/infer", infer_body([1.0], hang=True))
+    assert status == 504 and "worker_timeout" in doc["error"], doc
+    (second,) = wait_until(lambda: [n for n in actors("stuck") if n != first] or None, 120, "a replacement")
+    wait_until(lambda: server.post_json("/v2/models/stuck/infer", infer_body([1.0]))[0] == 200, 60, "answers")
+    # Stopped while idle: only the heartbeat can tell.
+    os.kill(where(second)["pid"], signal.SIGSTOP)
+    wait_until(lambda: [n for n in actors("stuck") if n not in (first, second)], 120, "a replacement")
+    wait_until(lambda: server.post_json("/v2/models/stuck/infer", infer_body([2.0]))[0] == 200, 60, "answers")
+    assert restarts(server, "stuck") == 2
+    server.stop()
+    wait_until(lambda: not actors("stuck"), 60, "no actor left")
 
 
 def test_without_ray_a_clear_error(tmp_path: Path, serve: Any) -> None:

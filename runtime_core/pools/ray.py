@@ -11,9 +11,15 @@ Each actor holds one runtime instance and runs the same :class:`ModelHandler` an
 :class:`BatchLoop` as a local worker, on the request bytes: the main process never decodes
 a tensor. Envelopes submitted to one actor during one turn of the event loop go to it in one
 remote call, with one call in flight per actor: what arrives while it is out goes with the
-next (and the actor's batch loop runs a call's requests as one ``predict``). Ray
+next (and the actor's batch loop runs a call's requests as one ``predict``). An idle actor's
+next call waits up to ``_LINGER`` for as many requests as its last call answered. Ray
 moves a call's arguments through its object store when they are large, so a big body is
 copied once on its way to a remote node.
+
+CPU priority: the threads that run the model in an actor get the nice value (by the model's
+weight) and SCHED_IDLE state that a local worker of the model would get, on the actor's own
+node; Ray starts its workers at nice 15, and going below that needs CAP_SYS_NICE there
+(without it, the actor keeps the lowest nice it may set).
 
 Bounds: at most ``depth`` requests in flight per live actor (``capacity``); the scheduler
 never submits past it. Nothing else queues here.
@@ -23,8 +29,10 @@ Ordering: none between requests; each future completes when its actor answers.
 Cancel: cancelling a submitted future does not stop the actor; its answer is dropped.
 
 Timeout: the actor honours the envelope's wall-clock deadline before running it (as a local
-worker does). A request running too long is not killed here: Ray has no per-call timeout
-that frees the actor.
+worker does). A call whose oldest request has been out longer than ``worker_timeout`` gets
+its actor killed (``ray.kill``): that request fails with :class:`DeadlineExceeded` (504, not
+retried: it may be the cause), the others are handled as on actor death, below. An idle
+actor that leaves a heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` is killed the same way.
 
 Actor death (its process killed, its node lost): every actor has a sentinel call that never
 returns, so death is noticed even when the actor is idle. Its in-flight requests are sent
@@ -45,11 +53,12 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from runtime_core.envelope import Envelope, Outcome, Wire
-from runtime_core.errors import InferenceFailed, ModelLoadError, SettingsError, WorkerDied
+from runtime_core.errors import DeadlineExceeded, InferenceFailed, ModelLoadError, SettingsError, WorkerDied
 from runtime_core.inference import BatchLoop, ModelHandler
 from runtime_core.plugins import RuntimeEntry, import_runtime
 from runtime_core.pools.base import ModelPool, PoolHealth
@@ -68,11 +77,21 @@ _INSTALL_HINT = "the Ray pool backend needs Ray: pip install 'runtime-core[ray]'
 
 #: Remote calls in flight per actor. One: requests that arrive while an actor runs a call
 #: wait here and all go in its next call, which its batch loop runs as one ``predict``. A
-#: remote call costs far more CPU than a local frame, and models such as a 300-tree forest
-#: have a large fixed cost per ``predict``, so under load fewer, fuller calls should win;
-#: in short trials up to 8 calls per actor measured no better (docs/benchmarks.md, Ray
-#: backend). The price: the actor idles one round trip per call.
+#: second call in flight does not join the running batch (``predict`` holds the actor's
+#: event loop, so it runs as a batch of its own): measured on the 300-tree forest, two calls
+#: per actor gave 1.4 requests per ``predict`` against 2.1 with one, and 28 against 19 ms
+#: of CPU per request. The price of one: the actor idles one round trip per call.
 _CALLS_PER_ACTOR = 1
+
+#: Seconds an idle actor's next call may wait for as many requests as its last call
+#: answered: in a closed loop those clients come back within a millisecond or so, and a
+#: remote call costs 1-2 ms of CPU (driver and actor), so one full call beats a call of
+#: the first arrival followed by one of the rest. It waits only while fewer have come.
+_LINGER = 0.002
+
+#: Seconds of silence after which an idle actor is sent a heartbeat, and the most it may take
+#: to answer (at most ``worker_timeout``) before it is killed as stalled: as for local workers.
+HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
 
 #: Seconds an actor may take to unload when its model is unloaded, before it is killed.
 _UNLOAD_WAIT = 5.0
@@ -124,11 +143,15 @@ class ModelActor:
         self.batcher: BatchLoop | None = None
         self.runner: asyncio.Task[None] | None = None
         self.stopped: asyncio.Event | None = None  # created on the actor's event loop, in load()
+        self.ray_threads: set[int] = set()  # Ray's own threads, never reniced
 
     async def load(self) -> tuple[ModelMetadata, float]:
         from threadpoolctl import threadpool_limits
 
         spec = self.spec
+        # Every thread started from here on runs model code (this event-loop thread, and the
+        # BLAS/OpenMP pools it starts); the ones already there are Ray's.
+        self.ray_threads = _threads() - {threading.get_native_id()}
         threadpool_limits(limits=spec["threads"])
         settings = ModelSettings.model_validate(spec["settings"])
         settings._path = Path(spec["settings_path"])
@@ -156,6 +179,27 @@ class ModelActor:
         futures = [self.batcher.submit(Envelope(p, Wire(w), h, d, a, t)) for p, w, h, d, a, t in items]
         return list(await asyncio.gather(*futures))
 
+    async def priority(self, nice: int, background: bool) -> bool:
+        """Give the threads that run the model ``nice`` and, if ``background``, SCHED_IDLE (on
+        this actor's node). Ray starts its workers at nice 15 (``RAY_worker_niceness``);
+        a nice below that needs CAP_SYS_NICE: without it the lowest allowed is kept.
+        Returns whether everything applied."""
+        applied = True
+        policy = os.SCHED_IDLE if background else os.SCHED_OTHER
+        for tid in _threads() - self.ray_threads:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except OSError:
+                applied = False
+            try:
+                os.sched_setscheduler(tid, policy, os.sched_param(0))
+            except OSError:
+                applied = False
+        return applied
+
+    async def ping(self) -> None:
+        """Answers at once if the actor's event loop is free (the pool's idle heartbeat)."""
+
     async def sentinel(self) -> None:
         """Never returns while the actor lives: its failure tells the pool the actor died."""
         assert self.stopped is not None
@@ -170,25 +214,58 @@ class ModelActor:
         if self.stopped is not None:
             self.stopped.set()
 
-    def where(self) -> dict[str, Any]:
+    async def where(self) -> dict[str, Any]:
         """Where this actor runs (for tests and operators): node id and process id."""
         import ray
 
-        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+            "policy": os.sched_getscheduler(threading.get_native_id()),
+        }
+
+
+def _threads() -> set[int]:
+    """Native ids of this process's threads (Linux)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:
+        return {threading.get_native_id()}
+
+
+class _Request:
+    """One request on its way to, or in, an actor."""
+
+    __slots__ = ("envelope", "future", "retried", "sent")
+
+    def __init__(self, envelope: Envelope, future: asyncio.Future[Outcome], retried: bool) -> None:
+        self.envelope = envelope
+        self.future = future
+        self.retried = retried
+        self.sent = 0.0  # loop time its call left; 0 while it waits here for the actor's next call
 
 
 class _Actor:
     """The pool's view of one actor."""
 
-    __slots__ = ("alive", "calls", "handle", "inflight", "name", "pending")
+    __slots__ = (
+        "alive", "calls", "expect", "handle", "inflight", "last_heard", "linger_until", "name", "pending",
+        "ping_sent", "timed_out",
+    )
 
     def __init__(self, handle: Any, name: str) -> None:
         self.handle = handle
         self.name = name
         self.alive = False
         self.calls = 0  # remote calls in flight
-        self.inflight: dict[int, tuple[Envelope, asyncio.Future[Outcome], bool]] = {}
-        self.pending: list[int] = []
+        self.inflight: dict[int, _Request] = {}
+        self.pending: list[int] = []  # keys of requests waiting for the actor's next call
+        self.last_heard = 0.0  # loop time of its last answer (a call or a heartbeat)
+        self.ping_sent = 0.0  # loop time of the heartbeat it has not answered yet; 0: none
+        self.timed_out: set[int] = set()  # the request that ran past worker_timeout, once killed
+        self.expect = 0  # requests its last call answered: about as many should come back soon
+        self.linger_until = 0.0  # loop time until which its next call waits for them
 
 
 class RayPool(ModelPool):
@@ -209,8 +286,12 @@ class RayPool(ModelPool):
         self._closing = False
         self._next = 0
         self._flush_scheduled = False
+        self._linger_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ray: Any = None
+        self._nice = 0
+        self._background = False
+        self._priority_applied = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,7 +328,14 @@ class RayPool(ModelPool):
         metadata, _seconds = await actor.handle.load.remote()
         self.metadata = metadata
         actor.alive = True
-        self._watch(actor)
+        actor.last_heard = asyncio.get_running_loop().time()
+        self._background_task(self._sentinel(actor))
+        self._background_task(self._prioritise(actor))
+
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         self._ray = await asyncio.to_thread(connect, self.server.ray_address)
@@ -268,16 +356,12 @@ class RayPool(ModelPool):
         if errors:
             await self._kill_all()
             raise ModelLoadError(self._load_message(errors[0]), model=self.settings.name) from errors[0]
+        self._background_task(self._watchdog())
 
     def _load_message(self, error: BaseException) -> str:
         cause = getattr(error, "cause", None) or error
         text = str(cause).strip().splitlines()[-1] if str(cause).strip() else cause.__class__.__name__
         return f"a Ray actor failed to load the model: {text}"
-
-    def _watch(self, actor: _Actor) -> None:
-        task = asyncio.get_running_loop().create_task(self._sentinel(actor))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _sentinel(self, actor: _Actor) -> None:
         try:
@@ -296,28 +380,36 @@ class RayPool(ModelPool):
         self._restarts += 1
         with contextlib.suppress(Exception):  # unreachable is as good as dead: make sure it is
             self._ray.kill(actor.handle, no_restart=True)
-        orphans = list(actor.inflight.values())
+        orphans = list(actor.inflight.items())
         actor.inflight.clear()
         actor.pending.clear()
-        for envelope, future, retried in orphans:
-            if future.done():
+        for key, request in orphans:
+            if request.future.done():
                 continue
-            target = None if retried else self._pick()
+            if key in actor.timed_out:  # not retried: it may be the cause
+                request.future.set_result(self._timed_out_outcome())
+                continue
+            target = None if request.retried else self._pick()
             if target is None:
-                future.set_result(self._died_outcome())
+                request.future.set_result(self._died_outcome())
             else:
-                self._enqueue(target, envelope, future, retried=True)
+                self._enqueue(target, request.envelope, request.future, retried=True)
         index = self._actors.index(actor)
         replacement = self._new_actor(index)
         self._actors[index] = replacement
-        task = asyncio.get_running_loop().create_task(self._replace(replacement))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background_task(self._replace(replacement))
         self.on_capacity()
 
     def _died_outcome(self) -> Outcome:
         message = f"model {self.settings.name!r}: the worker running the request died"
         return Outcome(WorkerDied.code, message.encode())
+
+    def _timed_out_outcome(self) -> Outcome:
+        message = (
+            f"model {self.settings.name!r}: the request ran longer than worker_timeout "
+            f"({self.server.worker_timeout:g} s); its worker was replaced"
+        )
+        return Outcome(DeadlineExceeded.code, message.encode())
 
     async def _replace(self, actor: _Actor) -> None:
         try:
@@ -356,9 +448,77 @@ class RayPool(ModelPool):
         for task in list(self._tasks):
             task.cancel()
         for actor in self._actors:
-            for _, future, _ in actor.inflight.values():
-                if not future.done():
-                    future.set_result(self._died_outcome())
+            for request in actor.inflight.values():
+                if not request.future.done():
+                    request.future.set_result(self._died_outcome())
+
+    # ------------------------------------------------------------------ hangs
+
+    async def _watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await asyncio.sleep(min(1.0, self.server.worker_timeout / 4))
+            self.check_hangs(loop.time())
+
+    def check_hangs(self, now: float) -> None:
+        """Kill an actor whose oldest request in a call ran past ``worker_timeout``, or that
+        left a heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle; :meth:`_died` then
+        fails that request with DeadlineExceeded, retries the others and replaces the actor."""
+        limit = self.server.worker_timeout
+        for actor in list(self._actors):
+            if not actor.alive:
+                continue
+            sent = [(request.sent, key) for key, request in actor.inflight.items() if request.sent]
+            if not sent:
+                if actor.ping_sent and now - actor.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
+                    log.error("model %r: Ray actor %s stopped answering heartbeats; killing it",
+                              self.settings.name, actor.name)
+                    self._died(actor)
+                elif not actor.ping_sent and now - actor.last_heard > HEARTBEAT:
+                    actor.ping_sent = now
+                    self._background_task(self._ping(actor))
+                continue
+            started, key = min(sent)
+            if now - started > limit:
+                log.error("model %r: Ray actor %s gave no answer in %g s; killing it",
+                          self.settings.name, actor.name, limit)
+                actor.timed_out = {key}
+                self._died(actor)
+
+    async def _ping(self, actor: _Actor) -> None:
+        try:
+            await actor.handle.ping.remote()
+        except Exception:
+            return  # a dead actor is the sentinel's to notice
+        actor.ping_sent = 0.0
+        actor.last_heard = asyncio.get_running_loop().time()
+
+    # ------------------------------------------------------------------ CPU priority
+
+    def set_nice(self, nice: int) -> None:
+        self._nice = nice
+        for actor in self._actors:
+            if actor.alive:
+                self._background_task(self._prioritise(actor))
+
+    def set_background(self, background: bool) -> bool:
+        self._background = background
+        for actor in self._actors:
+            if actor.alive:
+                self._background_task(self._prioritise(actor))
+        return self._priority_applied
+
+    async def _prioritise(self, actor: _Actor) -> None:
+        """Give the actor's model threads the priority a local worker of this model would
+        have (on the actor's own node)."""
+        try:
+            applied = await actor.handle.priority.remote(self._nice, self._background)
+        except Exception:
+            return  # a dead actor is the sentinel's to notice
+        if not applied and self._priority_applied:
+            log.info("model %r: Ray actor %s could not take nice %d%s (needs CAP_SYS_NICE on its node)",
+                     self.settings.name, actor.name, self._nice, ", SCHED_IDLE" if self._background else "")
+        self._priority_applied = bool(applied)
 
     # ------------------------------------------------------------------ requests
 
@@ -405,7 +565,7 @@ class RayPool(ModelPool):
 
     def _enqueue(self, actor: _Actor, envelope: Envelope, future: asyncio.Future[Outcome], *, retried: bool) -> None:
         key = id(future)
-        actor.inflight[key] = (envelope, future, retried)
+        actor.inflight[key] = _Request(envelope, future, retried)
         actor.pending.append(key)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -414,14 +574,24 @@ class RayPool(ModelPool):
     def _flush(self) -> None:
         """Send what waits for each actor as one call."""
         self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         for actor in self._actors:
             if not actor.pending or not actor.alive or actor.calls >= _CALLS_PER_ACTOR:
                 continue  # what waits goes with the next call, when one returns
+            if len(actor.pending) < actor.expect and now < actor.linger_until:
+                if not self._linger_scheduled:
+                    self._linger_scheduled = True
+                    loop.call_at(actor.linger_until, self._linger_done)
+                continue
+            actor.expect = 0
             actor.calls += 1
             keys, actor.pending = actor.pending, []
             items = []
             for key in keys:
-                envelope = actor.inflight[key][0]
+                request = actor.inflight[key]
+                request.sent = now
+                envelope = request.envelope
                 payload = envelope.payload if isinstance(envelope.payload, bytes) else bytes(envelope.payload)
                 items.append(
                     (
@@ -433,9 +603,11 @@ class RayPool(ModelPool):
                         envelope.trace,
                     )
                 )
-            task = asyncio.get_running_loop().create_task(self._call(actor, keys, items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background_task(self._call(actor, keys, items))
+
+    def _linger_done(self) -> None:
+        self._linger_scheduled = False
+        self._flush()
 
     async def _call(
         self, actor: _Actor, keys: list[int], items: list[tuple[bytes, int, int, float, float, str]]
@@ -451,10 +623,13 @@ class RayPool(ModelPool):
             log.error("model %r: a call to Ray actor %s failed: %s", self.settings.name, actor.name, exc)
             outcomes = [Outcome(InferenceFailed.code, b"the model failed to run the request")] * len(keys)
         actor.calls -= 1
+        actor.last_heard = asyncio.get_running_loop().time()
+        actor.expect = len(keys)
+        actor.linger_until = actor.last_heard + _LINGER
         if actor.pending and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         for key, outcome in zip(keys, outcomes, strict=True):
-            entry = actor.inflight.pop(key, None)
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(outcome)
+            request = actor.inflight.pop(key, None)
+            if request is not None and not request.future.done():
+                request.future.set_result(outcome)
