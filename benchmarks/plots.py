@@ -285,18 +285,28 @@ def plot_ray(data: dict[str, Any], prefix: Path) -> list[Path]:
         return []
     models = list(dict.fromkeys(r["model"] for r in rows))
     backends = (("process", "local worker processes", RC), ("ray", "Ray actors", "#f59e0b"))
+
+    def median(backend: str, model: str, key: str) -> float | None:
+        values = sorted(r[key] for r in rows if r.get("backend") == backend and r["model"] == model)
+        if not values:
+            return None
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    panels = ((axes[0], "cpu_ms_per_req_less_idle", "CPU ms per request (log scale)"), (axes[1], "rps", "requests/s"))
+    panels = ((axes[0], "cpu_ms_per_req_total", "CPU ms per request (log scale)"), (axes[1], "rps", "requests/s"))
     for ax, key, title in panels:
         for k, (backend, label, color) in enumerate(backends):
-            by = {r["model"]: r for r in rows if r.get("backend") == backend}
-            xs = [i + (k - 0.5) * 0.38 for i, m in enumerate(models) if m in by]
-            ax.bar(xs, [by[m][key] for m in models if m in by], width=0.38, color=color, label=label)
+            values = {m: median(backend, m, key) for m in models}
+            shown = [m for m in models if values[m] is not None]
+            xs = [i + (k - 0.5) * 0.38 for i, m in enumerate(models) if m in shown]
+            ax.bar(xs, [values[m] for m in shown], width=0.38, color=color, label=label)
         ax.set_xticks(range(len(models)), models)
         ax.set_title(title)
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Ray backend against local workers, one machine ({_subtitle(data)})", fontsize=10)
+    rounds = len({r.get("round", 0) for r in rows})
+    fig.suptitle(f"Ray backend against local workers, one machine, median of {rounds} ({_subtitle(data)})", fontsize=10)
     return [_save(fig, prefix.with_name(prefix.name + ".png"))]
 
 
