@@ -21,11 +21,17 @@ Examples::
     python benchmarks/bench_batching.py                    # full run (~6 min)
     python benchmarks/bench_batching.py --quick --no-mlserver
     python benchmarks/bench_batching.py --workers 2 --batch-times 0.005 --repeats 1
+    python benchmarks/bench_batching.py --interleave --no-mlserver -r 5   # a busy machine
+
+With ``--interleave`` every server is started first, and the rounds take one window of
+each configuration in turn (each window after its own W s of warm-up), so that the
+configurations compared see the same background load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,36 +51,58 @@ def _label(batch_time: float | None) -> str:
     return "off" if batch_time is None else f"on {1000 * batch_time:g} ms"
 
 
-def run_config(server_kind: str, workers: int, batch_time: float | None, args: argparse.Namespace) -> dict[str, Any]:
-    """One server, W s of warm-up, R windows of D s; the median window plus every window."""
+def _server(repo: Path, server_kind: str, workers: int, batch_time: float | None) -> RuntimeCoreServer | MLServerServer:
     extra: dict[str, Any] = {}
     if batch_time is not None:
         extra = {"max_batch_size": BATCH_SIZE, "max_batch_time": batch_time}
-    body = models.request_body(MODEL)
+    if server_kind == "runtime-core":
+        models.write_model(repo, MODEL, workers=workers, **extra)
+        return RuntimeCoreServer(repo)
+    models.write_model(repo, MODEL, flavor="mlserver", **extra)
+    return MLServerServer(repo, parallel_workers=workers)
+
+
+def _window(server: RuntimeCoreServer | MLServerServer, warmup: float, args: argparse.Namespace) -> dict[str, Any]:
+    return closed_window(
+        infer_url(server.url, MODEL),
+        models.request_body(MODEL),
+        server.pid,
+        concurrency=args.concurrency,
+        warmup=warmup,
+        duration=args.duration,
+    )
+
+
+def run_config(server_kind: str, workers: int, batch_time: float | None, args: argparse.Namespace) -> dict[str, Any]:
+    """One server, W s of warm-up, R windows of D s; the median window plus every window."""
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
-        repo = Path(tmp)
-        server: RuntimeCoreServer | MLServerServer
-        if server_kind == "runtime-core":
-            models.write_model(repo, MODEL, workers=workers, **extra)
-            server = RuntimeCoreServer(repo)
-        else:
-            models.write_model(repo, MODEL, flavor="mlserver", **extra)
-            server = MLServerServer(repo, parallel_workers=workers)
-        with server:
-            url = infer_url(server.url, MODEL)
-            windows = []
-            for i in range(args.repeats):
-                windows.append(
-                    closed_window(
-                        url,
-                        body,
-                        server.pid,
-                        concurrency=args.concurrency,
-                        warmup=args.warmup if i == 0 else 0.0,
-                        duration=args.duration,
-                    )
-                )
+        with _server(Path(tmp), server_kind, workers, batch_time) as server:
+            windows = [_window(server, args.warmup if i == 0 else 0.0, args) for i in range(args.repeats)]
             processes = len(tree_stats(server.pid))
+    return _row(server_kind, workers, batch_time, windows, processes)
+
+
+def run_interleaved(configs: list[tuple[str, int, float | None]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every configuration's server started at once, then one window of each in turn, R rounds:
+    on a shared machine the configurations being compared see the same background load."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for kind, workers, batch_time in configs:
+            repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-batch-")))
+            servers.append(stack.enter_context(_server(repo, kind, workers, batch_time)))
+        windows: list[list[dict[str, Any]]] = [[] for _ in configs]
+        for i in range(args.repeats):
+            for n, server in enumerate(servers):
+                windows[n].append(_window(server, args.warmup, args))
+                progress(f"round {i + 1}: {configs[n][0]} workers={configs[n][1]} {_label(configs[n][2])}: "
+                         f"{windows[n][-1]['rps']:.0f} req/s, p99 {windows[n][-1]['p99_ms']:.2f} ms")
+        processes = [len(tree_stats(server.pid)) for server in servers]
+    return [_row(*config, w, p) for config, w, p in zip(configs, windows, processes, strict=True)]
+
+
+def _row(
+    server_kind: str, workers: int, batch_time: float | None, windows: list[dict[str, Any]], processes: int
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "server": server_kind,
         "workers": workers,
@@ -109,6 +137,23 @@ def targets(data: dict[str, Any]) -> list[list[str]]:
             ("runtime-core off (coalescing), same workers", same),
             ("MLServer off (one predict per request)", mls_off),
         ]
+        same_base = same
+        if same_base is not None and same_base["rps"] and len(same_base["windows"]) == len(row["windows"]):
+            # Issue 9: waiting for a batch must never cost; window by window (interleaved runs
+            # measure the two side by side), the median of the ratios.
+            rps_ratio = median([a["rps"] / b["rps"] for a, b in zip(row["windows"], same_base["windows"], strict=True)])
+            p99_ratio = median(
+                [a["p99_ms"] / b["p99_ms"] for a, b in zip(row["windows"], same_base["windows"], strict=True)]
+            )
+            out.append(
+                [
+                    f"runtime-core {row['workers']} workers {row['batching']}",
+                    "issue 9: >= 1.0x coalescing, p99 no worse (median of paired windows)",
+                    f"{rps_ratio:.2f}x",
+                    f"{p99_ratio:.2f}x",
+                    verdict(rps_ratio >= 1.0 and p99_ratio <= 1.0),
+                ]
+            )
         for label, base in baselines:
             if base is None or not base["rps"]:
                 continue
@@ -186,6 +231,11 @@ def main() -> None:
     parser.add_argument("-r", "--repeats", type=int, default=3, help="measured windows per server (median)")
     parser.add_argument("--quick", action="store_true", help="3 s windows, 1 s warm-up, 1 window")
     parser.add_argument("--no-mlserver", action="store_true")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="start every server at once and measure one window of each in turn (a shared machine)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.repeats = 3.0, 1.0, 1
@@ -202,6 +252,13 @@ def main() -> None:
         else:
             progress("MLServer not found: skipping it")
     data: dict[str, Any] = {"env": environment(), "args": vars(args), "rows": [], "failures": []}
+    if args.interleave:
+        try:
+            data["rows"] = run_interleaved(configs, args)
+        except (RuntimeError, TimeoutError, OSError, KeyboardInterrupt) as exc:
+            progress(f"interleaved run FAILED: {exc}")
+            data["failures"].append(f"interleaved: {str(exc)[-2000:]}")
+        configs = []
     try:
         for kind, workers, batch_time in configs:
             label = f"{kind} workers={workers} batching {_label(batch_time)}"
