@@ -59,7 +59,7 @@ def test_one_line_per_inference_with_times_that_add_up(tmp_path: Path, serve: An
     first, second, bad, unknown = lines
     assert first["request_id"] == "client-42" and second["request_id"] == made_up
     for line in (first, second):
-        assert (line["protocol"], line["model"], line["version"], line["status"]) == ("http", "echo", None, 200)
+        assert (line["protocol"], line["model"], line["version"], line["status"]) == ("http", "echo", "1", 200)
         assert line["bytes_in"] == len(json.dumps(GOOD).encode())
         assert line["bytes_out"] > 0
         assert line["queue_ms"] >= 0 and line["compute_ms"] > 0
@@ -106,7 +106,7 @@ def test_grpc_calls_are_logged_too(tmp_path: Path, serve: Any) -> None:
     lines = wait_until(lambda: (found := log_lines(server)) and len(found) >= 2 and found, message="2 log lines")
     assert len(lines) == 2
     first, second = lines
-    assert (first["protocol"], first["model"], first["version"], first["status"]) == ("grpc", "echo", None, 0)
+    assert (first["protocol"], first["model"], first["version"], first["status"]) == ("grpc", "echo", "1", 0)
     assert first["request_id"] == "grpc-7" and first["bytes_in"] == len(good[1]) and first["bytes_out"] > 0
     assert first["queue_ms"] >= 0 and first["compute_ms"] > 0
     assert first["queue_ms"] + first["compute_ms"] <= first["total_ms"]

@@ -65,6 +65,7 @@ from runtime_core.requestlog import REQUEST_ID, ms
 from runtime_core.stats import ServerStatistics
 
 if TYPE_CHECKING:
+    from runtime_core.repository import ModelRecord
     from runtime_core.tracing import RequestTracer
 
 log = logging.getLogger("runtime_core.grpc")
@@ -196,13 +197,12 @@ class InferenceService:
         if self.tracer is not None or self.request_log:
             return await self._observed_infer(payload, context)
         name, version = route(payload)
-        return (await self._infer(name, version, payload, context, "")).body
+        return (await self._infer(self.plane.ready_model(name, version or None), payload, context, "")).body
 
     async def _infer(
-        self, name: str, version: str, payload: bytes, context: grpc.aio.ServicerContext[Any, Any], trace: str
+        self, record: ModelRecord, payload: bytes, context: grpc.aio.ServicerContext[Any, Any], trace: str
     ) -> Outcome:
         arrived = time.time()
-        record = self.plane.ready_model(name, version or None)
         remaining = context.time_remaining()
         deadline = arrived + remaining if remaining is not None else 0.0
         return await self.plane.infer(record.key, Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace))
@@ -225,7 +225,9 @@ class InferenceService:
                 name, version = route(payload)
                 if span is not None:
                     span.model(name, version)
-                outcome = await self._infer(name, version, payload, context, span.traceparent if span else "")
+                record = self.plane.ready_model(name, version or None)
+                version = record.version or version  # the version that serves, for the log line
+                outcome = await self._infer(record, payload, context, span.traceparent if span else "")
                 code = grpc.StatusCode.OK
             except RuntimeCoreError as exc:
                 code = status_of(exc)

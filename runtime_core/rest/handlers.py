@@ -19,7 +19,7 @@ from aiohttp import web
 
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
-from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SETTINGS, TRACEPARENT
+from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SERVED_VERSION, SETTINGS, TRACEPARENT
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TIMEOUT_HEADER = "Request-Timeout"
@@ -105,6 +105,7 @@ def _header_length(request: web.Request) -> int:
 async def infer(request: web.Request) -> web.Response:
     plane = request.app[DATAPLANE]
     record = plane.ready_model(*_model(request))
+    request[SERVED_VERSION] = record.version
     if request.content_length is not None:
         plane.check_size(request.content_length)
     arrived = time.time()

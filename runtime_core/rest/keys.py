@@ -25,3 +25,8 @@ OUTCOME: Any = web.RequestKey("outcome", Outcome) if hasattr(web, "RequestKey") 
 #: Request key: the W3C ``traceparent`` of the request's span, set by the tracing middleware
 #: for the envelope (absent when tracing is off).
 TRACEPARENT: Any = web.RequestKey("traceparent", str) if hasattr(web, "RequestKey") else "runtime_core.traceparent"
+#: Request key: the version of the model that served an inference (the one the unversioned
+#: route picked), for the request log.
+SERVED_VERSION: Any = (
+    web.RequestKey("served_version", str) if hasattr(web, "RequestKey") else "runtime_core.served_version"
+)

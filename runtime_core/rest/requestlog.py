@@ -1,8 +1,9 @@
 """The request log of the REST front end: one JSON line per inference request, when
 ``request_log`` is on (the writer: :mod:`runtime_core.requestlog`).
 
-Each line holds what the server measured anyway: ``"protocol": "http"``, the model and
-version from the URL, the HTTP status, a request id (the client's ``X-Request-ID``, else one
+Each line holds what the server measured anyway: ``"protocol": "http"``, the model and the
+version that served it (the one the unversioned route picked; else the URL's), the HTTP
+status, a request id (the client's ``X-Request-ID``, else one
 made up here and sent back in that header), the body sizes in and out, and the seconds the
 request spent in its model's queue (``queue_ms``, from the scheduler), in the worker
 (``compute_ms``, as the worker reports it) and in the server in all (``total_ms``, from the
@@ -22,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from runtime_core import requestlog
 from runtime_core.envelope import Outcome
 from runtime_core.requestlog import REQUEST_ID, ms
-from runtime_core.rest.keys import OUTCOME
+from runtime_core.rest.keys import OUTCOME, SERVED_VERSION
 
 
 def request_log_middleware() -> Middleware:
@@ -49,7 +50,7 @@ def request_log_middleware() -> Middleware:
             "time": round(time.time(), 3),
             "protocol": "http",
             "model": request.match_info.get("model"),
-            "version": request.match_info.get("version"),
+            "version": request.get(SERVED_VERSION) or request.match_info.get("version"),
             "status": response.status,
             "request_id": request_id,
             "bytes_in": request.content_length or 0,
