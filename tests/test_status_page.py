@@ -114,8 +114,20 @@ def test_every_model_is_listed_with_its_state(page: Any, server: ServerProcess) 
     assert (page.text_content("#cpu") or "").endswith("% of a core")
     assert (page.text_content("#memory") or "").endswith("MiB")
     assert (page.text_content("#url") or "").startswith(server.url)
-    for link in ("/metrics", "/v2/docs/openapi.json"):
+    for link in ("/metrics", "/v2/docs/openapi.json", "/docs/"):
         assert page.locator(f'nav a[href="{link}"]').count() == 1
+
+
+def test_the_docs_link_opens_the_shipped_documentation(page: Any, server: ServerProcess) -> None:
+    """The page's "Docs" link works offline: the docs come from the installed package."""
+    page.click('nav a[href="/docs/"]')
+    page.wait_for_selector('a[href="/docs/operations.md"]')
+    page.click('a[href="/docs/operations.md"]')
+    page.wait_for_url("**/docs/operations.md")
+    assert "## Request log" in (page.text_content("body") or "")
+    for path in ("/docs/../settings.py", "/docs/nothing.md", "/docs/%2e%2e/rest/status.py"):
+        status, _, _ = server.request("GET", path)
+        assert status == 404, path
 
 
 def test_traffic_moves_the_numbers_and_the_charts(page: Any, server: ServerProcess) -> None:
@@ -216,7 +228,7 @@ def test_each_version_of_a_model_has_its_row_and_chart(tmp_path: Path, serve: An
 
 def test_a_setting_turns_the_page_off(root: Path, toy_site: Path, serve: Any) -> None:
     server = serve(root, workers=0, env={"RUNTIME_CORE_STATUS_PAGE": "false"})
-    for path in ("/", "/status.json", "/static/status.js"):
+    for path in ("/", "/status.json", "/static/status.js", "/docs/", "/docs/operations.md"):
         status, body, _ = server.request("GET", path)
         assert status == 404 and "error" in json.loads(body), path
     status, _ = server.get("/v2/models/stats")  # the statistics extension stays

@@ -4,7 +4,10 @@
   Triton's statistics extension;
 * ``GET /``: the status page (HTML, with its script and style sheet from ``/static/``,
   shipped in the package: it works with no internet access);
-* ``GET /status.json``: what the page polls.
+* ``GET /status.json``: what the page polls;
+* ``GET /docs/``: the documentation that came with this release (the Markdown files of the
+  source tree's ``docs/``, shipped in the package), as plain text, so that the page's "Docs"
+  link works with no internet access.
 
 The page shows only what the V2 endpoints already expose: each model's state reason only
 when the repository index (which shows it too) is open to anyone. ``status_page = false``
@@ -13,6 +16,7 @@ turns the page, its assets and its JSON into 404s; the statistics extension stay
 
 from __future__ import annotations
 
+import html
 import importlib.resources
 
 import orjson
@@ -30,6 +34,18 @@ _CACHE = {"Cache-Control": "no-cache"}
 
 def _asset(name: str) -> bytes:
     return importlib.resources.files("runtime_core.rest").joinpath("static", name).read_bytes()
+
+
+def _docs() -> dict[str, tuple[str, str]]:
+    """``{name: (content type, charset or "")}`` of the shipped documentation files."""
+    found: dict[str, tuple[str, str]] = {}
+    folder = importlib.resources.files("runtime_core.rest").joinpath("docs")
+    for kind, suffix, charset in (("text/plain", ".md", "utf-8"), ("image/png", ".png", "")):
+        for sub in (folder, folder.joinpath("img")):
+            if sub.is_dir():
+                prefix = "" if sub is folder else "img/"
+                found.update({prefix + f.name: (kind, charset) for f in sub.iterdir() if f.name.endswith(suffix)})
+    return found
 
 
 def _json(data: object) -> web.Response:
@@ -59,6 +75,34 @@ async def asset(request: web.Request) -> web.Response:
     return web.Response(body=_asset(name), content_type=ASSETS[name], charset="utf-8", headers=_CACHE)
 
 
+async def docs_index(request: web.Request) -> web.Response:
+    _check_enabled(request)
+    pages = sorted(name for name, (kind, _) in _docs().items() if kind == "text/plain")
+    items = "".join(f'<li><a href="/docs/{html.escape(n)}">{html.escape(n)}</a></li>' for n in pages)
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>runtime-core docs</title>'
+        f'<link rel="icon" href="data:,"></head><body><h1>runtime-core {html.escape(__version__)} docs</h1>'
+        f'<p><a href="/">Status page</a></p><ul>{items}</ul></body></html>'
+    )
+    return web.Response(text=body, content_type="text/html", headers=_CACHE)
+
+
+async def doc(request: web.Request) -> web.Response:
+    _check_enabled(request)
+    name = request.match_info["name"]
+    known = _docs().get(name)  # only the shipped files: no path from the URL reaches the disk
+    if known is None:
+        raise web.HTTPNotFound()
+    kind, charset = known
+    data = importlib.resources.files("runtime_core.rest").joinpath("docs", *name.split("/")).read_bytes()
+    return web.Response(body=data, content_type=kind, charset=charset or None, headers=_CACHE)
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """No icon: browsers ask for one on plain-text pages (the docs), and a 404 would be logged."""
+    return web.Response(status=204)
+
+
 async def status(request: web.Request) -> web.Response:
     _check_enabled(request)
     settings = request.app[SETTINGS]
@@ -84,3 +128,6 @@ def setup_status_routes(app: web.Application) -> None:
     app.router.add_get("/", page)
     app.router.add_get("/status.json", status)
     app.router.add_get("/static/{name}", asset)
+    app.router.add_get("/docs/", docs_index)
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/docs/{name:.+}", doc)
