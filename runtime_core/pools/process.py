@@ -15,7 +15,8 @@ A dedicated worker that has had no request for ``worker_idle_timeout`` is retire
 to ``min_workers``.
 
 Adaptive batching (``max_batch_size`` and ``max_batch_time``) is done here, where every
-worker's load is known: a request goes at once to an idle worker; while all are busy,
+worker's load is known: a request goes at once to an idle worker (one of the first
+``cores``, at least two); while those are busy,
 requests are held, and the first worker to free up takes up to ``max_batch_size`` of
 them as one batch. A full batch, or one held ``max_batch_time``, is queued on the least
 busy worker. Held requests count as in flight (within ``capacity``); a cancelled one is
@@ -360,7 +361,11 @@ class ProcessPool(ModelPool):
             )
 
     def _idle_worker(self) -> Connection | None:
-        return next((c for c in self._workers if c is not None and c.ready and not c.pending and not c.overdue), None)
+        """An idle worker among the first ``cores`` ready ones (at least two): more workers than
+        cores cannot run at the same time, and waking them for a request each only splits
+        the batches (4 workers on 2 cores: 0.49 ms of CPU per request instead of 0.38)."""
+        ready = [c for c in self._workers if c is not None and c.ready][: max(2, self.dispatch.cores)]
+        return next((c for c in ready if not c.pending and not c.overdue), None)
 
     def _hold_expired(self) -> None:
         self._hold_timer = None
