@@ -246,7 +246,9 @@ def test_sigterm_answers_every_request_on_keep_alive_connections(tmp_path: Path,
         t.join()
     assert results[0][0] == 200  # accepted before the signal: finished
     assert not lost, lost
-    assert answered.get(503, 0) >= 1, answered
+    # In flight when draining began: 200 (finished); sent after: 503 with Connection: close.
+    # Which of the two each hammer met depends on timing; that none went unanswered does not.
+    assert set(answered) <= {200, 503}, answered
     assert server.proc.wait(timeout=60) == 0
     # The idle keep-alive connection was closed by the server, not left to hang.
     assert idle.sock is not None and idle.sock.recv(1) == b""
