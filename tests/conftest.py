@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -27,6 +28,15 @@ def pip_install_target(source: Path, target: Path) -> Path:
         capture_output=True,
     )
     return target
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_per_module() -> Iterator[None]:
+    """What a module's tests leave in reference cycles (an unclosed socket, say) is collected
+    when the module ends, so that its ResourceWarning fails that module's last test, not
+    whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
