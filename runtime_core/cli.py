@@ -22,6 +22,7 @@ from runtime_core import __version__
 from runtime_core.dataplane import DataPlane, ServerState
 from runtime_core.errors import RuntimeCoreError
 from runtime_core.plugins import RuntimeRegistry, load_registry
+from runtime_core.pools import ray as ray_pool
 from runtime_core.processes import configure_logging
 from runtime_core.repository import ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
@@ -274,7 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     models = ModelRepository(settings.model_repository, settings, registry, scheduler, progress=_progress)
     models.prewarm()  # the slowest part of start-up (importing frameworks) begins now
     with _event_loop_runner() as runner:
-        return runner.run(_run(settings, scheduler, models))
+        code = runner.run(_run(settings, scheduler, models))
+    if ray_pool.disconnect():
+        # Ray's threads can abort interpreter teardown: everything is closed and flushed, so
+        # the process ends here, with the stop's own exit status.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

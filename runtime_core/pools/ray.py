@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -131,6 +132,20 @@ def connect(address: str | None) -> Any:
             finally:
                 quiet.setLevel(level)
     return ray
+
+
+def disconnect() -> bool:
+    """Leave the Ray cluster if this process joined one (:func:`connect`); ``True`` if it had.
+
+    Called once the server has stopped and every actor is killed. Left to Ray's own exit
+    hook, the disconnect ran during interpreter teardown, where Ray's threads now and then
+    aborted the process (exit status -6) after a clean stop."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    with _connecting:
+        ray.shutdown()
+    return True
 
 
 class ModelActor:
