@@ -8,7 +8,7 @@ of the server's tree) and PSS of the tree. Then, in the same run:
 
 * the in-process bound: a plain ``predict`` loop on the same rows in this process,
   single-threaded (calls/s on one core, and x2 for two cores);
-* MLServer 1.7.1 (``/work/mlserver-venv``) on the same model folders and load,
+* MLServer 1.7.1 (its ``mlserver`` command named by ``MLSERVER_BIN``) on the same model folders and load,
   for several server-wide ``parallel_workers``;
 * three models (light + heavy + xgb) with 4 workers each: total PSS and
   start-to-ready time, against MLServer with 4 shared workers.
@@ -474,7 +474,7 @@ def main() -> None:
     worker_counts = [int(w) for w in args.workers.split(",") if w != ""]
     use_mlserver = not args.no_mlserver and mlserver_available()
     if not args.no_mlserver and not use_mlserver:
-        progress("MLServer not found at /work/mlserver-venv: skipping it")
+        progress("MLServer not found (set MLSERVER_BIN to its mlserver command): skipping it")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required (apt-get install wrk)")
 

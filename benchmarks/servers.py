@@ -23,7 +23,9 @@ from types import TracebackType
 
 from measure import read_stat, tree_stats, wait_ready
 
-MLSERVER_BIN = Path(os.environ.get("MLSERVER_BIN", "/work/mlserver-venv/bin/mlserver"))
+#: MLServer 1.7.1's ``mlserver`` command, in a virtual environment of its own: ``MLSERVER_BIN``,
+#: else ``mlserver`` on PATH (benchmarks/README.md says how to install it).
+MLSERVER_BIN = Path(os.environ.get("MLSERVER_BIN") or shutil.which("mlserver") or "mlserver")
 HOST = "127.0.0.1"
 
 
@@ -135,7 +137,7 @@ class _Server:
 
 
 class RuntimeCoreServer(_Server):
-    """``runtime-core start REPO`` with this interpreter (the /work/venv one)."""
+    """``runtime-core start REPO`` with this interpreter (the benchmark's own venv)."""
 
     name = "runtime-core"
 
@@ -193,4 +195,4 @@ class MLServerServer(_Server):
 
 
 def mlserver_available() -> bool:
-    return MLSERVER_BIN.exists()
+    return MLSERVER_BIN.is_file()
