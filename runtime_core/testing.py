@@ -155,7 +155,11 @@ class ServerProcess:
         self._final = ""
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, text=True)
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                self.stop()  # a server that never got ready is not left running
+                raise
 
     @property
     def pid(self) -> int:

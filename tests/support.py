@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from runtime_core.testing import write_model
+from runtime_core.testing import ServerProcess, write_model
 
 
 def toy_model(root: Path, name: str, runtime: str = "toy-identity", **settings: Any) -> Path:
@@ -44,3 +45,13 @@ def named_processes(pid: int) -> list[tuple[str, psutil.Process]]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def metric(server: ServerProcess, name: str, model: str) -> float:
+    """The value of ``runtime_core_<name>`` (or its ``_total``) for ``model`` on ``/metrics``; 0
+    when the series does not exist yet."""
+    status, body, _ = server.request("GET", "/metrics")
+    assert status == 200
+    pattern = re.compile(rf'^runtime_core_{name}(?:_total)?\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$', re.M)
+    found = pattern.search(body.decode())
+    return float(found.group(1)) if found else 0.0

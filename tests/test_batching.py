@@ -7,12 +7,11 @@ the tests count calls and check that every request got exactly its own rows.
 from __future__ import annotations
 
 import concurrent.futures
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import output, toy_model
+from support import metric, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
@@ -111,13 +110,6 @@ def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: P
 # (a row of 100) holds a worker busy until the test creates the gate file, so these tests see
 # the policy without timing anything: max_batch_time is a minute, far longer than any of them.
 
-
-def metric(server: ServerProcess, name: str, model: str) -> float:
-    status, body, _ = server.request("GET", "/metrics")
-    assert status == 200
-    pattern = re.compile(rf'^runtime_core_{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$', re.M)
-    found = pattern.search(body.decode())
-    return float(found.group(1)) if found else 0.0
 
 
 def gated_model(tmp_path: Path) -> Path:

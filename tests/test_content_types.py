@@ -26,7 +26,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from support import output, toy_model
+from support import metric, output, toy_model
 
 from runtime_core.errors import InvalidRequest
 from runtime_core.protocol import (
@@ -39,7 +39,7 @@ from runtime_core.protocol import (
     encode_base64,
     encode_response,
 )
-from runtime_core.testing import ServerProcess, write_model
+from runtime_core.testing import ServerProcess, wait_until, write_model
 
 BINARY = [b"\x00\xff\x10PNG", b"", "héllo wörld".encode()]
 
@@ -333,12 +333,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(trained: dict[str, Any]) -> Iterator[ServerProcess]:
-    proc = ServerProcess(trained["root"], wait=False)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+    proc = ServerProcess(trained["root"])
+    yield proc
+    proc.stop()
 
 
 def pipeline_body(rows: pd.DataFrame, request_ct: str | None = None, per_input: dict[str, Any] | None = None,
@@ -490,13 +487,30 @@ def batch_body(i: int, kind: str | None) -> dict[str, Any]:
 
 
 def test_batching_never_merges_requests_of_different_content_types(tmp_path: Path, serve: Any) -> None:
-    toy_model(tmp_path, "batch", runtime="toy-batching", parallel_workers=1, max_batch_size=16, max_batch_time=0.5)
-    server = serve(tmp_path)
+    """Requests held while the model's one worker is busy leave together; in the worker only
+    those of one content type share a ``predict`` call. A gated request (a row of 100) holds
+    the worker busy until the test creates the gate file, so what is held does not depend on
+    timing."""
+    gate = tmp_path / "gate"
+    toy_model(
+        tmp_path / "repo", "batch", runtime="toy-batching", parallel_workers=1, min_workers=1,
+        max_batch_size=32, max_batch_time=60.0, parameters={"extra": {"gate": str(gate)}},
+    )
+    server = serve(tmp_path / "repo")
+    gated = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [100.0]}]}
 
     def run(kinds: list[str | None]) -> dict[int, set[str | None]]:
+        for started in tmp_path.glob("gate*"):
+            started.unlink()
         bodies = [batch_body(i, kind) for i, kind in enumerate(kinds)]
-        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as ex:
-            results = list(ex.map(lambda b: server.post_json("/v2/models/batch/infer", b), bodies))
+        with concurrent.futures.ThreadPoolExecutor(len(bodies) + 1) as ex:
+            blocked = ex.submit(server.post_json, "/v2/models/batch/infer", gated)
+            wait_until(lambda: any(tmp_path.glob("gate.*")), message="the gated request to start")
+            held = [ex.submit(server.post_json, "/v2/models/batch/infer", b) for b in bodies]
+            wait_until(lambda: metric(server, "inflight_requests", "batch") == len(bodies) + 1, message="all held")
+            gate.touch()
+            assert blocked.result()[0] == 200
+            results = [f.result() for f in held]
         calls: dict[int, set[str | None]] = {}
         for kind, body, (status, doc) in zip(kinds, bodies, results, strict=True):
             assert status == 200, doc
@@ -506,7 +520,7 @@ def test_batching_never_merges_requests_of_different_content_types(tmp_path: Pat
         return calls
 
     alike = run(["base64"] * 8)
-    assert len(alike) < 8  # requests of one content type are merged (and split back correctly)
+    assert len(alike) == 1  # requests of one content type are merged (and split back correctly)
     mixed = run(["base64", "str", None] * 6)
     assert all(len(kinds) == 1 for kinds in mixed.values()), mixed  # never two content types in one call
 

@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import toy_model
+from support import metric, toy_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -135,13 +135,6 @@ def rpc_error(call: Callable[[], Any]) -> tuple[str, str]:
     assert not LEAKS.search(message), message
     return error.code().name, message
 
-
-def metric(server: ServerProcess, name: str, model: str) -> float:
-    status, body, _ = server.request("GET", "/metrics")
-    assert status == 200
-    pattern = re.compile(rf'^runtime_core_{name}(?:_total)?\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$', re.M)
-    found = pattern.search(body.decode())
-    return float(found.group(1)) if found else 0.0
 
 
 # --------------------------------------------------------------------------- health and metadata

@@ -70,12 +70,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(trained: dict[str, Any]) -> Iterator[ServerProcess]:
-    proc = ServerProcess(trained["root"], workers=1, wait=False)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+    proc = ServerProcess(trained["root"], workers=1)
+    yield proc
+    proc.stop()
 
 
 def _infer(server: ServerProcess, model: str, x: np.ndarray[Any, Any], *outputs: str) -> dict[str, Any]:
@@ -186,12 +183,9 @@ def examples_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def examples(examples_root: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(examples_root, workers=1, wait=False)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+    proc = ServerProcess(examples_root, workers=1)
+    yield proc
+    proc.stop()
 
 
 def test_readme_request(examples: ServerProcess) -> None:

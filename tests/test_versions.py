@@ -123,12 +123,9 @@ DEFAULTS = {"iris-skl": "v0.2.0", "mushroom-xgb": "v0.10.0", "triton-skl": "10",
 
 @pytest.fixture(scope="module")
 def server(trained: dict[str, Any]) -> Iterator[ServerProcess]:
-    proc = ServerProcess(trained["root"], workers=1, wait=False)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+    proc = ServerProcess(trained["root"], workers=1)
+    yield proc
+    proc.stop()
 
 
 def _body(x: np.ndarray[Any, Any]) -> dict[str, Any]:
