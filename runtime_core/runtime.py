@@ -41,7 +41,8 @@ class RuntimeContext:
     """``parameters.version`` from the model settings."""
 
     folder: Path
-    """The folder holding ``model-settings.json``."""
+    """The folder holding the model's files: the one holding ``model-settings.json``, or the
+    version's numeric folder in Triton's layout (``<model>/<version>/``)."""
 
     uri: Path | None
     """The model artifact: ``parameters.uri`` resolved and confined to the repository, or the

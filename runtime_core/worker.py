@@ -92,10 +92,12 @@ class WorkerSpec:
     def build(self, index: int | None) -> Runtime:
         cls = import_runtime(self.import_path)
         settings = self.model_settings()
+        folder = settings.folder  # the version folder, else the settings file's
+        assert folder is not None  # model_settings() set the settings file's path
         context = RuntimeContext(
             model_name=settings.name,
             version=settings.version,
-            folder=Path(self.folder) if self.folder else Path(self.settings_path).parent,
+            folder=folder,
             uri=Path(self.uri) if self.uri else None,
             threads=self.threads,
             worker_index=index,
