@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+import time
 
 import orjson
+
+from runtime_core.envelope import Outcome
 
 log = logging.getLogger("runtime_core.requests")
 
@@ -35,5 +37,31 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def write(line: dict[str, Any]) -> None:
+def write(
+    *,
+    protocol: str,
+    model: str | None,
+    version: str | None,
+    status: int,
+    request_id: str,
+    bytes_in: int,
+    bytes_out: int,
+    outcome: Outcome | None,
+    total: float,
+) -> None:
+    """Write one request's line. ``outcome``: the worker's answer, which gives the queue and
+    compute times (``None`` when no worker answered: both are ``null``); ``total`` in seconds."""
+    line = {
+        "time": round(time.time(), 3),
+        "protocol": protocol,
+        "model": model,
+        "version": version,
+        "status": status,
+        "request_id": request_id,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "queue_ms": ms(outcome.queued) if outcome is not None else None,
+        "compute_ms": ms(outcome.compute) if outcome is not None else None,
+        "total_ms": ms(total),
+    }
     log.info("%s", orjson.dumps(line).decode())

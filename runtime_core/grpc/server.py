@@ -61,7 +61,7 @@ from runtime_core.grpc.status import status_of
 from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
 from runtime_core.protocol_grpc import route
-from runtime_core.requestlog import REQUEST_ID, ms
+from runtime_core.requestlog import REQUEST_ID
 from runtime_core.stats import ServerStatistics
 
 if TYPE_CHECKING:
@@ -133,19 +133,15 @@ def _log_call(
 ) -> None:
     """The request log's line for one ModelInfer call (see :mod:`runtime_core.requestlog`)."""
     requestlog.write(
-        {
-            "time": round(time.time(), 3),
-            "protocol": "grpc",
-            "model": name or None,
-            "version": version or None,
-            "status": code.value[0],
-            "request_id": request_id,
-            "bytes_in": len(payload),
-            "bytes_out": len(outcome.body) if outcome is not None else 0,
-            "queue_ms": ms(outcome.queued) if outcome is not None else None,
-            "compute_ms": ms(outcome.compute) if outcome is not None else None,
-            "total_ms": ms(total),
-        }
+        protocol="grpc",
+        model=name or None,
+        version=version or None,
+        status=code.value[0],
+        request_id=request_id,
+        bytes_in=len(payload),
+        bytes_out=len(outcome.body) if outcome is not None else 0,
+        outcome=outcome,
+        total=total,
     )
 
 

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Middleware
 
 from runtime_core import requestlog
 from runtime_core.envelope import Outcome
-from runtime_core.requestlog import REQUEST_ID, ms
+from runtime_core.requestlog import REQUEST_ID
 from runtime_core.rest.keys import OUTCOME, SERVED_VERSION
 
 
@@ -42,24 +42,18 @@ def request_log_middleware() -> Middleware:
         total = time.perf_counter() - started
         response.headers[REQUEST_ID] = request_id
         outcome = request.get(OUTCOME)
-        queue = compute = None
-        if isinstance(outcome, Outcome):
-            queue, compute = ms(outcome.queued), ms(outcome.compute)
         body = getattr(response, "body", None)
-        line = {
-            "time": round(time.time(), 3),
-            "protocol": "http",
-            "model": request.match_info.get("model"),
-            "version": request.get(SERVED_VERSION) or request.match_info.get("version"),
-            "status": response.status,
-            "request_id": request_id,
-            "bytes_in": request.content_length or 0,
-            "bytes_out": len(body) if isinstance(body, bytes | bytearray) else (response.content_length or 0),
-            "queue_ms": queue,
-            "compute_ms": compute,
-            "total_ms": ms(total),
-        }
-        requestlog.write(line)
+        requestlog.write(
+            protocol="http",
+            model=request.match_info.get("model"),
+            version=request.get(SERVED_VERSION) or request.match_info.get("version"),
+            status=response.status,
+            request_id=request_id,
+            bytes_in=request.content_length or 0,
+            bytes_out=len(body) if isinstance(body, bytes | bytearray) else (response.content_length or 0),
+            outcome=outcome if isinstance(outcome, Outcome) else None,
+            total=total,
+        )
         return response
 
     return request_log
