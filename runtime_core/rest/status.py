@@ -16,6 +16,7 @@ turns the page, its assets and its JSON into 404s; the statistics extension stay
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib.resources
 
@@ -36,8 +37,10 @@ def _asset(name: str) -> bytes:
     return importlib.resources.files("runtime_core.rest").joinpath("static", name).read_bytes()
 
 
+@functools.cache
 def _docs() -> dict[str, tuple[str, str]]:
-    """``{name: (content type, charset or "")}`` of the shipped documentation files."""
+    """``{name: (content type, charset or "")}`` of the shipped documentation files (listed
+    once: the package does not change while the server runs)."""
     found: dict[str, tuple[str, str]] = {}
     folder = importlib.resources.files("runtime_core.rest").joinpath("docs")
     for kind, suffix, charset in (("text/plain", ".md", "utf-8"), ("image/png", ".png", "")):
