@@ -4,7 +4,8 @@ A worker serves one model. It is forked from its runtime's host (see
 :mod:`runtime_core.host`), which already holds the loaded model, so it starts in
 milliseconds and shares the model's pages copy-on-write; or, when the host cannot
 fork safely (it has threads), it is a fresh interpreter (``--worker``) that loads the
-model itself.
+model itself. A Ray actor (:mod:`runtime_core.pools.ray`) runs the same serving loop
+(:func:`serve`) on a thread, over a TCP connection it opened back to the main process.
 
 The main process owns the worker's data socket. The worker answers ``WorkerReady``
 (or ``WorkerLoadFailed``) in a control frame, and each ``Ping`` with a ``Pong`` (the
@@ -163,12 +164,13 @@ class _WorkerProtocol(asyncio.Protocol):
         self._finish()
 
 
-async def _serve(handler: ModelHandler, sock: socket.socket, hello: WorkerReady) -> None:
+async def _serve(handler: ModelHandler, sock: socket.socket, hello: WorkerReady, batch_time: float) -> None:
     loop = asyncio.get_running_loop()
     settings = handler.runtime.settings
     # Adaptive batching holds requests in the main process, which sees when workers are busy
-    # (pools.process); a worker runs what it is sent, up to max_batch_size at a time, at once.
-    batcher = BatchLoop(handler, settings.max_batch_size, 0.0)
+    # (pools.process), and a worker runs what it is sent at once (``batch_time`` 0); a Ray
+    # actor, whose pool holds nothing, waits ``max_batch_time`` for a batch itself.
+    batcher = BatchLoop(handler, settings.max_batch_size, batch_time)
     runner = loop.create_task(batcher.run())
     transport, protocol = await loop.connect_accepted_socket(lambda: _WorkerProtocol(batcher), sock)
     transport.write(control_frame(0, hello))
@@ -178,6 +180,34 @@ async def _serve(handler: ModelHandler, sock: socket.socket, hello: WorkerReady)
     with contextlib.suppress(Exception):
         await handler.runtime.unload()
     transport.close()
+
+
+def serve(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    spec: WorkerSpec,
+    index: int,
+    runtime: Runtime | None,
+    batch_time: float = 0.0,
+) -> bool:
+    """Load the model (unless ``runtime`` is given, loaded), say ``WorkerReady`` on ``sock``
+    and serve its frames on ``loop`` until unloaded or the socket closes. Returns ``False``
+    (after a ``WorkerLoadFailed`` frame) if the load failed. The one serving loop of a local
+    worker process and of a Ray actor."""
+    started = time.perf_counter()
+    if runtime is None:
+        runtime = spec.build(index)
+        try:
+            loop.run_until_complete(runtime.load())
+        except Exception as exc:
+            log.error("model %r: load failed in worker %d", runtime.context.model_name, index, exc_info=True)
+            sock.sendall(control_frame(0, WorkerLoadFailed(client_message(str(exc)))))
+            return False
+    else:
+        runtime.context = dataclasses.replace(runtime.context, worker_index=index)
+    hello = WorkerReady(os.getpid(), index, time.perf_counter() - started, metadata_of(runtime))
+    loop.run_until_complete(_serve(ModelHandler(runtime, spec.max_elements), sock, hello, batch_time))
+    return True
 
 
 def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runtime | None) -> None:
@@ -193,19 +223,8 @@ def run_worker(sock: socket.socket, spec: WorkerSpec, index: int, runtime: Runti
             threadpool_limits(limits=spec.threads)
         loop = new_loop()
         asyncio.set_event_loop(loop)
-        started = time.perf_counter()
-        if runtime is None:
-            runtime = spec.build(index)
-            try:
-                loop.run_until_complete(runtime.load())
-            except Exception as exc:
-                log.error("model %r: load failed in worker %d", runtime.context.model_name, index, exc_info=True)
-                sock.sendall(control_frame(0, WorkerLoadFailed(client_message(str(exc)))))
-                os._exit(3)
-        else:
-            runtime.context = dataclasses.replace(runtime.context, worker_index=index)
-        hello = WorkerReady(os.getpid(), index, time.perf_counter() - started, metadata_of(runtime))
-        loop.run_until_complete(_serve(ModelHandler(runtime, spec.max_elements), sock, hello))
+        if not serve(loop, sock, spec, index, runtime):
+            os._exit(3)
     except BaseException:  # the process must end here, never fall back into the host's loop
         log.exception("worker %d crashed", index)
         code = 1

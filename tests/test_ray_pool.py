@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from support import infer_body, toy_model
 
-from runtime_core.pools.ray import NAMESPACE
+from runtime_core.pools.ray import _PREAMBLE, _TOKEN_BYTES, NAMESPACE
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
 N_FEATURES = 4
@@ -151,6 +153,32 @@ def test_rest_and_tritonclient_answers(server: ServerProcess, model: dict[str, A
         assert client.is_model_ready("forest")
     finally:
         client.close()
+
+
+def test_a_stranger_without_a_token_is_refused(server: ServerProcess, model: dict[str, Any]) -> None:
+    """The pool's listener for its actors closes a connection that does not start with a
+    waiting actor's token, without a byte sent back; the model keeps serving."""
+    found = wait_until(
+        lambda: re.search(r"model 'forest': listening for its Ray actors on (\S+) port (\d+)", server.output()),
+        30,
+        "the listener's address in the log",
+    )
+    address = (found.group(1), int(found.group(2)))
+    wanted = len(_PREAMBLE) + _TOKEN_BYTES
+    for first in (b"GET / HTTP/1.0\r\n\r\n".ljust(wanted, b" "), _PREAMBLE + bytes(_TOKEN_BYTES)):
+        with socket.create_connection(address, timeout=30) as stranger:
+            stranger.sendall(first + b"more bytes that would be frames")
+            try:
+                reply = stranger.recv(1024)
+            except ConnectionResetError:  # closed with the extra bytes unread
+                reply = b""
+            assert reply == b""  # closed, nothing said
+    wait_until(lambda: server.output().count("sent no actor's token") >= 2, 30, "both refusals logged")
+    x, expected = model["x"], model["forest"].predict(model["x"]).tolist()
+    for _ in range(4):
+        status, doc = infer(server, "forest", x)
+        assert status == 200 and doc["outputs"][0]["data"] == expected, doc
+    assert len(actors("forest")) == 2 and restarts(server, "forest") == 0
 
 
 def test_requests_waiting_for_an_actor_run_as_one_predict(server: ServerProcess, model: dict[str, Any]) -> None:

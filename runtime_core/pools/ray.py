@@ -1,71 +1,87 @@
 """A model's workers as Ray actors, placed anywhere in a Ray cluster (``backend: ray``).
 
-Data flow::
+Ray places, starts, kills and watches the actors; the requests do not go through Ray calls.
+Each actor opens a TCP connection back to this process and serves the framed protocol local
+workers serve (:mod:`runtime_core.worker`'s serving loop), so requests take the same
+:class:`~runtime_core.pools.connection.Connection` and dispatch policy as local workers::
 
-    scheduler --submit(envelope)--> RayPool --one call per actor per loop turn--> actor
-                                       ^                                          |
-                                       |   [Outcome, ...]  (BatchLoop: decode ->  |
-                                       +------------------  runtime -> encode) <--+
+    scheduler --submit(envelope)--> RayPool --Dispatch.pick--> Connection ==TCP==> actor
+                                       ^                                            |
+                                       |      REPLY frames (decode -> runtime ->    |
+                                       +------------------  encode, BatchLoop) <----+
 
-Each actor holds one runtime instance and runs the same :class:`ModelHandler` and
-:class:`BatchLoop` as a local worker, on the request bytes: the main process never decodes
-a tensor. Envelopes submitted to one actor during one turn of the event loop go to it in one
-remote call, with one call in flight per actor: what arrives while it is out goes with the
-next (and the actor's batch loop runs a call's requests as one ``predict``). An idle actor's
-next call waits up to ``_LINGER`` for as many requests as its last call answered. Ray
-moves a call's arguments through its object store when they are large, so a big body is
-copied once on its way to a remote node.
+    Ray: actor placement (num_cpus, resources, strategy), ray.kill, a sentinel call per actor
+
+The pool listens on the driver node's IP (as Ray gives it) on an ephemeral port, one
+listener per pool. An actor, once placed, connects to it and first sends a preamble with a
+random token of its own (made by the pool, handed to the actor in its constructor); a
+connection whose first bytes are not a waiting actor's token within ``_GREETING_WAIT`` is
+closed, so no stranger can attach (the frames include pickled control messages). Then the
+actor loads the model and says ``WorkerReady`` as a local worker does. A request is one
+socket write and one frame read; requests that arrive while an actor computes wait in its
+socket and run as one batch; a large body crosses the network once, by TCP, with no copy
+into Ray's object store.
 
 CPU priority: the threads that run the model in an actor get the nice value (by the model's
 weight) and SCHED_IDLE state that a local worker of the model would get, on the actor's own
 node; Ray starts its workers at nice 15, and going below that needs CAP_SYS_NICE there
 (without it, the actor keeps the lowest nice it may set).
 
-Bounds: at most ``depth`` requests in flight per live actor (``capacity``); the scheduler
-never submits past it. Nothing else queues here.
+Bounds: the dispatch policy's depth per ready actor (``capacity``); the scheduler never
+submits past it. At most ``_GREETERS`` connections wait for their preamble at a time; more
+are closed at once. Nothing else queues here.
 
 Ordering: none between requests; each future completes when its actor answers.
 
-Cancel: cancelling a submitted future does not stop the actor; its answer is dropped.
+Cancel: cancelling a submitted future does not stop the actor; its reply is dropped.
 
 Timeout: the actor honours the envelope's wall-clock deadline before running it (as a local
-worker does). A call whose oldest request has been out longer than ``worker_timeout`` gets
-its actor killed (``ray.kill``): that request fails with :class:`DeadlineExceeded` (504, not
-retried: it may be the cause), the others are handled as on actor death, below. An idle
-actor that leaves a heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` is killed the same way.
+worker does). A request out longer than ``worker_timeout`` gets its actor killed
+(``ray.kill``, and its socket closed): that request fails with :class:`DeadlineExceeded`
+(504, not retried: it may be the cause), the others are handled as on actor death, below.
+An idle actor that leaves a heartbeat (a ``Ping`` frame) unanswered for
+``HEARTBEAT_TIMEOUT`` is killed the same way. An actor that is placed but does not connect
+and load within ``startup_timeout`` fails the model's load.
 
-Actor death (its process killed, its node lost): every actor has a sentinel call that never
-returns, so death is noticed even when the actor is idle. Its in-flight requests are sent
-once more to another live actor, or fail with :class:`WorkerDied` (503) if none lives or
-they were already retried. A replacement actor is started with the same options (Ray places
-it on a live node). The model stays READY while any actor lives.
+Actor death: its process's death closes its socket (noticed at once); a lost node may
+leave the socket open, so each actor also has a Ray sentinel call that never returns while
+it lives, and its failure closes the socket. Its in-flight requests are sent once more to
+another live actor, or fail with :class:`WorkerDied` (503) if none lives or they were
+already retried. A replacement actor is started with the same options (Ray places it on a
+live node). The model stays READY while any actor lives.
 
-``aclose``: waits for in-flight requests (up to ``grace``), asks each actor to unload, then
-kills every actor (``ray.kill``). Actors are not detached, so they also die with the server.
+``aclose``: waits for in-flight requests (up to ``grace``), sends each actor ``Unload``
+(it unloads the model and closes its socket), kills every actor (``ray.kill``) and closes
+the listener. Actors are not detached, so they also die with the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import hmac
 import logging
 import os
+import secrets
+import socket
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
-from runtime_core.envelope import Envelope, Outcome, Wire
-from runtime_core.errors import DeadlineExceeded, InferenceFailed, ModelLoadError, SettingsError, WorkerDied
-from runtime_core.inference import BatchLoop, ModelHandler
-from runtime_core.plugins import RuntimeEntry, import_runtime
+from runtime_core.control import Ping, Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.envelope import Envelope, Outcome
+from runtime_core.errors import DeadlineExceeded, ModelLoadError, SettingsError, WorkerDied
+from runtime_core.messages import control_frame
+from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import ModelPool, PoolHealth
-from runtime_core.pools.dispatch import BATCH_DEPTH
-from runtime_core.runtime import ModelMetadata, RuntimeContext
+from runtime_core.pools.connection import Connection, Pending
+from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
+from runtime_core.processes import new_loop
 from runtime_core.settings import ModelSettings, ServerSettings
+from runtime_core.worker import WorkerSpec, serve
 
 __all__ = ["NAMESPACE", "RayPool", "connect"]
 
@@ -76,19 +92,15 @@ NAMESPACE = "runtime-core"
 
 _INSTALL_HINT = "the Ray pool backend needs Ray: pip install 'runtime-core[ray]'"
 
-#: Remote calls in flight per actor. One: requests that arrive while an actor runs a call
-#: wait here and all go in its next call, which its batch loop runs as one ``predict``. A
-#: second call in flight does not join the running batch (``predict`` holds the actor's
-#: event loop, so it runs as a batch of its own): measured on the 300-tree forest, two calls
-#: per actor gave 1.4 requests per ``predict`` against 2.1 with one, and 28 against 19 ms
-#: of CPU per request. The price of one: the actor idles one round trip per call.
-_CALLS_PER_ACTOR = 1
+#: What an actor sends first on its connection, followed by its token.
+_PREAMBLE = b"runtime-core ray actor 1\n"
+_TOKEN_BYTES = 32
 
-#: Seconds an idle actor's next call may wait for as many requests as its last call
-#: answered: in a closed loop those clients come back within a millisecond or so, and a
-#: remote call costs 1-2 ms of CPU (driver and actor), so one full call beats a call of
-#: the first arrival followed by one of the rest. It waits only while fewer have come.
-_LINGER = 0.002
+#: Seconds a new connection has to send its preamble and token before it is closed.
+_GREETING_WAIT = 10.0
+
+#: Connections that may wait for their preamble at the same time; more are closed at once.
+_GREETERS = 64
 
 #: Seconds of silence after which an idle actor is sent a heartbeat, and the most it may take
 #: to answer (at most ``worker_timeout``) before it is killed as stalled: as for local workers.
@@ -148,51 +160,60 @@ def disconnect() -> bool:
     return True
 
 
+
+
 class ModelActor:
-    """The body of one Ray actor: one runtime instance behind a batch loop.
+    """The body of one Ray actor: connects back to its pool and serves one runtime instance
+    with the local workers' serving loop, on a thread of its own.
 
-    Runs in a Ray worker process; made remote by :class:`RayPool` with the model's options."""
+    Runs in a Ray worker process; made remote by :class:`RayPool` with the model's options.
+    Ray's own methods below (``start``, ``priority``, ``sentinel``, ``where``) run on Ray's
+    event loop and are never held up by ``predict``."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(
+        self, spec: WorkerSpec, index: int, address: tuple[str, int], token: bytes, batch_time: float
+    ) -> None:
         self.spec = spec
-        self.batcher: BatchLoop | None = None
-        self.runner: asyncio.Task[None] | None = None
-        self.stopped: asyncio.Event | None = None  # created on the actor's event loop, in load()
+        self.index = index
+        self.address = address
+        self.token = token
+        self.batch_time = batch_time
         self.ray_threads: set[int] = set()  # Ray's own threads, never reniced
+        self.serving_tid = 0
 
-    async def load(self) -> tuple[ModelMetadata, float]:
+    async def start(self) -> None:
+        """Connect to the pool and start serving; returns once the preamble is sent (the
+        load follows, and its outcome goes to the pool as a control frame)."""
+        # Every thread started from here on runs model code (the serving thread, and the
+        # BLAS/OpenMP pools it starts); the ones already there are Ray's.
+        self.ray_threads = _threads()
+        connected: concurrent.futures.Future[None] = concurrent.futures.Future()
+        threading.Thread(target=self._serve, args=(connected,), name="rc-serve", daemon=True).start()
+        await asyncio.wrap_future(connected)
+
+    def _serve(self, connected: concurrent.futures.Future[None]) -> None:
         from threadpoolctl import threadpool_limits
 
-        spec = self.spec
-        # Every thread started from here on runs model code (this event-loop thread, and the
-        # BLAS/OpenMP pools it starts); the ones already there are Ray's.
-        self.ray_threads = _threads() - {threading.get_native_id()}
-        threadpool_limits(limits=spec["threads"])
-        settings = ModelSettings.model_validate(spec["settings"])
-        settings._path = Path(spec["settings_path"])
-        settings._folder = Path(spec["folder"])
-        context = RuntimeContext(
-            model_name=settings.name,
-            version=settings.version,
-            folder=Path(spec["folder"]),
-            uri=Path(spec["uri"]) if spec["uri"] else None,
-            threads=spec["threads"],
-            worker_index=spec["index"],
-        )
-        runtime = import_runtime(spec["import_path"])(settings, context)
-        started = time.perf_counter()
-        await runtime.load()
-        seconds = time.perf_counter() - started
-        handler = ModelHandler(runtime, spec["max_elements"])
-        self.batcher = BatchLoop(handler, settings.max_batch_size, settings.max_batch_time)
-        self.runner = asyncio.get_running_loop().create_task(self.batcher.run())
-        self.stopped = asyncio.Event()
-        return runtime.metadata(), seconds
-
-    async def infer(self, items: list[tuple[bytes, int, int, float, float, str]]) -> list[Outcome]:
-        assert self.batcher is not None
-        futures = [self.batcher.submit(Envelope(p, Wire(w), h, d, a, t)) for p, w, h, d, a, t in items]
-        return list(await asyncio.gather(*futures))
+        self.serving_tid = threading.get_native_id()
+        try:
+            sock = socket.create_connection(self.address, timeout=30)
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(_PREAMBLE + self.token)
+        except OSError as exc:
+            connected.set_exception(exc)
+            return
+        connected.set_result(None)
+        threadpool_limits(limits=self.spec.threads)
+        loop = new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            serve(loop, sock, self.spec, self.index, None, self.batch_time)
+        except Exception:
+            log.exception("model %r: Ray actor %d stopped serving", self.spec.name, self.index)
+        finally:
+            sock.close()
+            loop.close()
 
     async def priority(self, nice: int, background: bool) -> bool:
         """Give the threads that run the model ``nice`` and, if ``background``, SCHED_IDLE (on
@@ -212,32 +233,21 @@ class ModelActor:
                 applied = False
         return applied
 
-    async def ping(self) -> None:
-        """Answers at once if the actor's event loop is free (the pool's idle heartbeat)."""
-
     async def sentinel(self) -> None:
         """Never returns while the actor lives: its failure tells the pool the actor died."""
-        assert self.stopped is not None
-        await self.stopped.wait()
-
-    async def unload(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-            runtime = self.batcher.handler.runtime
-            with contextlib.suppress(Exception):
-                await runtime.unload()
-        if self.stopped is not None:
-            self.stopped.set()
+        await asyncio.get_running_loop().create_future()
 
     async def where(self) -> dict[str, Any]:
-        """Where this actor runs (for tests and operators): node id and process id."""
+        """Where this actor runs (for tests and operators): node id, process id, and the nice
+        value and policy of the thread that runs the model."""
         import ray
 
+        tid = self.serving_tid or threading.get_native_id()
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
-            "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
-            "policy": os.sched_getscheduler(threading.get_native_id()),
+            "nice": os.getpriority(os.PRIO_PROCESS, tid),
+            "policy": os.sched_getscheduler(tid),
         }
 
 
@@ -249,38 +259,19 @@ def _threads() -> set[int]:
         return {threading.get_native_id()}
 
 
-class _Request:
-    """One request on its way to, or in, an actor."""
-
-    __slots__ = ("envelope", "future", "retried", "sent")
-
-    def __init__(self, envelope: Envelope, future: asyncio.Future[Outcome], retried: bool) -> None:
-        self.envelope = envelope
-        self.future = future
-        self.retried = retried
-        self.sent = 0.0  # loop time its call left; 0 while it waits here for the actor's next call
-
-
 class _Actor:
-    """The pool's view of one actor."""
+    """The pool's view of one actor: its Ray handle, its token, and its connection once it
+    has connected."""
 
-    __slots__ = (
-        "alive", "calls", "expect", "handle", "inflight", "last_heard", "linger_until", "name", "pending",
-        "ping_sent", "timed_out",
-    )
+    __slots__ = ("conn", "handle", "index", "name", "token", "up")
 
-    def __init__(self, handle: Any, name: str) -> None:
+    def __init__(self, handle: Any, name: str, index: int, token: bytes) -> None:
         self.handle = handle
         self.name = name
-        self.alive = False
-        self.calls = 0  # remote calls in flight
-        self.inflight: dict[int, _Request] = {}
-        self.pending: list[int] = []  # keys of requests waiting for the actor's next call
-        self.last_heard = 0.0  # loop time of its last answer (a call or a heartbeat)
-        self.ping_sent = 0.0  # loop time of the heartbeat it has not answered yet; 0: none
-        self.timed_out: set[int] = set()  # the request that ran past worker_timeout, once killed
-        self.expect = 0  # requests its last call answered: about as many should come back soon
-        self.linger_until = 0.0  # loop time until which its next call waits for them
+        self.index = index
+        self.token = token
+        self.conn: Connection | None = None
+        self.up = False  # loaded and serving; False again once its connection is lost
 
 
 class RayPool(ModelPool):
@@ -290,41 +281,41 @@ class RayPool(ModelPool):
         self, settings: ModelSettings, entry: RuntimeEntry, server: ServerSettings, *, uri: str | None
     ) -> None:
         self.settings = settings
-        self.entry = entry
+        self.name = settings.key
         self.server = server
-        self.uri = uri
         self.size = max(1, settings.workers(server))
-        batching = getattr(entry.cls, "supports_batching", False)
-        self.depth = max(server.pipeline_depth, settings.max_batch_size, BATCH_DEPTH if batching else 1)
+        depth = max(server.pipeline_depth, settings.max_batch_size)
+        # Every actor counts as one of the "cores": they are on cores of their own nodes.
+        self.dispatch = Dispatch(
+            bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), self.size
+        )
+        self.spec = WorkerSpec(
+            settings=settings.model_dump(),
+            settings_path=str(settings.path),
+            import_path=entry.import_path,
+            uri=uri,
+            threads=settings.threads or max(1, int(settings.ray.num_cpus)),
+            main_pid=os.getpid(),
+            log_level=server.log_level,
+            max_elements=server.max_elements,
+            folder=str(settings.folder) if settings.folder is not None else "",
+        )
         self._actors: list[_Actor] = []
         self._restarts = 0
         self._closing = False
-        self._next = 0
-        self._flush_scheduled = False
-        self._linger_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ray: Any = None
+        self._listener: socket.socket | None = None
+        self._address: tuple[str, int] = ("", 0)
+        self._greeters = 0
+        self._waiting: dict[bytes, asyncio.Future[socket.socket]] = {}  # token -> its actor's socket
         self._nice = 0
         self._background = False
         self._priority_applied = True
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _spec(self, index: int) -> dict[str, Any]:
-        cpus = self.settings.ray.num_cpus
-        return {
-            "settings": self.settings.model_dump(mode="json", by_alias=False),
-            "settings_path": str(self.settings.path),
-            "folder": str(self.settings.folder),
-            "import_path": self.entry.import_path,
-            "uri": self.uri,
-            "threads": self.settings.threads or max(1, int(cpus)),
-            "index": index,
-            "max_elements": self.server.max_elements,
-        }
-
     def _new_actor(self, index: int) -> _Actor:
-        ray = self._ray
         name = f"{self.settings.name}/{uuid.uuid4().hex[:12]}"
         options: dict[str, Any] = {
             "name": name,
@@ -332,34 +323,25 @@ class RayPool(ModelPool):
             "num_cpus": self.settings.ray.num_cpus,
             "scheduling_strategy": self.settings.ray.placement,
             "max_restarts": 0,  # replaced by the pool, which also retries the requests
-            "max_concurrency": 1000,
+            "max_concurrency": 16,  # Ray's methods only: start, priority, sentinel, where
         }
         if self.settings.ray.resources:
             options["resources"] = dict(self.settings.ray.resources)
-        handle = ray.remote(ModelActor).options(**options).remote(self._spec(index))
-        return _Actor(handle, name)
-
-    async def _load(self, actor: _Actor) -> None:
-        metadata, _seconds = await actor.handle.load.remote()
-        self.metadata = metadata
-        actor.alive = True
-        actor.last_heard = asyncio.get_running_loop().time()
-        self._background_task(self._sentinel(actor))
-        self._background_task(self._prioritise(actor))
-
-    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        token = secrets.token_bytes(_TOKEN_BYTES)
+        batch_time = self.settings.max_batch_time if self.settings.max_batch_size > 1 else 0.0
+        remote = self._ray.remote(ModelActor).options(**options)
+        handle = remote.remote(self.spec, index, self._address, token, batch_time)
+        return _Actor(handle, name, index, token)
 
     async def start(self) -> None:
         self._ray = await asyncio.to_thread(connect, self.server.ray_address)
+        await self._listen()
         self._actors = [self._new_actor(i) for i in range(self.size)]
-        loading = asyncio.gather(*(self._load(a) for a in self._actors), return_exceptions=True)
+        loading = asyncio.gather(*(self._bring_up(a) for a in self._actors), return_exceptions=True)
         try:
             results = await asyncio.wait_for(loading, self.server.startup_timeout)
         except TimeoutError:
-            await self._kill_all()
+            await self._stop_all()
             message = (
                 f"the model's Ray actors were not all placed and loaded within startup_timeout "
                 f"({self.server.startup_timeout:g} s); does the cluster have {self.size} x "
@@ -369,103 +351,210 @@ class RayPool(ModelPool):
             raise ModelLoadError(message, model=self.settings.name) from None
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            await self._kill_all()
+            await self._stop_all()
             raise ModelLoadError(self._load_message(errors[0]), model=self.settings.name) from errors[0]
         self._background_task(self._watchdog())
 
     def _load_message(self, error: BaseException) -> str:
+        if isinstance(error, ModelLoadError):
+            return error.message
         cause = getattr(error, "cause", None) or error
         text = str(cause).strip().splitlines()[-1] if str(cause).strip() else cause.__class__.__name__
-        return f"a Ray actor failed to load the model: {text}"
+        return f"a Ray actor failed to start: {text}"
+
+    async def _bring_up(self, actor: _Actor) -> None:
+        """Wait for ``actor`` to be placed, connect back with its token and load the model."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[socket.socket] = loop.create_future()
+        self._waiting[actor.token] = waiter
+        try:
+            await actor.handle.start.remote()
+            sock = await waiter
+        finally:
+            self._waiting.pop(actor.token, None)
+        conn = Connection(actor.index, lambda lost: self._lost(actor, lost))
+        await loop.connect_accepted_socket(lambda: conn, sock)
+        actor.conn = conn
+        hello = await conn.hello
+        if not isinstance(hello, WorkerReady):
+            conn.kill()
+            error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
+            raise ModelLoadError(f"a Ray actor failed to load the model: {error}", model=self.settings.name)
+        if self._closing:
+            conn.kill()
+            return
+        self.metadata = hello.metadata
+        conn.ready = True
+        conn.last_used = conn.last_heard = loop.time()
+        actor.up = True
+        self._background_task(self._sentinel(actor))
+        self._background_task(self._prioritise(actor))
+
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ the listener
+
+    async def _listen(self) -> None:
+        """Listen on this node's IP as Ray knows it (where other nodes reach it)."""
+        host = await asyncio.to_thread(self._ray.util.get_node_ip_address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.bind((host, 0))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self._address = (host, listener.getsockname()[1])
+        log.info("model %r: listening for its Ray actors on %s port %d", self.name, *self._address)
+        self._background_task(self._accept(listener))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _peer = await loop.sock_accept(listener)
+            except OSError:
+                return  # the listener was closed
+            if self._greeters >= _GREETERS:
+                sock.close()
+                continue
+            self._greeters += 1
+            self._background_task(self._greet(sock))
+
+    async def _greet(self, sock: socket.socket) -> None:
+        """Hand ``sock`` to the actor whose token it sends first; close it otherwise."""
+        try:
+            peer = sock.getpeername()
+            wanted = len(_PREAMBLE) + _TOKEN_BYTES
+            try:
+                first = await asyncio.wait_for(self._read(sock, wanted), _GREETING_WAIT)
+            except (TimeoutError, OSError):
+                first = b""
+            preamble, token = first[: len(_PREAMBLE)], first[len(_PREAMBLE) :]
+            waiter = None
+            if len(first) == wanted and preamble == _PREAMBLE:
+                waiter = next((w for t, w in self._waiting.items() if hmac.compare_digest(t, token)), None)
+            if waiter is None or waiter.done():
+                log.warning("model %r: closed a connection from %s that sent no actor's token", self.name, peer[0])
+                sock.close()
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            waiter.set_result(sock)
+        finally:
+            self._greeters -= 1
+
+    @staticmethod
+    async def _read(sock: socket.socket, size: int) -> bytes:
+        """Exactly ``size`` bytes (never more: what follows is the actor's frames), or fewer
+        if the peer closed."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        while len(data) < size:
+            chunk = await loop.sock_recv(sock, size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    # ------------------------------------------------------------------ deaths
 
     async def _sentinel(self, actor: _Actor) -> None:
         try:
             await actor.handle.sentinel.remote()
         except Exception:
             pass
-        self._died(actor)
+        # Dead, or its node lost (whose socket may stay open): close its connection.
+        if actor.conn is not None and actor.conn.alive:
+            actor.conn.kill()
 
-    def _died(self, actor: _Actor) -> None:
-        if not actor.alive:
-            return
-        actor.alive = False
-        if self._closing:
-            return
-        log.warning("model %r: Ray actor %s died; replacing it", self.settings.name, actor.name)
-        self._restarts += 1
+    def _lost(self, actor: _Actor, conn: Connection) -> None:
+        """``conn``'s socket closed: the actor died, was killed, or unloaded."""
+        was_up, actor.up = actor.up, False
         with contextlib.suppress(Exception):  # unreachable is as good as dead: make sure it is
             self._ray.kill(actor.handle, no_restart=True)
-        orphans = list(actor.inflight.items())
-        actor.inflight.clear()
-        actor.pending.clear()
-        for key, request in orphans:
-            if request.future.done():
-                continue
-            if key in actor.timed_out:  # not retried: it may be the cause
-                request.future.set_result(self._timed_out_outcome())
-                continue
-            target = None if request.retried else self._pick()
-            if target is None:
-                request.future.set_result(self._died_outcome())
-            else:
-                self._enqueue(target, request.envelope, request.future, retried=True)
-        index = self._actors.index(actor)
-        replacement = self._new_actor(index)
-        self._actors[index] = replacement
-        self._background_task(self._replace(replacement))
+        orphans = list(conn.pending.values())
+        conn.pending.clear()
+        self._requeue(orphans, conn)
         self.on_capacity()
+        if not was_up or self._closing or actor not in self._actors:
+            return
+        log.warning("model %r: Ray actor %s died; replacing it", self.name, actor.name)
+        self._restarts += 1
+        replacement = self._new_actor(actor.index)
+        self._actors[actor.index] = replacement
+        self._background_task(self._replace(replacement))
 
-    def _died_outcome(self) -> Outcome:
-        message = f"model {self.settings.name!r}: the worker running the request died"
-        return Outcome(WorkerDied.code, message.encode())
-
-    def _timed_out_outcome(self) -> Outcome:
-        message = (
-            f"model {self.settings.name!r}: the request ran longer than worker_timeout "
-            f"({self.server.worker_timeout:g} s); its worker was replaced"
-        )
-        return Outcome(DeadlineExceeded.code, message.encode())
+    def _requeue(self, orphans: list[Pending], lost: Connection) -> None:
+        for pending in orphans:
+            if pending.future.done():
+                continue
+            if id(pending) in lost.timed_out:  # not retried: it may be the cause
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"model {self.name!r}: the request ran longer than worker_timeout"
+                        f" ({self.server.worker_timeout:g} s); its worker was replaced"
+                    )
+                )
+                continue
+            target = None
+            if not pending.retried and not self._closing:
+                target = self.dispatch.pick((c for c in self._ready() if c is not lost), full_ok=True)
+            if target is None:
+                pending.future.set_exception(WorkerDied(f"model {self.name!r}: the worker running the request died"))
+            else:
+                pending.retried = True
+                pending.sent_at = asyncio.get_running_loop().time()
+                target.send(pending)
 
     async def _replace(self, actor: _Actor) -> None:
-        try:
-            await self._load(actor)
-        except Exception as exc:
-            if self._closing:
-                return
-            log.error("model %r: a replacement Ray actor failed to load: %s", self.settings.name, exc)
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor.handle, no_restart=True)
-            await asyncio.sleep(1.0)  # then try again: the cluster may be short of a node
-            if not self._closing and actor in self._actors:
-                index = self._actors.index(actor)
-                self._actors[index] = self._new_actor(index)
-                await self._replace(self._actors[index])
+        while True:
+            try:
+                await self._bring_up(actor)
+            except Exception as exc:
+                if self._closing or actor not in self._actors:
+                    return
+                log.error("model %r: a replacement Ray actor failed to start: %s", self.name, exc)
+                self._stop(actor)
+                await asyncio.sleep(1.0)  # then try again: the cluster may be short of a node
+                if self._closing or actor not in self._actors:
+                    return
+                actor = self._actors[actor.index] = self._new_actor(actor.index)
+                continue
+            self.on_capacity()
             return
-        self.on_capacity()
 
-    async def _kill_all(self) -> None:
-        for actor in self._actors:
-            actor.alive = False
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor.handle, no_restart=True)
+    def _stop(self, actor: _Actor) -> None:
+        """Kill ``actor``; its lost connection (:meth:`_lost`) does the rest."""
+        if actor.conn is not None and actor.conn.alive:
+            actor.conn.kill()
+        with contextlib.suppress(Exception):
+            self._ray.kill(actor.handle, no_restart=True)
 
-    async def aclose(self, grace: float = 30.0) -> None:
-        deadline = time.monotonic() + grace
-        while self.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+    async def _stop_all(self) -> None:
         self._closing = True
-        live = [a for a in self._actors if a.alive]
-        if live:
-            unloads = [a.handle.unload.remote() for a in live]
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*unloads, return_exceptions=True), _UNLOAD_WAIT)
-        await self._kill_all()
+        for actor in self._actors:
+            self._stop(actor)
+        if self._listener is not None:
+            self._listener.close()
         for task in list(self._tasks):
             task.cancel()
+
+    async def aclose(self, grace: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        stop_by = loop.time() + grace
+        while self.inflight and loop.time() < stop_by:
+            await asyncio.sleep(0.01)
+        self._closing = True
         for actor in self._actors:
-            for request in actor.inflight.values():
-                if not request.future.done():
-                    request.future.set_result(self._died_outcome())
+            if actor.conn is not None and actor.conn.alive:
+                actor.conn.ready = False
+                actor.conn.write(control_frame(0, Unload()))
+        stop_by = loop.time() + _UNLOAD_WAIT
+        while any(a.conn is not None and a.conn.alive for a in self._actors) and loop.time() < stop_by:
+            await asyncio.sleep(0.02)
+        await self._stop_all()
 
     # ------------------------------------------------------------------ hangs
 
@@ -476,50 +565,43 @@ class RayPool(ModelPool):
             self.check_hangs(loop.time())
 
     def check_hangs(self, now: float) -> None:
-        """Kill an actor whose oldest request in a call ran past ``worker_timeout``, or that
-        left a heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle; :meth:`_died` then
-        fails that request with DeadlineExceeded, retries the others and replaces the actor."""
+        """Kill an actor whose oldest request ran past ``worker_timeout``, or that left a
+        heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle; mark an actor whose oldest
+        request is overdue, so that dispatch prefers its siblings. Its lost connection then
+        fails that request with DeadlineExceeded, retries the others and replaces it."""
         limit = self.server.worker_timeout
         for actor in list(self._actors):
-            if not actor.alive:
+            conn = actor.conn
+            if conn is None or not actor.up or not conn.alive:
                 continue
-            sent = [(request.sent, key) for key, request in actor.inflight.items() if request.sent]
-            if not sent:
-                if actor.ping_sent and now - actor.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
-                    log.error("model %r: Ray actor %s stopped answering heartbeats; killing it",
-                              self.settings.name, actor.name)
-                    self._died(actor)
-                elif not actor.ping_sent and now - actor.last_heard > HEARTBEAT:
-                    actor.ping_sent = now
-                    self._background_task(self._ping(actor))
+            if not conn.pending:
+                conn.overdue = False
+                if conn.ping_sent and now - conn.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
+                    log.error("model %r: Ray actor %s stopped answering heartbeats; killing it", self.name, actor.name)
+                    self._stop(actor)
+                elif not conn.ping_sent and now - max(conn.last_heard, conn.last_used) > HEARTBEAT:
+                    conn.ping_sent = now
+                    conn.write(control_frame(0, Ping(now)))
                 continue
-            started, key = min(sent)
-            if now - started > limit:
-                log.error("model %r: Ray actor %s gave no answer in %g s; killing it",
-                          self.settings.name, actor.name, limit)
-                actor.timed_out = {key}
-                self._died(actor)
-
-    async def _ping(self, actor: _Actor) -> None:
-        try:
-            await actor.handle.ping.remote()
-        except Exception:
-            return  # a dead actor is the sentinel's to notice
-        actor.ping_sent = 0.0
-        actor.last_heard = asyncio.get_running_loop().time()
+            oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
+            conn.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
+            if now - oldest.sent_at > limit:
+                log.error("model %r: Ray actor %s gave no answer in %g s; killing it", self.name, actor.name, limit)
+                conn.timed_out = {id(oldest)}
+                self._stop(actor)
 
     # ------------------------------------------------------------------ CPU priority
 
     def set_nice(self, nice: int) -> None:
         self._nice = nice
         for actor in self._actors:
-            if actor.alive:
+            if actor.up:
                 self._background_task(self._prioritise(actor))
 
     def set_background(self, background: bool) -> bool:
         self._background = background
         for actor in self._actors:
-            if actor.alive:
+            if actor.up:
                 self._background_task(self._prioritise(actor))
         return self._priority_applied
 
@@ -532,119 +614,41 @@ class RayPool(ModelPool):
             return  # a dead actor is the sentinel's to notice
         if not applied and self._priority_applied:
             log.info("model %r: Ray actor %s could not take nice %d%s (needs CAP_SYS_NICE on its node)",
-                     self.settings.name, actor.name, self._nice, ", SCHED_IDLE" if self._background else "")
+                     self.name, actor.name, self._nice, ", SCHED_IDLE" if self._background else "")
         self._priority_applied = bool(applied)
 
     # ------------------------------------------------------------------ requests
 
+    def _ready(self) -> list[Connection]:
+        return [a.conn for a in self._actors if a.up and a.conn is not None and a.conn.ready]
+
     @property
     def capacity(self) -> int:
-        return self.depth * sum(a.alive for a in self._actors)
+        return 0 if self._closing else self.dispatch.per_worker * len(self._ready())
 
     @property
     def inflight(self) -> int:
-        return sum(len(a.inflight) for a in self._actors)
+        return sum(len(a.conn.pending) for a in self._actors if a.conn is not None)
 
     @property
     def parallelism(self) -> int:
-        return max(1, sum(a.alive for a in self._actors))
+        return max(1, len(self._ready()))
 
     def health(self) -> PoolHealth:
-        ready = 0 if self._closing else sum(a.alive for a in self._actors)
+        ready = 0 if self._closing else len(self._ready())
         return PoolHealth(workers=len(self._actors), ready=ready, restarts=self._restarts)
 
-    def _pick(self) -> _Actor | None:
-        """The live actor with the fewest requests in flight (ties: round robin)."""
-        live = [a for a in self._actors if a.alive and len(a.inflight) < self.depth]
-        if not live:
-            live = [a for a in self._actors if a.alive]
-        if not live:
-            return None
-        self._next += 1
-        start = self._next % len(live)
-        ordered = live[start:] + live[:start]
-        return min(ordered, key=lambda a: len(a.inflight))
-
     def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(self._done)
-        actor = self._pick()
-        if actor is None:
-            future.set_result(self._died_outcome())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        ready = self._ready()
+        worker = self.dispatch.pick(ready) or self.dispatch.pick(ready, full_ok=True)
+        if worker is None:
+            future.set_exception(WorkerDied(f"model {self.name!r}: no worker can take the request"))
         else:
-            self._enqueue(actor, envelope, future, retried=False)
+            worker.send(Pending(future, envelope, self, 0, loop.time()))
         return future
 
-    def _done(self, _future: object) -> None:
+    def request_done(self, outcome: Outcome) -> None:
+        self.dispatch.observe(outcome.compute)
         self.on_capacity()
-
-    def _enqueue(self, actor: _Actor, envelope: Envelope, future: asyncio.Future[Outcome], *, retried: bool) -> None:
-        key = id(future)
-        actor.inflight[key] = _Request(envelope, future, retried)
-        actor.pending.append(key)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Send what waits for each actor as one call."""
-        self._flush_scheduled = False
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for actor in self._actors:
-            if not actor.pending or not actor.alive or actor.calls >= _CALLS_PER_ACTOR:
-                continue  # what waits goes with the next call, when one returns
-            if len(actor.pending) < actor.expect and now < actor.linger_until:
-                if not self._linger_scheduled:
-                    self._linger_scheduled = True
-                    loop.call_at(actor.linger_until, self._linger_done)
-                continue
-            actor.expect = 0
-            actor.calls += 1
-            keys, actor.pending = actor.pending, []
-            items = []
-            for key in keys:
-                request = actor.inflight[key]
-                request.sent = now
-                envelope = request.envelope
-                payload = envelope.payload if isinstance(envelope.payload, bytes) else bytes(envelope.payload)
-                items.append(
-                    (
-                        payload,
-                        int(envelope.wire),
-                        envelope.header_length,
-                        envelope.deadline,
-                        envelope.arrived,
-                        envelope.trace,
-                    )
-                )
-            self._background_task(self._call(actor, keys, items))
-
-    def _linger_done(self) -> None:
-        self._linger_scheduled = False
-        self._flush()
-
-    async def _call(
-        self, actor: _Actor, keys: list[int], items: list[tuple[bytes, int, int, float, float, str]]
-    ) -> None:
-        try:
-            outcomes = await actor.handle.infer.remote(items)
-        except (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError):
-            actor.calls = 0
-            # The actor died (or its node did) with these requests on it: retry or fail them.
-            self._died(actor)
-            return
-        except Exception as exc:  # not a death: the call itself failed (say, serialisation)
-            log.error("model %r: a call to Ray actor %s failed: %s", self.settings.name, actor.name, exc)
-            outcomes = [Outcome(InferenceFailed.code, b"the model failed to run the request")] * len(keys)
-        actor.calls -= 1
-        actor.last_heard = asyncio.get_running_loop().time()
-        actor.expect = len(keys)
-        actor.linger_until = actor.last_heard + _LINGER
-        if actor.pending and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        for key, outcome in zip(keys, outcomes, strict=True):
-            request = actor.inflight.pop(key, None)
-            if request is not None and not request.future.done():
-                request.future.set_result(outcome)
