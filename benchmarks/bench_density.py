@@ -7,8 +7,11 @@ settings), runtime-core and MLServer 1.7.1 are measured in the same run:
   repository index;
 * processes and PSS of the server's process tree, and its idle CPU (cores) over a quiet
   window (``--idle`` seconds, 10 by default, once ``SETTLE`` seconds have passed since every
-  model was READY: CPU time is counted in clock ticks of 10 ms, so a 5 s window could not
-  tell 0.004 from 0.01 cores, and the last loads' follow-up work must not count as idle);
+  model was READY, so that the last loads' follow-up work does not count as idle). Idle
+  CPU is the kernel's run time in nanoseconds of every thread of every process of the
+  server's tree (``/proc/PID/task/TID/schedstat``), the same method for both servers: clock
+  ticks of 10 ms (``/proc/PID/stat``) cannot tell 0.004 from 0.01 cores in 10 s. The
+  main process's share is reported too;
 * the latency of a first request to each model in turn (one at a time);
 * closed-loop traffic (wrk, concurrency 8, 1-row requests), each request to a model picked
   at random, uniformly or by Zipf's law (s = 1.2): req/s, p99 and server CPU per request.
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import environment, fmt, progress, publish, table, windowed
 from loadgen import _LUA, ClosedLoop
-from measure import CpuWindow, tree_pids, tree_pss_mib
+from measure import RunTimeWindow, tree_pids, tree_pss_mib
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
 FEATURES = 20
@@ -167,9 +170,11 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
             row["ready_server_s"] = server.ready_seconds
             row["ready_all_s"] = all_ready(server.url, count, started)
             time.sleep(SETTLE)  # let start-up work settle before the idle window
-            with CpuWindow(server.pid) as idle:
+            with RunTimeWindow(server.pid) as idle:
                 time.sleep(args.idle)
             row["idle_cores"] = idle.seconds / idle.wall
+            assert idle.by_process is not None
+            row["idle_main_cores"] = idle.by_process.get(server.pid, 0.0) / idle.wall
             row["processes"] = len(tree_pids(server.pid))
             row["pss_mib"] = tree_pss_mib(server.pid)
             first = []
@@ -216,7 +221,8 @@ COLUMNS = [
     ("ready_all_s", "all ready s"),
     ("processes", "processes"),
     ("pss_mib", "PSS MiB"),
-    ("idle_cores", "idle cores"),
+    ("idle_cores", "idle cores (ns run time, whole tree)"),
+    ("idle_main_cores", "idle cores, main proc"),
     ("first_p50_ms", "1st req p50 ms"),
     ("first_p99_ms", "1st req p99 ms"),
     ("uniform_rps", "uniform req/s"),

@@ -6,6 +6,11 @@
   process; :func:`cpu_delta` sums the per-process deltas of the processes alive
   at both ends of the window (a process that starts or exits inside the window
   is not counted -- the benchmarks do not restart workers, so nothing is lost).
+* Idle CPU: the kernel's run time in nanoseconds of every thread of the tree, from
+  ``/proc/PID/task/TID/schedstat`` (:class:`RunTimeWindow`). ``/proc/PID/stat`` counts in
+  clock ticks of 10 ms, too coarse for a server that should use under 1 % of a core;
+  schedstat is exact. A thread that exits inside the window loses its time (an idle
+  server starts none).
 * Memory: ``Pss`` of every process of the tree from ``/proc/PID/smaps_rollup``.
   PSS splits each shared page among the processes that map it, so the sum over
   the tree is the tree's real share of RAM (copy-on-write pages counted once).
@@ -107,6 +112,61 @@ def cpu_delta(before: dict[ProcKey, int], after: dict[ProcKey, int], only: Itera
         if wanted is None or key[0] in wanted:
             ticks += end - before.get(key, 0)
     return ticks / CLOCK_TICKS
+
+
+def _task_run_ns(pid: int) -> dict[tuple[int, int], int]:
+    """Run time (ns, on a CPU) of every thread of ``pid``, keyed by (pid, tid)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                out[(pid, int(tid))] = int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def run_ns_snapshot(root: int) -> dict[tuple[int, int, int], int]:
+    """Run time (ns) of every thread of the tree, keyed by (pid, starttime, tid)."""
+    out = {}
+    for s in tree_stats(root):
+        for (pid, tid), ns in _task_run_ns(s.pid).items():
+            out[(pid, s.starttime, tid)] = ns
+    return out
+
+
+@dataclass(slots=True)
+class RunTimeWindow:
+    """Nanosecond CPU of a process tree across a window (every thread of every process).
+
+    ``seconds`` counts the threads alive at the end (a thread born inside the window counts
+    whole); ``by_process`` splits it by pid, for finding what still runs in an idle server."""
+
+    root: int
+    seconds: float = 0.0
+    wall: float = 0.0
+    by_process: dict[int, float] | None = None
+    _before: dict[tuple[int, int, int], int] | None = None
+    _t0: float = 0.0
+
+    def __enter__(self) -> RunTimeWindow:
+        self._before = run_ns_snapshot(self.root)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = run_ns_snapshot(self.root)
+        self.wall = time.perf_counter() - self._t0
+        assert self._before is not None
+        by_process: dict[int, float] = {}
+        for key, end in after.items():
+            by_process[key[0]] = by_process.get(key[0], 0.0) + (end - self._before.get(key, 0)) / 1e9
+        self.by_process = by_process
+        self.seconds = sum(by_process.values())
 
 
 def pss_mib(pids: Iterable[int]) -> float:

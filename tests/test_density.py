@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,35 @@ def test_min_workers_keeps_warm_workers(tmp_path: Path, serve: Any) -> None:
     wait_until(lambda: workers_of(server, "probe") == 1, 30, "the probe's worker")
     wait_until(lambda: workers_of(server, "probe") == 0, 30, "the probe's worker to retire")
     assert workers_of(server, "warm") == 2
+
+
+def _main_thread_wakeups(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
+def test_an_idle_server_runs_no_timer_of_its_own(tmp_path: Path, serve: Any) -> None:
+    """Once its last request is answered and no worker is left, the supervisor stops waking
+    up; the next request wakes it (and the workers it brings are watched again)."""
+    toy_model(tmp_path, "a", parallel_workers=1)
+    server = serve(tmp_path, args=["--no-grpc"], env={"RUNTIME_CORE_WORKER_IDLE_TIMEOUT": "0.5"})
+
+    def quiet_for_a_while() -> bool:  # the supervisor used to wake once a second
+        before = _main_thread_wakeups(server.pid)
+        time.sleep(2.5)
+        return _main_thread_wakeups(server.pid) == before
+
+    for _ in range(2):
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            results = list(ex.map(lambda i: infer(server, "a", [float(i)], sleep=0.05), range(32)))
+        assert [(status, output(doc, "y")) for status, doc in results] == [(200, [float(i)]) for i in range(32)]
+        served_by = {output(doc, "pid")[0] for _, doc in results}
+        assert served_by - {p.pid for p in hosts(server)}, "no dedicated worker served the model"
+        wait_until(lambda: workers_of(server, "a") == 0, 30, "the worker to retire")
+        wait_until(quiet_for_a_while, 30, "the main thread to stop waking up")
 
 
 # ---------------------------------------------------------------------------- residency

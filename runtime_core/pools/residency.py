@@ -11,8 +11,10 @@ which stops at the first model that frees enough.
 The supervisor wakes once per ``period`` and visits only pools that have workers or
 requests in flight (a set kept as requests and workers come and go, not a scan). It
 kills workers and hosts whose oldest request ran past ``worker_timeout``, heartbeats
-idle workers, and retires dedicated workers idle for ``worker_idle_timeout``. An idle
-server with a thousand models does one empty pass a second.
+idle workers, and retires dedicated workers idle for ``worker_idle_timeout``. When no
+pool is active it does not wake at all until a request or a worker makes one active (a
+pass only ever watches active pools, and the hosts' requests belong to them), so an idle
+server with a thousand models runs no timer of its own.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Residency:
         self.cold_starts = [0] * (len(COLD_START_BUCKETS) + 1)
         self.cold_start_seconds = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # set when the first pool becomes active
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -67,6 +70,8 @@ class Residency:
 
     def touch(self, pool: ProcessPool) -> None:
         """A request for ``pool``: it is the most recently used, and watched until idle."""
+        if not self._active:
+            self._wake.set()
         self._active.add(pool)
         if pool in self._lru:
             self._lru.move_to_end(pool)
@@ -90,6 +95,8 @@ class Residency:
             self.used -= memory
 
     def spawned(self, pool: ProcessPool, seconds: float) -> None:
+        if not self._active:
+            self._wake.set()
         self._active.add(pool)
         self.spawns += 1
         self.spawn_seconds += seconds
@@ -107,6 +114,11 @@ class Residency:
         period = min(1.0, self.worker_timeout / 4)
         loop = asyncio.get_running_loop()
         while True:
+            if not self._active:
+                # Nothing to watch: sleep until touch() or spawned() makes a pool active,
+                # instead of an empty pass every second (idle CPU, issue 9).
+                self._wake.clear()
+                await self._wake.wait()
             await asyncio.sleep(period)
             now = loop.time()
             for pool in list(self._active):
