@@ -12,7 +12,14 @@ Protocols, per server and model:
   grpcio asyncio, pre-serialized bytes; C in flight on one channel).
 
 Every body is checked once per server (gRPC and REST answer the same numbers), then
-loaded for D s after a warm-up. Table: req/s, p50/p99, server CPU ms per request
+loaded for D s after a warm-up.
+
+Server CPU per request falls as the load rises (a busier worker merges more requests into
+one ``predict``; a busier event loop writes more frames per system call), and in the
+closed loop the cheap C generator (wrk) lets REST run at a higher rate than the Python
+gRPC generator. So runtime-core is also loaded at the *same* fixed rate over both
+protocols (``--rate``, open loop: ``loadgen.OpenLoop`` for REST, ``grpc_load.py --rate``
+for gRPC), the comparison the CPU targets are judged on as well. Table: req/s, p50/p99, server CPU ms per request
 (whole process tree / requests) and the main process's share. The gRPC generator is
 Python and costs CPU on the same cores, so req/s compares fairly only gRPC against gRPC;
 server CPU per request compares everything.
@@ -53,6 +60,7 @@ import numpy as np
 import orjson
 from common import HERE, closed_window, environment, infer_url, median, progress, publish, table, verdict, windowed
 from grpc_load import METHOD, GrpcClosedLoop
+from loadgen import OpenLoop
 from servers import MLServerServer, RuntimeCoreServer, free_port, mlserver_available
 
 from runtime_core.proto.grpc_service_pb2 import ModelInferRequest, ModelInferResponse
@@ -250,6 +258,42 @@ def measure(server: Any, label: str, args: argparse.Namespace, bodies: dict[str,
     return rows
 
 
+def same_rate(server: Any, args: argparse.Namespace, bodies: dict[str, dict[str, bytes]]) -> list[dict]:
+    """REST JSON and gRPC at the same fixed rate (open loop), ``--rounds`` times, alternating."""
+    rows = []
+    for round_ in range(args.rounds):
+        for model in MODELS:
+            for protocol in PROTOCOLS:
+                body = bodies[model][protocol]
+
+                def loads(d: float, p: str = protocol, b: bytes = body, m: str = model) -> list[Any]:
+                    if p == "rest-json":
+                        return [OpenLoop(infer_url(server.url, m), b, rate=args.rate, duration=d)]
+                    return [GrpcClosedLoop(server.grpc_target, b, concurrency=args.concurrency, duration=d,
+                                           processes=args.clients, rate=args.rate)]
+
+                (result,), cpu = windowed(loads, server.pid, args.warmup, args.duration)
+                done = result.requests or float("nan")
+                row = {
+                    "server": "runtime-core",
+                    "model": model,
+                    "protocol": protocol,
+                    "round": round_,
+                    **result.as_dict(),
+                    "cpu_ms_per_req": 1000 * cpu.seconds / done,
+                    "cpu_main_ms_per_req": 1000 * cpu.root_seconds / done,
+                    "cpu_workers_ms_per_req": 1000 * (cpu.seconds - cpu.root_seconds) / done,
+                }
+                rows.append(row)
+                progress(
+                    f"same rate {args.rate:g}/s {model} {protocol}: {row['rps']:.0f} req/s, "
+                    f"p50 {row['p50_ms']:.2f} ms, "
+                    f"CPU {row['cpu_ms_per_req']:.3f} ms/req (main {row['cpu_main_ms_per_req']:.3f}), "
+                    f"errors {row['errors']}"
+                )
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bodies = {
         m: {"rest-json": models.request_body(m), "grpc": grpc_body(m, models.request_array(m))} for m in MODELS
@@ -262,6 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with RuntimeCoreServer(repo) as server:
             progress(f"runtime-core ready in {server.ready_seconds:.2f} s")
             out["windows"] += measure(server, "runtime-core", args, bodies)
+            if args.rate:
+                out["same_rate"] = same_rate(server, args, bodies)
         if not args.no_mlserver and mlserver_available():
             repo = Path(tmp) / "ml"
             for m in MODELS:
@@ -300,13 +346,25 @@ def render(data: dict[str, Any]) -> str:
         found = [r[key] for r in rows if (r["server"], r["model"], r["protocol"]) == (server, model, protocol)]
         return median(found) if found else None
 
+    same = data.get("same_rate") or []
+
+    def pick_same(model: str, protocol: str, key: str) -> float | None:
+        found = [r[key] for r in same if (r["model"], r["protocol"]) == (model, protocol)]
+        return median(found) if found else None
+
     targets = []
     for model in MODELS:
         g = pick("runtime-core", model, "grpc", "cpu_ms_per_req")
         j = pick("runtime-core", model, "rest-json", "cpu_ms_per_req")
         ok = None if g is None or j is None else g <= j
         measured = f"{g:.3f} vs {j:.3f} ms" if g is not None and j is not None else "-"
-        targets.append([f"{model}: gRPC CPU/req <= REST JSON CPU/req", measured, verdict(ok)])
+        targets.append([f"{model}: gRPC CPU/req <= REST JSON CPU/req (closed loop)", measured, verdict(ok)])
+        g, j = pick_same(model, "grpc", "cpu_ms_per_req"), pick_same(model, "rest-json", "cpu_ms_per_req")
+        if g is not None and j is not None:
+            targets.append(
+                [f"{model}: the same, at {data['args']['rate']:g} req/s both (median)", f"{g:.3f} vs {j:.3f} ms",
+                 verdict(g <= j)]
+            )
     ours, theirs = pick("runtime-core", "light", "grpc", "rps"), pick("mlserver", "light", "grpc", "rps")
     ok = None if ours is None or theirs is None else ours >= 3 * theirs
     ratio = f"{ours:.0f} vs {theirs:.0f} req/s ({ours / theirs:.1f}x)" if ok is not None else "-"
@@ -319,6 +377,23 @@ def render(data: dict[str, Any]) -> str:
             win,
             f"Bare grpc.aio server (constant answer, same generator): {data['floor']['rps']:.0f} req/s, "
             f"{data['floor']['cpu_ms_per_req']:.3f} ms server CPU per call.",
+            *(
+                [
+                    f"### runtime-core, REST JSON and gRPC at the same rate "
+                    f"({data['args']['rate']:g} req/s, open loop)",
+                    table(
+                        ["model", "protocol", "round", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "main ms/req",
+                         "workers ms/req", "errors"],
+                        [
+                            [r["model"], r["protocol"], r["round"], r["rps"], r["p50_ms"], r["p99_ms"],
+                             r["cpu_ms_per_req"], r["cpu_main_ms_per_req"], r["cpu_workers_ms_per_req"], r["errors"]]
+                            for r in same
+                        ],
+                    ),
+                ]
+                if same
+                else []
+            ),
             "### Targets",
             table(["target", "measured", "verdict"], targets),
         ]
@@ -332,6 +407,8 @@ def main() -> None:
     parser.add_argument("-w", "--warmup", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=1, help="gRPC generator processes sharing C")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per model (MLServer: server-wide)")
+    parser.add_argument("--rate", type=float, default=800.0, help="same-rate windows: req/s (0: none)")
+    parser.add_argument("--rounds", type=int, default=2, help="same-rate windows per model and protocol")
     parser.add_argument("--forward-seconds", type=float, default=1.0, help="timing of each forwarding case")
     parser.add_argument("--quick", action="store_true", help="3 s windows, 1 s warm-up")
     parser.add_argument("--no-mlserver", action="store_true")

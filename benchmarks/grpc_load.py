@@ -1,4 +1,5 @@
-"""Closed-loop gRPC load: C calls in flight on one channel, in a process of its own.
+"""gRPC load from a process of its own: closed loop (C calls in flight on one channel) or
+open loop (a fixed rate of calls, whatever the answers do).
 
 There is no wrk for gRPC here, so the generator is Python: grpcio's asyncio client
 sending pre-serialized ``ModelInferRequest`` bytes (no per-call protobuf work: the
@@ -8,7 +9,12 @@ the client as much as by the server: compare servers by *server CPU per request*
 or compare req/s only between runs that use this same generator (gRPC vs gRPC).
 
 ``GrpcClosedLoop`` follows the interface of :class:`loadgen.ClosedLoop`
-(``prepare``/``go``/``wait``/``kill``), so it runs inside ``common.windowed``.
+(``prepare``/``go``/``wait``/``kill``), so it runs inside ``common.windowed``; with
+``rate`` set it is an open loop like :class:`loadgen.OpenLoop`: call *i* is sent at
+``t0 + i / R`` and its latency counts from then. Server CPU per request depends on the
+load (a busier worker merges more requests into one ``predict``, a busier event loop
+writes more frames per system call), so the open loop is how REST and gRPC are compared
+at the *same* request rate.
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ class GrpcClosedLoop:
     """``C`` concurrent ModelInfer calls against ``target`` (``127.0.0.1:port``) for ``duration`` s,
     from ``processes`` generator processes (each with its own channel and a share of ``C``)."""
 
-    def __init__(self, target: str, body: bytes, *, concurrency: int, duration: float, processes: int = 1) -> None:
+    def __init__(
+        self, target: str, body: bytes, *, concurrency: int, duration: float, processes: int = 1, rate: float = 0.0
+    ) -> None:
         if not target.startswith(("127.0.0.1:", "localhost:")):
             raise ValueError(f"benchmarks only target 127.0.0.1, not {target!r}")
         self.target, self.body, self.concurrency, self.duration = target, body, concurrency, duration
         self.processes = max(1, min(processes, concurrency))
+        self.rate = rate  # > 0: open loop at this many calls/s in all (split among the processes)
         self._procs: list[subprocess.Popen[str]] = []
         self._body_file = ""
 
@@ -49,6 +58,8 @@ class GrpcClosedLoop:
         shares = [base + (i < extra) for i in range(self.processes)]
         for share in shares:
             cmd = [sys.executable, __file__, self.target, self._body_file, "-c", str(share), "-d", str(self.duration)]
+            if self.rate:
+                cmd += ["--rate", str(self.rate / self.processes)]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self._procs.append(proc)
             assert proc.stdout is not None
@@ -78,7 +89,7 @@ class GrpcClosedLoop:
         requests = sum(p.requests for p in parts)
         # Percentiles of the parts, weighted by nothing: the slowest part's, a conservative figure.
         return LoadResult(
-            kind="closed",
+            kind=parts[0].kind,
             requests=requests,
             errors=sum(p.errors for p in parts),
             seconds=seconds,
@@ -88,6 +99,8 @@ class GrpcClosedLoop:
             p99_ms=max(p.p99_ms for p in parts),
             max_ms=max(p.max_ms for p in parts),
             concurrency=self.concurrency,
+            rate=sum(p.rate for p in parts),
+            max_lag_ms=max(p.max_lag_ms for p in parts),
         )
 
     def kill(self) -> None:
@@ -97,7 +110,7 @@ class GrpcClosedLoop:
                 proc.wait()
 
 
-async def _run(target: str, body: bytes, concurrency: int, duration: float) -> LoadResult:
+async def _run(target: str, body: bytes, concurrency: int, duration: float, rate: float = 0.0) -> LoadResult:
     import grpc
 
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -108,27 +121,46 @@ async def _run(target: str, body: bytes, concurrency: int, duration: float) -> L
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         latencies: list[float] = []
         errors = 0
+        lag = 0.0
         start = time.perf_counter()
         stop = start + duration
 
-        async def worker() -> None:
+        async def one(since: float) -> None:
             nonlocal errors
+            try:
+                await call(body, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - since)
+
+        async def worker() -> None:
             while True:
                 sent = time.perf_counter()
                 if sent >= stop:
                     return
-                try:
-                    await call(body, timeout=30)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - sent)
+                await one(sent)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if rate > 0:  # open loop: call i is due at start + i / rate, latency counted from then
+            calls: set[asyncio.Task[None]] = set()
+            total, i = int(rate * duration), 0
+            while i < total:
+                now = time.perf_counter()
+                while i < total and start + i / rate <= now:
+                    task = asyncio.create_task(one(start + i / rate))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+                    lag = max(lag, now - (start + i / rate))
+                    i += 1
+                if i < total:
+                    await asyncio.sleep(start + i / rate - time.perf_counter())
+            await asyncio.gather(*calls)
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - start
     latencies.sort()
     return LoadResult(
-        kind="closed",
+        kind="open" if rate > 0 else "closed",
         requests=len(latencies),
         errors=errors,
         seconds=seconds,
@@ -138,6 +170,8 @@ async def _run(target: str, body: bytes, concurrency: int, duration: float) -> L
         p99_ms=1000 * percentile(latencies, 99) if latencies else math.nan,
         max_ms=1000 * latencies[-1] if latencies else math.nan,
         concurrency=concurrency,
+        rate=rate,
+        max_lag_ms=1000 * lag,
     )
 
 
@@ -150,6 +184,7 @@ def main() -> None:
     parser.add_argument("body", help="file holding one serialized ModelInferRequest")
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("-d", "--duration", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: calls/s (0: closed loop of -c calls)")
     args = parser.parse_args()
     with open(args.body, "rb") as f:
         body = f.read()
@@ -160,7 +195,7 @@ def main() -> None:
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        result = runner.run(_run(args.target, body, args.concurrency, args.duration))
+        result = runner.run(_run(args.target, body, args.concurrency, args.duration, args.rate))
     print(json.dumps(result.as_dict()), flush=True)
 
 

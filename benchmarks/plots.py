@@ -256,12 +256,13 @@ def plot_grpc(data: dict[str, Any], prefix: Path) -> list[Path]:
     rows = data.get("windows", [])
     if not rows:
         return []
+    same = data.get("same_rate") or []
     groups = list(dict.fromkeys((r["server"], r["model"]) for r in rows))
     protocols = (("rest-json", "REST JSON", "#9ca3af"), ("grpc", "gRPC", "#2563eb"))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 3 if same else 2, figsize=(13 if same else 9, 3.2))
     for ax, key, title in (
-        (axes[0], "cpu_ms_per_req", "server CPU ms per request (log scale)"),
-        (axes[1], "rps", "requests/s"),
+        (axes[0], "cpu_ms_per_req", "closed loop: server CPU ms/request (log)"),
+        (axes[1], "rps", "closed loop: requests/s"),
     ):
         for k, (protocol, label, color) in enumerate(protocols):
             by = {(r["server"], r["model"]): r for r in rows if r["protocol"] == protocol}
@@ -271,7 +272,25 @@ def plot_grpc(data: dict[str, Any], prefix: Path) -> list[Path]:
         ax.set_title(title)
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"REST JSON and gRPC, 16 calls in flight, a busy machine ({_subtitle(data)})", fontsize=10)
+    if same:  # runtime-core at one fixed rate over both protocols: medians of the rounds, main + workers
+        models = list(dict.fromkeys(r["model"] for r in same))
+
+        def mid(model: str, protocol: str, key: str) -> float:
+            found = sorted(r[key] for r in same if (r["model"], r["protocol"]) == (model, protocol))
+            return found[len(found) // 2] if found else 0.0
+
+        for k, (protocol, label, color) in enumerate(protocols):
+            xs = [i + (k - 0.5) * 0.38 for i in range(len(models))]
+            main = [mid(m, protocol, "cpu_main_ms_per_req") for m in models]
+            workers = [mid(m, protocol, "cpu_workers_ms_per_req") for m in models]
+            axes[2].bar(xs, main, width=0.38, color=color, label=f"{label}: main process")
+            axes[2].bar(xs, workers, width=0.38, bottom=main, color=color, alpha=0.45, hatch="//",
+                        label=f"{label}: workers")
+        axes[2].set_xticks(range(len(models)), [f"runtime-core\n{m}" for m in models], fontsize=8)
+        axes[2].set_title(f"same rate, {data['args']['rate']:g} req/s: server CPU ms/request")
+        axes[2].set_ylim(top=1.5 * max(r["cpu_ms_per_req"] for r in same))
+        axes[2].legend(fontsize=7, loc="upper center", ncol=2)
+    fig.suptitle(f"REST JSON and gRPC, one run ({_subtitle(data)})", fontsize=10)
     return [_save(fig, prefix.with_name(prefix.name + ".png"))]
 
 
