@@ -38,6 +38,11 @@ Design notes (the *why* behind the code):
   Non-finite input takes the normal path, so NaN/inf behave exactly as in
   plain sklearn (a clear 400 for estimators that reject them, a result for
   those that handle missing values natively).
+* **Linear models.** For scikit-learn's own linear estimators (LogisticRegression,
+  LinearRegression, ...) ``predict`` on a plain finite float array is computed from the
+  fitted coefficients, skipping scikit-learn's per-call checks (about 0.1 ms of a
+  0.11 ms one-row call): see :mod:`runtime_core_sklearn.linear`, which also says when
+  the shortcut is not taken and how it is checked against the estimator at load.
 
 Artifacts are unpickled: only serve files you trust.
 """
@@ -64,6 +69,7 @@ from runtime_core import (
     client_message,
     stack_columns,
 )
+from runtime_core_sklearn.linear import LinearPredict, fits, linear_predict
 
 if TYPE_CHECKING:
     from runtime_core.settings import ModelSettings
@@ -135,6 +141,7 @@ class SKLearnRuntime(Runtime):
         self._n_features: int | None = None
         self._feature_names: list[str] | None = None
         self._config_context: Callable[..., contextlib.AbstractContextManager[Any]] | None = None
+        self._linear: LinearPredict | None = None
 
     @property
     def model(self) -> Any:
@@ -171,9 +178,11 @@ class SKLearnRuntime(Runtime):
         names = getattr(model, "feature_names_in_", None)
         self._feature_names = [str(n) for n in names] if names is not None else None
         self._config_context = sklearn.config_context
+        self._linear = linear_predict(model, self._n_features)
 
     async def unload(self) -> None:
         self._model = None
+        self._linear = None
 
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
         if self._model is None:
@@ -182,6 +191,9 @@ class SKLearnRuntime(Runtime):
         features = self._features(request)
         config_context = self._config_context
         fast = config_context is not None and _all_finite_ndarray(features)
+        linear = self._linear
+        if fast and linear is not None and names == [PREDICT] and fits(features, self._n_features or 0):
+            return InferenceResponse(outputs=[_to_tensor(PREDICT, linear(features))])
         scope = config_context(assume_finite=True) if config_context is not None and fast else contextlib.nullcontext()
         try:
             with scope:

@@ -15,9 +15,10 @@ import joblib
 import numpy as np
 import orjson
 import pytest
+from runtime_core_sklearn.linear import linear_predict
 from sklearn.datasets import load_iris
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression, SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -159,6 +160,61 @@ def test_nan_input_is_predicted_by_models_that_handle_missing_values(tmp_path: P
     probe[1, 2] = np.nan
     out = outputs_of(runtime, request(probe))
     np.testing.assert_array_equal(out["predict"].data, model.predict(probe))
+
+
+class _ShiftedLogisticRegression(LogisticRegression):
+    """A subclass whose ``predict`` is not scikit-learn's: the linear shortcut must not be taken."""
+
+    def predict(self, X: Any) -> Any:
+        return super().predict(X) + 10
+
+
+def _linear_models(x: np.ndarray, y: np.ndarray) -> list[Any]:
+    labels = np.array(["setosa", "versicolor", "virginica"])[y.astype(int)]
+    return [
+        LogisticRegression(max_iter=1000).fit(x, y),  # multiclass
+        LogisticRegression(max_iter=1000).fit(x, y == 1),  # binary, bool labels
+        LogisticRegression(max_iter=1000).fit(x, labels),  # text labels
+        SGDClassifier(random_state=0).fit(x, y),
+        LinearRegression().fit(x, y),
+        LinearRegression().fit(x, np.c_[y, 2 * y]),  # two targets
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_models_answer_exactly_as_their_own_predict(tmp_path: Path, iris: tuple, dtype: type) -> None:
+    x, y = iris
+    rng = np.random.default_rng(1)
+    probe = np.concatenate([x, rng.normal(scale=5.0, size=(50, 4))]).astype(dtype)
+    for n, model in enumerate(_linear_models(x, y)):
+        assert linear_predict(model, 4) is not None, type(model).__name__  # the shortcut is taken
+        runtime = make_runtime(_dump(model, tmp_path / f"m{n}"))
+        for rows in (probe, probe[:1], probe[7:8], np.asfortranarray(probe)):
+            out = outputs_of(runtime, request(rows))["predict"]
+            got = np.array([v.decode() for v in out.data]) if out.datatype == "BYTES" else out.data
+            np.testing.assert_array_equal(got, model.predict(rows))
+
+
+def test_linear_shortcut_is_refused_where_it_would_differ(iris: tuple) -> None:
+    x, y = iris
+    assert linear_predict(_ShiftedLogisticRegression(max_iter=1000).fit(x, y), 4) is None  # own predict
+    sparse = LogisticRegression(max_iter=1000).fit(x, y).sparsify()  # coefficients in a sparse matrix
+    assert linear_predict(sparse, 4) is None
+    assert linear_predict(HistGradientBoostingClassifier(max_iter=5).fit(x, y), 4) is None
+
+
+def test_linear_model_still_rejects_nan_and_wrong_width_through_sklearn(tmp_path: Path, iris: tuple) -> None:
+    x, y = iris
+    model = LinearRegression().fit(x, y)
+    runtime = make_runtime(_dump(model, tmp_path / "m"))
+    bad = x[:2].copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(InvalidRequest, match="NaN"):
+        run(runtime.predict(request(bad)))
+    with pytest.raises(InvalidRequest, match="3 features"):
+        run(runtime.predict(request(x[:2, :3])))
+    ints = x[:3].astype(np.int32)  # not float: scikit-learn's own path
+    np.testing.assert_array_equal(outputs_of(runtime, request(ints))["predict"].data, model.predict(ints))
 
 
 @pytest.mark.parametrize("file", ["model.joblib", "model.pkl", "model.pickle"])
