@@ -367,11 +367,26 @@ class ProcessPool(ModelPool):
             )
 
     def _idle_worker(self) -> Connection | None:
-        """An idle worker among the first ``cores`` ready ones (at least two): more workers than
+        """The worker to take held requests now, among the first ``cores`` ready ones (at
+        least two): an idle one; else, for cheap requests (the dispatch policy packs them),
+        the busiest that has fewer than ``BATCH_DEPTH`` in flight, as coalescing alone would
+        have sent them there. Cheap requests then queue behind the batch a worker is running
+        instead of waiting in the main process for it to finish (measured with 2 and 4
+        workers: 0.87-0.95x coalescing's req/s when only an idle worker took held requests,
+        1.02-1.05x with this). Costlier requests wait for a worker that is idle, so that
+        one slow request never holds them up while another worker frees. More workers than
         cores cannot run at the same time, and waking them for a request each only splits
         the batches (4 workers on 2 cores: 0.49 ms of CPU per request instead of 0.38)."""
         first = self._ready()[: max(2, self.dispatch.cores)]
-        return next((c for c in first if not c.pending and not c.overdue), None)
+        idle = next((c for c in first if not c.pending and not c.overdue), None)
+        if idle is not None or self.dispatch.mode != "pack":
+            return idle
+        best: Connection | None = None
+        for c in first:
+            load = c.load
+            if load < BATCH_DEPTH and not c.overdue and (best is None or load > best.load):
+                best = c
+        return best
 
     def _hold_expired(self) -> None:
         self._hold_timer = None
