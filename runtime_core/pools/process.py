@@ -70,7 +70,7 @@ from runtime_core.messages import control_frame
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
+from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW, Dispatch
 from runtime_core.pools.templates import Host, Templates
 from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
@@ -370,7 +370,8 @@ class ProcessPool(ModelPool):
         """The worker to take held requests now, among the first ``cores`` ready ones (at
         least two): an idle one; else, for cheap requests (the dispatch policy packs them),
         the busiest that has fewer than ``BATCH_DEPTH`` in flight, as coalescing alone would
-        have sent them there. Cheap requests then queue behind the batch a worker is running
+        have sent them there (cheap: the measured compute per request is under
+        ``PACK_BELOW``). Cheap requests then queue behind the batch a worker is running
         instead of waiting in the main process for it to finish (measured with 2 and 4
         workers: 0.87-0.95x coalescing's req/s when only an idle worker took held requests,
         1.02-1.05x with this). Costlier requests wait for a worker that is idle, so that
@@ -379,8 +380,8 @@ class ProcessPool(ModelPool):
         the batches (4 workers on 2 cores: 0.49 ms of CPU per request instead of 0.38)."""
         first = self._ready()[: max(2, self.dispatch.cores)]
         idle = next((c for c in first if not c.pending and not c.overdue), None)
-        if idle is not None or self.dispatch.mode != "pack":
-            return idle
+        if idle is not None or not 0.0 < self.dispatch.cost < PACK_BELOW:
+            return idle  # a request of unknown cost (none has finished yet) counts as costly
         best: Connection | None = None
         for c in first:
             load = c.load
