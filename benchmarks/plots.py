@@ -277,7 +277,10 @@ def plot_grpc(data: dict[str, Any], prefix: Path) -> list[Path]:
 
         def mid(model: str, protocol: str, key: str) -> float:
             found = sorted(r[key] for r in same if (r["model"], r["protocol"]) == (model, protocol))
-            return found[len(found) // 2] if found else 0.0
+            if not found:
+                return 0.0
+            half = len(found) // 2
+            return found[half] if len(found) % 2 else (found[half - 1] + found[half]) / 2
 
         for k, (protocol, label, color) in enumerate(protocols):
             xs = [i + (k - 0.5) * 0.38 for i in range(len(models))]
