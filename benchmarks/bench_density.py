@@ -240,6 +240,13 @@ COLUMNS = [
 ]
 
 
+def _cell(row: dict[str, Any], key: str) -> Any:
+    value = row.get(key)
+    if key.startswith("idle") and isinstance(value, float):
+        return f"{value:.4f}"  # idle cores are thousandths: the default two decimals show 0.00
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 200, 1000])
@@ -254,7 +261,7 @@ def main() -> None:
     if mlserver_available() and not args.no_mlserver:
         servers.append(MLServerServer)
     rows = [measure(cls, count, args) for count in args.counts for cls in servers]
-    markdown = table([title for _, title in COLUMNS], [[row.get(key) for key, _ in COLUMNS] for row in rows])
+    markdown = table([title for _, title in COLUMNS], [[_cell(row, key) for key, _ in COLUMNS] for row in rows])
     publish("density", {"environment": environment(), "args": vars(args), "rows": rows}, markdown)
 
 
