@@ -27,12 +27,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LinearPredict", "linear_predict"]
+__all__ = ["MAX_FEATURES", "LinearPredict", "fits", "linear_predict"]
 
 #: ``features -> labels or values``, for inputs that pass :func:`fits`.
 LinearPredict = Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
 
 _PROBE_ROWS = 5
+
+#: Widest model the shortcut is tried for: the probe at load is a dense array of this many
+#: columns, and a model this wide is usually fed sparse input, which takes sklearn's path.
+MAX_FEATURES = 100_000
 
 
 def _classifier(coef: np.ndarray[Any, Any], intercept: Any, classes: np.ndarray[Any, Any]) -> LinearPredict:
@@ -89,7 +93,9 @@ def _candidate(model: Any) -> LinearPredict | None:
 def linear_predict(model: Any, n_features: int | None) -> LinearPredict | None:
     """The shortcut for ``model.predict``, or ``None`` when ``model`` is not a linear model
     this module knows, or when the shortcut does not give exactly its ``predict``'s result."""
-    if n_features is None or n_features < 1 or getattr(model, "feature_names_in_", None) is not None:
+    if n_features is None or not 0 < n_features <= MAX_FEATURES:
+        return None
+    if getattr(model, "feature_names_in_", None) is not None:
         return None
     try:
         fast = _candidate(model)

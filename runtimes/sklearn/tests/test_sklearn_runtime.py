@@ -15,7 +15,7 @@ import joblib
 import numpy as np
 import orjson
 import pytest
-from runtime_core_sklearn.linear import linear_predict
+from runtime_core_sklearn.linear import MAX_FEATURES, linear_predict
 from sklearn.datasets import load_iris
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression, SGDClassifier
@@ -201,6 +201,7 @@ def test_linear_shortcut_is_refused_where_it_would_differ(iris: tuple) -> None:
     sparse = LogisticRegression(max_iter=1000).fit(x, y).sparsify()  # coefficients in a sparse matrix
     assert linear_predict(sparse, 4) is None
     assert linear_predict(HistGradientBoostingClassifier(max_iter=5).fit(x, y), 4) is None
+    assert linear_predict(LogisticRegression(max_iter=1000).fit(x, y), MAX_FEATURES + 1) is None  # too wide to probe
 
 
 def test_linear_model_still_rejects_nan_and_wrong_width_through_sklearn(tmp_path: Path, iris: tuple) -> None:
