@@ -14,7 +14,7 @@ charged to it. Closed loop with wrk (C in flight), W s warm-up then D s window p
 
 Large bodies: the built-in ``echo`` model (one worker / one actor) echoes a binary FP32
 tensor of 1, 8 and 32 MiB in binary, one request at a time (median of 3): what carrying
-the bytes through Ray (its object store, for arguments this large) adds per MiB.
+the bytes to an actor (on its TCP connection to the server) adds per MiB.
 
 Targets (issue 11): heavy with Ray >= 0.9x the process backend's req/s; light CPU per
 request with Ray <= 2x the process backend's.
