@@ -16,12 +16,16 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from runtime_core.control import Pong
+from runtime_core.control import Ping, Pong
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import WorkerDied
-from runtime_core.messages import CONTROL, REPLY, FrameReader, infer_frame, parse_control, parse_reply
+from runtime_core.messages import CONTROL, REPLY, FrameReader, control_frame, infer_frame, parse_control, parse_reply
+
+#: Seconds of silence after which an idle worker is sent a heartbeat (a ``Ping`` frame), and
+#: the most it may take to answer (at most ``worker_timeout``) before it counts as stalled.
+HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
 
 
 class Owner(Protocol):
@@ -101,6 +105,32 @@ class Connection(asyncio.Protocol):
         if not self.hello.done():
             self.hello.set_exception(WorkerDied("the worker exited before it was ready"))
         self._on_lost(self)
+
+    # --------------------------------------------------------------- watching
+
+    def watch(self, now: float, limit: float) -> Literal["silent", "late"] | None:
+        """One supervisor check of this connection (loop time ``now``, ``worker_timeout``
+        ``limit``); the owner kills the process behind it on a verdict.
+
+        Idle: ``"silent"`` when a heartbeat went unanswered for ``HEARTBEAT_TIMEOUT`` (at
+        most ``limit``); else, once ready and silent for ``HEARTBEAT``, a ``Ping`` is sent.
+        Busy: ``overdue`` is set when the oldest request has been out for half of ``limit``
+        (at most 1 s), so that dispatch prefers siblings; ``"late"`` when it ran past
+        ``limit``, with that request put in ``timed_out`` (it fails with DeadlineExceeded)."""
+        if not self.pending:
+            self.overdue = False
+            if self.ping_sent and now - self.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
+                return "silent"
+            if self.ready and not self.ping_sent and now - max(self.last_heard, self.last_used) > HEARTBEAT:
+                self.ping_sent = now
+                self.write(control_frame(0, Ping(now)))
+            return None
+        oldest = min(self.pending.values(), key=lambda p: p.sent_at)
+        self.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
+        if now - oldest.sent_at > limit:
+            self.timed_out = {id(oldest)}
+            return "late"
+        return None
 
     # --------------------------------------------------------------- sending
 

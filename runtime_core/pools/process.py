@@ -62,7 +62,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from runtime_core.control import Ping, Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, RuntimeCoreError, WorkerDied
 from runtime_core.limits import cpu_count
@@ -87,10 +87,6 @@ SCALE_UP_AT = 8
 #: What a resident model counts against ``memory_budget`` at least: loading a small model
 #: often grows the host by no whole page, and no model is free.
 MIN_MODEL_BYTES = 64 * 1024
-
-#: Seconds of silence after which an idle worker is sent a heartbeat, and the most it may
-#: take to answer (at most ``worker_timeout``) before it is killed as stalled.
-HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
 
 RESIDENT, LOADING, EVICTED = "resident", "loading", "evicted"
 
@@ -526,22 +522,14 @@ class ProcessPool(ModelPool):
         for conn in self._workers:
             if conn is None or not conn.alive:
                 continue
-            if not conn.pending:
-                conn.overdue = False
-                if conn.ping_sent and now - conn.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
-                    log.error("model %r: worker %d (pid %d) stopped answering heartbeats; killing it",
-                              self.name, conn.index, conn.pid)
-                    conn.kill()
-                elif conn.ready and not conn.ping_sent and now - max(conn.last_heard, conn.last_used) > HEARTBEAT:
-                    conn.ping_sent = now
-                    conn.write(control_frame(0, Ping(now)))
-                continue
-            oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
-            conn.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
-            if now - oldest.sent_at > limit:
+            verdict = conn.watch(now, limit)
+            if verdict == "silent":
+                log.error("model %r: worker %d (pid %d) stopped answering heartbeats; killing it",
+                          self.name, conn.index, conn.pid)
+            elif verdict == "late":
                 log.error("model %r: worker %d (pid %d) gave no answer in %g s; killing it",
                           self.name, conn.index, conn.pid, limit)
-                conn.timed_out = {id(oldest)}
+            if verdict is not None:
                 conn.kill()
 
     # ------------------------------------------------------------------ failures

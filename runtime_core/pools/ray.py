@@ -72,7 +72,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from runtime_core.control import Ping, Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelLoadError, SettingsError, WorkerDied
 from runtime_core.messages import control_frame
@@ -102,10 +102,6 @@ _GREETING_WAIT = 10.0
 
 #: Connections that may wait for their preamble at the same time; more are closed at once.
 _GREETERS = 64
-
-#: Seconds of silence after which an idle actor is sent a heartbeat, and the most it may take
-#: to answer (at most ``worker_timeout``) before it is killed as stalled: as for local workers.
-HEARTBEAT, HEARTBEAT_TIMEOUT = 2.0, 5.0
 
 #: Seconds an actor may take to unload when its model is unloaded, before it is killed.
 _UNLOAD_WAIT = 5.0
@@ -585,20 +581,12 @@ class RayPool(ModelPool):
             conn = actor.conn
             if conn is None or not actor.up or not conn.alive:
                 continue
-            if not conn.pending:
-                conn.overdue = False
-                if conn.ping_sent and now - conn.ping_sent > min(limit, HEARTBEAT_TIMEOUT):
-                    log.error("model %r: Ray actor %s stopped answering heartbeats; killing it", self.name, actor.name)
-                    self._stop(actor)
-                elif not conn.ping_sent and now - max(conn.last_heard, conn.last_used) > HEARTBEAT:
-                    conn.ping_sent = now
-                    conn.write(control_frame(0, Ping(now)))
-                continue
-            oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
-            conn.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
-            if now - oldest.sent_at > limit:
+            verdict = conn.watch(now, limit)
+            if verdict == "silent":
+                log.error("model %r: Ray actor %s stopped answering heartbeats; killing it", self.name, actor.name)
+            elif verdict == "late":
                 log.error("model %r: Ray actor %s gave no answer in %g s; killing it", self.name, actor.name, limit)
-                conn.timed_out = {id(oldest)}
+            if verdict is not None:
                 self._stop(actor)
 
     # ------------------------------------------------------------------ CPU priority
