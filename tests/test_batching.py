@@ -152,3 +152,89 @@ def test_requests_held_while_every_worker_is_busy_leave_as_one_batch(tmp_path: P
     assert all(status == 200 for status, _ in results), results
     assert {output(doc, "rows")[0] for _, doc in results} == {4}  # one call: the 4 held requests
     assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(4)]
+
+
+# Which requests may wait behind a busy worker depends on their measured cost (the compute
+# workers report, an EWMA): cheap ones (under 2 ms) are queued at once on the busiest worker
+# with room, as coalescing alone would; costlier ones are held for a worker that is idle.
+# Each worker below is held busy on a gate of its own, so the test frees one and not the other.
+
+
+def busy_pids(gate: Path) -> set[int]:
+    return {int(p.name.rsplit(".", 1)[1]) for p in gate.parent.glob(gate.name + ".*")}
+
+
+def block_both_workers(
+    ex: concurrent.futures.ThreadPoolExecutor, server: ServerProcess, gate: Path
+) -> tuple[list[concurrent.futures.Future[tuple[int, Any]]], int, int]:
+    """Hold both workers busy with a gated request each; the pids of the first worker to take
+    one, then of the second."""
+    first = ex.submit(infer, server, rows_body([100.0]))
+    wait_until(lambda: len(busy_pids(gate)) == 1, message="the first gated request to start")
+    [first_pid] = busy_pids(gate)
+    second = ex.submit(infer, server, rows_body([100.0]))
+    wait_until(lambda: len(busy_pids(gate)) == 2, message="both workers to be busy")
+    [second_pid] = busy_pids(gate) - {first_pid}
+    return [first, second], first_pid, second_pid
+
+
+def open_gate(gate: Path, pid: int) -> None:
+    (gate.parent / f"{gate.name}-open.{pid}").touch()
+
+
+def cost_model(tmp_path: Path, sleep: float) -> Path:
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=2,
+        max_batch_size=8, max_batch_time=60.0, parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
+    )
+    return tmp_path / "gate"
+
+
+def test_cheap_requests_join_the_next_call_of_the_worker_busy_when_they_came(tmp_path: Path, serve: Any) -> None:
+    """Both workers busy, requests measured as cheap: they are sent at once to the busiest
+    worker (ties: the first, which took the first gated request) and run there as one call
+    right after the one it is running. Held in the main process instead, they would go to
+    whichever worker frees first: here the second, freed while the first stays busy."""
+    gate = cost_model(tmp_path, sleep=0.0)
+    server = serve(tmp_path)
+    status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap (well under 2 ms)
+    assert status == 200
+    with concurrent.futures.ThreadPoolExecutor(5) as ex:
+        blocked, first_pid, second_pid = block_both_workers(ex, server, gate)
+        cheap = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
+        wait_until(lambda: metric(server, "inflight_requests", "batch") == 5, message="5 requests in the pool")
+        open_gate(gate, second_pid)
+        assert blocked[1].result()[0] == 200
+        open_gate(gate, first_pid)
+        results = [f.result() for f in cheap]
+        first_call = output(blocked[0].result()[1], "call")[0]
+    assert all(status == 200 for status, _ in results), results
+    assert {output(doc, "pid")[0] for _, doc in results} == {first_pid}
+    assert {output(doc, "call")[0] for _, doc in results} == {first_call + 1}  # its next call
+    assert {output(doc, "rows")[0] for _, doc in results} == {3}  # the three together
+    assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(3)]
+
+
+def test_costly_requests_wait_for_a_worker_that_is_idle(tmp_path: Path, serve: Any) -> None:
+    """Both workers busy, requests measured as costly (each call sleeps 50 ms): they are held
+    until a worker is idle, then run there as one call; a worker that stays busy holds none
+    of them up."""
+    gate = cost_model(tmp_path, sleep=0.05)
+    server = serve(tmp_path)
+    status, _ = infer(server, rows_body([1.0]))  # a measured cost: costly (50 ms)
+    assert status == 200
+    with concurrent.futures.ThreadPoolExecutor(5) as ex:
+        blocked, first_pid, second_pid = block_both_workers(ex, server, gate)
+        costly = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
+        wait_until(lambda: metric(server, "inflight_requests", "batch") == 5, message="5 requests in the pool")
+        open_gate(gate, second_pid)
+        # Answered while the first worker is still busy (queued behind it, they would not be).
+        wait_until(lambda: all(f.done() for f in costly), message="the costly requests, on the freed worker")
+        results = [f.result() for f in costly]
+        assert not blocked[0].done()
+        open_gate(gate, first_pid)
+        assert blocked[0].result()[0] == 200
+    assert all(status == 200 for status, _ in results), results
+    assert {output(doc, "pid")[0] for _, doc in results} == {second_pid}
+    assert {output(doc, "rows")[0] for _, doc in results} == {3}
+    assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(3)]

@@ -121,11 +121,13 @@ class ThreadedLoad(Identity):
 class Batching(Runtime):
     """Row-wise toy: ``y`` is the input ``x``; ``call`` holds, for every row, the number of the
     ``predict`` call that computed it (so a client can tell which requests shared a call);
-    ``rows`` how many rows that call had. A row holding -1 makes the whole call fail with a
-    400, which the server must pin on the request that carried it. Each call sleeps
-    ``parameters.extra.sleep`` seconds. With ``parameters.extra.gate`` (a file path), a call
-    holding a row of 100 first creates ``<gate>.<pid>`` (it has started, in that process), then
-    blocks until the gate file exists: a test holds a worker busy for as long as it wants."""
+    ``rows`` how many rows that call had; ``pid``, per row, the process that ran the call. A
+    row holding -1 makes the whole call fail with a 400, which the server must pin on the
+    request that carried it. Each call sleeps ``parameters.extra.sleep`` seconds. With
+    ``parameters.extra.gate`` (a file path), a call holding a row of 100 first creates
+    ``<gate>.<pid>`` (it has started, in that process), then blocks until the gate file or
+    ``<gate>-open.<pid>`` (that process's own gate) exists: a test holds a worker busy for as
+    long as it wants, and can free one worker while another stays busy."""
 
     name = "toy-batching"
     share_loaded_model = True
@@ -143,8 +145,9 @@ class Batching(Runtime):
         if gate and (x == 100).any():
             with open(f"{gate}.{os.getpid()}", "w"):
                 pass
+            own = f"{gate}-open.{os.getpid()}"
             stop = time.monotonic() + 120
-            while not os.path.exists(gate) and time.monotonic() < stop:
+            while not os.path.exists(gate) and not os.path.exists(own) and time.monotonic() < stop:
                 time.sleep(0.01)
         delay = _extra(self, "sleep", 0.0)
         if delay:
@@ -154,6 +157,7 @@ class Batching(Runtime):
             Tensor("y", x),
             Tensor("call", np.full(rows, self.calls, dtype=np.int64)),
             Tensor("rows", np.full(rows, rows, dtype=np.int64)),
+            Tensor("pid", np.full(rows, os.getpid(), dtype=np.int64)),
         ]
         wanted = request.output_names
         return InferenceResponse(outputs=[t for t in outputs if not wanted or t.name in wanted])
