@@ -182,35 +182,41 @@ def open_gate(gate: Path, pid: int) -> None:
     (gate.parent / f"{gate.name}-open.{pid}").touch()
 
 
-def cost_model(tmp_path: Path, sleep: float) -> Path:
+def cost_model(tmp_path: Path, sleep: float, max_batch_size: int = 8) -> Path:
     toy_model(
         tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=2,
-        max_batch_size=8, max_batch_time=60.0, parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
+        max_batch_size=max_batch_size, max_batch_time=60.0,
+        parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
     )
     return tmp_path / "gate"
 
 
-def test_cheap_requests_join_the_next_call_of_the_worker_busy_when_they_came(tmp_path: Path, serve: Any) -> None:
-    """Both workers busy, requests measured as cheap: they are sent at once to the busiest
-    worker (ties: the first, which took the first gated request) and run there as one call
-    right after the one it is running. Held in the main process instead, they would go to
-    whichever worker frees first: here the second, freed while the first stays busy."""
+def test_cheap_requests_join_the_next_call_of_a_busy_worker_as_coalescing_would(
+    tmp_path: Path, serve: Any
+) -> None:
+    """Requests measured as cheap go at once to the busiest worker with room (fewer than 8 in
+    flight), exactly where coalescing alone would send them: they are neither held in the main
+    process for a batch nor spread onto an idle worker, and they run as one call, the busy
+    worker's next. (Held, or sent to the idle worker, they would run in the other process.)"""
     gate = cost_model(tmp_path, sleep=0.0)
     server = serve(tmp_path)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap (well under 2 ms)
     assert status == 200
-    with concurrent.futures.ThreadPoolExecutor(5) as ex:
-        blocked, first_pid, second_pid = block_both_workers(ex, server, gate)
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        blocked = ex.submit(infer, server, rows_body([100.0]))
+        wait_until(lambda: len(busy_pids(gate)) == 1, message="the gated request to start")
+        [busy_pid] = busy_pids(gate)
         cheap = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
-        wait_until(lambda: metric(server, "inflight_requests", "batch") == 5, message="5 requests in the pool")
-        open_gate(gate, second_pid)
-        assert blocked[1].result()[0] == 200
-        open_gate(gate, first_pid)
+        wait_until(
+            lambda: all(f.done() for f in cheap) or metric(server, "inflight_requests", "batch") == 4,
+            message="4 requests in the pool",
+        )
+        open_gate(gate, busy_pid)
         results = [f.result() for f in cheap]
-        first_call = output(blocked[0].result()[1], "call")[0]
+        gated_call = output(blocked.result()[1], "call")[0]
     assert all(status == 200 for status, _ in results), results
-    assert {output(doc, "pid")[0] for _, doc in results} == {first_pid}
-    assert {output(doc, "call")[0] for _, doc in results} == {first_call + 1}  # its next call
+    assert {output(doc, "pid")[0] for _, doc in results} == {busy_pid}
+    assert {output(doc, "call")[0] for _, doc in results} == {gated_call + 1}  # its next call
     assert {output(doc, "rows")[0] for _, doc in results} == {3}  # the three together
     assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(3)]
 
@@ -238,3 +244,40 @@ def test_costly_requests_wait_for_a_worker_that_is_idle(tmp_path: Path, serve: A
     assert {output(doc, "pid")[0] for _, doc in results} == {second_pid}
     assert {output(doc, "rows")[0] for _, doc in results} == {3}
     assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(3)]
+
+
+def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve: Any) -> None:
+    """Cheap requests fill the busiest worker to 8 in flight, then the next; once every worker
+    has 8, they are held in the main process and go, together, to the first worker that
+    has room again, not queued behind a worker that stays busy."""
+    gate = cost_model(tmp_path, sleep=0.0, max_batch_size=32)
+    server = serve(tmp_path)
+    status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
+    assert status == 200
+
+    def inflight(n: int) -> None:
+        wait_until(lambda: metric(server, "inflight_requests", "batch") == n, message=f"{n} requests in the pool")
+
+    with concurrent.futures.ThreadPoolExecutor(19) as ex:
+        first = [ex.submit(infer, server, rows_body([100.0]))]
+        wait_until(lambda: len(busy_pids(gate)) == 1, message="the first gated request to start")
+        [first_pid] = busy_pids(gate)
+        first += [ex.submit(infer, server, rows_body([1.0])) for _ in range(7)]
+        inflight(8)  # the first worker is full
+        second = [ex.submit(infer, server, rows_body([100.0]))]
+        wait_until(lambda: len(busy_pids(gate)) == 2, message="the second worker to take the next request")
+        [second_pid] = busy_pids(gate) - {first_pid}
+        second += [ex.submit(infer, server, rows_body([1.0])) for _ in range(7)]
+        inflight(16)  # both full
+        held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
+        inflight(19)
+        open_gate(gate, second_pid)
+        wait_until(lambda: all(f.done() for f in second + held), message="the second worker's and the held requests")
+        assert not any(f.done() for f in first)  # the first worker is still busy
+        open_gate(gate, first_pid)
+        assert all(f.result()[0] == 200 for f in first)
+    for status, doc in [f.result() for f in second + held]:
+        assert status == 200, doc
+        assert output(doc, "pid") == [second_pid]
+    assert [output(f.result()[1], "y") for f in held] == [[float(i)] for i in range(3)]
+    assert len({output(f.result()[1], "call")[0] for f in held}) == 1  # one call
