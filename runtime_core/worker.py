@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import pickle
@@ -203,6 +204,11 @@ def serve(
             log.error("model %r: load failed in worker %d", runtime.context.model_name, index, exc_info=True)
             sock.sendall(control_frame(0, WorkerLoadFailed(client_message(str(exc)))))
             return False
+        # As a host does after a load: what exists now (the interpreter's, the libraries' and,
+        # in a Ray actor, Ray's own large heap) is left out of every later collection, which
+        # then walks only what requests allocate.
+        gc.collect()
+        gc.freeze()
     else:
         runtime.context = dataclasses.replace(runtime.context, worker_index=index)
     hello = WorkerReady(os.getpid(), index, time.perf_counter() - started, metadata_of(runtime))

@@ -124,14 +124,18 @@ def test_actors_run_at_their_models_cpu_priority(server: ServerProcess) -> None:
     wait_until(niced, 60, "the actors' model threads at their models' nice values")
 
 
-def test_actors_drop_rays_warning_filters(server: ServerProcess) -> None:
+def test_actor_processes_are_prepared_as_local_workers(server: ServerProcess) -> None:
     """A Ray worker starts with warning filters for Ray's, urllib3's and requests' warning
     classes; scikit-learn's forests re-apply every filter around each tree of each predict, so
-    the actor drops them and keeps Python's own (and what the model's imports added since)."""
+    the actor drops them and keeps Python's own (and what the model's imports added since).
+    And, as a local worker's host does, it freezes its heap once the model is loaded, so that
+    collections do not walk Ray's."""
     for name in actors("forest"):
-        modules = where(name)["warning_filters"]
+        place = where(name)
+        modules = place["warning_filters"]
         assert "builtins" in modules, modules
         assert not [m for m in modules if m.split(".")[0] in ("ray", "urllib3", "requests")], modules
+        assert place["frozen_objects"] > 10_000, place
 
 
 def test_workers_spread_over_two_nodes_and_custom_resources_pin(

@@ -246,8 +246,11 @@ class ModelActor:
 
     async def where(self) -> dict[str, Any]:
         """Where this actor runs (for tests and operators): node id, process id, the nice
-        value and policy of the thread that runs the model, the nice of Ray's main thread, and
-        the modules of the warning classes the process's warning filters name."""
+        value and policy of the thread that runs the model, the nice of Ray's main thread, the
+        modules of the warning classes the process's warning filters name, and how many
+        objects the garbage collector leaves out (``gc.freeze``)."""
+        import gc
+
         import ray
 
         tid = self.serving_tid or threading.get_native_id()
@@ -259,6 +262,7 @@ class ModelActor:
             "policy": os.sched_getscheduler(tid),
             "ray_main_nice": os.getpriority(os.PRIO_PROCESS, main),
             "warning_filters": [f[2].__module__ for f in warnings.filters],
+            "frozen_objects": gc.get_freeze_count(),
         }
 
 
