@@ -26,7 +26,10 @@ CPU priority: the threads that run the model in an actor get the nice value (by 
 weight) and SCHED_IDLE state that a local worker of the model would get, on the actor's own
 node, and Ray's Python threads in the actor (which share the GIL with them) the same nice;
 Ray starts its workers at nice 15, and going below that needs CAP_SYS_NICE there (without
-it, the actor keeps the lowest nice it may set).
+it, the actor keeps the lowest nice it may set). The actor's process is otherwise prepared
+as a local worker's: the warning filters Ray installed are dropped before the model loads
+(scikit-learn's forests re-apply every filter around each tree), and the worker loop
+freezes the heap after the load (``gc.freeze``, as a host does before it forks).
 
 Bounds: the dispatch policy's depth per ready actor (``capacity``); the scheduler never
 submits past it. At most ``_GREETERS`` connections wait for their preamble at a time; more
