@@ -14,10 +14,11 @@ the event loop and only adds numbers: no locks, no I/O.
 
 What is bounded: the figures are counters per model (a few hundred bytes each) plus a
 timeline of :data:`SLOTS` slots of :data:`SLOT_SECONDS` seconds per model, each with a
-latency histogram of :data:`len(BOUNDS) <BOUNDS>` buckets; older slots are dropped as time
-passes. Process figures (CPU, memory) are read from ``/proc`` when asked, at most once a
-second however many pages poll. Nothing here runs on a timer, so there is nothing to
-cancel; a worker's death shows as failed requests and as the pool's restart count.
+latency histogram over :data:`BOUNDS` that holds only the buckets it counted (a slot of a
+quiet model costs a few hundred bytes); older slots are dropped as time passes. Process
+figures (CPU, memory) are read from ``/proc`` when asked, at most once a second however
+many pages poll. Nothing here runs on a timer, so there is nothing to cancel; a worker's
+death shows as failed requests and as the pool's restart count.
 
 Mapping to Triton's fields:
 
@@ -101,7 +102,10 @@ class Slot:
     index: int
     success: int = 0
     errors: list[int] = field(default_factory=lambda: [0] * len(OUTCOMES))
-    latency: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS) + 1))
+    #: Latency histogram, sparse (bucket index -> count): a slot of a quiet model holds a
+    #: request or two, and a dense list of every bucket per slot made a thousand models'
+    #: timelines cost about a kilobyte per request that opened a slot (issue 9).
+    latency: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -282,7 +286,8 @@ class ServerStatistics:
         batch.compute_infer += _ns(result.predict)
         batch.compute_output += _ns(result.encode)
         slot.success += 1
-        slot.latency[_bucket(total)] += 1
+        bucket = _bucket(total)
+        slot.latency[bucket] = slot.latency.get(bucket, 0) + 1
 
     def _slot(self, figures: ModelFigures, now: float) -> Slot:
         index = int(now // SLOT_SECONDS)
@@ -381,7 +386,8 @@ class ServerStatistics:
                 p99s.append(None)
                 continue
             rates.append(slot.success / SLOT_SECONDS)
-            p50, p99 = percentile(slot.latency, 0.5), percentile(slot.latency, 0.99)
+            counts = _dense(slot.latency)
+            p50, p99 = percentile(counts, 0.5), percentile(counts, 0.99)
             p50s.append(None if p50 is None else p50 * 1000)
             p99s.append(None if p99 is None else p99 * 1000)
         return {"time": times, "requests_per_second": rates, "p50_ms": p50s, "p99_ms": p99s}
@@ -392,7 +398,7 @@ class ServerStatistics:
         f = self._models.get(record.key) or ModelFigures()
         current = int(now // SLOT_SECONDS)
         recent = [s for s in f.timeline if s.index > current - RECENT_SECONDS / SLOT_SECONDS]
-        latency = [sum(column) for column in zip(*(s.latency for s in recent), strict=True)] if recent else []
+        latency = _dense(*(s.latency for s in recent)) if recent else []
         # Over the last minute, or since start-up if that is shorter.
         span = min(RECENT_SECONDS, max(SLOT_SECONDS, now - self.started))
         recent_errors = [sum(column) for column in zip(*(s.errors for s in recent), strict=True)] if recent else []
@@ -438,6 +444,15 @@ class ServerStatistics:
         if residency is not None:
             out["residency"] = str(residency)
         return out
+
+
+def _dense(*sparse: dict[int, int]) -> list[int]:
+    """The dense histogram over :data:`BOUNDS` (for :func:`percentile`) of the sum of ``sparse`` ones."""
+    counts = [0] * (len(BOUNDS) + 1)
+    for histogram in sparse:
+        for bucket, n in histogram.items():
+            counts[bucket] += n
+    return counts
 
 
 def _bucket(seconds: float) -> int:
