@@ -7,11 +7,13 @@ the tests count calls and check that every request got exactly its own rows.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import metric, output, toy_model
+from support import metric, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
@@ -281,3 +283,46 @@ def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve
         assert output(doc, "pid") == [second_pid]
     assert [output(f.result()[1], "y") for f in held] == [[float(i)] for i in range(3)]
     assert len({output(f.result()[1], "call")[0] for f in held}) == 1  # one call
+
+
+def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path: Path, serve: Any) -> None:
+    """Costly requests held because the one worker is busy make the pool start a second; once
+    it is ready it takes them at once, not after ``max_batch_time`` (60 s here). The runtime's
+    host forks workers, so stopping it (SIGSTOP) holds the new worker back until the requests
+    are surely held."""
+    toy_model(
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=1,
+        max_batch_size=8, max_batch_time=60.0,
+        parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": 0.05}},
+    )
+    gate = tmp_path / "gate"
+    server = serve(tmp_path)
+    [host] = [proc for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
+
+    def answered_by_a_worker() -> int | None:  # also measures the model's cost: costly
+        status, doc = infer(server, rows_body([1.0]))
+        assert status == 200, doc
+        pid = int(output(doc, "pid")[0])
+        return pid if pid != host.pid else None
+
+    worker = wait_until(answered_by_a_worker, message="the warm worker to answer")
+    os.kill(host.pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            busy = ex.submit(infer, server, rows_body([100.0]))
+            wait_until(lambda: busy_pids(gate) == {worker}, message="the warm worker to be busy")
+            held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
+            wait_until(lambda: metric(server, "inflight_requests", "batch") == 4, message="3 requests held")
+            os.kill(host.pid, signal.SIGCONT)
+            wait_until(lambda: all(f.done() for f in held), message="the held requests, on the new worker")
+            assert not busy.done()  # the warm worker is still busy: someone else ran them
+            open_gate(gate, worker)
+            assert busy.result()[0] == 200
+    finally:
+        os.kill(host.pid, signal.SIGCONT)
+    results = [f.result() for f in held]
+    assert all(status == 200 for status, _ in results), results
+    [new] = {output(doc, "pid")[0] for _, doc in results}
+    assert new not in (worker, host.pid)
+    assert {output(doc, "rows")[0] for _, doc in results} == {3}  # one call
+    assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(3)]

@@ -452,9 +452,15 @@ class ProcessPool(ModelPool):
         self.dispatch.observe(outcome.compute)
         self._average_load(asyncio.get_running_loop().time())
         self._inflight -= 1
+        self._release_held()
+        self.on_capacity()
+
+    def _release_held(self) -> None:
+        """Send held requests to a worker that can take them now, if one can: called when a
+        worker has room again (a request done) or a new worker is ready, so that held
+        requests never wait for ``max_batch_time`` while a worker could run them."""
         if self._held and (idle := self._idle_worker()) is not None:
             self._release(idle)
-        self.on_capacity()
 
     # ------------------------------------------------------------------ elasticity
 
@@ -527,6 +533,7 @@ class ProcessPool(ModelPool):
             if self._background_wanted:
                 self._apply_priority(conn, True)
             self._residency.spawned(self, time.perf_counter() - started)
+            self._release_held()  # held while no worker had room: this one may have
             self.on_capacity()
         except (RuntimeCoreError, OSError, TimeoutError) as exc:
             log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
