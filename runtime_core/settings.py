@@ -137,6 +137,11 @@ class ServerSettings(BaseSettings):
     worker_timeout: float = Field(60.0, gt=0)
     """Seconds a worker may spend on one request before it is killed and replaced."""
 
+    worker_overdue_after: float = Field(1.0, gt=0)
+    """Seconds a worker's oldest request may be out (at most half of ``worker_timeout``)
+    before dispatch passes the worker over for a sibling that can take the request: a
+    worker that may be hung gets no more requests while another can run them."""
+
     min_workers: int = Field(0, ge=0)
     """Dedicated workers each model keeps even when idle (at most its ``parallel_workers``).
     With 0, a quiet model is served by its runtime's shared host process and costs no

@@ -114,6 +114,13 @@ def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: P
 
 
 
+# The tests below hold workers busy on gates for as long as they need. A worker whose
+# oldest request has been out for ``worker_overdue_after`` (1 s by default) is passed over
+# by dispatch as possibly hung, which on a loaded machine could happen midway through a test
+# and send its requests elsewhere: these servers wait far longer before suspecting a worker.
+PATIENT = {"RUNTIME_CORE_WORKER_OVERDUE_AFTER": "600"}
+
+
 def gated_model(tmp_path: Path) -> Path:
     toy_model(
         tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=2,
@@ -128,7 +135,7 @@ def busy_workers(gate: Path) -> int:
 
 def test_an_idle_worker_runs_a_request_at_once_while_its_sibling_is_busy(tmp_path: Path, serve: Any) -> None:
     gate = gated_model(tmp_path)
-    server = serve(tmp_path)
+    server = serve(tmp_path, env=PATIENT)
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         blocked = ex.submit(infer, server, rows_body([100.0]))
         wait_until(lambda: busy_workers(gate) == 1, message="the gated request to start")
@@ -142,7 +149,7 @@ def test_an_idle_worker_runs_a_request_at_once_while_its_sibling_is_busy(tmp_pat
 
 def test_requests_held_while_every_worker_is_busy_leave_as_one_batch(tmp_path: Path, serve: Any) -> None:
     gate = gated_model(tmp_path)
-    server = serve(tmp_path)
+    server = serve(tmp_path, env=PATIENT)
     with concurrent.futures.ThreadPoolExecutor(6) as ex:
         blocked = [ex.submit(infer, server, rows_body([100.0])) for _ in range(2)]
         wait_until(lambda: busy_workers(gate) == 2, message="both workers to be busy")
@@ -201,7 +208,7 @@ def test_cheap_requests_join_the_next_call_of_a_busy_worker_as_coalescing_would(
     process for a batch nor spread onto an idle worker, and they run as one call, the busy
     worker's next. (Held, or sent to the idle worker, they would run in the other process.)"""
     gate = cost_model(tmp_path, sleep=0.0)
-    server = serve(tmp_path)
+    server = serve(tmp_path, env=PATIENT)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap (well under 2 ms)
     assert status == 200
     with concurrent.futures.ThreadPoolExecutor(4) as ex:
@@ -228,7 +235,7 @@ def test_costly_requests_wait_for_a_worker_that_is_idle(tmp_path: Path, serve: A
     until a worker is idle, then run there as one call; a worker that stays busy holds none
     of them up."""
     gate = cost_model(tmp_path, sleep=0.05)
-    server = serve(tmp_path)
+    server = serve(tmp_path, env=PATIENT)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: costly (50 ms)
     assert status == 200
     with concurrent.futures.ThreadPoolExecutor(5) as ex:
@@ -253,7 +260,7 @@ def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve
     has 8, they are held in the main process and go, together, to the first worker that
     has room again, not queued behind a worker that stays busy."""
     gate = cost_model(tmp_path, sleep=0.0, max_batch_size=32)
-    server = serve(tmp_path)
+    server = serve(tmp_path, env=PATIENT)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
     assert status == 200
 
@@ -296,7 +303,7 @@ def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path:
         parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": 0.05}},
     )
     gate = tmp_path / "gate"
-    server = serve(tmp_path)
+    server = serve(tmp_path, env=PATIENT)
     [host] = [proc for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
 
     def answered_by_a_worker() -> int | None:  # also measures the model's cost: costly

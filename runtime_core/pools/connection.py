@@ -69,7 +69,7 @@ class Connection(asyncio.Protocol):
     def load(self) -> int:
         return len(self.pending)
 
-    overdue = False  # set by the pool's watchdog while the oldest request is overdue
+    overdue = False  # set by the pool's watchdog while the oldest request is overdue; a reply clears it
 
     # --------------------------------------------------------------- asyncio.Protocol
 
@@ -88,6 +88,11 @@ class Connection(asyncio.Protocol):
                 pending = self.pending.pop(request_id, None)
                 if pending is None:
                     continue
+                # A worker that answers is making progress: no longer passed over as possibly
+                # hung (the watchdog marks it again if its next oldest request is overdue).
+                # Left set until the next watchdog pass, it kept held requests from this
+                # worker after its slow request ended, until max_batch_time.
+                self.overdue = False
                 outcome = parse_reply(payload)
                 if not pending.future.done():
                     pending.future.set_result(outcome)
@@ -108,14 +113,15 @@ class Connection(asyncio.Protocol):
 
     # --------------------------------------------------------------- watching
 
-    def watch(self, now: float, limit: float) -> Literal["silent", "late"] | None:
+    def watch(self, now: float, limit: float, overdue_after: float) -> Literal["silent", "late"] | None:
         """One supervisor check of this connection (loop time ``now``, ``worker_timeout``
         ``limit``); the owner kills the process behind it on a verdict.
 
         Idle: ``"silent"`` when a heartbeat went unanswered for ``HEARTBEAT_TIMEOUT`` (at
         most ``limit``); else, once ready and silent for ``HEARTBEAT``, a ``Ping`` is sent.
         Busy: ``overdue`` is set when the oldest request has been out for half of ``limit``
-        (at most 1 s), so that dispatch prefers siblings; ``"late"`` when it ran past
+        (at most ``overdue_after``, the ``worker_overdue_after`` setting), so that dispatch
+        prefers siblings; ``"late"`` when it ran past
         ``limit``, with that request put in ``timed_out`` (it fails with DeadlineExceeded)."""
         if not self.pending:
             self.overdue = False
@@ -126,7 +132,7 @@ class Connection(asyncio.Protocol):
                 self.write(control_frame(0, Ping(now)))
             return None
         oldest = min(self.pending.values(), key=lambda p: p.sent_at)
-        self.overdue = now - oldest.sent_at > min(limit / 2, 1.0)
+        self.overdue = now - oldest.sent_at > min(limit / 2, overdue_after)
         if now - oldest.sent_at > limit:
             self.timed_out = {id(oldest)}
             return "late"

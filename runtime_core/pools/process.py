@@ -569,7 +569,7 @@ class ProcessPool(ModelPool):
         for conn in self._workers:
             if conn is None or not conn.alive:
                 continue
-            verdict = conn.watch(now, limit)
+            verdict = conn.watch(now, limit, self.server.worker_overdue_after)
             if verdict == "silent":
                 log.error("model %r: worker %d (pid %d) stopped answering heartbeats; killing it",
                           self.name, conn.index, conn.pid)

@@ -613,7 +613,7 @@ class RayPool(ModelPool):
             conn = actor.conn
             if conn is None or not actor.up or not conn.alive:
                 continue
-            verdict = conn.watch(now, limit)
+            verdict = conn.watch(now, limit, self.server.worker_overdue_after)
             if verdict == "silent":
                 log.error("model %r: Ray actor %s stopped answering heartbeats; killing it", self.name, actor.name)
             elif verdict == "late":
