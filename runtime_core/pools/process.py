@@ -295,9 +295,8 @@ class ProcessPool(ModelPool):
     def capacity(self) -> int:
         if self._closing:
             return 0
-        # any(): a model served by its host alone (most of them, with many models) has no
-        # worker to count; this runs several times per request.
-        ready = sum(1 for c in self._workers if c is not None and c.ready) if any(self._workers) else 0
+        # Runs several times per request: _ready() is [] at once for a host-served model.
+        ready = len(self._ready())
         if ready:
             return ready * self.dispatch.per_worker
         if self.state is RESIDENT:
