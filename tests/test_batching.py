@@ -121,24 +121,26 @@ def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: P
 PATIENT = {"RUNTIME_CORE_WORKER_OVERDUE_AFTER": "600"}
 
 
-def gated_model(tmp_path: Path) -> Path:
+def cost_model(tmp_path: Path, sleep: float, max_batch_size: int = 8, min_workers: int = 2) -> Path:
     toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=2,
-        max_batch_size=8, max_batch_time=60.0, parameters={"extra": {"gate": str(tmp_path / "gate")}},
+        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=min_workers,
+        max_batch_size=max_batch_size, max_batch_time=60.0,
+        parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
     )
     return tmp_path / "gate"
 
 
-def busy_workers(gate: Path) -> int:
-    return len(list(gate.parent.glob(gate.name + ".*")))
+def busy_pids(gate: Path) -> set[int]:
+    """The processes whose gated call has started (each creates ``<gate>.<pid>``)."""
+    return {int(p.name.rsplit(".", 1)[1]) for p in gate.parent.glob(gate.name + ".*")}
 
 
 def test_an_idle_worker_runs_a_request_at_once_while_its_sibling_is_busy(tmp_path: Path, serve: Any) -> None:
-    gate = gated_model(tmp_path)
+    gate = cost_model(tmp_path, sleep=0.0)
     server = serve(tmp_path, env=PATIENT)
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         blocked = ex.submit(infer, server, rows_body([100.0]))
-        wait_until(lambda: busy_workers(gate) == 1, message="the gated request to start")
+        wait_until(lambda: len(busy_pids(gate)) == 1, message="the gated request to start")
         # Neither queued behind the busy worker nor held for a batch that would take a minute.
         status, doc = server.post_json("/v2/models/batch/infer", rows_body([1.0]), timeout=30)
         assert status == 200 and output(doc, "rows") == [1]
@@ -148,11 +150,11 @@ def test_an_idle_worker_runs_a_request_at_once_while_its_sibling_is_busy(tmp_pat
 
 
 def test_requests_held_while_every_worker_is_busy_leave_as_one_batch(tmp_path: Path, serve: Any) -> None:
-    gate = gated_model(tmp_path)
+    gate = cost_model(tmp_path, sleep=0.0)
     server = serve(tmp_path, env=PATIENT)
     with concurrent.futures.ThreadPoolExecutor(6) as ex:
         blocked = [ex.submit(infer, server, rows_body([100.0])) for _ in range(2)]
-        wait_until(lambda: busy_workers(gate) == 2, message="both workers to be busy")
+        wait_until(lambda: len(busy_pids(gate)) == 2, message="both workers to be busy")
         held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(4)]
         wait_until(lambda: metric(server, "inflight_requests", "batch") == 6, message="6 requests in the pool")
         gate.touch()
@@ -167,10 +169,6 @@ def test_requests_held_while_every_worker_is_busy_leave_as_one_batch(tmp_path: P
 # workers report, an EWMA): cheap ones (under 2 ms) are queued at once on the busiest worker
 # with room, as coalescing alone would; costlier ones are held for a worker that is idle.
 # Each worker below is held busy on a gate of its own, so the test frees one and not the other.
-
-
-def busy_pids(gate: Path) -> set[int]:
-    return {int(p.name.rsplit(".", 1)[1]) for p in gate.parent.glob(gate.name + ".*")}
 
 
 def block_both_workers(
@@ -189,15 +187,6 @@ def block_both_workers(
 
 def open_gate(gate: Path, pid: int) -> None:
     (gate.parent / f"{gate.name}-open.{pid}").touch()
-
-
-def cost_model(tmp_path: Path, sleep: float, max_batch_size: int = 8) -> Path:
-    toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=2,
-        max_batch_size=max_batch_size, max_batch_time=60.0,
-        parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
-    )
-    return tmp_path / "gate"
 
 
 def test_cheap_requests_join_the_next_call_of_a_busy_worker_as_coalescing_would(
@@ -297,12 +286,7 @@ def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path:
     it is ready it takes them at once, not after ``max_batch_time`` (60 s here). The runtime's
     host forks workers, so stopping it (SIGSTOP) holds the new worker back until the requests
     are surely held."""
-    toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=1,
-        max_batch_size=8, max_batch_time=60.0,
-        parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": 0.05}},
-    )
-    gate = tmp_path / "gate"
+    gate = cost_model(tmp_path, sleep=0.05, min_workers=1)
     server = serve(tmp_path, env=PATIENT)
     [host] = [proc for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
 
