@@ -187,11 +187,17 @@ class _Host:
         if groups:
             # One run of the event loop for the whole wake-up, whatever the number of models
             # in it: with traffic spread over many models, most groups hold one request, and a
-            # loop run per group cost more than the group's own decoding (issue 9).
-            results = self.loop.run_until_complete(run_groups(groups))
-            for request_ids, outcomes in zip(ids, results, strict=True):
-                for request_id, outcome in zip(request_ids, outcomes, strict=True):
+            # loop run per group cost more than the group's own decoding (issue 9). Each group
+            # is answered as soon as it is done, so the main process returns it, and its client
+            # sends the next request, while the later groups run.
+            def answer(i: int, outcomes: list[Outcome]) -> None:
+                for request_id, outcome in zip(ids[i], outcomes, strict=True):
                     out.extend(reply_frame(request_id, outcome))
+                if i < len(groups) - 1:
+                    self.data.sendall(b"".join(out))
+                    out.clear()
+
+            self.loop.run_until_complete(run_groups(groups, answer))
         if out:
             self.data.sendall(b"".join(out))
 

@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -315,26 +316,27 @@ async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> lis
     return (await run_groups([(handler, envelopes)]))[0]
 
 
-async def run_groups(groups: list[tuple[ModelHandler, list[Envelope]]]) -> list[list[Outcome]]:
+async def run_groups(
+    groups: list[tuple[ModelHandler, list[Envelope]]],
+    done: Callable[[int, list[Outcome]], None] | None = None,
+) -> list[list[Outcome]]:
     """:func:`run_envelopes` for several models' requests at once (a host's wake-up): one
-    outcome list per group, in order. The CPU-wait correction of the service time is read
-    once for all the groups, not once per group. Never raises."""
-    waited = _cpu_wait()
+    outcome list per group, in order. ``done(i, outcomes)`` is called as each group
+    finishes, so a host can answer it while the next group runs. Never raises."""
     results: list[list[Outcome]] = []
-    walls: list[float] = []
-    for handler, envelopes in groups:
+    for i, (handler, envelopes) in enumerate(groups):
+        waited = _cpu_wait()
         started = time.perf_counter()
-        results.append(await _run_one(handler, envelopes, started))
-        walls.append(time.perf_counter() - started)
-    # Service time: wall time less the time this thread sat runnable waiting for a CPU, so a
-    # worker at low priority is not charged for being made to wait. The wait is shared among
-    # the groups in proportion to their wall time.
-    total = sum(walls)
-    running = max(0.0, total - (_cpu_wait() - waited)) / total if total > 0 else 0.0
-    for outcomes, wall in zip(results, walls, strict=True):
-        service = wall * running / max(1, len(outcomes))
+        outcomes = await _run_one(handler, envelopes, started)
+        wall = time.perf_counter() - started
+        # Service time: wall time less the time this thread sat runnable waiting for a CPU,
+        # so a worker at low priority is not charged for being made to wait.
+        service = max(0.0, wall - (_cpu_wait() - waited)) / max(1, len(outcomes))
         for outcome in outcomes:
             outcome.cpu = service
+        results.append(outcomes)
+        if done is not None:
+            done(i, outcomes)
     return results
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from support import infer_body, named_processes, output, toy_model
+from support import infer_body, metric, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
@@ -288,3 +288,40 @@ def test_a_stopped_idle_worker_is_found_by_heartbeat_and_replaced(tmp_path: Path
         results = list(ex.map(lambda i: infer(server, "pair", [float(i)]), range(8)))
     assert [(status, output(doc, "y")) for status, doc in results] == [(200, [float(i)]) for i in range(8)]
     assert victim not in {output(doc, "pid")[0] for _, doc in results}
+
+
+def test_a_slow_model_does_not_hold_up_the_answer_of_a_model_sharing_its_host(tmp_path: Path, serve: Any) -> None:
+    """A host runs what it finds at a wake-up model by model; each model's requests are answered
+    as soon as they are done, not when the whole wake-up is. Here the host finds a request for
+    ``fast`` and then one for ``slow`` in the same wake-up (both sent while it was held busy by
+    ``first``): ``fast`` must be answered while ``slow`` still runs."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for name in ("first", "fast", "slow"):
+        toy_model(tmp_path / "repo", name, runtime="toy-batching", parameters={"extra": {"gate": str(gates / name)}})
+    server = serve(tmp_path / "repo")
+    (host,) = hosts(server)
+
+    def rows(model: str, value: float) -> Any:
+        body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [value]}]}
+        return server.post_json(f"/v2/models/{model}/infer", body)
+
+    def started(model: str) -> bool:
+        return (gates / f"{model}.{host.pid}").exists()
+
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        first = ex.submit(rows, "first", 100.0)  # 100: the toy waits for its gate
+        wait_until(lambda: started("first"), message="the host to be busy with 'first'")
+        fast = ex.submit(rows, "fast", 1.0)
+        wait_until(lambda: metric(server, "inflight_requests", "fast") == 1, message="'fast' to reach the host")
+        slow = ex.submit(rows, "slow", 100.0)
+        wait_until(lambda: metric(server, "inflight_requests", "slow") == 1, message="'slow' to reach the host")
+        metric(server, "inflight_requests", "slow")  # one more round trip: both frames are written
+        (gates / "first").touch()
+        wait_until(fast.done, message="'fast' to be answered while 'slow' runs")
+        assert started("slow") and not slow.done()
+        (gates / "slow").touch()
+        for future, value in ((first, 100.0), (fast, 1.0), (slow, 100.0)):
+            status, doc = future.result()
+            assert (status, output(doc, "y")) == (200, [value]), doc
+        assert output(fast.result()[1], "pid") == [host.pid]
