@@ -281,6 +281,47 @@ def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve
     assert len({output(f.result()[1], "call")[0] for f in held}) == 1  # one call
 
 
+def test_held_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_path: Path, serve: Any) -> None:
+    """Ten cheap requests held while both workers have 8 in flight: the worker that frees up
+    takes them as coalescing alone would refill it, never more than 8 in flight (so no call
+    of more than 8 rows), not the whole held batch (up to ``max_batch_size``, 32) at once.
+    The workers are held busy with SIGSTOP, not gates, so that every call stays cheap."""
+    cost_model(tmp_path, sleep=0.0, max_batch_size=32)
+    server = serve(tmp_path, env=PATIENT)
+    status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
+    assert status == 200
+    workers = {name: proc for name, proc in named_processes(server.pid) if name.startswith("rc-w")}
+    first, second = workers["rc-w0:batch"], workers["rc-w1:batch"]
+
+    def inflight(n: int) -> None:
+        wait_until(lambda: metric(server, "inflight_requests", "batch") == n, message=f"{n} requests in the pool")
+
+    for proc in (first, second):
+        proc.suspend()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(26) as ex:
+            # Cheap requests fill the busiest worker with room: worker 0 first (the lower index).
+            queued = [ex.submit(infer, server, rows_body([1.0])) for _ in range(16)]
+            inflight(16)
+            held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(10)]
+            inflight(26)
+            second.resume()
+            wait_until(
+                lambda: all(f.done() for f in held) and sum(f.done() for f in queued) == 8,
+                message="the second worker's 8 and the held requests (the first worker's 8 wait)",
+            )
+            first.resume()
+            assert all(f.result()[0] == 200 for f in queued)
+    finally:
+        for proc in (first, second):
+            proc.resume()
+    results = [f.result() for f in held]
+    assert all(status == 200 for status, _ in results), results
+    assert {output(doc, "pid")[0] for _, doc in results} == {second.pid}
+    assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(10)]
+    assert max(output(doc, "rows")[0] for _, doc in results) <= 8
+
+
 def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path: Path, serve: Any) -> None:
     """Costly requests held because the one worker is busy make the pool start a second; once
     it is ready it takes them at once, not after ``max_batch_time`` (60 s here). The runtime's

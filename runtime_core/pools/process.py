@@ -360,8 +360,8 @@ class ProcessPool(ModelPool):
     def _hold_or_send(self, pending: Pending) -> None:
         """Adaptive batching that never waits while a worker could take the request: it goes at
         once to the worker ``_idle_worker`` names. Otherwise requests are held here; the
-        first worker to have room takes what is held (up to ``max_batch_size``) as one
-        batch. A batch that fills, or that has waited ``max_batch_time``, goes to the least
+        first worker to have room takes what is held as one batch (see ``_release`` for how
+        much). A batch that fills, or that has waited ``max_batch_time``, goes to the least
         busy worker and waits there. So waiting for a batch never leaves a worker idle, and
         a held batch is bound to a worker only when one frees up (issue 9)."""
         self._held.append(pending)
@@ -416,8 +416,15 @@ class ProcessPool(ModelPool):
             self._release(self._idle_worker())
 
     def _release(self, worker: Connection | None) -> None:
-        """Send up to one batch of held requests to ``worker`` (None: the least busy one)."""
-        batch, self._held = self._held[: self.hold], self._held[self.hold :]
+        """Send up to one batch of held requests to ``worker`` (None: the least busy one).
+        Cheap requests only fill ``worker`` up to ``BATCH_DEPTH`` in flight, the rest going to
+        the next worker with room, exactly as coalescing alone refills its workers: released
+        whole, a held batch (up to ``max_batch_size``) piled onto the first worker to free up
+        while its sibling, done next, found nothing left to run."""
+        size = self.hold
+        if worker is not None and 0.0 < self.dispatch.cost < PACK_BELOW:
+            size = max(1, BATCH_DEPTH - worker.load)
+        batch, self._held = self._held[:size], self._held[size:]
         live = []
         for pending in batch:
             if pending.future.done():  # cancelled while held: it never reaches a worker
