@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,16 +48,31 @@ BATCH_SIZE = 32
 METRICS = ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_ms_per_req", "cpu_main_ms_per_req", "cpu_cores")
 
 
+#: The ``batch_time`` that marks the control server in a configuration (batching off).
+CONTROL_TIME = -1.0
+
+
 def _label(batch_time: float | None) -> str:
+    if batch_time == CONTROL_TIME:
+        return CONTROL
     return "off" if batch_time is None else f"on {1000 * batch_time:g} ms"
 
 
-def _server(repo: Path, server_kind: str, workers: int, batch_time: float | None) -> RuntimeCoreServer | MLServerServer:
+#: Label of the second, identical ``off`` server of ``--control``: its ratio to ``off`` is
+#: the noise of the measurement itself (an A/A comparison) in the same run.
+CONTROL = "off (control)"
+
+
+def _server(
+    repo: Path, server_kind: str, workers: int, batch_time: float | None, idle_timeout: float | None = None
+) -> RuntimeCoreServer | MLServerServer:
     extra: dict[str, Any] = {}
     if batch_time is not None:
         extra = {"max_batch_size": BATCH_SIZE, "max_batch_time": batch_time}
     if server_kind == "runtime-core":
         models.write_model(repo, MODEL, workers=workers, **extra)
+        if idle_timeout is not None:
+            (repo / "settings.json").write_text(json.dumps({"worker_idle_timeout": idle_timeout}))
         return RuntimeCoreServer(repo)
     models.write_model(repo, MODEL, flavor="mlserver", **extra)
     return MLServerServer(repo, parallel_workers=workers)
@@ -84,18 +100,28 @@ def run_config(server_kind: str, workers: int, batch_time: float | None, args: a
 
 def run_interleaved(configs: list[tuple[str, int, float | None]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every configuration's server started at once, then one window of each in turn, R rounds:
-    on a shared machine the configurations being compared see the same background load."""
+    on a shared machine the configurations being compared see the same background load.
+    Round i starts at configuration i (the order rotates), so that none is always measured
+    first, or always right after the same neighbour. The servers keep their workers between
+    their windows (``worker_idle_timeout`` 600 s): a server waits for the others' windows,
+    which under steady traffic it would not, and retiring workers meanwhile made each window
+    start from a different state."""
+    labels = [config[2] for config in configs]
     with contextlib.ExitStack() as stack:
         servers = []
         for kind, workers, batch_time in configs:
             repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-batch-")))
-            servers.append(stack.enter_context(_server(repo, kind, workers, batch_time)))
+            time_ = None if batch_time == CONTROL_TIME else batch_time
+            servers.append(stack.enter_context(_server(repo, kind, workers, time_, idle_timeout=600.0)))
         windows: list[list[dict[str, Any]]] = [[] for _ in configs]
         for i in range(args.repeats):
-            for n, server in enumerate(servers):
-                windows[n].append(_window(server, args.warmup, args))
-                progress(f"round {i + 1}: {configs[n][0]} workers={configs[n][1]} {_label(configs[n][2])}: "
-                         f"{windows[n][-1]['rps']:.0f} req/s, p99 {windows[n][-1]['p99_ms']:.2f} ms")
+            for k in range(len(servers)):
+                n = (i + k) % len(servers)
+                windows[n].append(_window(servers[n], args.warmup, args))
+                progress(
+                    f"round {i + 1}: {configs[n][0]} workers={configs[n][1]} {_label(labels[n])}: "
+                    f"{windows[n][-1]['rps']:.0f} req/s, p99 {windows[n][-1]['p99_ms']:.2f} ms"
+                )
         processes = [len(tree_stats(server.pid)) for server in servers]
     return [_row(*config, w, p) for config, w, p in zip(configs, windows, processes, strict=True)]
 
@@ -107,8 +133,8 @@ def _row(
         "server": server_kind,
         "workers": workers,
         "batching": _label(batch_time),
-        "max_batch_size": BATCH_SIZE if batch_time is not None else 0,
-        "max_batch_time": batch_time or 0.0,
+        "max_batch_size": BATCH_SIZE if batch_time is not None and batch_time != CONTROL_TIME else 0,
+        "max_batch_time": batch_time if batch_time and batch_time > 0 else 0.0,
         "windows": windows,
         "errors": sum(w["errors"] for w in windows),
         "processes": processes,
@@ -129,10 +155,49 @@ def targets(data: dict[str, Any]) -> list[list[str]]:
     rows: list[dict[str, Any]] = data["rows"]
     out: list[list[str]] = []
     mls_off = next((r for r in rows if r["server"] == "mlserver" and r["batching"] == "off"), None)
+
+    def paired(row: dict[str, Any], base: dict[str, Any] | None, key: str) -> float | None:
+        """The median over rounds of row / base, window by window (interleaved runs measure
+        the two side by side); None without paired windows."""
+        if base is None or len(base["windows"]) != len(row["windows"]) or not all(w[key] for w in base["windows"]):
+            return None
+        return median([a[key] / b[key] for a, b in zip(row["windows"], base["windows"], strict=True)])
+
     for row in rows:
         if row["server"] != "runtime-core" or row["batching"] == "off":
             continue
         same = _find(rows, "runtime-core", row["workers"], "off")
+        control = _find(rows, "runtime-core", row["workers"], CONTROL)
+        if row["batching"] == CONTROL:
+            rps, p99 = paired(row, same, "rps"), paired(row, same, "p99_ms")
+            if rps is not None and p99 is not None:
+                out.append(
+                    [
+                        f"runtime-core {row['workers']} workers {CONTROL}",
+                        "the same settings as off, another server: the noise of the measurement (A/A)",
+                        f"{rps:.2f}x",
+                        f"{p99:.2f}x",
+                        "-",
+                    ]
+                )
+            continue
+        aa_rps = paired(control, same, "rps") if control else None
+        aa_p99 = paired(control, same, "p99_ms") if control else None
+        on_rps, on_p99 = paired(row, same, "rps"), paired(row, same, "p99_ms")
+        if None not in (aa_rps, aa_p99, on_rps, on_p99):
+            assert aa_rps is not None and aa_p99 is not None and on_rps is not None and on_p99 is not None
+            # As far from 1.0 as an identical server was is no evidence of a cost.
+            noise_rps, noise_p99 = abs(1.0 - aa_rps), abs(1.0 - aa_p99)
+            out.append(
+                [
+                    f"runtime-core {row['workers']} workers {row['batching']}",
+                    "issue 9, within the A/A noise: >= 1.0x coalescing less the control's distance from 1.0, "
+                    "p99 no worse than 1.0x plus it",
+                    f"{on_rps:.2f}x (bar {1 - noise_rps:.2f}x)",
+                    f"{on_p99:.2f}x (bar {1 + noise_p99:.2f}x)",
+                    verdict(on_rps >= 1.0 - noise_rps and on_p99 <= 1.0 + noise_p99),
+                ]
+            )
         baselines = [
             ("runtime-core off (coalescing), same workers", same),
             ("MLServer off (one predict per request)", mls_off),
@@ -232,23 +297,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s windows, 1 s warm-up, 1 window")
     parser.add_argument("--no-mlserver", action="store_true")
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="with --interleave: a second 'off' server per worker count, whose ratio to 'off' is the noise",
+    )
+    parser.add_argument(
         "--interleave",
         action="store_true",
         help="start every server at once and measure one window of each in turn (a shared machine)",
     )
     args = parser.parse_args()
+    if args.control and not args.interleave:
+        parser.error("--control needs --interleave (the two 'off' servers are compared round by round)")
     if args.quick:
         args.duration, args.warmup, args.repeats = 3.0, 1.0, 1
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required (apt-get install wrk)")
     models.artifact_path(MODEL)
     batch_times: list[float | None] = [None] + [float(t) for t in args.batch_times.split(",") if t]
+    if args.control:
+        batch_times.insert(1, CONTROL_TIME)
     configs: list[tuple[str, int, float | None]] = [
         ("runtime-core", int(w), t) for w in args.workers.split(",") if w for t in batch_times
     ]
     if not args.no_mlserver:
         if mlserver_available():
-            configs += [("mlserver", args.mlserver_workers, t) for t in batch_times]
+            configs += [("mlserver", args.mlserver_workers, t) for t in batch_times if t != CONTROL_TIME]
         else:
             progress("MLServer not found: skipping it")
     data: dict[str, Any] = {"env": environment(), "args": vars(args), "rows": [], "failures": []}

@@ -7,11 +7,14 @@ the tests count calls and check that every request got exactly its own rows.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from support import metric, named_processes, output, toy_model
 
@@ -121,10 +124,12 @@ def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: P
 PATIENT = {"RUNTIME_CORE_WORKER_OVERDUE_AFTER": "600"}
 
 
-def cost_model(tmp_path: Path, sleep: float, max_batch_size: int = 8, min_workers: int = 2) -> Path:
+def cost_model(
+    tmp_path: Path, sleep: float, max_batch_size: int = 8, min_workers: int = 2, max_batch_time: float = 60.0
+) -> Path:
     toy_model(
         tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=min_workers,
-        max_batch_size=max_batch_size, max_batch_time=60.0,
+        max_batch_size=max_batch_size, max_batch_time=max_batch_time,
         parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
     )
     return tmp_path / "gate"
@@ -281,12 +286,13 @@ def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve
     assert len({output(f.result()[1], "call")[0] for f in held}) == 1  # one call
 
 
-def test_held_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_path: Path, serve: Any) -> None:
-    """Ten cheap requests held while both workers have 8 in flight: the worker that frees up
-    takes them as coalescing alone would refill it, never more than 8 in flight (so no call
-    of more than 8 rows), not the whole held batch (up to ``max_batch_size``, 32) at once.
-    The workers are held busy with SIGSTOP, not gates, so that every call stays cheap."""
-    cost_model(tmp_path, sleep=0.0, max_batch_size=32)
+def hold_ten_behind_two_full_stopped_workers(
+    tmp_path: Path, serve: Any, max_batch_time: float, check: Any
+) -> tuple[list[tuple[int, Any]], int]:
+    """Both workers stopped (SIGSTOP, so that every call stays cheap) with 8 cheap requests in
+    flight each, then ten more held in the main process; ``check()`` runs while they are held.
+    Then the second worker resumes: returns the held requests' answers, and its pid."""
+    cost_model(tmp_path, sleep=0.0, max_batch_size=32, max_batch_time=max_batch_time)
     server = serve(tmp_path, env=PATIENT)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
     assert status == 200
@@ -305,6 +311,7 @@ def test_held_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_
             inflight(16)
             held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(10)]
             inflight(26)
+            check(server)
             second.resume()
             wait_until(
                 lambda: all(f.done() for f in held) and sum(f.done() for f in queued) == 8,
@@ -314,12 +321,36 @@ def test_held_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_
             assert all(f.result()[0] == 200 for f in queued)
     finally:
         for proc in (first, second):
-            proc.resume()
+            with contextlib.suppress(psutil.NoSuchProcess):  # killed as hung if the test failed
+                proc.resume()
     results = [f.result() for f in held]
     assert all(status == 200 for status, _ in results), results
-    assert {output(doc, "pid")[0] for _, doc in results} == {second.pid}
     assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(10)]
+    return results, second.pid
+
+
+def test_held_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_path: Path, serve: Any) -> None:
+    """Ten cheap requests held while both workers have 8 in flight: the worker that frees up
+    takes them as coalescing alone would refill it, never more than 8 in flight (so no call
+    of more than 8 rows), not the whole held batch (up to ``max_batch_size``, 32) at once."""
+    results, second = hold_ten_behind_two_full_stopped_workers(tmp_path, serve, 60.0, lambda server: None)
+    assert {output(doc, "pid")[0] for _, doc in results} == {second}
     assert max(output(doc, "rows")[0] for _, doc in results) <= 8
+
+
+def test_held_cheap_requests_outlast_the_batch_window_for_the_first_worker_with_room(
+    tmp_path: Path, serve: Any
+) -> None:
+    """Cheap requests held while every worker is full stay held past ``max_batch_time`` (50 ms
+    here), as coalescing's wait in its queue: pushed onto a full worker then (the first, on a
+    tie), they would wait for that one instead of going to the worker that frees up first."""
+
+    def outlast_the_window(server: ServerProcess) -> None:
+        time.sleep(0.2)  # the window runs out; the server's timer fires before it answers next:
+        metric(server, "inflight_requests", "batch")  # asyncio runs due timers before new requests
+
+    results, second = hold_ten_behind_two_full_stopped_workers(tmp_path, serve, 0.05, outlast_the_window)
+    assert {output(doc, "pid")[0] for _, doc in results} == {second}
 
 
 def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path: Path, serve: Any) -> None:
