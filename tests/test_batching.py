@@ -249,17 +249,27 @@ def test_costly_requests_wait_for_a_worker_that_is_idle(tmp_path: Path, serve: A
     assert [output(doc, "y") for _, doc in results] == [[float(i)] for i in range(3)]
 
 
-def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve: Any) -> None:
+def in_pool_and_queued(server: ServerProcess, inflight: int, queued: int = 0) -> None:
+    """Wait until ``inflight`` requests are in the pool (sent to workers, or held there for a
+    batch) and ``queued`` wait in the model's queue."""
+    wait_until(
+        lambda: (metric(server, "inflight_requests", "batch"), metric(server, "queue_depth", "batch"))
+        == (inflight, queued),
+        message=f"{inflight} requests in the pool and {queued} queued",
+    )
+
+
+def test_cheap_requests_wait_once_every_worker_is_full(tmp_path: Path, serve: Any) -> None:
     """Cheap requests fill the busiest worker to 8 in flight, then the next; once every worker
-    has 8, they are held in the main process and go, together, to the first worker that
-    has room again, not queued behind a worker that stays busy."""
+    has 8, they wait in the model's queue, as with batching off, and go, together, to the
+    first worker that has room again, not queued behind a worker that stays busy."""
     gate = cost_model(tmp_path, sleep=0.0, max_batch_size=32)
     server = serve(tmp_path, env=PATIENT)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
     assert status == 200
 
-    def inflight(n: int) -> None:
-        wait_until(lambda: metric(server, "inflight_requests", "batch") == n, message=f"{n} requests in the pool")
+    def inflight(n: int, queued: int = 0) -> None:
+        in_pool_and_queued(server, n, queued)
 
     with concurrent.futures.ThreadPoolExecutor(19) as ex:
         first = [ex.submit(infer, server, rows_body([100.0]))]
@@ -273,7 +283,7 @@ def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve
         second += [ex.submit(infer, server, rows_body([1.0])) for _ in range(7)]
         inflight(16)  # both full
         held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
-        inflight(19)
+        inflight(16, queued=3)
         open_gate(gate, second_pid)
         wait_until(lambda: all(f.done() for f in second + held), message="the second worker's and the held requests")
         assert not any(f.done() for f in first)  # the first worker is still busy
@@ -286,12 +296,12 @@ def test_cheap_requests_are_held_once_every_worker_is_full(tmp_path: Path, serve
     assert len({output(f.result()[1], "call")[0] for f in held}) == 1  # one call
 
 
-def hold_ten_behind_two_full_stopped_workers(
+def queue_ten_behind_two_full_stopped_workers(
     tmp_path: Path, serve: Any, max_batch_time: float, check: Any
 ) -> tuple[list[tuple[int, Any]], int]:
     """Both workers stopped (SIGSTOP, so that every call stays cheap) with 8 cheap requests in
-    flight each, then ten more held in the main process; ``check()`` runs while they are held.
-    Then the second worker resumes: returns the held requests' answers, and its pid."""
+    flight each, then ten more, which wait in the model's queue; ``check()`` runs while they
+    wait. Then the second worker resumes: returns the ten requests' answers, and its pid."""
     cost_model(tmp_path, sleep=0.0, max_batch_size=32, max_batch_time=max_batch_time)
     server = serve(tmp_path, env=PATIENT)
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
@@ -299,18 +309,15 @@ def hold_ten_behind_two_full_stopped_workers(
     workers = {name: proc for name, proc in named_processes(server.pid) if name.startswith("rc-w")}
     first, second = workers["rc-w0:batch"], workers["rc-w1:batch"]
 
-    def inflight(n: int) -> None:
-        wait_until(lambda: metric(server, "inflight_requests", "batch") == n, message=f"{n} requests in the pool")
-
     for proc in (first, second):
         proc.suspend()
     try:
         with concurrent.futures.ThreadPoolExecutor(26) as ex:
             # Cheap requests fill the busiest worker with room: worker 0 first (the lower index).
             queued = [ex.submit(infer, server, rows_body([1.0])) for _ in range(16)]
-            inflight(16)
+            in_pool_and_queued(server, 16)
             held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(10)]
-            inflight(26)
+            in_pool_and_queued(server, 16, queued=10)
             check(server)
             second.resume()
             wait_until(
@@ -329,27 +336,27 @@ def hold_ten_behind_two_full_stopped_workers(
     return results, second.pid
 
 
-def test_held_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_path: Path, serve: Any) -> None:
-    """Ten cheap requests held while both workers have 8 in flight: the worker that frees up
-    takes them as coalescing alone would refill it, never more than 8 in flight (so no call
-    of more than 8 rows), not the whole held batch (up to ``max_batch_size``, 32) at once."""
-    results, second = hold_ten_behind_two_full_stopped_workers(tmp_path, serve, 60.0, lambda server: None)
+def test_waiting_cheap_requests_refill_a_freed_worker_to_8_as_coalescing_would(tmp_path: Path, serve: Any) -> None:
+    """Ten cheap requests waiting while both workers have 8 in flight: the worker that frees
+    up takes them as coalescing alone would refill it, never more than 8 in flight (so no
+    call of more than 8 rows), not all ten (``max_batch_size`` is 32) at once."""
+    results, second = queue_ten_behind_two_full_stopped_workers(tmp_path, serve, 60.0, lambda server: None)
     assert {output(doc, "pid")[0] for _, doc in results} == {second}
     assert max(output(doc, "rows")[0] for _, doc in results) <= 8
 
 
-def test_held_cheap_requests_outlast_the_batch_window_for_the_first_worker_with_room(
+def test_waiting_cheap_requests_outlast_the_batch_window_for_the_first_worker_with_room(
     tmp_path: Path, serve: Any
 ) -> None:
-    """Cheap requests held while every worker is full stay held past ``max_batch_time`` (50 ms
-    here), as coalescing's wait in its queue: pushed onto a full worker then (the first, on a
-    tie), they would wait for that one instead of going to the worker that frees up first."""
+    """Cheap requests waiting while every worker is full keep waiting past ``max_batch_time``
+    (50 ms here), as with batching off: pushed onto a full worker then (the first, on a tie),
+    they would wait for that one instead of going to the worker that frees up first."""
 
     def outlast_the_window(server: ServerProcess) -> None:
-        time.sleep(0.2)  # the window runs out; the server's timer fires before it answers next:
-        metric(server, "inflight_requests", "batch")  # asyncio runs due timers before new requests
+        time.sleep(0.2)  # the window runs out; a timer due by then fires before the server's
+        in_pool_and_queued(server, 16, queued=10)  # next request: asyncio runs due timers first
 
-    results, second = hold_ten_behind_two_full_stopped_workers(tmp_path, serve, 0.05, outlast_the_window)
+    results, second = queue_ten_behind_two_full_stopped_workers(tmp_path, serve, 0.05, outlast_the_window)
     assert {output(doc, "pid")[0] for _, doc in results} == {second}
 
 

@@ -20,12 +20,13 @@ Adaptive batching (``max_batch_size`` and ``max_batch_time``) is done here, wher
 worker's load is known. A request measured as cheap goes at once where coalescing alone
 would send it (the busiest worker with fewer than ``BATCH_DEPTH`` in flight); any other
 goes at once to an idle worker (one of the first ``cores``, at least two). Otherwise
-requests are held, and the first worker to have room takes them as one batch: up to
-``max_batch_size`` costly ones; cheap ones only until it has ``BATCH_DEPTH`` in flight, as
-coalescing refills a worker. A full batch of costly requests, or one held
-``max_batch_time``, is queued on the least busy worker; cheap ones wait for room. Held requests count as in flight (within ``capacity``); a cancelled one is
-dropped before it reaches a worker; on ``aclose`` the held ones fail with
-``ModelNotReady``; if every worker died, they go to the host or fail like any request.
+requests are held, and the first worker to have room takes up to ``max_batch_size`` of
+them as one batch. A full batch, or one held ``max_batch_time``, is queued on the least
+busy worker. Cheap requests are not held: the pool's capacity for them is what coalescing's
+is, so past it they wait in the scheduler's queue, exactly as with batching off. Held
+requests count as in flight (within ``capacity``); a cancelled one is dropped before it
+reaches a worker; on ``aclose`` the held ones fail with ``ModelNotReady``; if every worker
+died, they go to the host or fail like any request.
 
 Bounds: the scheduler never submits past ``capacity``: the dispatch policy's depth per
 ready worker, or one batch's depth on the host. An evicted model (see
@@ -299,6 +300,12 @@ class ProcessPool(ModelPool):
         # Runs several times per request: _ready() is [] at once for a host-served model.
         ready = len(self._ready())
         if ready:
+            if self.hold and self._cheap:
+                # Cheap requests past what every worker can take wait in the scheduler's queue,
+                # as with batching off, not held here: the same queue, the same moment they
+                # leave it, the same worker (``_idle_worker``). Held here, at 32 connections on
+                # 2 workers, they had 1.04x coalescing's p99 (median of 15 paired windows).
+                return ready * BATCH_DEPTH
             return ready * self.dispatch.per_worker
         if self.state is RESIDENT:
             return self.dispatch.per_worker
@@ -361,17 +368,16 @@ class ProcessPool(ModelPool):
     def _hold_or_send(self, pending: Pending) -> None:
         """Adaptive batching that never waits while a worker could take the request: it goes at
         once to the worker ``_idle_worker`` names. Otherwise requests are held here; the
-        first worker to have room takes what is held as one batch (see ``_release`` for how
-        much). A batch of costly requests that fills, or that has waited ``max_batch_time``,
-        goes to the least busy worker and waits there; cheap ones wait for room (``_cheap``).
-        So waiting for a batch never leaves a worker idle, and a held batch is bound to a
-        worker only when one frees up (issue 9)."""
+        first worker to have room takes up to ``max_batch_size`` of them as one batch. A
+        batch that fills, or that has waited ``max_batch_time``, goes to the least busy
+        worker and waits there. So waiting for a batch never leaves a worker idle, and a held
+        batch is bound to a worker only when one frees up (issue 9). Cheap requests are
+        never held (but while their measured cost changes): past what every worker can take,
+        they wait in the scheduler's queue, as with batching off (see ``capacity``)."""
         self._held.append(pending)
         idle = self._idle_worker()
         if idle is not None:
             self._release(idle)
-        elif self._cheap:
-            pass  # they wait for a worker with room (``_release_held``), as coalescing's wait in the queue
         elif len(self._held) >= self.hold:
             self._release(None)
         else:
@@ -379,12 +385,7 @@ class ProcessPool(ModelPool):
 
     @property
     def _cheap(self) -> bool:
-        """The requests are measured as cheap: those the dispatch policy packs. Held while every
-        worker is full, they are never pushed onto a full worker, by a full batch or by
-        ``max_batch_time``: queued there they would run no sooner than in the call that
-        worker runs next anyway, and could no longer go to whichever worker frees up first.
-        With the 2 ms window pushing them, batching on was 1.05-1.09x coalescing's p99 (2 and
-        4 workers, 32 connections, medians of 7 paired windows)."""
+        """The requests are measured as cheap: those the dispatch policy packs."""
         return 0.0 < self.dispatch.cost < PACK_BELOW
 
     def _arm_hold_timer(self) -> None:
@@ -401,7 +402,8 @@ class ProcessPool(ModelPool):
         Cheap requests (the measured compute per request is under ``PACK_BELOW``: those the
         dispatch policy packs): the busiest ready worker with fewer than ``BATCH_DEPTH`` in
         flight, exactly where coalescing alone would send them, so that they run in that
-        worker's next call; they are held only once every worker is that full. When cheap
+        worker's next call; once every worker is that full, they wait in the scheduler's queue
+        (``capacity``), as with batching off. When cheap
         requests went only to the first ``cores`` workers, idle ones first, batching on was
         0.96x coalescing's requests per second with 4 workers (median of 7 paired windows,
         0.87-0.98x; 2 cores, 32 connections): nearly half the requests were held here while
@@ -427,20 +429,11 @@ class ProcessPool(ModelPool):
     def _hold_expired(self) -> None:
         self._hold_timer = None
         if self._held:
-            idle = self._idle_worker()
-            if idle is not None or not self._cheap:  # cheap ones wait for room (see ``_cheap``)
-                self._release(idle)
+            self._release(self._idle_worker())
 
     def _release(self, worker: Connection | None) -> None:
-        """Send up to one batch of held requests to ``worker`` (None: the least busy one).
-        Cheap requests only fill ``worker`` up to ``BATCH_DEPTH`` in flight, the rest going to
-        the next worker with room, exactly as coalescing alone refills its workers: released
-        whole, a held batch (up to ``max_batch_size``) piled onto the first worker to free up
-        while its sibling, done next, found nothing left to run."""
-        size = self.hold
-        if worker is not None and self._cheap:
-            size = max(1, BATCH_DEPTH - worker.load)
-        batch, self._held = self._held[:size], self._held[size:]
+        """Send up to one batch of held requests to ``worker`` (None: the least busy one)."""
+        batch, self._held = self._held[: self.hold], self._held[self.hold :]
         live = []
         for pending in batch:
             if pending.future.done():  # cancelled while held: it never reaches a worker
@@ -461,7 +454,7 @@ class ProcessPool(ModelPool):
                 self._hold_timer = None
         elif (idle := self._idle_worker()) is not None:
             self._release(idle)
-        elif not self._cheap:
+        else:
             self._arm_hold_timer()
 
     def _fail(self, pending: Pending, error: RuntimeCoreError) -> None:
