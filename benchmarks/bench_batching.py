@@ -24,8 +24,13 @@ Examples::
     python benchmarks/bench_batching.py --interleave --no-mlserver -r 5   # a busy machine
 
 With ``--interleave`` every server is started first, and the rounds take one window of
-each configuration in turn (each window after its own W s of warm-up), so that the
-configurations compared see the same background load.
+each configuration in turn (each window after its own W s of warm-up; the order rotates
+from round to round), so that the configurations compared see the same background load.
+``--control`` (with ``--interleave``) adds a second ``off`` server per worker count: its
+ratio to ``off`` is the noise of the run itself, against which on/off is read. The issue-9
+target is decided by::
+
+    python benchmarks/bench_batching.py --interleave --control --no-mlserver -c 32 -r 7 -d 4 -w 1
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path)
     _pyplot().close(fig)
     return path
@@ -195,9 +195,10 @@ def plot_batching(data: dict[str, Any], prefix: Path) -> list[Path]:
         ]
         ax.set_xticks(range(len(groups)), names, fontsize=8)
         ax.set_title(title)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()  # below the plots: no bar is hidden
+    fig.legend(handles, labels, loc="lower center", ncol=len(modes), fontsize=8, frameon=False)
     fig.suptitle(f"Adaptive batching: light model, 1-row requests, C = 32 ({_subtitle(data)})", fontsize=10)
-    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
+    return [_save(fig, prefix.with_name(prefix.name + ".png"), rect=(0, 0.07, 1, 1))]
 
 
 # --------------------------------------------------------------------------- bench_binary
