@@ -15,8 +15,9 @@ a host per runtime on request. A host loads models on command (``LoadModel``), a
 many as the memory budget allows, and answers each with ``ModelLoaded`` (metadata, load
 time, the memory it took). It serves INFER frames for any of its models on its data
 socket, one batch per wake-up, grouped by model, each group answered as soon as it is
-done: this is how a thousand quiet models cost no process each. On ``SpawnWorker`` it forks a dedicated worker for one model,
-which inherits the loaded model (copy-on-write) and so starts in milliseconds.
+done: this is how a thousand quiet models cost no process each. On ``SpawnWorker`` it
+forks a dedicated worker for one model, which inherits the loaded model (copy-on-write)
+and so starts in milliseconds.
 
 A host is a plain blocking loop over two sockets, never a running event loop, and forks
 only while it has a single thread; otherwise (a runtime started threads) the worker is
