@@ -268,22 +268,19 @@ def test_cheap_requests_wait_once_every_worker_is_full(tmp_path: Path, serve: An
     status, _ = infer(server, rows_body([1.0]))  # a measured cost: cheap
     assert status == 200
 
-    def inflight(n: int, queued: int = 0) -> None:
-        in_pool_and_queued(server, n, queued)
-
     with concurrent.futures.ThreadPoolExecutor(19) as ex:
         first = [ex.submit(infer, server, rows_body([100.0]))]
         wait_until(lambda: len(busy_pids(gate)) == 1, message="the first gated request to start")
         [first_pid] = busy_pids(gate)
         first += [ex.submit(infer, server, rows_body([1.0])) for _ in range(7)]
-        inflight(8)  # the first worker is full
+        in_pool_and_queued(server, 8)  # the first worker is full
         second = [ex.submit(infer, server, rows_body([100.0]))]
         wait_until(lambda: len(busy_pids(gate)) == 2, message="the second worker to take the next request")
         [second_pid] = busy_pids(gate) - {first_pid}
         second += [ex.submit(infer, server, rows_body([1.0])) for _ in range(7)]
-        inflight(16)  # both full
+        in_pool_and_queued(server, 16)  # both full
         held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
-        inflight(16, queued=3)
+        in_pool_and_queued(server, 16, queued=3)
         open_gate(gate, second_pid)
         wait_until(lambda: all(f.done() for f in second + held), message="the second worker's and the held requests")
         assert not any(f.done() for f in first)  # the first worker is still busy
