@@ -433,7 +433,14 @@ def test_sigterm_lets_grpc_calls_in_flight_finish(tmp_path: Path, serve: Any) ->
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(client.infer, "slow", [x]) for _ in range(4)]
-            wait_until(lambda: metric(server, "queue_depth", "slow") >= 2, 30, "calls queued behind a running one")
+            # All four inside the server (a call that arrives after SIGTERM is refused, as it
+            # should be), at least two of them queued behind a running one.
+            wait_until(
+                lambda: (queued := metric(server, "queue_depth", "slow")) >= 2
+                and queued + metric(server, "inflight_requests", "slow") == 4,
+                30,
+                "all four calls in the server, some queued behind a running one",
+            )
             server.proc.send_signal(signal.SIGTERM)
             results = [f.result(timeout=60) for f in futures]
         assert [r.as_numpy("y").tolist() for r in results] == [[3.0]] * 4
