@@ -132,7 +132,7 @@ class ModelRepository:
         self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
         self._locks: dict[str, asyncio.Lock] = {}  # by key
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
-        self.templates = Templates(server.log_level, server.startup_timeout)
+        self.templates = Templates(server.log_level, server.startup_timeout, server.host_stall_after)
         budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
         self.residency = Residency(budget, self.templates, server.worker_timeout)
 

@@ -142,6 +142,11 @@ class ServerSettings(BaseSettings):
     before dispatch passes the worker over for a sibling that can take the request: a
     worker that may be hung gets no more requests while another can run them."""
 
+    host_stall_after: float = Field(0.05, gt=0)
+    """Seconds a runtime's shared host may have requests and answer none before it counts as
+    stalled (a model's long or hung call): the host's other models with requests waiting
+    then move to a sibling host, and the model whose call it is gets workers of its own."""
+
     min_workers: int = Field(0, ge=0)
     """Dedicated workers each model keeps even when idle (at most its ``parallel_workers``).
     With 0, a quiet model is served by its runtime's shared host process and costs no

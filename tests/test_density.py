@@ -294,12 +294,14 @@ def test_a_slow_model_does_not_hold_up_the_answer_of_a_model_sharing_its_host(tm
     """A host runs what it finds at a wake-up model by model; each model's requests are answered
     as soon as they are done, not when the whole wake-up is. Here the host finds a request for
     ``fast`` and then one for ``slow`` in the same wake-up (both sent while it was held busy by
-    ``first``): ``fast`` must be answered while ``slow`` still runs."""
+    ``first``): ``fast`` must be answered while ``slow`` still runs. (``host_stall_after`` is
+    raised so that holding ``first`` does not count as a stall: ``fast`` and ``slow`` would
+    then move to a sibling host, as tests/test_isolation.py checks.)"""
     gates = tmp_path / "gates"
     gates.mkdir()
     for name in ("first", "fast", "slow"):
         toy_model(tmp_path / "repo", name, runtime="toy-batching", parameters={"extra": {"gate": str(gates / name)}})
-    server = serve(tmp_path / "repo")
+    server = serve(tmp_path / "repo", env={"RUNTIME_CORE_HOST_STALL_AFTER": "3600"})
     (host,) = hosts(server)
 
     def rows(model: str, value: float) -> Any:

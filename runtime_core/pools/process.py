@@ -98,6 +98,14 @@ SCALE_UP_AT = 8
 SCALE_UP_TAU = 0.5
 SCALE_UP_SHARE = 0.75
 
+#: Seconds of service per request (measured, as an exponentially weighted mean) from which a
+#: model no longer runs on its runtime's shared host: its requests go to workers of its own,
+#: forked when it has none (the request waits the few milliseconds a fork takes). On the host,
+#: every quiet model of the runtime would wait behind each of its calls.
+HOST_COST_LIMIT = 0.002
+#: Seconds after a failed worker start before a model that wants workers of its own tries again.
+SPAWN_RETRY_AFTER = 5.0
+
 #: What a resident model counts against ``memory_budget`` at least: loading a small model
 #: often grows the host by no whole page, and no model is free.
 MIN_MODEL_BYTES = 64 * 1024
@@ -165,6 +173,10 @@ class ProcessPool(ModelPool):
         self._held: list[Pending] = []
         self._hold_timer: asyncio.TimerHandle | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._moving: asyncio.Task[None] | None = None
+        self._service = 0.0  # mean service seconds per request (see HOST_COST_LIMIT)
+        self._stalled_host = False  # its call stalled its host: unmeasured, but not cheap
+        self._spawn_failed_at = -math.inf  # loop time a worker last failed to start
         self._inflight = 0
         self._load = 0.0  # time-weighted mean of _inflight (SCALE_UP_TAU), as of _load_at
         self._load_at = 0.0
@@ -198,7 +210,7 @@ class ProcessPool(ModelPool):
         try:
             host = await self._templates.host(self.spec.import_path)
             slot = self._templates.new_slot()
-            loaded = await host.load(slot, self.spec, self._host_lost)
+            loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
         except RuntimeCoreError as exc:
             self.state = EVICTED
             raise ModelLoadError(exc.message, model=self.name) from exc
@@ -228,9 +240,22 @@ class ProcessPool(ModelPool):
             for pending in self._take_parked():
                 self._fail(pending, error)
             return
+        self._flush_parked()
+
+    def _flush_parked(self) -> None:
+        """Send the parked requests where they can run now (or park them again)."""
         for pending in self._take_parked():
             self._dispatch(pending)
         self.on_capacity()
+
+    def _park(self, pending: Pending) -> None:
+        """Keep a request here until its model is loaded or has a worker of its own; its
+        deadline is kept meanwhile."""
+        self._parked.append(pending)
+        deadline = pending.envelope.deadline
+        if deadline:
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._expire, pending)
 
     def _take_parked(self) -> list[Pending]:
         parked, self._parked = self._parked, []
@@ -328,9 +353,7 @@ class ProcessPool(ModelPool):
         self._inflight += 1
         self._residency.touch(self)
         if self.state is not RESIDENT and not self._ready():
-            self._parked.append(pending)
-            if envelope.deadline:
-                loop.call_at(loop.time() + max(0.0, envelope.deadline - time.time()), self._expire, pending)
+            self._park(pending)
             self._start_bring_in()
             return future
         if self.hold and self._ready():
@@ -355,6 +378,16 @@ class ProcessPool(ModelPool):
             pending.slot = 0
             worker.send(pending)
             return True
+        if host_ok and self._wants_own_workers:
+            if self._start_own_worker():
+                self._park(pending)  # sent on when the worker is ready (``_spawn``)
+                return True
+            ready = (c for c in self._workers if c is not None and c.ready and c is not exclude)
+            worker = self.dispatch.pick(ready, full_ok=True)
+            if worker is not None:  # every worker full and no room for another: queue on one
+                pending.slot = 0
+                worker.send(pending)
+                return True
         host = self._host
         if host_ok and self.state is RESIDENT and host is not None and host.alive and host.conn is not exclude:
             pending.slot = self._slot
@@ -465,6 +498,7 @@ class ProcessPool(ModelPool):
 
     def request_done(self, outcome: Outcome) -> None:
         self.dispatch.observe(outcome.compute)
+        self._observe(outcome)
         self._average_load(asyncio.get_running_loop().time())
         self._inflight -= 1
         self._release_held()
@@ -476,6 +510,80 @@ class ProcessPool(ModelPool):
         requests never wait for ``max_batch_time`` while a worker could run them."""
         if self._held and (idle := self._idle_worker()) is not None:
             self._release(idle)
+
+    # ------------------------------------------------------------------ isolation
+
+    @property
+    def _wants_own_workers(self) -> bool:
+        """Its requests are too long for the shared host (``HOST_COST_LIMIT``), or one of its
+        calls stalled the host: they run on workers of its own."""
+        return (self._stalled_host or self._service >= HOST_COST_LIMIT) and not self._closing
+
+    def _start_own_worker(self) -> bool:
+        """Make sure a worker of its own is on its way; False when none can be (every slot
+        taken, the model is not resident, or the last start failed: the host serves then)."""
+        if self._spawning:
+            return True
+        if self.state is not RESIDENT or self._spawn_failed_recently:
+            return False
+        free = next((i for i, c in enumerate(self._workers) if c is None or not c.alive), None)
+        if free is None:
+            return False
+        self._background(self._spawn(free))
+        return True
+
+    @property
+    def _spawn_failed_recently(self) -> bool:
+        """A worker failed to start in the last ``SPAWN_RETRY_AFTER`` seconds: the host serves
+        the model meanwhile rather than have its requests wait for starts that fail."""
+        return asyncio.get_running_loop().time() - self._spawn_failed_at < SPAWN_RETRY_AFTER
+
+    def _observe(self, outcome: Outcome) -> None:
+        # Seeded with the first measurement: a mean that starts from zero would take several
+        # long calls on the shared host before it crossed HOST_COST_LIMIT.
+        if self._service == 0.0:
+            self._service = outcome.cpu
+        else:
+            self._service += 0.1 * (outcome.cpu - self._service)
+        self._stalled_host = False  # measured now
+
+    def _host_stalled(self, host: Host, culprit: bool) -> None:
+        """``host`` has answered nothing for a while with requests of this model waiting."""
+        if culprit:
+            self._stalled_host = True  # its next requests go to workers of its own
+            return
+        if host is self._host and self.state is RESIDENT and not self._closing:
+            if self._moving is None or self._moving.done():
+                self._moving = asyncio.get_running_loop().create_task(self._move(host))
+
+    async def _move(self, stalled: Host) -> None:
+        """Load the model into a sibling host that is not stalled, send it the requests that
+        wait in ``stalled`` (their replies from there, if any come, are dropped), and leave."""
+        try:
+            host = await self._templates.host(self.spec.import_path, avoid=stalled)
+            if host is stalled or self._host is not stalled:
+                return
+            slot = self._templates.new_slot()
+            loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
+        except (RuntimeCoreError, OSError) as exc:
+            log.warning("model %r: could not move off a stalled host: %s", self.name, exc)
+            return
+        if self._closing or self._host is not stalled or not host.alive:
+            host.forget(slot)  # evicted, unloaded or moved meanwhile
+            return
+        old_slot = self._slot
+        self._host, self._slot = host, slot
+        self.metadata = loaded.metadata
+        self._residency.resized(self, max(loaded.memory, self.uri_size, MIN_MODEL_BYTES))
+        stalled.forget(old_slot)
+        if stalled.conn is not None:
+            waiting = [(rid, p) for rid, p in stalled.conn.pending.items() if p.owner is self]
+            for rid, pending in waiting:
+                del stalled.conn.pending[rid]
+                pending.slot = slot
+                host.submit(pending)
+        log.info("model %r moved to a sibling host (pid %d): its host was stalled", self.name, host.pid)
+        self._templates.release(stalled)
 
     # ------------------------------------------------------------------ elasticity
 
@@ -527,6 +635,7 @@ class ProcessPool(ModelPool):
             sock, pid = await host.spawn(self._slot, index)
             if not pid:
                 sock.close()
+                self._spawn_failed_at = loop.time()
                 return
             conn = Connection(index, self._worker_lost)
             await loop.connect_accepted_socket(lambda: conn, sock)
@@ -537,6 +646,7 @@ class ProcessPool(ModelPool):
                 conn.kill()
                 error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
                 log.error("model %r: worker %d failed to load: %s", self.name, index, error)
+                self._spawn_failed_at = loop.time()
                 return
             if self._closing:
                 conn.write(control_frame(0, Unload()))
@@ -549,11 +659,15 @@ class ProcessPool(ModelPool):
                 self._apply_priority(conn, True)
             self._residency.spawned(self, time.perf_counter() - started)
             self._release_held()  # held while no worker had room: this one may have
-            self.on_capacity()
         except (RuntimeCoreError, OSError, TimeoutError) as exc:
             log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
+            self._spawn_failed_at = loop.time()
         finally:
             self._spawning.discard(index)
+            if self._parked and self.state is RESIDENT and not self._closing:
+                self._flush_parked()  # to the new worker, or to the host if it failed
+            else:
+                self.on_capacity()
 
     def retire_idle(self, now: float) -> None:
         """Retire dedicated workers idle for ``worker_idle_timeout``, down to ``min_workers``."""

@@ -89,6 +89,13 @@ class Residency:
                     victim.evict()
                     self.evictions += 1
 
+    def resized(self, pool: ProcessPool, memory: int) -> None:
+        """``pool`` was loaded again elsewhere (it moved hosts) and now takes ``memory``."""
+        if pool in self._lru:
+            self.used += memory - self._lru[pool]
+            self._lru[pool] = memory
+        pool.memory = memory
+
     def dropped(self, pool: ProcessPool) -> None:
         memory = self._lru.pop(pool, None)
         if memory is not None:

@@ -13,6 +13,12 @@ Bounds and failures:
 * a host that dies (any signal) fails nothing by itself: its listeners (the pools of its
   models) get the requests it held, retry or fail them, and mark their models evicted,
   so the next request loads them into a new host;
+* a host that has requests but has answered nothing for ``host_stall_after`` seconds is
+  *stalled* (one of its models is running a long call, or it hangs): each model with
+  requests waiting behind that call is told, and moves to a sibling host of the same
+  runtime (started from the root when none is free, at most ``MAX_HOSTS`` per runtime),
+  so that no model waits for another one's call; the model whose call it is is told too,
+  and gets workers of its own. A sibling left with no model is stopped;
 * ``aclose`` stops the hosts, then the root; no process outlives the server.
 """
 
@@ -148,20 +154,35 @@ class _Root:
 
 #: ``listener(host, orphans)``: the host died; ``orphans`` are the requests it held.
 HostListener = Callable[["Host", list[Pending]], None]
+#: ``on_stall(host, culprit)``: the host stalled with requests of this model waiting;
+#: ``culprit``: the call it is stuck in is this model's own.
+StallListener = Callable[["Host", bool], None]
+
+#: Seconds a host with requests may stay silent before it counts as stalled (the
+#: ``host_stall_after`` setting's default). Longer than any call a model may make on a shared
+#: host (see ``HOST_COST_LIMIT`` in ``process.py``, a few times over), short beside the
+#: latency a client notices.
+STALL_AFTER = 0.05
+#: Most hosts per runtime: the first, and siblings started while others were stalled.
+MAX_HOSTS = 4
 
 
 class Host:
     """Main-side handle of one runtime's host process."""
 
-    def __init__(self, import_path: str, log_level: str, timeout: float) -> None:
+    def __init__(self, import_path: str, log_level: str, timeout: float, stall_after: float = STALL_AFTER) -> None:
         self.import_path = import_path
         self.log_level = log_level
         self.timeout = timeout
+        self.stall_after = stall_after
         self.pid = 0
         self.alive = False
         self.conn: Connection | None = None
         self.names: dict[int, str] = {}  # slot -> model name, for log lines
         self.listeners: dict[int, HostListener] = {}  # slot -> its pool's handler of host death
+        self.stall_listeners: dict[int, StallListener] = {}  # slot -> its pool's handler of a stall
+        self._busy_since = 0.0  # loop time the host last went from no request to some
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
         self._ready: asyncio.Future[HostReady] | None = None
@@ -254,11 +275,15 @@ class Host:
 
     # ------------------------------------------------------------------ commands
 
-    async def load(self, slot: int, spec: WorkerSpec, listener: HostListener) -> ModelLoaded:
+    async def load(
+        self, slot: int, spec: WorkerSpec, listener: HostListener, on_stall: StallListener | None = None
+    ) -> ModelLoaded:
         fut: asyncio.Future[ModelLoaded] = asyncio.get_running_loop().create_future()
         self._loads[slot] = fut
         self.names[slot] = spec.name
         self.listeners[slot] = listener
+        if on_stall is not None:
+            self.stall_listeners[slot] = on_stall
         try:
             self._send(LoadModel(slot, spec))
             return await asyncio.wait_for(fut, self.timeout)
@@ -271,6 +296,7 @@ class Host:
     def forget(self, slot: int) -> None:
         """Unload ``slot`` in the host (if it is alive) and stop listening for it."""
         self.listeners.pop(slot, None)
+        self.stall_listeners.pop(slot, None)
         self.names.pop(slot, None)
         if self.alive:
             with contextlib.suppress(WorkerDied):
@@ -298,8 +324,52 @@ class Host:
         return main_end, pid
 
     def submit(self, pending: Pending) -> None:
-        assert self.conn is not None
-        self.conn.send(pending)
+        conn = self.conn
+        assert conn is not None
+        if not conn.pending:
+            loop = asyncio.get_running_loop()
+            self._busy_since = loop.time()
+            if self._stall_timer is None:
+                self._stall_timer = loop.call_later(self.stall_after, self._check_stall)
+        conn.send(pending)
+
+    # ------------------------------------------------------------------ stalls
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds the host has had requests and answered nothing (0 while it has none)."""
+        conn = self.conn
+        if conn is None or not conn.pending:
+            return 0.0
+        return now - max(self._busy_since, conn.last_heard)
+
+    @property
+    def stalled(self) -> bool:
+        return self.quiet_for(asyncio.get_running_loop().time()) >= self.stall_after
+
+    def _check_stall(self) -> None:
+        """One timer per busy spell: tells the models waiting on a stalled host, then looks
+        again every ``stall_after`` while it stays stalled (a model that sends its first
+        request to it meanwhile is told at the next look)."""
+        self._stall_timer = None
+        conn = self.conn
+        if conn is None or not conn.pending or not self.alive:
+            return
+        loop = asyncio.get_running_loop()
+        quiet = self.quiet_for(loop.time())
+        if quiet >= self.stall_after:
+            culprit = next(iter(conn.pending.values())).slot  # the oldest: the call it is stuck in
+            for slot in {p.slot for p in conn.pending.values()}:
+                listener = self.stall_listeners.get(slot)
+                if listener is not None:
+                    listener(self, slot == culprit)
+            quiet = 0.0
+        if conn.pending and self.alive:
+            self._stall_timer = loop.call_later(self.stall_after - quiet, self._check_stall)
+
+    @property
+    def idle(self) -> bool:
+        """Holds no model and runs no request: a sibling in this state can be stopped."""
+        return not self.listeners and not self._loads and (self.conn is None or not self.conn.pending)
 
     # ------------------------------------------------------------------ death
 
@@ -311,6 +381,9 @@ class Host:
             return
         self.alive = False
         loop = asyncio.get_running_loop()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._ctl is not None:
             with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(self._ctl.fileno())
@@ -333,6 +406,7 @@ class Host:
             if self.conn.alive and self.conn.transport is not None:
                 self.conn.transport.abort()
         listeners, self.listeners = self.listeners, {}
+        self.stall_listeners = {}
         for slot, listener in listeners.items():
             listener(self, orphans.get(slot, []))
 
@@ -369,12 +443,14 @@ class Templates:
     fork), hosts are started as fresh interpreters.
     """
 
-    def __init__(self, log_level: str = "info", timeout: float = 600.0) -> None:
+    def __init__(self, log_level: str = "info", timeout: float = 600.0, stall_after: float = STALL_AFTER) -> None:
         self.log_level = log_level
         self.timeout = timeout
+        self.stall_after = stall_after
         self._paths: list[str] = []
         self._root_proc: _Root | None = None
-        self._hosts: dict[str, Host] = {}
+        self._hosts: dict[str, list[Host]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._next_slot = 0
 
@@ -403,16 +479,23 @@ class Templates:
             return None
         return root if root.alive else None
 
-    async def host(self, import_path: str) -> Host:
-        """The live host of a runtime, started (or replaced) if need be."""
-        host = self._hosts.get(import_path)
-        if host is not None and host.alive:
+    async def host(self, import_path: str, avoid: Host | None = None) -> Host:
+        """A live host of a runtime, started (or replaced) if need be: one that is not
+        stalled where there is one. With ``avoid`` (a stalled host a model is leaving), a
+        host other than it, a new sibling if none is free, or ``avoid`` itself when the
+        runtime already has ``MAX_HOSTS``."""
+        host = self._pick(import_path, avoid)
+        if host is not None:
             return host
         async with self._lock:
-            host = self._hosts.get(import_path)
-            if host is not None and host.alive:
+            host = self._pick(import_path, avoid)
+            if host is not None:
                 return host
-            host = Host(import_path, self.log_level, self.timeout)
+            hosts = self._hosts.setdefault(import_path, [])
+            hosts[:] = [h for h in hosts if h.alive]
+            if avoid is not None and len(hosts) >= MAX_HOSTS:
+                return avoid
+            host = Host(import_path, self.log_level, self.timeout, self.stall_after)
             root = await self._root(import_path)
             try:
                 await host.start(root)
@@ -420,14 +503,31 @@ class Templates:
                 if root is None:
                     raise
                 await host.start(None)  # the root went away meanwhile: a fresh interpreter
-            self._hosts[import_path] = host
+            hosts.append(host)
             return host
 
+    def _pick(self, import_path: str, avoid: Host | None) -> Host | None:
+        live = [h for h in self._hosts.get(import_path, ()) if h.alive and h is not avoid]
+        if avoid is not None:
+            return next((h for h in live if not h.stalled), None)
+        return next((h for h in live if not h.stalled), live[0] if live else None)
+
+    def release(self, host: Host) -> None:
+        """A model left ``host``: stop it if it is now an idle sibling (the runtime has another
+        live host), so that a stall does not leave a process behind for good."""
+        hosts = self._hosts.get(host.import_path, [])
+        if host.alive and host.idle and any(h.alive and h is not host for h in hosts):
+            hosts.remove(host)
+            task = asyncio.get_running_loop().create_task(host.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def hosts(self) -> list[Host]:
-        return [h for h in self._hosts.values() if h.alive]
+        return [h for hosts in self._hosts.values() for h in hosts if h.alive]
 
     async def aclose(self) -> None:
-        hosts, self._hosts = list(self._hosts.values()), {}
+        hosts = [h for group in self._hosts.values() for h in group]
+        self._hosts = {}
         await asyncio.gather(*(h.aclose() for h in hosts), return_exceptions=True)
         root, self._root_proc = self._root_proc, None
         if root is not None:

@@ -1,0 +1,120 @@
+"""Isolation inside a runtime's shared host: no model waits for another model's call.
+
+Quiet models of one runtime share a host process. These tests hold that a model whose
+calls are long (measured) gets workers of its own, and that a call that stalls the host
+(a hang, or a first call nobody has measured yet) does not hold up the host's other
+models: they move to a sibling host and are answered while the call still runs.
+
+Real server processes and the toy runtimes; which process answered is the ``pid`` output
+of the toy model, and process names are read with psutil.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+from support import infer_body, metric, named_processes, output, toy_model
+
+from runtime_core.testing import ServerProcess, wait_until
+
+
+def infer(server: ServerProcess, model: str, value: float, timeout: float = 120.0, **params: Any) -> tuple[int, Any]:
+    status, body, _ = server.request(
+        "POST",
+        f"/v2/models/{model}/infer",
+        json.dumps(infer_body([value], **params)).encode(),
+        {"Content-Type": "application/json"},
+        timeout=timeout,
+    )
+    return status, json.loads(body)
+
+
+def pid_of(doc: Any) -> int:
+    return int(output(doc, "pid")[0])
+
+
+def process_name(pid: int) -> str:
+    return psutil.Process(pid).name()
+
+
+def hosts(server: ServerProcess) -> list[int]:
+    return [proc.pid for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
+
+
+def dedicated(server: ServerProcess, model: str) -> list[int]:
+    suffix = ":" + model
+    return [proc.pid for name, proc in named_processes(server.pid) if name.startswith("rc-w") and name.endswith(suffix)]
+
+
+def test_a_hung_call_on_the_shared_host_does_not_hold_up_its_other_models(tmp_path: Path, serve: Any) -> None:
+    """``stuck`` hangs in the host it shares with ``light``: ``light`` is answered (by a
+    sibling host) while that call still runs, instead of waiting for ``worker_timeout``."""
+    repo = tmp_path / "repo"
+    toy_model(repo, "stuck")
+    toy_model(repo, "light")
+    server = serve(repo)
+    status, doc = infer(server, "light", 1.0)
+    assert status == 200, doc
+    (host,) = hosts(server)
+    assert pid_of(doc) == host
+    marker = tmp_path / "stuck-started"
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        hung = ex.submit(infer, server, "stuck", 2.0, 300.0, hang=True, started_file=str(marker))
+        wait_until(marker.exists, message="the host to be running the hung call")
+        answers = [infer(server, "light", float(i)) for i in range(5)]
+        assert not hung.done(), "light waited for the hung call"
+        for i, (status, doc) in enumerate(answers):
+            assert status == 200 and output(doc, "y") == [float(i)], doc
+            assert pid_of(doc) != host
+            assert process_name(pid_of(doc)).startswith("rc-h:")
+        server.stop(signal.SIGKILL)  # ends the hung call too (a drain would wait for it)
+
+
+def test_a_costly_model_gets_a_worker_of_its_own_and_the_host_keeps_the_cheap_ones(
+    tmp_path: Path, serve: Any
+) -> None:
+    """Once ``costly`` is measured as costly, its requests run on a dedicated worker: a long
+    call of it no longer shares a process with ``light``, which stays on its host."""
+    repo = tmp_path / "repo"
+    toy_model(repo, "costly", parameters={"extra": {"sleep": 0.02}})
+    toy_model(repo, "light")
+    server = serve(repo)
+    (host,) = hosts(server)
+    status, doc = infer(server, "costly", 1.0)  # unmeasured: the host runs it
+    assert status == 200 and pid_of(doc) == host, doc
+    status, doc = infer(server, "costly", 2.0)
+    assert status == 200, doc
+    worker = pid_of(doc)
+    assert worker in dedicated(server, "costly")
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        long_call = ex.submit(infer, server, "costly", 3.0, 300.0, hang=True)
+        wait_until(lambda: metric(server, "inflight_requests", "costly") == 1, message="the long call to start")
+        for i in range(3):
+            status, doc = infer(server, "light", float(i))
+            assert status == 200 and pid_of(doc) == host, doc
+        assert not long_call.done()
+        server.stop(signal.SIGKILL)
+
+
+def test_a_costly_model_back_from_idle_runs_on_a_new_worker_not_on_the_host(tmp_path: Path, serve: Any) -> None:
+    """Its workers retire when it goes quiet; its next request waits for a fresh one (a fork
+    from the host) rather than run on the host the cheap models share."""
+    repo = tmp_path / "repo"
+    toy_model(repo, "costly", parameters={"extra": {"sleep": 0.02}})
+    server = serve(repo, env={"RUNTIME_CORE_WORKER_IDLE_TIMEOUT": "0.5"})
+    (host,) = hosts(server)
+    for value in (1.0, 2.0):
+        status, doc = infer(server, "costly", value)
+        assert status == 200, doc
+    first = pid_of(doc)
+    assert first != host
+    wait_until(lambda: not dedicated(server, "costly"), message="costly's worker to retire")
+    status, doc = infer(server, "costly", 3.0)
+    assert status == 200 and output(doc, "y") == [3.0], doc
+    assert pid_of(doc) not in (host, first)
+    assert pid_of(doc) in dedicated(server, "costly")
