@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
@@ -44,6 +46,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from runtime_core.control import (
@@ -79,6 +82,26 @@ def _resident_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
         return 0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_trim = _malloc_trim()
+
+
+def _give_back_memory() -> None:
+    """Return what an unloaded model freed to the system. The allocator keeps freed blocks in
+    its heap for reuse; after many loads and unloads (eviction churn) a host held several
+    times the memory of the models it had loaded. ``malloc_trim`` hands the free pages back."""
+    if _trim is not None:
+        _trim(0)
 
 
 def _send(ctl: socket.socket, message: Any, fds: list[int] | None = None) -> None:
@@ -134,6 +157,8 @@ class _Host:
         if entry is not None:
             with contextlib.suppress(Exception):
                 self.loop.run_until_complete(entry[1].unload())
+            del entry
+            _give_back_memory()
 
     def spawn(self, command: SpawnWorker, fd: int) -> None:
         entry = self.models.get(command.slot)

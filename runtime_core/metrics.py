@@ -267,9 +267,20 @@ class ServerMetrics:
         resident = GaugeMetricFamily(f"{PREFIX}_models_resident", "Models loaded in a host process now.")
         resident.add_metric([], residency.resident)
         resident_bytes = GaugeMetricFamily(
-            f"{PREFIX}_models_resident_bytes", "Memory the resident models took when they loaded (estimate)."
+            f"{PREFIX}_models_resident_bytes",
+            "Memory the host processes hold beyond what they held at start (resident set size): the"
+            " resident models and what loading and unloading left behind.",
         )
-        resident_bytes.add_metric([], residency.used)
+        resident_bytes.add_metric([], residency.held())
+        accounted = GaugeMetricFamily(
+            f"{PREFIX}_models_accounted_bytes",
+            "Memory counted against memory_budget: what each resident model took when it loaded.",
+        )
+        accounted.add_metric([], residency.used)
+        recycles = CounterMetricFamily(
+            f"{PREFIX}_host_recycles", "Hosts replaced because their memory grew past memory_budget plus slack."
+        )
+        recycles.add_metric([], residency.recycles)
         live = GaugeMetricFamily(f"{PREFIX}_workers_live", "Dedicated worker processes of all models now.")
         live.add_metric([], sum(r.pool.health().ready for r in self.repository.records() if r.pool is not None))
         spawns = CounterMetricFamily(f"{PREFIX}_worker_spawns", "Dedicated workers started on demand.")
@@ -290,4 +301,5 @@ class ServerMetrics:
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
         cold.add_metric([], buckets, residency.cold_start_seconds)
-        yield from (resident, resident_bytes, live, spawns, spawn_seconds, retirements, evictions, cold)
+        yield from (resident, resident_bytes, accounted, live, spawns, spawn_seconds, retirements, evictions, recycles)
+        yield cold

@@ -272,8 +272,10 @@ class ProcessPool(ModelPool):
         called while nothing is in flight."""
         if self.state is not RESIDENT or self._host is None:
             return
-        self._host.forget(self._slot)
+        host = self._host
+        host.forget(self._slot)
         self._host, self._slot = None, 0
+        self._templates.release(host)
         self.state = EVICTED
         for conn in self._workers:
             if conn is not None and conn.ready:
@@ -305,6 +307,7 @@ class ProcessPool(ModelPool):
                 conn.kill()
         if self._host is not None:
             self._host.forget(self._slot)
+            self._templates.release(self._host)
             self._host = None
         self._residency.remove(self)
         self.state = EVICTED
@@ -551,12 +554,21 @@ class ProcessPool(ModelPool):
         """``host`` has answered nothing for a while with requests of this model waiting."""
         if culprit:
             self._stalled_host = True  # its next requests go to workers of its own
-            return
+        else:
+            self.move_off(host, "its host was stalled")
+
+    @property
+    def host(self) -> Host | None:
+        """The host holding the model while it is resident."""
+        return self._host
+
+    def move_off(self, host: Host, why: str) -> None:
+        """Start moving to another host of the runtime, if the model is resident on ``host``."""
         if host is self._host and self.state is RESIDENT and not self._closing:
             if self._moving is None or self._moving.done():
-                self._moving = asyncio.get_running_loop().create_task(self._move(host))
+                self._moving = asyncio.get_running_loop().create_task(self._move(host, why))
 
-    async def _move(self, stalled: Host) -> None:
+    async def _move(self, stalled: Host, why: str) -> None:
         """Load the model into a sibling host that is not stalled, send it the requests that
         wait in ``stalled`` (their replies from there, if any come, are dropped), and leave."""
         try:
@@ -566,7 +578,7 @@ class ProcessPool(ModelPool):
             slot = self._templates.new_slot()
             loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
         except (RuntimeCoreError, OSError) as exc:
-            log.warning("model %r: could not move off a stalled host: %s", self.name, exc)
+            log.warning("model %r: could not move to another host (%s): %s", self.name, why, exc)
             return
         if self._closing or self._host is not stalled or not host.alive:
             host.forget(slot)  # evicted, unloaded or moved meanwhile
@@ -582,7 +594,7 @@ class ProcessPool(ModelPool):
                 del stalled.conn.pending[rid]
                 pending.slot = slot
                 host.submit(pending)
-        log.info("model %r moved to a sibling host (pid %d): its host was stalled", self.name, host.pid)
+        log.info("model %r moved to another host (pid %d): %s", self.name, host.pid, why)
         self._templates.release(stalled)
 
     # ------------------------------------------------------------------ elasticity

@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runtime_core.pools")
 
+#: How far a host's memory may grow past ``memory_budget`` before it is recycled (replaced by a
+#: fresh host that loads its models again): half the budget, at least this many bytes. Loading,
+#: running and unloading leave memory behind that no eviction gives back (the allocator's free
+#: lists, objects a model kept alive); only a new process does. The slack also covers what a
+#: host imports on its first load of a kind of model (a framework's submodules), which stays.
+RECYCLE_SLACK_MIN = 64 * 1024 * 1024
+
 #: Upper bounds (seconds) of the cold-start histogram buckets.
 COLD_START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -48,6 +55,7 @@ class Residency:
         self._lru: OrderedDict[ProcessPool, int] = OrderedDict()
         self._active: set[ProcessPool] = set()  # pools with requests in flight or workers
         self.evictions = 0
+        self.recycles = 0
         self.spawns = 0
         self.retirements = 0
         self.spawn_seconds = 0.0
@@ -88,6 +96,44 @@ class Residency:
                 if victim is not pool and not victim.inflight:
                     victim.evict()
                     self.evictions += 1
+        self.check_memory()
+
+    @property
+    def slack(self) -> int:
+        """How far a host's real memory may pass what it should hold before it is recycled."""
+        return max(RECYCLE_SLACK_MIN, self.budget // 2)
+
+    def held(self) -> int:
+        """Bytes the hosts really hold for their models: their growth since they started."""
+        return sum(host.grown() for host in self.templates.hosts())
+
+    def check_memory(self) -> None:
+        """Recycle a host whose real memory drifted: it grew past what it should hold (its
+        resident models' share of the budget: ``memory_budget``, or more while models with
+        requests in flight keep it past the budget) plus ``slack``. Its models load into a
+        fresh host (each served by the old one until it has moved) and the old host stops once
+        it holds none. Called after each load and on supervisor passes."""
+        accounted: dict[int, int] = {}
+        for pool, memory in self._lru.items():
+            host = pool.host
+            if host is not None:
+                accounted[id(host)] = accounted.get(id(host), 0) + memory
+        for host in self.templates.hosts():
+            if not host.retiring:
+                limit = max(self.budget, accounted.get(id(host), 0)) + self.slack
+                grown = host.grown()
+                if grown <= limit:
+                    continue
+                host.retiring = True
+                self.recycles += 1
+                log.warning(
+                    "the host of %s (pid %d) holds %d MiB beyond its start, past what its models take plus"
+                    " slack (%d MiB): its models move to a fresh host",
+                    host.import_path, host.pid, grown >> 20, limit >> 20,
+                )
+            for pool in list(self._lru):
+                pool.move_off(host, "its host is being recycled")
+            self.templates.release(host)
 
     def resized(self, pool: ProcessPool, memory: int) -> None:
         """``pool`` was loaded again elsewhere (it moved hosts) and now takes ``memory``."""
@@ -136,6 +182,7 @@ class Residency:
                     log.exception("model %r: supervisor pass failed", pool.name)
                 if not pool.inflight and not pool.has_workers:
                     self._active.discard(pool)
+            self.check_memory()
             for host in self.templates.hosts():
                 conn = host.conn
                 if conn is None or not conn.pending:

@@ -65,6 +65,19 @@ def _template_env() -> dict[str, str]:
     return env
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (0 if it is gone): one small read of
+    ``/proc/<pid>/statm``, cheap enough for every load and supervisor pass."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -182,6 +195,9 @@ class Host:
         self.listeners: dict[int, HostListener] = {}  # slot -> its pool's handler of host death
         self.stall_listeners: dict[int, StallListener] = {}  # slot -> its pool's handler of a stall
         self._busy_since = 0.0  # loop time the host last went from no request to some
+        self.baseline = 0  # its resident set size when it became ready: the runtime, no model
+        #: Being replaced (its memory drifted past the budget): no model is sent to it any more.
+        self.retiring = False
         self._stall_timer: asyncio.TimerHandle | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
@@ -228,6 +244,12 @@ class Host:
         except TimeoutError:
             self.kill()
             raise ModelLoadError("the runtime's host process did not start") from None
+        self.baseline = resident_bytes(self.pid)
+
+    def grown(self) -> int:
+        """Bytes of memory the host holds beyond what it held when it started (its resident
+        set size): the models it holds, and what loading and unloading left behind."""
+        return max(0, resident_bytes(self.pid) - self.baseline) if self.alive else 0
 
     # ------------------------------------------------------------------ control socket
 
@@ -357,7 +379,9 @@ class Host:
         loop = asyncio.get_running_loop()
         quiet = self.quiet_for(loop.time())
         if quiet >= self.stall_after:
-            culprit = next(iter(conn.pending.values())).slot  # the oldest: the call it is stuck in
+            # The oldest request is the call it is stuck in, unless it is loading a model (loads
+            # and requests share the host's one thread): then no model's call is to blame.
+            culprit = next(iter(conn.pending.values())).slot if not self._loads else -1
             for slot in {p.slot for p in conn.pending.values()}:
                 listener = self.stall_listeners.get(slot)
                 if listener is not None:
@@ -493,7 +517,8 @@ class Templates:
                 return host
             hosts = self._hosts.setdefault(import_path, [])
             hosts[:] = [h for h in hosts if h.alive]
-            if avoid is not None and len(hosts) >= MAX_HOSTS:
+            # Retiring hosts do not count: they stop once their models have moved.
+            if avoid is not None and sum(1 for h in hosts if not h.retiring) >= MAX_HOSTS:
                 return avoid
             host = Host(import_path, self.log_level, self.timeout, self.stall_after)
             root = await self._root(import_path)
@@ -507,7 +532,7 @@ class Templates:
             return host
 
     def _pick(self, import_path: str, avoid: Host | None) -> Host | None:
-        live = [h for h in self._hosts.get(import_path, ()) if h.alive and h is not avoid]
+        live = [h for h in self._hosts.get(import_path, ()) if h.alive and h is not avoid and not h.retiring]
         if avoid is not None:
             return next((h for h in live if not h.stalled), None)
         return next((h for h in live if not h.stalled), live[0] if live else None)
@@ -516,7 +541,7 @@ class Templates:
         """A model left ``host``: stop it if it is now an idle sibling (the runtime has another
         live host), so that a stall does not leave a process behind for good."""
         hosts = self._hosts.get(host.import_path, [])
-        if host.alive and host.idle and any(h.alive and h is not host for h in hosts):
+        if host.alive and host.idle and (host.retiring or any(h.alive and h is not host for h in hosts)):
             hosts.remove(host)
             task = asyncio.get_running_loop().create_task(host.aclose())
             self._closing.add(task)
@@ -528,7 +553,7 @@ class Templates:
     async def aclose(self) -> None:
         hosts = [h for group in self._hosts.values() for h in group]
         self._hosts = {}
-        await asyncio.gather(*(h.aclose() for h in hosts), return_exceptions=True)
+        await asyncio.gather(*(h.aclose() for h in hosts), *self._closing, return_exceptions=True)
         root, self._root_proc = self._root_proc, None
         if root is not None:
             await root.aclose()

@@ -27,6 +27,9 @@ def _extra(runtime: Runtime, key: str, default: float) -> float:
     return float(runtime.settings.parameters.extra.get(key, default))
 
 
+_LEAKED: list[bytes] = []
+
+
 class Identity(Runtime):
     """Returns its first input as ``y`` plus the worker's pid, the number of calls so far, and
     where (``loaded_in``, a pid) and when (``loaded_at``, ns) this instance was loaded.
@@ -37,6 +40,7 @@ class Identity(Runtime):
     ``sleep`` overrides the per-call sleep; ``value_error``, ``attribute_error`` and
     ``return_none`` fail in those ways; ``label_output`` mislabels the output ``y``;
     ``started_file`` appends the worker's pid to that file when the call starts.
+    ``parameters.extra.leak_mb`` makes each load keep that many MiB for good (a leak).
     """
 
     name = "toy-identity"
@@ -51,6 +55,9 @@ class Identity(Runtime):
         delay = _extra(self, "load_sleep", 0.0)
         if delay:
             time.sleep(delay)
+        leak = int(_extra(self, "leak_mb", 0.0))
+        if leak:  # memory that unloading never gives back, as a leaky framework would keep
+            _LEAKED.append(b"\1" * (leak << 20))
 
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
         self.calls += 1
