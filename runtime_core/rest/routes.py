@@ -6,6 +6,7 @@ from aiohttp import web
 
 from runtime_core.rest import handlers
 from runtime_core.rest.status import setup_status_routes
+from runtime_core.rest.swagger import setup_swagger_routes
 
 
 def setup_routes(app: web.Application) -> None:
@@ -24,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v2/repository/models/{model}/load", handlers.repository_load)
     app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)
     app.router.add_get("/v2/docs/openapi.json", handlers.openapi)
+    setup_swagger_routes(app)
     # Triton's shared-memory extension, refused with a clear 400 rather than a 404
     for kind in ("systemsharedmemory", "cudasharedmemory"):
         app.router.add_get(f"/v2/{kind}/status", handlers.shared_memory)
