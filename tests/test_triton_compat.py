@@ -183,7 +183,7 @@ def test_an_unknown_model_is_answered_in_tritons_words(
 
 
 def test_the_shared_memory_calls_are_refused_clearly(
-    http: httpclient.InferenceServerClient, grpc_client: grpcclient.InferenceServerClient
+    server: ServerProcess, http: httpclient.InferenceServerClient, grpc_client: grpcclient.InferenceServerClient
 ) -> None:
     for client, expected in ((http, "400"), (grpc_client, "UNIMPLEMENTED")):
         for call in (
@@ -199,6 +199,7 @@ def test_the_shared_memory_calls_are_refused_clearly(
                 expected,
                 "shared memory is not supported by this server; send the tensors in the request",
             )
+    assert "Traceback" not in server.output()  # an answer, not an unexpected error
     good_inference(http, httpclient)
 
 

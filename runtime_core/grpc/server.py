@@ -317,7 +317,8 @@ class InferenceService:
                 "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
                 "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
                 **{
-                    f"{kind}SharedMemory{call}": unary(self.shared_memory)
+                    # not through _answering_errors: the abort is the answer, not an error to map
+                    f"{kind}SharedMemory{call}": grpc.unary_unary_rpc_method_handler(self.shared_memory)
                     for kind in ("System", "Cuda")
                     for call in ("Status", "Register", "Unregister")
                 },
