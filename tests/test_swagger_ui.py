@@ -33,6 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         inputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}],
         outputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}],
     )
+    write_model(root / "v", name="versioned", runtime="echo", parallel_workers=0, parameters={"version": "3"})
     proc = ServerProcess(root)
     yield proc
     proc.stop()
@@ -128,10 +129,30 @@ def test_the_model_page_shows_that_models_paths_and_runs_a_request(page: Any, se
     }
 
 
+def test_a_versions_page_shows_that_versions_paths(page: Any, server: ServerProcess) -> None:
+    expected = operations(server, "/v2/models/versioned/versions/3/docs/openapi.json")
+    assert ("POST", "/v2/models/versioned/versions/3/infer") in expected
+    assert all(path.startswith("/v2/models/versioned/versions/3") for _, path in expected)
+    page.goto(server.url + "/v2/models/versioned/versions/3/docs")
+    page.locator(".opblock").nth(len(expected) - 1).wait_for()
+    assert shown(page) == expected
+
+
+def test_mlservers_addresses_of_the_documents_serve_the_same(server: ServerProcess) -> None:
+    for ours, theirs in (
+        ("/v2/docs/openapi.json", "/v2/docs/dataplane.json"),
+        ("/v2/models/echo/docs/openapi.json", "/v2/models/echo/docs/dataplane.json"),
+        ("/v2/models/versioned/versions/3/docs/openapi.json", "/v2/models/versioned/versions/3/docs/dataplane.json"),
+    ):
+        assert server.get(ours) == server.get(theirs)
+
+
 def test_an_unknown_models_page_is_not_found(server: ServerProcess) -> None:
     for path in ("/v2/models/nope/docs", "/v2/models/nope/docs/openapi.json"):
         status, doc = server.get(path)
         assert status == 404 and doc == {"error": "Request for unknown model: 'nope' is not found"}
+    status, doc = server.get("/v2/models/versioned/versions/9/docs")
+    assert status == 404 and doc == {"error": "Request for unknown model: 'versioned' version '9' is not found"}
 
 
 def test_the_assets_are_the_listed_files_only(server: ServerProcess) -> None:

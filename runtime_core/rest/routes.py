@@ -25,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v2/repository/models/{model}/load", handlers.repository_load)
     app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)
     app.router.add_get("/v2/docs/openapi.json", handlers.openapi)
+    app.router.add_get("/v2/docs/dataplane.json", handlers.openapi)  # MLServer's name for it
     setup_swagger_routes(app)
     # Triton's shared-memory extension, refused with a clear 400 rather than a 404
     for kind in ("systemsharedmemory", "cudasharedmemory"):
