@@ -21,6 +21,7 @@ from typing import Any
 from runtime_core import __version__
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import Forbidden, ModelNotReady, PayloadTooLarge, Unauthorized, error_from_code
+from runtime_core.modelconfig import triton_config
 from runtime_core.repository import ModelRecord, ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings
@@ -96,6 +97,14 @@ class DataPlane:
         body["inputs"] = [t.to_json() for t in meta.inputs]
         body["outputs"] = [t.to_json() for t in meta.outputs]
         return body
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The ready model's configuration in Triton's shape (see :mod:`runtime_core.modelconfig`)."""
+        record = self.ready_model(name, version)
+        meta = record.metadata
+        if meta is None:
+            raise ModelNotReady(f"model {record.name!r} is not ready ({record.state.value})", model=record.name)
+        return triton_config(record, meta)
 
     # ------------------------------------------------------------------ inference
 

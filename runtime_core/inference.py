@@ -47,7 +47,7 @@ from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
 from runtime_core.runtime import Runtime
-from runtime_core.sanitize import client_message, error_id
+from runtime_core.sanitize import client_message, error_id, quoted
 from runtime_core.tracing import attach, detach
 
 __all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler", "client_message"]
@@ -202,7 +202,8 @@ class ModelHandler:
             missing = [o.name for o in request.outputs if o.name not in produced]
             if missing:
                 raise InvalidRequest(
-                    f"unknown output {missing[0]!r}; model {self.model_name!r} has {', '.join(produced) or 'none'}"
+                    f"unknown output {quoted(missing[0])}; model {self.model_name!r} has "
+                    f"{', '.join(produced) or 'none'}"
                 )
             outputs = [produced[o.name] for o in request.outputs]
         reply = InferenceResponse(outputs, response.parameters)

@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from runtime_core.errors import InferenceFailed, InvalidRequest, PayloadTooLarge
+from runtime_core.sanitize import quoted
 
 __all__ = [
     "CONTENT_TYPES",
@@ -143,8 +144,8 @@ class Tensor:
 
         Raises :class:`InvalidRequest` for a tensor that is not BYTES or not valid UTF-8."""
         if self.datatype != "BYTES":
-            raise InvalidRequest(f"input {self.name!r} is {self.datatype}; text must be sent as BYTES")
-        return _strings(self.data, f"input {self.name!r}")
+            raise InvalidRequest(f"input {quoted(self.name)} is {self.datatype}; text must be sent as BYTES")
+        return _strings(self.data, f"input {quoted(self.name)}")
 
 
 @dataclass(slots=True)
@@ -168,7 +169,7 @@ class InferenceRequest:
         for tensor in self.inputs:
             if tensor.name == name:
                 return tensor
-        raise InvalidRequest(f"the request has no input named {name!r}")
+        raise InvalidRequest(f"the request has no input named {quoted(name)}")
 
     @property
     def output_names(self) -> list[str]:
@@ -208,14 +209,14 @@ class InferenceRequest:
                 array = array[:, 0]
             if array.ndim != 1:
                 raise InvalidRequest(
-                    f"input {tensor.name!r} has shape {tensor.shape}; with content type 'pd' each input"
+                    f"input {quoted(tensor.name)} has shape {tensor.shape}; with content type 'pd' each input"
                     " is one column and must be [n] or [n, 1]"
                 )
             if tensor.datatype == "BYTES" and self.input_content_type(tensor) != "base64":
-                array = _strings(array, f"input {tensor.name!r}")
+                array = _strings(array, f"input {quoted(tensor.name)}")
             columns[tensor.name] = array
         if len({len(a) for a in columns.values()}) > 1:
-            counts = ", ".join(f"{name!r}: {len(a)}" for name, a in columns.items())
+            counts = ", ".join(f"{quoted(name)}: {len(a)}" for name, a in columns.items())
             raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
         return pandas.DataFrame(columns)
 
@@ -290,9 +291,9 @@ def _check_content_type(value: Any, where: str, allowed: tuple[str, ...]) -> str
             raise InvalidRequest(f"{where}: 'parameters.content_type' must be a string")
         if value in CONTENT_TYPES:
             raise InvalidRequest(
-                f"{where}: content type {value!r} does not apply here; use one of {', '.join(allowed)}"
+                f"{where}: content type {quoted(value)} does not apply here; use one of {', '.join(allowed)}"
             )
-        raise InvalidRequest(f"{where}: unknown content type {value!r}; expected one of {', '.join(allowed)}")
+        raise InvalidRequest(f"{where}: unknown content type {quoted(value)}; expected one of {', '.join(allowed)}")
     return str(value)
 
 
@@ -308,7 +309,7 @@ def _decode_content(
     else:
         _check_content_type(content_type, where, CONTENT_TYPES)
         if content_type in _TEXT_CONTENT_TYPES and datatype != "BYTES":
-            raise InvalidRequest(f"{where}: content type {content_type!r} needs datatype BYTES, not {datatype}")
+            raise InvalidRequest(f"{where}: content type {quoted(content_type)} needs datatype BYTES, not {datatype}")
     if content_type == "base64":
         return decode_base64(data, where)
     if content_type == "str" and binary:  # JSON strings are valid UTF-8 already
@@ -341,12 +342,12 @@ def stack_columns(columns: list[tuple[str, np.ndarray[Any, Any]]]) -> np.ndarray
             array = array.reshape(-1, 1)
         elif array.ndim != 2:
             raise InvalidRequest(
-                f"input {name!r} has shape {list(array.shape)}; when a request has several inputs,"
+                f"input {quoted(name)} has shape {list(array.shape)}; when a request has several inputs,"
                 " each must be [n] or [n, k] and they are joined column-wise"
             )
         arrays.append(array)
     if len({a.shape[0] for a in arrays}) > 1:
-        counts = ", ".join(f"{name!r}: {a.shape[0]}" for (name, _), a in zip(columns, arrays, strict=True))
+        counts = ", ".join(f"{quoted(name)}: {a.shape[0]}" for (name, _), a in zip(columns, arrays, strict=True))
         raise InvalidRequest(f"the inputs have different numbers of rows ({counts})")
     return np.concatenate(arrays, axis=1)
 
@@ -362,12 +363,31 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+#: Triton's shared-memory extension names a tensor's data by these parameters; the data
+#: never travels in the request. runtime-core has no shared-memory regions to read it from.
+SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+#: What a request or an endpoint that needs shared memory is answered.
+SHARED_MEMORY_UNSUPPORTED = "shared memory is not supported by this server; send the tensors in the request"
+
+
+def refuse_shared_memory(params: dict[str, Any], where: str) -> None:
+    """Raise :class:`InvalidRequest` when a tensor's ``params`` name shared memory, so that a
+    Triton client using it learns why, rather than reading "has no 'data'"."""
+    for key in SHARED_MEMORY_PARAMETERS:
+        if key in params:
+            raise InvalidRequest(f"{where}: parameter {key!r}: {SHARED_MEMORY_UNSUPPORTED}")
+
+
 def _shape(value: Any, where: str) -> tuple[int, ...]:
     # type(), not isinstance(): a bool is not a dimension
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
         raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers")
     # numpy cannot even describe an empty array beyond these limits
-    if len(value) > _MAX_DIMS or math.prod(d for d in value if d) > _MAX_ELEMENTS:
+    if len(value) > _MAX_DIMS:  # said without echoing the dimensions: they may be many
+        raise InvalidRequest(f"{where}: shape has {len(value)} dimensions, more than {_MAX_DIMS}")
+    if math.prod(d for d in value if d) > _MAX_ELEMENTS:
         raise InvalidRequest(f"{where}: shape {value} is too large")
     return tuple(value)
 
@@ -546,19 +566,22 @@ def decode_request(
         name = item.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"input {index}: 'name' must be a non-empty string")
-        where = f"input {name!r}"
+        where = f"input {quoted(name)}"
         if name in seen:
             raise InvalidRequest(f"{where}: appears twice")
         seen.add(name)
         datatype = item.get("datatype")
         if not isinstance(datatype, str) or datatype not in DATATYPES:
-            raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+            raise InvalidRequest(
+                f"{where}: unknown datatype {quoted(datatype)}; expected one of {', '.join(DATATYPES)}"
+            )
         shape = _shape(item.get("shape"), where)
         if max_elements:
             elements += math.prod(shape)
             if elements > max_elements:
                 raise PayloadTooLarge(f"the request's inputs hold more than max_elements ({max_elements}) elements")
         params = _parameters(item.get("parameters"), where)
+        refuse_shared_memory(params, where)
         size = params.get("binary_data_size")
         if size is not None:
             data = _from_binary(tail, offset, size, datatype, shape, where)
@@ -581,8 +604,9 @@ def decode_request(
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidRequest(f"output {index}: must be an object with a 'name'")
             params = _parameters(item.get("parameters"), f"output {index}")
+            refuse_shared_memory(params, f"output {quoted(item['name'])}")
             if params and params.get("content_type") is not None:
-                _check_content_type(params["content_type"], f"output {item['name']!r}", _OUTPUT_CONTENT_TYPES)
+                _check_content_type(params["content_type"], f"output {quoted(item['name'])}", _OUTPUT_CONTENT_TYPES)
             outputs.append(RequestedOutput(item["name"], params))
     return InferenceRequest(inputs, outputs, request_id, request_parameters)
 
@@ -672,7 +696,8 @@ def _encode_content(
     if content_type is not None:
         if content_type in _TEXT_CONTENT_TYPES and tensor.datatype != "BYTES":
             raise InvalidRequest(
-                f"output {tensor.name!r} is {tensor.datatype}; content type {content_type!r} applies to BYTES outputs"
+                f"output {quoted(tensor.name)} is {tensor.datatype}; content type {quoted(content_type)}"
+                " applies to BYTES outputs"
             )
         params["content_type"] = content_type
     elif default in _TEXT_CONTENT_TYPES and tensor.datatype == "BYTES":

@@ -57,7 +57,9 @@ from runtime_core.protocol import (
     _shape,
     checked_output,
     decode_raw_tensor,
+    refuse_shared_memory,
 )
+from runtime_core.sanitize import quoted
 
 __all__ = ["GrpcInferenceRequest", "decode_grpc_request", "encode_grpc_response", "route"]
 
@@ -211,23 +213,28 @@ def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> G
         name = item.name
         if not name:
             raise InvalidRequest(f"input {index}: 'name' must be a non-empty string")
-        where = f"input {name!r}"
+        where = f"input {quoted(name)}"
         if name in seen:
             raise InvalidRequest(f"{where}: appears twice")
         seen.add(name)
         datatype = item.datatype
         if datatype not in DATATYPES:
-            raise InvalidRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}")
+            raise InvalidRequest(
+                f"{where}: unknown datatype {quoted(datatype)}; expected one of {', '.join(DATATYPES)}"
+            )
         shape = _shape(list(item.shape), where)
         if max_elements:
             elements += math.prod(shape)
             if elements > max_elements:
                 raise PayloadTooLarge(f"the request's inputs hold more than max_elements ({max_elements}) elements")
+        params = _parameters(item.parameters)
+        refuse_shared_memory(params, where)
         if raw_contents:
+            if item.contents.ListFields():  # Triton refuses the ambiguity too
+                raise InvalidRequest(f"{where}: has both contents and raw_input_contents; send one of them")
             data = decode_raw_tensor(raw_contents[index], datatype, shape, where, RAW_CONTENTS)
         else:
             data = _from_typed(item, datatype, shape, where)
-        params = _parameters(item.parameters)
         if params or default_content is not None:
             data = _decode_content(data, datatype, params, default_content, True, where)
         inputs.append(Tensor(name, data, datatype, params))
@@ -236,8 +243,9 @@ def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> G
         if not wanted.name:
             raise InvalidRequest(f"output {index}: 'name' must be a non-empty string")
         params = _parameters(wanted.parameters)
+        refuse_shared_memory(params, f"output {quoted(wanted.name)}")
         if params.get("content_type") is not None:
-            _check_content_type(params["content_type"], f"output {wanted.name!r}", _OUTPUT_CONTENT_TYPES)
+            _check_content_type(params["content_type"], f"output {quoted(wanted.name)}", _OUTPUT_CONTENT_TYPES)
         outputs.append(RequestedOutput(wanted.name, params))
     return GrpcInferenceRequest(inputs, outputs, message.id or None, request_parameters)
 

@@ -44,6 +44,7 @@ from runtime_core.pools.ray import RayPool
 from runtime_core.pools.residency import Residency
 from runtime_core.pools.templates import Templates
 from runtime_core.runtime import ModelMetadata, RuntimeContext
+from runtime_core.sanitize import quoted
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
     MODEL_NAME_RE,
@@ -277,14 +278,14 @@ class ModelRepository:
         """Load every version of ``name`` from the repository folder (reloading the loaded
         ones, unloading the ones whose folder is gone); errors if any version fails."""
         if not MODEL_NAME_RE.match(name) or ".." in name:
-            raise ModelNotFound(f"invalid model name {name!r}")
+            raise ModelNotFound(f"invalid model name {quoted(name)}")
         found, errors = self.scan()
         wanted = [s for s in found.values() if s.name == name]
         if not wanted:
             for error in errors:
                 if error.model is not None and split_key(error.model)[0] == name:
                     raise error
-            raise ModelNotFound(f"model {name!r} is not in the model repository", model=name)
+            raise ModelNotFound(f"model {quoted(name)} is not in the model repository", model=name)
         results = await asyncio.gather(*(self._load(s) for s in wanted), return_exceptions=True)
         keys = {s.key for s in wanted}
         for record in list(self._by_name.get(name, {}).values()):
@@ -387,7 +388,7 @@ class ModelRepository:
         """Unload every loaded version of ``name``."""
         loaded = [r for r in self._by_name.get(name, {}).values() if r.state is ModelState.READY]
         if not loaded:
-            raise ModelNotFound(f"model {name!r} is not loaded", model=name)
+            raise ModelNotFound(f"model {quoted(name)} is not loaded", model=name)
         await asyncio.gather(*(self._unload(r.key) for r in loaded))
 
     async def _unload(self, key: str) -> None:
@@ -477,7 +478,8 @@ class ModelRepository:
         version (see :func:`~runtime_core.settings.version_order`)."""
         versions = self._by_name.get(name)
         if not versions:
-            raise ModelNotFound(f"model {name!r} not found", model=name)
+            # Triton's wording, which Triton clients' examples look for (issue 21)
+            raise ModelNotFound(f"Request for unknown model: {quoted(name)} is not found", model=name)
         if version is None:
             if len(versions) == 1:  # the common case, on every request: nothing to choose
                 return next(iter(versions.values()))
@@ -488,7 +490,9 @@ class ModelRepository:
         for each in versions.values():  # MLServer's ``versions`` list, accepted as aliases
             if each.settings is not None and version in each.settings.versions:
                 return each
-        raise ModelNotFound(f"model {name!r} has no version {version!r}", model=name)
+        raise ModelNotFound(
+            f"Request for unknown model: {quoted(name)} version {quoted(version)} is not found", model=name
+        )
 
     @staticmethod
     def _default(versions: dict[str | None, ModelRecord]) -> ModelRecord:

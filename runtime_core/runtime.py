@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from runtime_core.errors import InvalidRequest
 from runtime_core.protocol import InferenceRequest, InferenceResponse, TensorSpec
+from runtime_core.sanitize import quoted
 
 if TYPE_CHECKING:
     from runtime_core.settings import ModelSettings
@@ -145,5 +146,5 @@ def check_requested_outputs(request: InferenceRequest, available: list[str] | tu
     names = request.output_names
     for name in names:
         if name not in available:
-            raise InvalidRequest(f"unknown output {name!r}; this model has {', '.join(available)}")
+            raise InvalidRequest(f"unknown output {quoted(name)}; this model has {', '.join(available)}")
     return names

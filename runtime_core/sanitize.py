@@ -5,7 +5,9 @@ before it leaves the process. It turns a message into one bounded line with no
 file paths, no secrets (``token=...``, ``Authorization: Bearer ...``, passwords
 in URLs), no log prefixes or stack traces of native libraries, and no internal
 Python type names. It is exported as ``runtime_core.client_message`` for
-plugins. Imports nothing from the package.
+plugins. :func:`quoted` is how an error quotes a name the client sent (a model,
+version, input or output name): bounded, so that a name of a megabyte cannot
+make the error itself too large to send. Imports nothing from the package.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import re
 import uuid
 
-__all__ = ["client_message", "error_id"]
+__all__ = ["client_message", "error_id", "quoted"]
 
 #: Longest message a client gets, in characters.
 MAX_LENGTH = 500
+#: Longest client-supplied name an error quotes, in characters (ellipsis included).
+NAME_LENGTH = 120
 
 # "[12:34:56] /src/learner.cc:123: " -- the prefix of native (xgboost, dmlc) log and error lines.
 _LOG_PREFIX = re.compile(r"\[\d{1,2}:\d{2}:\d{2}\]\s*(?:\S+?\.(?:cc|cu|cuh|h|hpp|cpp|c):\d+:\s*)?")
@@ -38,6 +42,17 @@ _INTERNAL_NAMES = re.compile(
     r"\b(?:NoneType|InferenceResponse|InferenceRequest|RequestedOutput|TensorSpec|RuntimeContext|ModelMetadata|"
     r"Envelope|Outcome|ModelHandler|BatchLoop|runtime_core(?:\.\w+)+)\b"
 )
+
+
+def quoted(name: object, limit: int = NAME_LENGTH) -> str:
+    """``name`` quoted for an error message, as ``repr`` quotes it, cut to at most ``limit``
+    characters with an ellipsis: a client may send any name, and a gRPC error's message
+    travels in metadata whose size is limited (a 1 MiB echo would fail the call with
+    RESOURCE_EXHAUSTED instead of the error it should get)."""
+    text = name if isinstance(name, str) else str(name)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return repr(text)
 
 
 def error_id() -> str:

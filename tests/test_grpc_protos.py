@@ -7,6 +7,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
+from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton
 
 import runtime_core.proto
@@ -33,9 +34,24 @@ def ours(tmp_path: Path) -> descriptor_pb2.FileDescriptorProto:
 
 
 def theirs() -> descriptor_pb2.FileDescriptorProto:
-    proto = descriptor_pb2.FileDescriptorProto()
+    """Triton's grpc_service.proto with the messages and enums of its model_config.proto (which
+    ours declares in the one file, under the same package)."""
+    proto, config = descriptor_pb2.FileDescriptorProto(), descriptor_pb2.FileDescriptorProto()
     triton.DESCRIPTOR.CopyToProto(proto)
+    triton_config.DESCRIPTOR.CopyToProto(config)
+    proto.message_type.extend(config.message_type)
+    proto.enum_type.extend(config.enum_type)
     return proto
+
+
+def enums(message: descriptor_pb2.DescriptorProto | descriptor_pb2.FileDescriptorProto) -> dict[str, int]:
+    """Every enum value of a file's or message's enums, nested ones included."""
+    found = {f"{e.name}.{v.name}": v.number for e in message.enum_type for v in e.value}
+    is_file = isinstance(message, descriptor_pb2.FileDescriptorProto)
+    nested_types = message.message_type if is_file else message.nested_type
+    for nested in nested_types:
+        found.update({f"{nested.name}.{k}": v for k, v in enums(nested).items()})
+    return found
 
 
 def fields(message: descriptor_pb2.DescriptorProto, prefix: str = "") -> dict[str, tuple[object, ...]]:
@@ -60,6 +76,9 @@ def test_every_message_and_rpc_matches_tritons_grpc_service(tmp_path: Path) -> N
         # Every field we declare has Triton's number and type; a field we leave out (ModelStatistics's
         # memory_usage) is one we never send.
         assert {k: reference_fields.get(k) for k in own} == own, message.name
+    # Enum values travel as numbers: every one we name has Triton's number (TYPE_FP32 is 11).
+    own_enums, reference_enums = enums(mine), enums(reference)
+    assert own_enums and {k: reference_enums.get(k) for k in own_enums} == own_enums
     (service,) = mine.service
     (reference_service,) = reference.service
     assert service.name == reference_service.name == "GRPCInferenceService"

@@ -291,8 +291,12 @@ def test_cors_preflight_allowed(cors_server: ServerProcess) -> None:
     assert headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert headers["Access-Control-Allow-Credentials"] == "true"
     assert headers["Access-Control-Allow-Methods"] == "GET, POST"
-    assert headers["Access-Control-Allow-Headers"] == "Authorization"
+    # As MLServer (Starlette) lists them: the allowed headers with the safelisted ones, sorted.
+    assert headers["Access-Control-Allow-Headers"] == (
+        "Accept, Accept-Language, Authorization, Content-Language, Content-Type"
+    )
     assert headers["Access-Control-Max-Age"] == "120"
+    assert headers["Vary"] == "Origin"
 
 
 @pytest.mark.parametrize(
@@ -308,7 +312,33 @@ def test_cors_preflight_refused(cors_server: ServerProcess, origin: str, method:
     status, body, headers = _preflight(cors_server, origin, method, asked)
     assert status == 400
     assert json.loads(body) == {"error": f"CORS preflight refused: disallowed {refused}"}
-    assert "Access-Control-Allow-Origin" not in headers
+    # A refused preflight still carries the policy, as MLServer's does (issue 21); the origin
+    # is named only when it is itself allowed.
+    assert headers["Access-Control-Allow-Methods"] == "GET, POST"
+    assert headers["Access-Control-Allow-Headers"] == (
+        "Accept, Accept-Language, Authorization, Content-Language, Content-Type"
+    )
+    assert (headers["Access-Control-Max-Age"], headers["Access-Control-Allow-Credentials"]) == ("120", "true")
+    assert headers["Vary"] == "Origin"
+    if refused == "origin":
+        assert "Access-Control-Allow-Origin" not in headers
+    else:
+        assert headers["Access-Control-Allow-Origin"] == origin
+
+
+def test_cors_preflight_with_any_origin_says_star_refused_or_not(tmp_path: Path) -> None:
+    write_model(tmp_path / "echo", name="echo", runtime="echo", parallel_workers=0)
+    (tmp_path / "settings.json").write_text(json.dumps({"cors_settings": {"allow_origins": ["*"]}}))
+    server = ServerProcess(tmp_path)
+    try:
+        for method, expected in (("GET", 200), ("POST", 400)):  # MLServer's default: GET only
+            status, _, headers = _preflight(server, "https://any.example", method, "content-type")
+            assert status == expected
+            assert headers["Access-Control-Allow-Origin"] == "*" and headers["Access-Control-Allow-Methods"] == "GET"
+            assert headers["Access-Control-Allow-Headers"] == "Accept, Accept-Language, Content-Language, Content-Type"
+            assert "Vary" not in headers and "Access-Control-Allow-Credentials" not in headers
+    finally:
+        server.stop()
 
 
 def test_cors_headers_on_answers_to_allowed_origins_only(cors_server: ServerProcess) -> None:

@@ -12,7 +12,7 @@ import pytest
 from support import infer_body, toy_model
 
 import runtime_core
-from runtime_core.sanitize import client_message
+from runtime_core.sanitize import client_message, quoted
 from runtime_core.testing import ServerProcess, wait_until
 
 
@@ -110,3 +110,10 @@ def test_a_runtime_returning_nothing_names_no_internal_type(server: ServerProces
     status, doc = server.post_json("/v2/models/toy/infer", infer_body([2.0]))
     assert status == 200, doc
     assert json.dumps(doc["outputs"][0]["data"]) == "[2.0]"
+
+
+def test_quoted_names_are_bounded() -> None:
+    assert quoted("iris") == "'iris'"
+    long = quoted("x" * 1_000_000)
+    assert len(long) == 122 and long.endswith("...'")  # 120 characters, quotes around them
+    assert quoted("x" * 120) == repr("x" * 120)  # at the limit: whole

@@ -171,4 +171,4 @@ def test_every_model_and_unknown_ones(server: ServerProcess, client: httpclient.
             client.get_inference_statistics(name, version)
         assert caught.value.status() == "404"
     status, doc = server.get("/v2/models/echo/versions/2/stats")
-    assert status == 404 and doc == {"error": "model 'echo' has no version '2'"}
+    assert status == 404 and doc == {"error": "Request for unknown model: 'echo' version '2' is not found"}

@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runtime_core import requestlog
@@ -60,6 +61,7 @@ from runtime_core.errors import RuntimeCoreError, SettingsError
 from runtime_core.grpc.status import status_of
 from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
+from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.protocol_grpc import route
 from runtime_core.requestlog import REQUEST_ID
 from runtime_core.stats import ServerStatistics
@@ -274,6 +276,15 @@ class InferenceService:
         # The dictionaries have the message's field names (Triton's JSON and gRPC shapes agree).
         return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(**item) for item in doc["model_stats"]])
 
+    async def model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        config = self.plane.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    async def shared_memory(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """Triton's System/CudaSharedMemory* RPCs: the feature does not exist here."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, SHARED_MEMORY_UNSUPPORTED)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method table for grpcio's generic handler."""
 
@@ -304,6 +315,13 @@ class InferenceService:
                     self.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
                 ),
                 "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+                "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+                **{
+                    # not through _answering_errors: the abort is the answer, not an error to map
+                    f"{kind}SharedMemory{call}": grpc.unary_unary_rpc_method_handler(self.shared_memory)
+                    for kind in ("System", "Cuda")
+                    for call in ("Status", "Register", "Unregister")
+                },
             },
         )
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
+from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SERVED_VERSION, SETTINGS, TRACEPARENT
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -53,6 +54,15 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 async def model_metadata(request: web.Request) -> web.Response:
     return _json(request.app[DATAPLANE].model_metadata(*_model(request)))
+
+
+async def model_config(request: web.Request) -> web.Response:
+    return _json(request.app[DATAPLANE].model_config(*_model(request)))
+
+
+async def shared_memory(request: web.Request) -> web.Response:
+    """Triton's shared-memory extension: its status, register and unregister endpoints."""
+    raise InvalidRequest(SHARED_MEMORY_UNSUPPORTED)
 
 
 async def model_ready(request: web.Request) -> web.Response:

@@ -114,26 +114,40 @@ async def drain_middleware(
 
 
 #: Request headers a browser may always send (CORS "safelisted"), so never refused.
-_SAFE_HEADERS = frozenset({"accept", "accept-language", "content-language", "content-type"})
+_SAFE_HEADERS = ("Accept", "Accept-Language", "Content-Language", "Content-Type")
+#: What ``allow_methods: ["*"]`` allows, and how a preflight lists it (as MLServer does).
+_ALL_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def cors_middleware(cors: CorsSettings) -> Middleware:
-    """CORS as MLServer's ``cors_settings`` describe it (the semantics of Starlette's
-    CORSMiddleware, which MLServer uses). Written here rather than with aiohttp-cors, which
-    has no origin regular expression and wants every route registered with it.
+    """CORS as MLServer's ``cors_settings`` describe it, answering as MLServer 1.7 does (its
+    Starlette CORSMiddleware). Written here rather than with aiohttp-cors, which has no
+    origin regular expression and wants every route registered with it.
 
-    A preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here: 200
-    with the allowed methods, headers and max age, or 400 naming what is not allowed. Any
-    other request from an allowed origin gets ``Access-Control-Allow-Origin`` (and the
-    credentials and exposed-headers headers) on whatever it is answered, errors included."""
+    A preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here, 200
+    when allowed, else 400 ``{"error": ...}`` naming what is not: either way with the same
+    ``Access-Control-*`` headers (allowed methods, allowed headers with the safelisted ones,
+    max age, credentials; the origin only when it is allowed), so a browser's console shows
+    the policy. Any other request from an allowed origin gets ``Access-Control-Allow-Origin``
+    (and the credentials and exposed-headers headers) on whatever it is answered, errors
+    included."""
     any_origin = "*" in cors.allow_origins
     origins = frozenset(cors.allow_origins)
     pattern = re.compile(cors.allow_origin_regex) if cors.allow_origin_regex else None
     any_method = "*" in cors.allow_methods
-    methods = ", ".join(m.upper() for m in cors.allow_methods) if not any_method else ""
-    allowed_methods = frozenset(m.upper() for m in cors.allow_methods)
+    allowed_methods = _ALL_METHODS if any_method else tuple(m.upper() for m in cors.allow_methods)
     any_header = "*" in cors.allow_headers
-    allowed_headers = _SAFE_HEADERS | {h.lower() for h in cors.allow_headers}
+    listed_headers = sorted(set(_SAFE_HEADERS) | set(cors.allow_headers))
+    allowed_headers = frozenset(h.lower() for h in listed_headers)
+    # With credentials a preflight names the origin rather than "*" (browsers refuse "*" then).
+    explicit_origin = not any_origin or cors.allow_credentials
+    preflight_headers = {"Vary": "Origin"} if explicit_origin else {"Access-Control-Allow-Origin": "*"}
+    preflight_headers["Access-Control-Allow-Methods"] = ", ".join(allowed_methods)
+    preflight_headers["Access-Control-Max-Age"] = str(cors.max_age)
+    if not any_header:
+        preflight_headers["Access-Control-Allow-Headers"] = ", ".join(listed_headers)
+    if cors.allow_credentials:
+        preflight_headers["Access-Control-Allow-Credentials"] = "true"
 
     def origin_allowed(origin: str) -> bool:
         return any_origin or origin in origins or bool(pattern and pattern.fullmatch(origin))
@@ -147,6 +161,25 @@ def cors_middleware(cors: CorsSettings) -> Middleware:
         if cors.allow_credentials:
             headers["Access-Control-Allow-Credentials"] = "true"
 
+    def preflight(request: web.Request, origin: str, wanted: str) -> web.Response:
+        headers = dict(preflight_headers)
+        asked = request.headers.get("Access-Control-Request-Headers")
+        refused = []
+        if origin_allowed(origin):
+            if explicit_origin:
+                headers["Access-Control-Allow-Origin"] = origin
+        else:
+            refused.append("origin")
+        if wanted.upper() not in allowed_methods:
+            refused.append("method")
+        if any_header and asked is not None:
+            headers["Access-Control-Allow-Headers"] = asked
+        elif asked is not None and any(h.strip().lower() not in allowed_headers for h in asked.split(",")):
+            refused.append("headers")
+        if refused:
+            return error_response(400, f"CORS preflight refused: disallowed {', '.join(refused)}", headers)
+        return web.Response(status=200, text="OK", headers=headers)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -154,23 +187,7 @@ def cors_middleware(cors: CorsSettings) -> Middleware:
             return await handler(request)
         wanted = request.headers.get("Access-Control-Request-Method")
         if request.method == "OPTIONS" and wanted is not None:
-            asked = [h.strip().lower() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")]
-            refused = []
-            if not origin_allowed(origin):
-                refused.append("origin")
-            if not any_method and wanted.upper() not in allowed_methods:
-                refused.append("method")
-            if not any_header and any(h and h not in allowed_headers for h in asked):
-                refused.append("headers")
-            if refused:
-                return error_response(400, f"CORS preflight refused: disallowed {', '.join(refused)}")
-            headers: dict[str, str] = {"Access-Control-Max-Age": str(cors.max_age)}
-            allow_origin(origin, headers)
-            headers["Access-Control-Allow-Methods"] = methods or wanted.upper()
-            if any_header or cors.allow_headers:
-                given = request.headers.get("Access-Control-Request-Headers", "")
-                headers["Access-Control-Allow-Headers"] = given if any_header else ", ".join(cors.allow_headers)
-            return web.Response(status=200, text="OK", headers=headers)
+            return preflight(request, origin, wanted)
         response = await handler(request)
         if origin_allowed(origin):
             extra: dict[str, str] = {}

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from runtime_core.rest import handlers
 from runtime_core.rest.status import setup_status_routes
+from runtime_core.rest.swagger import setup_swagger_routes
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,11 +19,21 @@ def setup_routes(app: web.Application) -> None:
     for base in (model, versioned):
         app.router.add_get(base, handlers.model_metadata)
         app.router.add_get(base + "/ready", handlers.model_ready)
+        app.router.add_get(base + "/config", handlers.model_config)
         app.router.add_post(base + "/infer", handlers.infer)
     app.router.add_post("/v2/repository/index", handlers.repository_index)
     app.router.add_post("/v2/repository/models/{model}/load", handlers.repository_load)
     app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)
     app.router.add_get("/v2/docs/openapi.json", handlers.openapi)
+    app.router.add_get("/v2/docs/dataplane.json", handlers.openapi)  # MLServer's name for it
+    setup_swagger_routes(app)
+    # Triton's shared-memory extension, refused with a clear 400 rather than a 404
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        app.router.add_get(f"/v2/{kind}/status", handlers.shared_memory)
+        app.router.add_get(f"/v2/{kind}/region/{{region}}/status", handlers.shared_memory)
+        app.router.add_post(f"/v2/{kind}/region/{{region}}/register", handlers.shared_memory)
+        app.router.add_post(f"/v2/{kind}/region/{{region}}/unregister", handlers.shared_memory)
+        app.router.add_post(f"/v2/{kind}/unregister", handlers.shared_memory)
     app.router.add_get("/metrics", handlers.metrics)
     _with_trailing_slashes(app)
 

@@ -95,4 +95,5 @@ def test_errors_carry_status_codes(server: ServerProcess) -> None:
     with pytest.raises(grpc.RpcError) as info:
         run(server, call)
     error: Any = info.value
-    assert error.code() is grpc.StatusCode.NOT_FOUND and error.details() == "model 'nope' not found"
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    assert error.details() == "Request for unknown model: 'nope' is not found"
