@@ -358,7 +358,9 @@ def test_mlserver_settings_with_relative_uri(tmp_path: Path, logreg: LogisticReg
     runtime = entry.cls(model_settings, context)
     run(runtime.load())
     out = outputs_of(runtime, request(iris[0][:2]))
-    np.testing.assert_array_equal(out["predict"].data, logreg.predict(iris[0][:2]))
+    # MLServer's convention for its folders (issue 21): one label per row as [n, 1]
+    np.testing.assert_array_equal(out["predict"].data, logreg.predict(iris[0][:2]).reshape(-1, 1))
+    assert out["predict"].parameters == {"content_type": "np"}
 
 
 def test_missing_artifact_fails_the_load_naming_the_files(tmp_path: Path) -> None:

@@ -328,9 +328,11 @@ def test_mlserver_alias_settings(tmp_path: Path, classifier: xgb.XGBClassifier, 
     )
     runtime = entry.cls(model_settings, context)
     run(runtime.load())
-    np.testing.assert_array_equal(
-        outputs_of(runtime, request(iris[0][:3]))["predict"].data, classifier.predict(iris[0][:3])
-    )
+    # A plain Booster file, as MLServer serves it (issue 21): through XGBRegressor, so
+    # ``predict`` is the booster's own prediction (here the class probabilities), no labels.
+    predict = outputs_of(runtime, request(iris[0][:3]))["predict"]
+    np.testing.assert_allclose(predict.data, classifier.predict_proba(iris[0][:3]), rtol=1e-6)
+    assert predict.parameters == {"content_type": "np"}
 
 
 def test_v2_round_trip(tmp_path: Path, classifier: xgb.XGBClassifier, iris: tuple) -> None:
