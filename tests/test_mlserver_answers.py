@@ -21,6 +21,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -256,5 +257,41 @@ def test_runtime_key_keeps_native_answers(tmp_path: Path) -> None:
             {"name": "predict", "datatype": "INT64", "shape": [3], "data": [int(p > 0.5) for p in probabilities]}
         ]
         assert "id" not in body and "parameters" not in body
+    finally:
+        server.stop()
+
+
+def test_generated_ids_are_per_request_in_merged_batches_and_over_grpc(tmp_path: Path) -> None:
+    """Each request without an id gets its own UUID, also when adaptive batching merges it
+    with others into one ``predict`` call (whether or not the requests met in a batch, the
+    ids must differ), and over gRPC as over REST."""
+    import tritonclient.grpc as grpcclient
+
+    folder = make_example("sklearn", tmp_path)
+    path = folder / "model-settings.json"
+    settings = json.loads(path.read_text())
+    path.write_text(json.dumps({**settings, "max_batch_size": 8, "max_batch_time": 0.05}))  # MLServer's keys too
+    rows = digits_test_rows(1)
+    body = {"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", "data": rows.tolist()}]}
+    server = ServerProcess(folder, workers=1)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: server.post_json("/v2/models/mnist-svm/infer", body), range(16)))
+        assert all(status == 200 for status, _ in answers), answers
+        assert all(doc["outputs"][0]["shape"] == [1, 1] and doc["outputs"][0]["data"] == [8] for _, doc in answers)
+        ids = [doc["id"] for _, doc in answers]
+        assert len(set(ids)) == len(ids) and all(_is_uuid(i) for i in ids), ids
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            tensor = grpcclient.InferInput("predict", [1, 64], "FP32")
+            tensor.set_data_from_numpy(rows.astype("float32"))
+            result = client.infer("mnist-svm", [tensor], model_version="v0.1.0")
+            assert _is_uuid(result.get_response().id)
+            assert result.as_numpy("predict").tolist() == [[8]]
+            echoed = client.infer("mnist-svm", [tensor], model_version="v0.1.0", request_id="grpc-1")
+            assert echoed.get_response().id == "grpc-1"
+        finally:
+            client.close()
     finally:
         server.stop()
