@@ -37,6 +37,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -123,6 +124,7 @@ class ModelHandler:
         self.model_name = runtime.context.model_name
         self.version = runtime.context.version
         self.batchable = bool(getattr(runtime, "supports_batching", False))
+        self.mlserver_envelope = bool(getattr(runtime, "mlserver_envelope", False))
 
     # ------------------------------------------------------------------ pieces
 
@@ -207,13 +209,17 @@ class ModelHandler:
                 )
             outputs = [produced[o.name] for o in request.outputs]
         reply = InferenceResponse(outputs, response.parameters)
+        if self.mlserver_envelope and request.id is None:
+            request.id = str(uuid.uuid4())  # per request, also for each request of a merged batch
         name, version = self.model_name, self.version
         codec = sys.modules.get(_GRPC_CODEC)  # not imported: no request came over gRPC
         if codec is not None and isinstance(request, codec.GrpcInferenceRequest):  # so does its reply
             payload = codec.encode_grpc_response(reply, model_name=name, model_version=version, request=request)
             wire, length = Wire.GRPC, 0
         else:
-            payload, header_length = encode_response(reply, model_name=name, model_version=version, request=request)
+            payload, header_length = encode_response(
+                reply, model_name=name, model_version=version, request=request, empty_parameters=self.mlserver_envelope
+            )
             wire, length = (Wire.JSON, 0) if header_length is None else (Wire.BINARY, header_length)
         now = time.perf_counter()
         elapsed = (now - started) / share

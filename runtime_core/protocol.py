@@ -715,8 +715,12 @@ def encode_response(
     model_name: str,
     model_version: str | None,
     request: InferenceRequest,
+    empty_parameters: bool = False,
 ) -> tuple[bytes, int | None]:
     """Encode a response; returns ``(body, json_length)``.
+
+    ``empty_parameters``: write the response's ``parameters`` even when empty (``{}``), as
+    MLServer does; otherwise an empty one is left out.
 
     ``json_length`` is ``None`` for a pure JSON body, or the length of the JSON
     header when some outputs were asked for in binary (Triton's extension).
@@ -752,7 +756,7 @@ def encode_response(
         doc["model_version"] = model_version
     if request.id is not None:
         doc["id"] = request.id
-    if response.parameters:
+    if response.parameters or empty_parameters:
         doc["parameters"] = response.parameters
     doc["outputs"] = outputs
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -97,6 +97,12 @@ class Runtime(abc.ABC):
     gives each request's outputs as the matching rows. Then requests waiting in a worker
     are merged into one call (and ``max_batch_size``/``max_batch_time`` batch adaptively)."""
 
+    mlserver_envelope: bool = False
+    """True: answers are framed as MLServer frames them (issue 21): a request without an
+    ``id`` is answered with a fresh random UUID as its ``id``, and a REST answer always has a
+    ``parameters`` object, ``{}`` when empty. Read once, when the server builds its handler
+    for the instance, so set it in ``__init__`` at the latest."""
+
     @classmethod  # noqa: B027 (optional hook, empty by default)
     def preload(cls) -> None:
         """Import heavy modules (the framework) ahead of any model. Called once per runtime in

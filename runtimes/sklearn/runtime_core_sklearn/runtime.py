@@ -27,6 +27,11 @@ Design notes (the *why* behind the code):
   values, not ``bytes``; ``base64`` inputs (decoded by the core) stay raw bytes.
 * **Outputs.** ``predict`` (default) and ``predict_proba`` (only when the model
   has it), named exactly so. Labels that are strings are returned as BYTES.
+* **Two conventions.** A folder that names this runtime ``"runtime": "sklearn"`` gets
+  the answers above. A folder written for MLServer (``mlserver_sklearn.SKLearnModel``)
+  gets MLServer 1.7.1's answers: see :mod:`runtime_core_sklearn.mlserver`. The choice is
+  made once, in ``__init__``, which binds ``predict`` to the MLServer variant: the native
+  path tests nothing per request.
 * **Errors.** A ``ValueError`` raised by the estimator on the given input
   (wrong feature count, NaN, unknown category...) is the client's fault:
   it becomes :class:`runtime_core.InvalidRequest` (400) with sklearn's message,
@@ -70,6 +75,7 @@ from runtime_core import (
     stack_columns,
 )
 from runtime_core_sklearn.linear import LinearPredict, fits, linear_predict
+from runtime_core_sklearn.mlserver import as_mlserver_output, default_output, requested_outputs
 
 if TYPE_CHECKING:
     from runtime_core.settings import ModelSettings
@@ -142,6 +148,13 @@ class SKLearnRuntime(Runtime):
         self._feature_names: list[str] | None = None
         self._config_context: Callable[..., contextlib.AbstractContextManager[Any]] | None = None
         self._linear: LinearPredict | None = None
+        #: The folder names MLServer's implementation: answer as MLServer does. Chosen here,
+        #: once, so that the native ``predict`` does not test for it on every request.
+        self._mlserver = settings.runtime_name in type(self).aliases
+        self._default_output = PREDICT
+        if self._mlserver:
+            self.mlserver_envelope = True
+            self.predict = self._predict_mlserver  # type: ignore[method-assign]
 
     @property
     def model(self) -> Any:
@@ -179,6 +192,9 @@ class SKLearnRuntime(Runtime):
         self._feature_names = [str(n) for n in names] if names is not None else None
         self._config_context = sklearn.config_context
         self._linear = linear_predict(model, self._n_features)
+        if self._mlserver:
+            extra = self.settings.parameters.extra
+            self._default_output = default_output(model, extra, self.context.model_name, path.name)
 
     async def unload(self) -> None:
         self._model = None
@@ -188,19 +204,31 @@ class SKLearnRuntime(Runtime):
         if self._model is None:
             raise RuntimeError(f"model {self.context.model_name!r} is not loaded")
         names = check_requested_outputs(request, self._available)
-        features = self._features(request)
+        return InferenceResponse(outputs=self._run(names, self._features(request)))
+
+    async def _predict_mlserver(self, request: InferenceRequest) -> InferenceResponse:
+        """``predict`` of a folder written for MLServer (:mod:`runtime_core_sklearn.mlserver`):
+        the same estimator calls, MLServer's output names and shapes."""
+        if self._model is None:
+            raise RuntimeError(f"model {self.context.model_name!r} is not loaded")
+        names = requested_outputs(request.output_names, self._default_output, self._model, self.context.model_name)
+        outputs = self._run(names, self._features(request))
+        return InferenceResponse(outputs=[as_mlserver_output(t) for t in outputs])
+
+    def _run(self, names: list[str], features: Any) -> list[Tensor]:
+        """The estimator's methods ``names`` on ``features``, as output tensors."""
         config_context = self._config_context
         fast = config_context is not None and _all_finite_ndarray(features)
         linear = self._linear
         if fast and linear is not None and names == [PREDICT] and fits(features, self._n_features or 0):
-            return InferenceResponse(outputs=[_to_tensor(PREDICT, linear(features))])
+            return [_to_tensor(PREDICT, linear(features))]
         scope = config_context(assume_finite=True) if config_context is not None and fast else contextlib.nullcontext()
         try:
             with scope:
                 results = [(name, getattr(self._model, name)(features)) for name in names]
         except ValueError as exc:
             raise InvalidRequest(client_message(exc) or "the model rejected the input") from exc
-        return InferenceResponse(outputs=[_to_tensor(name, result) for name, result in results])
+        return [_to_tensor(name, result) for name, result in results]
 
     def metadata(self) -> ModelMetadata:
         """Declared inputs/outputs win; otherwise they are derived from the fitted model."""
@@ -274,7 +302,8 @@ class SKLearnRuntime(Runtime):
             label_type = "BYTES" if classes.dtype.kind in "OSU" else _datatype(classes)
         else:
             label_type = "FP64"
-        outputs = [TensorSpec(PREDICT, label_type, [-1])]
+        # MLServer's answers carry a one-value-per-row output as [n, 1]
+        outputs = [TensorSpec(PREDICT, label_type, [-1, 1] if self._mlserver else [-1])]
         if PREDICT_PROBA in self._available:
             n_classes = len(classes) if isinstance(classes, np.ndarray) and classes.ndim == 1 else -1
             outputs.append(TensorSpec(PREDICT_PROBA, "FP64", [-1, n_classes]))

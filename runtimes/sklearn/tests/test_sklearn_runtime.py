@@ -358,7 +358,9 @@ def test_mlserver_settings_with_relative_uri(tmp_path: Path, logreg: LogisticReg
     runtime = entry.cls(model_settings, context)
     run(runtime.load())
     out = outputs_of(runtime, request(iris[0][:2]))
-    np.testing.assert_array_equal(out["predict"].data, logreg.predict(iris[0][:2]))
+    # MLServer's convention for its folders (issue 21): one label per row as [n, 1]
+    np.testing.assert_array_equal(out["predict"].data, logreg.predict(iris[0][:2]).reshape(-1, 1))
+    assert out["predict"].parameters == {"content_type": "np"}
 
 
 def test_missing_artifact_fails_the_load_naming_the_files(tmp_path: Path) -> None:
@@ -420,3 +422,52 @@ def test_served_by_a_real_server(tmp_path: Path, logreg: LogisticRegression, iri
     doc["inputs"][0].update(shape=[2, 2], data=x[:, :2].reshape(-1).tolist())
     status, body = server.post_json("/v2/models/iris/infer", doc)
     assert status == 400 and "2 features" in body["error"]
+
+
+# --------------------------------------------------------------------------- MLServer's convention (issue 21)
+
+
+def _mlserver_runtime(folder: Path, **parameters: Any) -> Runtime:
+    settings: dict[str, Any] = {"implementation": "mlserver_sklearn.SKLearnModel"}
+    if parameters:
+        settings["parameters"] = parameters
+    return testing.make_runtime(folder, settings)
+
+
+def test_mlserver_folder_answers_transform_and_predict_fn(tmp_path: Path, iris: tuple) -> None:
+    """MLServer's SKLearnModel answers ``transform`` too, and ``predict_fn`` picks the output
+    of requests that name none; every output comes as MLServer's NumpyCodec writes it."""
+    from sklearn.cluster import KMeans
+
+    x = iris[0]
+    kmeans = KMeans(n_clusters=3, n_init=2, random_state=0).fit(x)
+    runtime = _mlserver_runtime(_dump(kmeans, tmp_path / "km"))
+    out = outputs_of(runtime, request(x[:4], "transform", "predict"))
+    np.testing.assert_allclose(out["transform"].data, kmeans.transform(x[:4]))
+    np.testing.assert_array_equal(out["predict"].data, kmeans.predict(x[:4]).reshape(-1, 1))
+    assert {t.parameters["content_type"] for t in out.values()} == {"np"}
+    default = _mlserver_runtime(_dump(kmeans, tmp_path / "km-t"), extra={"predict_fn": "transform"})
+    assert list(outputs_of(default, request(x[:2]))) == ["transform"]
+
+
+def test_mlserver_folder_refuses_outputs_mlserver_refuses(tmp_path: Path, iris: tuple) -> None:
+    from sklearn.linear_model import Ridge
+
+    runtime = _mlserver_runtime(_dump(Ridge().fit(iris[0], iris[1]), tmp_path / "ridge"))
+    with pytest.raises(InvalidRequest, match="a Ridge has no predict_proba output"):
+        run(runtime.predict(request(iris[0][:1], "predict_proba")))
+    with pytest.raises(InvalidRequest, match=r"unknown output 'decision_function'.*predict, predict_proba, transform"):
+        run(runtime.predict(request(iris[0][:1], "decision_function")))
+    # the next good request is answered
+    assert outputs_of(runtime, request(iris[0][:3]))["predict"].shape == [3, 1]
+
+
+def test_mlserver_predict_fn_typo_fails_the_load_naming_model_and_file(
+    tmp_path: Path, logreg: LogisticRegression
+) -> None:
+    folder = _dump(logreg, tmp_path / "typo")
+    with pytest.raises(ValueError, match=r"model 'typo': parameters.extra.predict_fn is 'predict_probba'"):
+        _mlserver_runtime(folder, extra={"predict_fn": "predict_probba"})
+    ridge_folder = _dump(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), tmp_path / "lin")
+    with pytest.raises(ValueError, match=r"LinearRegression in model.joblib has no predict_proba\(\)"):
+        _mlserver_runtime(ridge_folder, extra={"predict_fn": "predict_proba"})

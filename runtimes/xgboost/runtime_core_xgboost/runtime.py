@@ -28,6 +28,11 @@ Design notes (the *why* behind the code):
   one row, or one column for a one-feature model); several inputs joined
   column-wise, in the booster's feature-name order when the input names are
   exactly its feature names, else in request order.
+* **Two conventions.** A folder that names ``"runtime": "xgboost"`` gets the answers
+  above. A folder written for MLServer (``mlserver_xgboost.XGBoostModel``) gets MLServer
+  1.7.1's answers, from the same booster call: see :mod:`runtime_core_xgboost.mlserver`.
+  ``__init__`` binds ``predict`` to that variant, so the native path tests nothing per
+  request.
 * **Errors.** A ``ValueError``/``XGBoostError`` on the given input (wrong
   feature count...) becomes :class:`runtime_core.InvalidRequest` (400) with
   xgboost's message stripped of log prefixes, source paths and the C++ stack.
@@ -52,6 +57,13 @@ from runtime_core import (
     check_requested_outputs,
     client_message,
     stack_columns,
+)
+from runtime_core_xgboost.mlserver import (
+    as_mlserver_output,
+    classifier_labels,
+    classifier_probabilities,
+    requested_outputs,
+    saved_as_classifier,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +121,13 @@ class XGBoostRuntime(Runtime):
         self._iteration_range: tuple[int, int] = (0, 0)
         self._available: tuple[str, ...] = (PREDICT,)
         self.nthread = 1
+        #: The folder names MLServer's implementation: answer as MLServer does (chosen once).
+        self._mlserver = settings.runtime_name in type(self).aliases
+        #: MLServer's reading of the file: saved by XGBClassifier (else served as a regressor).
+        self._saved_as_classifier = False
+        if self._mlserver:
+            self.mlserver_envelope = True
+            self.predict = self._predict_mlserver  # type: ignore[method-assign]
 
     @property
     def booster(self) -> Any:
@@ -152,6 +171,7 @@ class XGBoostRuntime(Runtime):
             self._n_features = booster.num_features()
             self._feature_names = list(booster.feature_names) if booster.feature_names else None
             best = booster.attr("best_iteration")
+            sklearn_meta = booster.attr("scikit_learn")
         del raw
         # Last, and nothing that configures the learner after it: xgboost applies nthread
         # lazily, at the next call that configures (the first predict, in a worker).
@@ -164,6 +184,7 @@ class XGBoostRuntime(Runtime):
         self._iteration_range = (0, int(best) + 1) if best is not None else (0, 0)
         self._available = (PREDICT, PREDICT_PROBA) if self._has_proba() else (PREDICT,)
         self.nthread = nthread
+        self._saved_as_classifier = saved_as_classifier(sklearn_meta)
         self._booster = booster
 
     async def unload(self) -> None:
@@ -181,6 +202,31 @@ class XGBoostRuntime(Runtime):
             raise InvalidRequest(client_message(exc) or "the model rejected the input") from exc
         return InferenceResponse(outputs=[Tensor(name, results[name]) for name in names])
 
+    async def _predict_mlserver(self, request: InferenceRequest) -> InferenceResponse:
+        """``predict`` of a folder written for MLServer (:mod:`runtime_core_xgboost.mlserver`)."""
+        if self._booster is None:
+            raise RuntimeError(f"model {self.context.model_name!r} is not loaded")
+        classifier = self._saved_as_classifier
+        names = requested_outputs(request.output_names, classifier, self.context.model_name)
+        features = self._features(request)
+        n_classes = self._num_class if self._num_class > 1 else 2
+        try:
+            raw = self._raw(features, margin=False)
+            outputs = []
+            for name in names:
+                if not classifier:
+                    result = raw
+                elif name == PREDICT:
+                    result = classifier_labels(raw, self._objective, n_classes)
+                elif self._objective in _MULTI_LABEL:  # probabilities from the margins
+                    result = _softmax(self._raw(features, margin=True))
+                else:
+                    result = classifier_probabilities(raw, n_classes)
+                outputs.append(as_mlserver_output(name, result))
+        except ValueError as exc:  # includes XGBoostError
+            raise InvalidRequest(client_message(exc) or "the model rejected the input") from exc
+        return InferenceResponse(outputs=outputs)
+
     def metadata(self) -> ModelMetadata:
         """Declared inputs/outputs win; otherwise they are derived from the booster."""
         declared = super().metadata()
@@ -188,7 +234,9 @@ class XGBoostRuntime(Runtime):
         if not inputs and self._n_features is not None:
             inputs = [TensorSpec("input-0", "FP32", [-1, self._n_features])]
         outputs = declared.outputs
-        if not outputs and self._booster is not None:
+        # MLServer's outputs depend on how the file was saved, not on the objective alone:
+        # for its folders only declared outputs are shown, as MLServer shows them.
+        if not outputs and self._booster is not None and not self._mlserver:
             if self.is_classifier:
                 outputs = [TensorSpec(PREDICT, "INT64", [-1])]
             else:

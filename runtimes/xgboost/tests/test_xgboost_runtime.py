@@ -328,9 +328,11 @@ def test_mlserver_alias_settings(tmp_path: Path, classifier: xgb.XGBClassifier, 
     )
     runtime = entry.cls(model_settings, context)
     run(runtime.load())
-    np.testing.assert_array_equal(
-        outputs_of(runtime, request(iris[0][:3]))["predict"].data, classifier.predict(iris[0][:3])
-    )
+    # A plain Booster file, as MLServer serves it (issue 21): through XGBRegressor, so
+    # ``predict`` is the booster's own prediction (here the class probabilities), no labels.
+    predict = outputs_of(runtime, request(iris[0][:3]))["predict"]
+    np.testing.assert_allclose(predict.data, classifier.predict_proba(iris[0][:3]), rtol=1e-6)
+    assert predict.parameters == {"content_type": "np"}
 
 
 def test_v2_round_trip(tmp_path: Path, classifier: xgb.XGBClassifier, iris: tuple) -> None:
@@ -367,3 +369,53 @@ def test_served_by_a_real_server(tmp_path: Path, classifier: xgb.XGBClassifier, 
     doc["inputs"][0].update(shape=[2, 2], data=x[:, :2].reshape(-1).tolist())
     status, body = server.post_json("/v2/models/iris/infer", doc)
     assert status == 400 and body["error"] == "Feature shape mismatch, expected: 4, got 2"
+
+
+# --------------------------------------------------------------------------- MLServer's convention (issue 21)
+
+
+def _mlserver_runtime(folder: Path) -> Runtime:
+    return testing.make_runtime(folder, {"implementation": "mlserver_xgboost.XGBoostModel"})
+
+
+def test_mlserver_folder_saved_by_xgbclassifier_answers_as_xgbclassifier(
+    tmp_path: Path, binary: tuple[xgb.XGBClassifier, np.ndarray]
+) -> None:
+    """A file saved through the sklearn API says it is a classifier: MLServer loads it as an
+    XGBClassifier, so labels and ``predict_proba``, each ``[n, 1]``/``[n, 2]`` with ``np``."""
+    model, x = binary
+    folder = tmp_path / "clf"
+    folder.mkdir()
+    model.save_model(folder / "model.json")
+    out = outputs_of(_mlserver_runtime(folder), request(x[:5], "predict", "predict_proba"))
+    assert out["predict"].datatype == "INT64"
+    np.testing.assert_array_equal(out["predict"].data, model.predict(x[:5]).reshape(-1, 1))
+    np.testing.assert_allclose(out["predict_proba"].data, model.predict_proba(x[:5]), rtol=1e-6)
+    assert out["predict_proba"].parameters == {"content_type": "np"}
+
+
+def test_mlserver_folder_softmax_classifier_labels_are_int32(tmp_path: Path, iris: tuple) -> None:
+    """XGBClassifier.predict gives ``multi:softmax`` labels as int32: so does MLServer."""
+    x, y = iris
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2, objective="multi:softmax", n_jobs=1).fit(x, y)
+    folder = tmp_path / "softmax"
+    folder.mkdir()
+    model.save_model(folder / "model.ubj")
+    out = outputs_of(_mlserver_runtime(folder), request(x[[0, 60, 120]], "predict", "predict_proba"))
+    assert out["predict"].datatype == "INT32"
+    np.testing.assert_array_equal(out["predict"].data, model.predict(x[[0, 60, 120]]).reshape(-1, 1))
+    np.testing.assert_allclose(out["predict_proba"].data, model.predict_proba(x[[0, 60, 120]]), rtol=1e-5)
+
+
+def test_mlserver_booster_file_has_no_predict_proba(
+    tmp_path: Path, binary: tuple[xgb.XGBClassifier, np.ndarray]
+) -> None:
+    model, x = binary
+    runtime = _mlserver_runtime(save(model.get_booster(), tmp_path / "b", "model.bst"))
+    with pytest.raises(InvalidRequest, match="no predict_proba output: its file was not saved by XGBClassifier"):
+        run(runtime.predict(request(x[:1], "predict_proba")))
+    with pytest.raises(InvalidRequest, match="unknown output 'margin'"):
+        run(runtime.predict(request(x[:1], "margin")))
+    out = outputs_of(runtime, request(x[:4]))  # the next good request: P(class 1), FP32 [n, 1]
+    assert (out["predict"].datatype, out["predict"].shape) == ("FP32", [4, 1])
+    np.testing.assert_allclose(out["predict"].data[:, 0], model.predict_proba(x[:4])[:, 1], rtol=1e-6)
