@@ -46,7 +46,7 @@ import numpy as np
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
-from runtime_core.runtime import Runtime
+from runtime_core.runtime import RawReply, Runtime
 from runtime_core.sanitize import client_message, error_id
 from runtime_core.tracing import attach, detach
 
@@ -123,6 +123,7 @@ class ModelHandler:
         self.model_name = runtime.context.model_name
         self.version = runtime.context.version
         self.batchable = bool(getattr(runtime, "supports_batching", False))
+        self.raw = bool(getattr(runtime, "raw_requests", False))
 
     # ------------------------------------------------------------------ pieces
 
@@ -142,9 +143,14 @@ class ModelHandler:
         message += f" [error id {ident}]"
         return Outcome(InferenceFailed.code, message.encode(), compute=time.perf_counter() - started)
 
-    def decode(self, envelope: Envelope) -> InferenceRequest:
+    def check_deadline(self, envelope: Envelope) -> None:
         if envelope.deadline and time.time() > envelope.deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
+
+    def decode(self, envelope: Envelope) -> InferenceRequest:
+        self.check_deadline(envelope)
+        if envelope.wire is Wire.CUSTOM:  # the REST front end routes these to raw runtimes only
+            raise InvalidRequest(f"model {self.model_name!r} has no endpoints of its own")
         if envelope.wire is Wire.GRPC:
             request: InferenceRequest = _grpc_codec().decode_grpc_request(envelope.payload, self.max_elements)
         else:
@@ -340,7 +346,46 @@ async def run_groups(
     return results
 
 
+async def _run_raw(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
+    """The requests of a ``raw_requests`` runtime: handed over as they came, answered as it replies."""
+    outcomes: list[Outcome | None] = [None] * len(envelopes)
+    live: list[Envelope] = []
+    places: list[int] = []
+    for i, envelope in enumerate(envelopes):
+        try:
+            handler.check_deadline(envelope)
+        except Exception as exc:
+            outcomes[i] = handler._error(exc, started)
+        else:
+            live.append(envelope)
+            places.append(i)
+    if live:
+        trace = next((e.trace for e in live if e.trace), "")
+        token = attach(trace) if trace else None
+        try:
+            replies: list[RawReply | Exception] = await handler.runtime.infer_raw(live)
+        except Exception as exc:
+            replies = [exc] * len(live)
+        finally:
+            if token is not None:
+                detach(token)
+        if len(replies) != len(live):
+            log.error("model %r: infer_raw answered %d of %d requests", handler.model_name, len(replies), len(live))
+            failure = InferenceFailed(f"model {handler.model_name!r}: its runtime lost requests")
+            replies = [failure] * len(live)
+        share = len(live)
+        elapsed = (time.perf_counter() - started) / share
+        for i, reply in zip(places, replies, strict=True):
+            if isinstance(reply, RawReply):
+                outcomes[i] = Outcome(0, reply.body, reply.wire, reply.header_length, elapsed, batch=share)
+            else:
+                outcomes[i] = handler._error(reply, started)
+    return [o for o in outcomes if o is not None]
+
+
 async def _run_one(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
+    if handler.raw:
+        return await _run_raw(handler, envelopes, started)
     outcomes: list[Outcome | None] = [None] * len(envelopes)
     decoded: list[InferenceRequest] = []
     traces: list[str] = []
