@@ -35,20 +35,26 @@ def forwarded_headers(record: ModelRecord, headers: CIMultiDictProxy[str]) -> by
     return orjson.dumps({name.lower(): value for name, value in headers.items()})
 
 
-def _owner(request: web.Request) -> ModelRecord | None:
-    """The READY model that serves ``request``'s method and path as an endpoint of its own."""
-    wanted = (request.method.upper(), request.path)
+def _owner(request: web.Request) -> tuple[ModelRecord | None, set[str]]:
+    """The READY model that serves ``request``'s method and path as an endpoint of its own,
+    else ``None`` and the methods that models serve at this path."""
+    method, path = request.method.upper(), request.path
+    others: set[str] = set()
     for record in request.app[DATAPLANE].repository.records():
         meta = record.metadata if record.state is ModelState.READY else None
-        if meta is not None and wanted in meta.endpoints:
-            return record
-    return None
+        if meta is None:
+            continue
+        for endpoint_method, endpoint_path in meta.endpoints:
+            if endpoint_path == path:
+                if endpoint_method == method:
+                    return record, others
+                others.add(endpoint_method)
+    return None, others
 
 
-async def _not_routed(request: web.Request) -> web.Response:
-    """The answer aiohttp would have given without the catch-all: 405 if another route takes
-    this path with another method, else 404."""
-    allowed: set[str] = set()
+async def _not_routed(request: web.Request, allowed: set[str]) -> web.Response:
+    """The answer aiohttp would have given without the catch-all: 405 if another route (or a
+    model's endpoint) takes this path with another method, else 404."""
     for resource in request.app.router.resources():
         if any(route.handler is endpoint for route in resource):  # the catch-all itself
             continue
@@ -61,9 +67,9 @@ async def _not_routed(request: web.Request) -> web.Response:
 
 async def endpoint(request: web.Request) -> web.Response:
     """Forward a call of a model's own endpoint to the model's pool."""
-    record = _owner(request)
+    record, allowed = _owner(request)
     if record is None:
-        return await _not_routed(request)
+        return await _not_routed(request, allowed)
     try:
         text = (await request.read()).decode("utf-8")
     except UnicodeDecodeError:
