@@ -38,8 +38,8 @@ from mlserver.errors import MLServerError
 from mlserver.repository.load import load_model_settings
 from mlserver.settings import ModelSettings as MLServerModelSettings
 from mlserver.settings import Settings as MLServerSettings
-from mlserver.types import InferenceRequest, InferenceResponse
-from mlserver.utils import extract_headers, generate_uuid, insert_headers
+from mlserver.types import InferenceRequest, InferenceResponse, Parameters
+from mlserver.utils import generate_uuid, insert_headers
 
 from runtime_core import InferenceRequest as CoreRequest
 from runtime_core import InferenceResponse as CoreResponse
@@ -180,8 +180,15 @@ class MLServerRuntime(Runtime):
             got = "nothing" if response is None else "something other than an mlserver InferenceResponse"
             raise TypeError(f"{type(self._model).__qualname__}.predict() returned {got}")
         response.id = request.id
-        self._cloudevents.response_middleware(response, self._model.settings)
-        extract_headers(response)  # MLServer sends them as HTTP headers, never in the body
+        # MLServer's data plane adds its CloudEvents headers to the response's parameters.headers
+        # and its front end takes every header out again into HTTP headers (not sent here, see
+        # the module docstring): what stays in the body is parameters without headers, and
+        # parameters that were unset become an empty object. The same, without building the
+        # headers only to drop them.
+        if response.parameters is None:
+            response.parameters = Parameters()
+        elif response.parameters.headers is not None:
+            response.parameters.headers = None
         return response
 
     async def _predict_one(self, request: InferenceRequest) -> InferenceResponse | Exception:
