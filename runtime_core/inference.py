@@ -22,6 +22,10 @@ its own first, so a malformed request fails alone; if the merged call fails,
 every request of the batch is run again on its own, so a request that makes the
 model fail fails alone too.
 
+A runtime that reads requests itself (``Runtime.raw_requests``, e.g. the ``mlserver``
+runtime) skips the decoding, merging and encoding here: the requests of a wake-up, their
+deadlines checked, go to its ``infer_raw`` as they came, and its bytes are the replies.
+
 With tracing on, ``predict`` runs in the request's trace context (its envelope's
 ``trace``, see :mod:`runtime_core.tracing`); a merged call runs in the context of the
 first of its requests that has one. A worker also counts each request's rows here, once
@@ -46,7 +50,8 @@ import numpy as np
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
-from runtime_core.runtime import RawReply, Runtime
+from runtime_core.rawpath import run_raw
+from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id
 from runtime_core.tracing import attach, detach
 
@@ -346,46 +351,9 @@ async def run_groups(
     return results
 
 
-async def _run_raw(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
-    """The requests of a ``raw_requests`` runtime: handed over as they came, answered as it replies."""
-    outcomes: list[Outcome | None] = [None] * len(envelopes)
-    live: list[Envelope] = []
-    places: list[int] = []
-    for i, envelope in enumerate(envelopes):
-        try:
-            handler.check_deadline(envelope)
-        except Exception as exc:
-            outcomes[i] = handler._error(exc, started)
-        else:
-            live.append(envelope)
-            places.append(i)
-    if live:
-        trace = next((e.trace for e in live if e.trace), "")
-        token = attach(trace) if trace else None
-        try:
-            replies: list[RawReply | Exception] = await handler.runtime.infer_raw(live)
-        except Exception as exc:
-            replies = [exc] * len(live)
-        finally:
-            if token is not None:
-                detach(token)
-        if len(replies) != len(live):
-            log.error("model %r: infer_raw answered %d of %d requests", handler.model_name, len(replies), len(live))
-            failure = InferenceFailed(f"model {handler.model_name!r}: its runtime lost requests")
-            replies = [failure] * len(live)
-        share = len(live)
-        elapsed = (time.perf_counter() - started) / share
-        for i, reply in zip(places, replies, strict=True):
-            if isinstance(reply, RawReply):
-                outcomes[i] = Outcome(0, reply.body, reply.wire, reply.header_length, elapsed, batch=share)
-            else:
-                outcomes[i] = handler._error(reply, started)
-    return [o for o in outcomes if o is not None]
-
-
 async def _run_one(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
     if handler.raw:
-        return await _run_raw(handler, envelopes, started)
+        return await run_raw(handler, envelopes, started)
     outcomes: list[Outcome | None] = [None] * len(envelopes)
     decoded: list[InferenceRequest] = []
     traces: list[str] = []
