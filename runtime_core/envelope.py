@@ -22,6 +22,10 @@ class Wire(enum.IntEnum):
     """Triton's binary tensor extension: ``header_length`` bytes of JSON, then raw tensors."""
     GRPC = 2
     """A serialized ``inference.ModelInferRequest`` (the reply: a ``ModelInferResponse``)."""
+    CUSTOM = 3
+    """A call of one of the model's own REST endpoints (``ModelMetadata.endpoints``): a JSON
+    object ``{"method", "path", "query", "body"}`` (``body``: the HTTP body as text); the reply
+    is the endpoint's JSON. Only runtimes with ``raw_requests`` receive it."""
 
 
 @dataclass(slots=True)
@@ -42,6 +46,10 @@ class Envelope:
     """The W3C ``traceparent`` of the request's span, which the worker makes the current
     OpenTelemetry context while the runtime runs; "" when tracing is off (see
     :mod:`runtime_core.tracing`)."""
+    headers: bytes = b""
+    """The HTTP headers (or gRPC metadata) of the request as a JSON object with lower-case
+    keys, for runtimes that read requests themselves (``Runtime.raw_requests``); empty for
+    every other runtime, whose requests do not carry them."""
 
 
 @dataclass(slots=True)

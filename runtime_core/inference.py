@@ -22,6 +22,10 @@ its own first, so a malformed request fails alone; if the merged call fails,
 every request of the batch is run again on its own, so a request that makes the
 model fail fails alone too.
 
+A runtime that reads requests itself (``Runtime.raw_requests``, e.g. the ``mlserver``
+runtime) skips the decoding, merging and encoding here: the requests of a wake-up, their
+deadlines checked, go to its ``infer_raw`` as they came, and its bytes are the replies.
+
 With tracing on, ``predict`` runs in the request's trace context (its envelope's
 ``trace``, see :mod:`runtime_core.tracing`); a merged call runs in the context of the
 first of its requests that has one. A worker also counts each request's rows here, once
@@ -47,6 +51,7 @@ import numpy as np
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
+from runtime_core.rawpath import run_raw
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id, quoted
 from runtime_core.tracing import attach, detach
@@ -125,6 +130,7 @@ class ModelHandler:
         self.version = runtime.context.version
         self.batchable = bool(getattr(runtime, "supports_batching", False))
         self.mlserver_envelope = bool(getattr(runtime, "mlserver_envelope", False))
+        self.raw = bool(getattr(runtime, "raw_requests", False))
 
     # ------------------------------------------------------------------ pieces
 
@@ -144,9 +150,14 @@ class ModelHandler:
         message += f" [error id {ident}]"
         return Outcome(InferenceFailed.code, message.encode(), compute=time.perf_counter() - started)
 
-    def decode(self, envelope: Envelope) -> InferenceRequest:
+    def check_deadline(self, envelope: Envelope) -> None:
         if envelope.deadline and time.time() > envelope.deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
+
+    def decode(self, envelope: Envelope) -> InferenceRequest:
+        self.check_deadline(envelope)
+        if envelope.wire is Wire.CUSTOM:  # the REST front end routes these to raw runtimes only
+            raise InvalidRequest(f"model {self.model_name!r} has no endpoints of its own")
         if envelope.wire is Wire.GRPC:
             request: InferenceRequest = _grpc_codec().decode_grpc_request(envelope.payload, self.max_elements)
         else:
@@ -348,6 +359,8 @@ async def run_groups(
 
 
 async def _run_one(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
+    if handler.raw:
+        return await run_raw(handler, envelopes, started)
     outcomes: list[Outcome | None] = [None] * len(envelopes)
     decoded: list[InferenceRequest] = []
     traces: list[str] = []

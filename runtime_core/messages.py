@@ -5,7 +5,7 @@ A frame on a worker's data socket (a stream socket) is::
     u32 length | u8 kind | u64 request id | payload (length - 9 bytes)
 
 ``INFER`` payloads are ``u8 wire | i64 header length | f64 deadline | f64 arrived |
-u32 model slot | u8 trace length | trace | request bytes`` (see
+u32 model slot | u8 trace length | u32 headers length | trace | headers | request bytes`` (see
 :class:`~runtime_core.envelope.Envelope`; the slot names the model in a process that hosts
 several; the trace is the request's W3C ``traceparent``, ASCII, empty when tracing is off). ``REPLY`` payloads are the
 :class:`~runtime_core.envelope.Outcome` fixed fields followed by its body. The request
@@ -28,8 +28,9 @@ from typing import Any
 from runtime_core.envelope import Envelope, Outcome, Wire
 
 FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
-# wire, header length, deadline (0: none), arrival time, model slot, length of the trace that follows
-INFER_HEAD = struct.Struct("<BqddIB")
+# wire, header length, deadline (0: none), arrival time, model slot, length of the trace and of
+# the forwarded headers that follow
+INFER_HEAD = struct.Struct("<BqddIBI")
 # code, wire, header length, compute, cpu, decode, predict, encode, batch, rows, batch rows
 REPLY_HEAD = struct.Struct("<BBqdddddIII")
 
@@ -65,19 +66,24 @@ def infer_frame(request_id: int, envelope: Envelope, slot: int = 0) -> list[byte
     """The pieces of an INFER frame, for ``transport.writelines`` (the payload is not copied)."""
     body = envelope.payload
     trace = envelope.trace.encode() if envelope.trace else b""
-    head = FRAME.pack(FRAME.size - 4 + INFER_HEAD.size + len(trace) + len(body), INFER, request_id)
-    fixed = INFER_HEAD.pack(
-        envelope.wire, envelope.header_length, envelope.deadline, envelope.arrived, slot, len(trace)
+    headers = envelope.headers
+    head = FRAME.pack(
+        FRAME.size - 4 + INFER_HEAD.size + len(trace) + len(headers) + len(body), INFER, request_id
     )
-    return [head + fixed + trace, body]  # type: ignore[list-item]
+    fixed = INFER_HEAD.pack(
+        envelope.wire, envelope.header_length, envelope.deadline, envelope.arrived, slot, len(trace), len(headers)
+    )
+    return [head + fixed + trace + headers, body]  # type: ignore[list-item]
 
 
 def parse_infer(payload: memoryview) -> tuple[int, Envelope]:
     """``(slot, envelope)`` of an INFER payload; the envelope's payload is a view, not a copy."""
-    wire, header_length, deadline, arrived, slot, length = INFER_HEAD.unpack_from(payload)
-    start = INFER_HEAD.size + length
-    trace = bytes(payload[INFER_HEAD.size : start]).decode() if length else ""
-    return slot, Envelope(payload[start:], Wire(wire), header_length, deadline, arrived, trace)
+    wire, header_length, deadline, arrived, slot, length, headers_length = INFER_HEAD.unpack_from(payload)
+    headers_at = INFER_HEAD.size + length
+    start = headers_at + headers_length
+    trace = bytes(payload[INFER_HEAD.size : headers_at]).decode() if length else ""
+    headers = bytes(payload[headers_at:start]) if headers_length else b""
+    return slot, Envelope(payload[start:], Wire(wire), header_length, deadline, arrived, trace, headers)
 
 
 def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:

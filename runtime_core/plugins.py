@@ -11,7 +11,7 @@ manager.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -57,9 +57,14 @@ class RuntimeRegistry:
     """Maps runtime names and aliases to :class:`RuntimeEntry`. Rejects duplicates before
     it changes any state."""
 
-    def __init__(self, entries: Iterable[RuntimeEntry] = ()) -> None:
+    def __init__(
+        self, entries: Iterable[RuntimeEntry] = (), claim: Callable[[str], str | None] | None = None
+    ) -> None:
         self._by_name: dict[str, RuntimeEntry] = {}
         self._entries: list[RuntimeEntry] = []
+        # Asks the plugins which runtime serves an implementation that is no name or alias
+        # (the ``rc_runtime_for_implementation`` hook); None: nothing claims anything.
+        self._claim = claim
         self.add(entries)
 
     def add(self, entries: Iterable[RuntimeEntry]) -> None:
@@ -78,9 +83,20 @@ class RuntimeRegistry:
         self._entries.extend(e for e in batch if e not in self._entries)
 
     def get(self, name: str, *, model: str | None = None, path: str | None = None) -> RuntimeEntry:
-        try:
-            return self._by_name[name]
-        except KeyError:
+        entry = self._by_name.get(name)
+        if entry is None and self._claim is not None:
+            try:
+                claimed = self._claim(name)
+            except Exception as exc:  # a broken plugin fails this model's load, not the server
+                raise PluginError(f"model {model!r}: a plugin failed while claiming {name!r}: {exc}") from exc
+            if claimed is not None:
+                entry = self._by_name.get(claimed)
+                if entry is None:
+                    raise PluginError(
+                        f"model {model!r}: a plugin claimed {name!r} for the runtime {claimed!r},"
+                        " which is not installed"
+                    )
+        if entry is None:
             installed = ", ".join(sorted(e.name for e in self._entries)) or "none"
             where = f" ({path})" if path else ""
             raise RuntimeNotFound(
@@ -88,7 +104,8 @@ class RuntimeRegistry:
                 f" installed runtimes: {installed}",
                 model=model,
                 path=path,
-            ) from None
+            )
+        return entry
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(sorted(self._entries, key=lambda e: e.name))
@@ -116,7 +133,8 @@ class RuntimeRegistry:
                         name, tuple(runtime_cls.aliases), runtime_cls, dist_name, dist_version, impl.plugin_name
                     )
                 )
-        return cls(entries)
+        hook = pm.hook.rc_runtime_for_implementation
+        return cls(entries, claim=lambda implementation: cast("str | None", hook(implementation=implementation)))
 
 
 def load_registry(blocklist: Iterable[str] = ()) -> RuntimeRegistry:

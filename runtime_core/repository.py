@@ -93,6 +93,8 @@ class ModelRecord:
     runtime: str = ""
     load_time: float = 0.0
     error: RuntimeCoreError | None = None
+    raw_requests: bool = False
+    """Its runtime reads requests itself (``Runtime.raw_requests``): they carry their headers."""
 
     @property
     def key(self) -> str:
@@ -376,6 +378,7 @@ class ModelRepository:
             record.pool = pool
             record.settings = settings
             record.runtime = runtime_name
+            record.raw_requests = entry.cls.raw_requests
             record.state = ModelState.READY
             record.reason = ""
             record.load_time = seconds

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
 from runtime_core.protocol import InferenceRequest, InferenceResponse, TensorSpec
 from runtime_core.sanitize import quoted
@@ -65,6 +66,20 @@ class ModelMetadata:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     platform: str = ""
+    endpoints: tuple[tuple[str, str], ...] = ()
+    """The model's own REST endpoints, as ``(method, path)``: the server routes them to
+    :meth:`Runtime.infer_raw` as :attr:`~runtime_core.envelope.Wire.CUSTOM` calls (runtimes
+    with ``raw_requests`` only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """What :meth:`Runtime.infer_raw` answers for one request: the response bytes as sent."""
+
+    body: bytes
+    wire: Wire = Wire.JSON
+    header_length: int = 0
+    """For :attr:`Wire.BINARY`: length of the JSON header of ``body``."""
 
 
 def declared_metadata(settings: ModelSettings) -> ModelMetadata:
@@ -103,6 +118,12 @@ class Runtime(abc.ABC):
     ``parameters`` object, ``{}`` when empty. Read once, when the server builds its handler
     for the instance, so set it in ``__init__`` at the latest."""
 
+    raw_requests: ClassVar[bool] = False
+    """True if the runtime reads the request bytes itself: the worker then calls
+    :meth:`infer_raw` with the requests as they came (and their headers) instead of
+    decoding them, calling :meth:`predict` and encoding the reply. For runtimes that wrap
+    another server's types (MLServer's ``MLModel``), whose replies must pass unchanged."""
+
     @classmethod  # noqa: B027 (optional hook, empty by default)
     def preload(cls) -> None:
         """Import heavy modules (the framework) ahead of any model. Called once per runtime in
@@ -122,6 +143,13 @@ class Runtime(abc.ABC):
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
         """Run one request. Raise :class:`runtime_core.InvalidRequest` for input the model
         cannot take (answered 400); any other exception is answered 500."""
+
+    async def infer_raw(self, envelopes: list[Envelope]) -> list[RawReply | Exception]:
+        """Run requests that were not decoded (``raw_requests`` runtimes): one reply or one
+        exception per envelope, in order. An exception is answered as :meth:`predict`'s
+        are. The envelopes are the ones that arrived together (a batch under
+        ``max_batch_size``); their deadlines were checked."""
+        raise NotImplementedError(f"{type(self).__qualname__} sets raw_requests but has no infer_raw")
 
     async def unload(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Release resources. Runs once per instance when the model is unloaded."""

@@ -14,6 +14,7 @@ own answers: :func:`test_runtime_key_keeps_native_answers`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -41,9 +42,9 @@ SERVED = ["sklearn", "xgboost", "mms", "extras"]
 #: needs mlserver-lightgbm installed). Recorded already; compared once switched on below.
 NEEDS_MLSERVER_RUNTIME = ["lightgbm", "custom-json", "content-type", "sum-model"]
 
-#: The switch: empty until runtimes/mlserver is merged, then set to NEEDS_MLSERVER_RUNTIME
-#: and :func:`test_mlserver_runtime_answers_as_mlserver` compares those examples too.
-MLSERVER_RUNTIME_EXAMPLES: list[str] = []
+#: Compared by :func:`test_mlserver_runtime_answers_as_mlserver` (runtimes/mlserver is part
+#: of the test environment).
+MLSERVER_RUNTIME_EXAMPLES: list[str] = NEEDS_MLSERVER_RUNTIME
 
 #: Float data: MLServer's answers were recorded with the same libraries; the tolerance only
 #: absorbs float32/float64 text round trips.
@@ -178,11 +179,9 @@ def test_every_recorded_example_is_compared_or_waits_for_the_mlserver_runtime() 
 
 def _mlserver_python() -> str:
     """A Python that can import mlserver: this one, else the one beside ``MLSERVER_BIN``."""
-    try:
-        import mlserver  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    # Looked up, not imported: importing mlserver registers its gRPC messages, whose names
+    # clash with tritonclient's in this process's protobuf pool. The decode runs apart.
+    if importlib.util.find_spec("mlserver") is not None:
         return sys.executable
     binary = os.environ.get("MLSERVER_BIN")
     if binary and (Path(binary).parent / "python").exists():

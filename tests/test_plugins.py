@@ -203,3 +203,30 @@ def test_one_plugin_registering_a_class_twice_is_not_a_clash() -> None:
     twice = _runtime("twice")
     registry = RuntimeRegistry.from_plugin_manager(_manager(_plugin(twice, twice)))
     assert registry.get("twice").cls is twice
+
+
+def test_hook_rc_runtime_for_implementation() -> None:
+    """An implementation that is no runtime name or alias goes to the runtime a plugin names
+    for it; names and aliases are never taken away; a broken claim fails only that lookup."""
+    claimer, aliased = _runtime("claimer"), _runtime("aliased", "pkg.Aliased")
+
+    class Claims:
+        @hookimpl
+        def rc_runtime_for_implementation(self, implementation: str) -> str | None:
+            if implementation == "pkg.Broken":
+                raise RuntimeError("cannot decide")
+            if implementation == "pkg.Elsewhere":
+                return "not-installed"
+            return "claimer" if implementation.startswith("pkg.") else None
+
+    registry = RuntimeRegistry.from_plugin_manager(_manager(_plugin(claimer, aliased), Claims()))
+    assert registry.get("pkg.Model").cls is claimer
+    assert registry.get("pkg.Aliased").cls is aliased  # an alias is looked up before any claim
+    with pytest.raises(RuntimeNotFound) as info:
+        registry.get("other.Model", model="m")
+    assert "names runtime 'other.Model', which is not installed" in info.value.message
+    with pytest.raises(PluginError, match="'not-installed', which is not installed"):
+        registry.get("pkg.Elsewhere", model="m")
+    with pytest.raises(PluginError, match="cannot decide"):
+        registry.get("pkg.Broken", model="m")
+    assert registry.get("pkg.Model").cls is claimer  # a failed claim changed nothing

@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+import orjson
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -203,7 +204,11 @@ class InferenceService:
         arrived = time.time()
         remaining = context.time_remaining()
         deadline = arrived + remaining if remaining is not None else 0.0
-        return await self.plane.infer(record.key, Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace))
+        envelope = Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace)
+        if record.raw_requests:  # its runtime reads requests itself: with their metadata, as headers
+            metadata = context.invocation_metadata() or ()
+            envelope.headers = orjson.dumps({m.key: m.value for m in metadata if isinstance(m.value, str)})
+        return await self.plane.infer(record.key, envelope)
 
     async def _observed_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """ModelInfer with its span (``tracing``) and its request log line (``request_log``)."""

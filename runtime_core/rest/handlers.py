@@ -20,6 +20,7 @@ from aiohttp import web
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
 from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
+from runtime_core.rest.custom import forwarded_headers
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SERVED_VERSION, SETTINGS, TRACEPARENT
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -125,6 +126,7 @@ async def infer(request: web.Request) -> web.Response:
         raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
     wire = Wire.JSON if header_length < 0 else Wire.BINARY
     envelope = Envelope(body, wire, max(header_length, 0), deadline, arrived, request.get(TRACEPARENT, ""))
+    envelope.headers = forwarded_headers(record, request.headers)
     outcome = await plane.infer(record.key, envelope)
     request[OUTCOME] = outcome
     if outcome.wire is Wire.JSON:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from runtime_core.rest import handlers
+from runtime_core.rest.custom import setup_custom_routes
 from runtime_core.rest.status import setup_status_routes
 from runtime_core.rest.swagger import setup_swagger_routes
 
@@ -36,6 +37,7 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_post(f"/v2/{kind}/unregister", handlers.shared_memory)
     app.router.add_get("/metrics", handlers.metrics)
     _with_trailing_slashes(app)
+    setup_custom_routes(app)  # last: a catch-all for the endpoints of models' own (rest/custom.py)
 
 
 def _with_trailing_slashes(app: web.Application) -> None:
