@@ -39,6 +39,30 @@ def _collect_garbage_per_module() -> Iterator[None]:
     gc.collect()
 
 
+#: KServe's SDK, in a virtual environment of its own: kserve 0.21 needs starlette >= 1.3.1, while
+#: MLServer 1.7 (which runtimes/mlserver runs) pins fastapi < 0.116 and so starlette < 0.47, and
+#: one environment cannot hold both. Built on first use, kept (under .cache/, ignored by git)
+#: for the next runs; the tests that need it run their KServe code in that Python.
+KSERVE_REQUIREMENTS = ["kserve==0.21.0", "pytest>=8", "pyyaml>=6.0"]
+KSERVE_VENV = HERE.parent / ".cache" / "kserve-venv"
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """A Python that can import KServe's SDK (see ``KSERVE_REQUIREMENTS``)."""
+    python = KSERVE_VENV / "bin" / "python"
+    stamp = KSERVE_VENV / "requirements.txt"
+    wanted = "\n".join(KSERVE_REQUIREMENTS) + "\n"
+    if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *KSERVE_REQUIREMENTS],
+            check=True,
+        )
+        stamp.write_text(wanted)
+    return python
+
+
 @pytest.fixture(scope="session")
 def toy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding the pip-installed ``rc-toy-runtimes`` distribution."""

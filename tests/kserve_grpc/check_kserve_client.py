@@ -1,14 +1,16 @@
 """KServe's ``InferenceGRPCClient`` against a real runtime-core server.
 
-Run in its own pytest process by tests/test_grpc_kserve.py (the file name keeps it out
-of the main collection): KServe's generated protobuf module registers the same
-``inference.*`` symbols as tritonclient's, and one process cannot import both.
+Run in its own pytest process, in KServe's own environment, by tests/test_grpc_kserve.py
+(the file name keeps it out of the main collection), which starts the server (an ``echo``
+model) and names its gRPC address in ``RC_GRPC_TARGET``: KServe's generated protobuf module
+registers the same ``inference.*`` symbols as tritonclient's, and KServe's SDK cannot be
+installed beside MLServer's. This file imports nothing of runtime-core.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import os
 from typing import Any
 
 import grpc
@@ -16,8 +18,6 @@ import numpy as np
 import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.infer_type import RequestedOutput
-
-from runtime_core.testing import ServerProcess, write_model
 
 SAMPLES = {
     "BOOL": np.array([[True, False]]),
@@ -37,23 +37,20 @@ SAMPLES = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("kserve-repo")
-    write_model(root / "echo", name="echo", runtime="echo")
-    proc = ServerProcess(root, workers=1)
-    yield proc
-    proc.stop()
+def server() -> str:
+    """The gRPC address of the server under test (started by tests/test_grpc_kserve.py)."""
+    return os.environ["RC_GRPC_TARGET"]
 
 
-def run(server: ServerProcess, call: Any) -> Any:
+def run(server: str, call: Any) -> Any:
     async def scenario() -> Any:
-        async with InferenceGRPCClient(server.grpc_url) as client:
+        async with InferenceGRPCClient(server) as client:
             return await call(client)
 
     return asyncio.run(scenario())
 
 
-def test_health_rpcs(server: ServerProcess) -> None:
+def test_health_rpcs(server: str) -> None:
     async def call(client: InferenceGRPCClient) -> tuple[bool, bool, bool]:
         return await client.is_server_live(), await client.is_server_ready(), await client.is_model_ready("echo")
 
@@ -65,7 +62,7 @@ CASES = [(datatype, True) for datatype in SAMPLES] + [(datatype, False) for data
 
 
 @pytest.mark.parametrize(("datatype", "raw"), CASES, ids=[f"{d}-{'raw' if r else 'typed'}" for d, r in CASES])
-def test_every_datatype_round_trips(server: ServerProcess, datatype: str, raw: bool) -> None:
+def test_every_datatype_round_trips(server: str, datatype: str, raw: bool) -> None:
     array = SAMPLES[datatype]
     item = InferInput("x", list(array.shape), datatype)
     if raw:
@@ -85,7 +82,7 @@ def test_every_datatype_round_trips(server: ServerProcess, datatype: str, raw: b
     assert np.array_equal(got.reshape(array.shape), array)
 
 
-def test_errors_carry_status_codes(server: ServerProcess) -> None:
+def test_errors_carry_status_codes(server: str) -> None:
     item = InferInput("x", [1], "FP32")
     item.set_data_from_numpy(np.array([1.0], dtype=np.float32))
 
