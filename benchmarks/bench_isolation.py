@@ -40,13 +40,14 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import models
 from common import HERE, environment, fmt, infer_url, progress, publish, table, verdict, windowed
-from loadgen import ClosedLoop, Load, LoadResult, OpenLoop
+from loadgen import ClosedLoop, Load, LoadResult, OpenLoop, run_loads
 from measure import ProcKey, cpu_delta, tree_stats
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
@@ -126,6 +127,56 @@ def cpu_by_role(before: dict[ProcKey, int], after: dict[ProcKey, int], comms: di
     return out
 
 
+def sched_policy(pid: int) -> int | None:
+    """The scheduling policy of ``pid`` (field 41 of ``/proc/PID/stat``): 0 normal, 5 idle."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[38])
+
+
+class PrioritySampler:
+    """Samples, every ``interval`` s of a window, which of the server's hosts and workers run
+    at ``SCHED_IDLE`` (runtime-core's ``cpu_priority`` puts a saturated model's workers there
+    while another model has work within its means): the share of samples per process group."""
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        self.root, self.interval = root, interval
+        self.samples: Counter[str] = Counter()
+        self.idle: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="priority-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for s in tree_stats(self.root):
+                group = role(read_comm(s.pid))
+                if group in ("main", "root"):
+                    continue
+                policy = sched_policy(s.pid)
+                if policy is not None:
+                    self.samples[group] += 1
+                    self.idle[group] += policy == os.SCHED_IDLE
+
+    def stop(self) -> dict[str, float]:
+        """Per group (``host``, ``w:<model>``): the share of process samples at SCHED_IDLE."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return {g: self.idle[g] / n for g, n in sorted(self.samples.items()) if n}
+
+
+def idle_text(shares: dict[str, float] | None) -> str:
+    if not shares:
+        return "-"
+    return ", ".join(f"{g.removeprefix('w:')} {100 * v:.0f}%" for g, v in shares.items())
+
+
 class LogFollower:
     """New lines of a server's log since the last call (those that say where models run)."""
 
@@ -175,13 +226,23 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
 
     def run(label: str, loads: list[tuple[str, Any]]) -> dict[str, LoadResult]:
         start: dict[str, Any] = {}
+        sampler = PrioritySampler(root) if runtime_core else None
 
         def make(d: float) -> list[Load]:
-            if runtime_core:  # called last just before the window: the state it starts in
+            if runtime_core:  # just before the window: the state it starts in
                 start["state"] = census(root)
+                if sampler is not None:
+                    sampler.start()
             return [factory(d) for _, factory in loads]
 
-        results, cpu = windowed(make, root, args.warmup, args.duration)
+        # The warm-up is kept, not discarded: where a model first moves (a stall, a first
+        # worker), the move happens in it, and its light p99 is what the move cost.
+        before_warmup = census(root) if runtime_core else None
+        warm = run_loads([factory(args.warmup) for _, factory in loads]) if args.warmup > 0 else []
+        try:
+            results, cpu = windowed(make, root, 0, args.duration)
+        finally:
+            idle = sampler.stop() if sampler is not None else None
         by_model = {name: r for (name, _), r in zip(loads, results, strict=True)}
         phase: dict[str, Any] = {
             "results": {name: r.as_dict() for name, r in by_model.items()},
@@ -189,20 +250,23 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
             "machine_busy_cores": cpu.machine_busy / cpu.wall if cpu.wall else float("nan"),
             "loadavg": load_averages(),
             "errors": sum(r.errors for r in results),
+            "warmup": {name: r.as_dict() for (name, _), r in zip(loads, warm, strict=False)},
         }
         if runtime_core:
             assert cpu.before is not None and cpu.after is not None
             comms = {pid: read_comm(pid) for pid, _ in cpu.after}
+            phase["state_before_warmup"] = before_warmup
             phase["state_start"] = start.get("state")
             phase["state_end"] = census(root)
             phase["cpu_by_role"] = cpu_by_role(cpu.before, cpu.after, comms)
+            phase["sched_idle_share"] = idle
             phase["log"] = log.new_lines() if log is not None else []
         phases[label] = phase
         summary = ", ".join(
             f"{n}: {r.rps:.0f} req/s p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} ms err {r.errors}"
             for n, r in by_model.items()
         )
-        extra = f" [{state_text(phase.get('state_end'))}]" if runtime_core else ""
+        extra = f" [{state_text(phase.get('state_end'))}; SCHED_IDLE {idle_text(idle)}]" if runtime_core else ""
         progress(f"  {label}: {summary}; server {phase['server_cpu_cores']:.2f} cores{extra}")
         for line in phase.get("log", [])[-5:]:
             progress(f"    log: {line[:160]}")
@@ -214,45 +278,50 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
-    for c in args.heavy_concurrency:
-        h_alone = run(f"heavy_alone_c{c}", [("heavy", lambda d, c=c: closed("heavy", c, d))])["heavy"]
-        both = run(f"light_heavy_c{c}", [("light", light), ("heavy", lambda d, c=c: closed("heavy", c, d))])
+    def row(label: str, key: str, both: dict[str, LoadResult], other: str, other_alone: LoadResult | None) -> None:
+        warm = phases[key]["warmup"].get("light") or {}
         rows.append(
             {
-                "phase": f"heavy C={c}",
-                "key": f"light_heavy_c{c}",
+                "phase": label,
+                "key": key,
                 "light_p50": both["light"].p50_ms,
                 "light_p99": both["light"].p99_ms,
                 "light_p99_ratio": ratio(both["light"].p99_ms, alone.p99_ms),
-                "other": "heavy",
-                "other_rps": both["heavy"].rps,
-                "other_p99": both["heavy"].p99_ms,
-                "other_alone_rps": h_alone.rps,
-                "other_ratio": ratio(both["heavy"].rps, h_alone.rps),
+                "light_warmup_p99": warm.get("p99_ms", float("nan")),
+                "other": other,
+                "other_rps": both[other].rps,
+                "other_p99": both[other].p99_ms,
+                "other_alone_rps": other_alone.rps if other_alone else float("nan"),
+                "other_ratio": ratio(both[other].rps, other_alone.rps) if other_alone else float("nan"),
             }
         )
-    for n in args.sleepy_clients:
-        both = run(f"light_sleepy_{n}", [("light", light), ("sleepy", lambda d, n=n: closed("sleepy", n, d))])
-        rows.append(
-            {
-                "phase": f"sleepy {n} client{'s' if n != 1 else ''}",
-                "key": f"light_sleepy_{n}",
-                "light_p50": both["light"].p50_ms,
-                "light_p99": both["light"].p99_ms,
-                "light_p99_ratio": ratio(both["light"].p99_ms, alone.p99_ms),
-                "other": "sleepy",
-                "other_rps": both["sleepy"].rps,
-                "other_p99": both["sleepy"].p99_ms,
-                "other_alone_rps": float("nan"),
-                "other_ratio": float("nan"),
-            }
-        )
-    for row in rows:
-        phase = phases[row["key"]]
-        row["errors"] = phase["errors"]
-        row["server_cpu_cores"] = phase["server_cpu_cores"]
-        row["loadavg"] = phase["loadavg"]
-        row["state"] = state_text(phase.get("state_end"))
+
+    def sleepy_phases() -> None:
+        for n in args.sleepy_clients:
+            key = f"light_sleepy_{n}"
+            both = run(key, [("light", light), ("sleepy", lambda d, n=n: closed("sleepy", n, d))])
+            row(f"sleepy {n} client{'s' if n != 1 else ''}", key, both, "sleepy", None)
+
+    def heavy_phases() -> None:
+        for c in args.heavy_concurrency:
+            h_alone = run(f"heavy_alone_c{c}", [("heavy", lambda d, c=c: closed("heavy", c, d))])["heavy"]
+            key = f"light_heavy_c{c}"
+            both = run(key, [("light", light), ("heavy", lambda d, c=c: closed("heavy", c, d))])
+            row(f"heavy C={c}", key, both, "heavy", h_alone)
+
+    # The sleepy phases first by default: they test whether light leaves a host stalled by
+    # another model's call, which needs light on the shared host when sleepy's first call
+    # comes; after the heavy phases light may already have workers of its own.
+    for group in (sleepy_phases, heavy_phases) if args.sleepy_first else (heavy_phases, sleepy_phases):
+        group()
+    for r in rows:
+        phase = phases[r["key"]]
+        r["errors"] = phase["errors"]
+        r["server_cpu_cores"] = phase["server_cpu_cores"]
+        r["loadavg"] = phase["loadavg"]
+        r["state"] = state_text(phase.get("state_end"))
+        r["sched_idle"] = idle_text(phase.get("sched_idle_share"))
+        r["moves"] = sum("'light' moved to a sibling host" in line for line in phase.get("log", []))
     return {
         "phases": phases,
         "rows": rows,
@@ -338,6 +407,7 @@ def render(data: dict[str, Any]) -> str:
             "phase",
             "light p50 / p99 ms",
             "p99 / alone",
+            "light p99 in warm-up ms",
             "other req/s",
             "other p99 ms",
             "heavy alone req/s",
@@ -346,6 +416,7 @@ def render(data: dict[str, Any]) -> str:
             "server cores",
             "load avg 1 min",
             "runtime-core state at end",
+            "SCHED_IDLE share of samples",
         ]
         detail = []
         for s in servers:
@@ -355,6 +426,7 @@ def render(data: dict[str, Any]) -> str:
                     "light alone",
                     f"{fmt(s['light_alone_p50'], 2)} / {fmt(s['light_alone_p99'], 2)}",
                     "1.00x",
+                    fmt((s["phases"]["light_alone"]["warmup"].get("light") or {}).get("p99_ms"), 2),
                     "-",
                     "-",
                     "-",
@@ -363,6 +435,7 @@ def render(data: dict[str, Any]) -> str:
                     fmt(s["phases"]["light_alone"]["server_cpu_cores"], 2),
                     s["phases"]["light_alone"]["loadavg"][0],
                     s.get("light_alone_state", "-"),
+                    idle_text(s["phases"]["light_alone"].get("sched_idle_share")),
                 ]
             )
             for r in s["rows"]:
@@ -372,6 +445,7 @@ def render(data: dict[str, Any]) -> str:
                         r["phase"],
                         f"{fmt(r['light_p50'], 2)} / {fmt(r['light_p99'], 2)}",
                         _ratio(r["light_p99_ratio"]),
+                        fmt(r["light_warmup_p99"], 2),
                         f"{r['other']} {fmt(r['other_rps'])}",
                         fmt(r["other_p99"]),
                         fmt(r["other_alone_rps"]),
@@ -379,7 +453,10 @@ def render(data: dict[str, Any]) -> str:
                         r["errors"],
                         fmt(r["server_cpu_cores"], 2),
                         r["loadavg"][0],
-                        r["state"] if s["server"] == "runtime-core" else "-",
+                        (r["state"] + (f"; light moved {r['moves']}x" if r["moves"] else ""))
+                        if s["server"] == "runtime-core"
+                        else "-",
+                        r.get("sched_idle", "-") if s["server"] == "runtime-core" else "-",
                     ]
                 )
         parts += ["Per phase:", "", table(detail_headers, detail), ""]
@@ -427,6 +504,12 @@ def main() -> None:
         "--mlserver-configs",
         default="shared:1,pool:2",
         help="comma-separated shared:N / pool:N (pool = one inference_pool_gid per model)",
+    )
+    parser.add_argument(
+        "--heavy-first",
+        dest="sleepy_first",
+        action="store_false",
+        help="run the heavy phases before the sleepy ones (default: sleepy first, while light is on the host)",
     )
     parser.add_argument("--quick", action="store_true", help="3 s windows, 1 s warm-up")
     parser.add_argument("--no-mlserver", action="store_true")
