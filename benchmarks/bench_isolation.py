@@ -7,16 +7,21 @@ host. Phases, each W s warm-up + D s window, in this order:
 
 1. light alone, open loop at ``--light-rate`` req/s (latency from each request's scheduled
    start, so a stall is charged to every request queued behind it);
-2. for each C of ``--heavy-concurrency`` (2, 4, 16): heavy alone, closed loop at C; then light
-   (open loop) + heavy at C: light p99 / light-alone p99, heavy req/s / heavy alone at C;
-3. for each N of ``--sleepy-clients`` (1, 2): light (open loop) + sleepy, closed loop at N
-   clients, so that the sleeping model always has a call in flight.
+2. for each N of ``--sleepy-clients`` (1, 2): light (open loop) + sleepy, closed loop at N
+   clients, so that the sleeping model always has a call in flight. These come first, so
+   that sleepy's first call finds light on the shared host (``--heavy-first`` swaps 2 and 3);
+3. for each C of ``--heavy-concurrency`` (2, 4, 16): heavy alone, closed loop at C; then light
+   (open loop) + heavy at C: light p99 / light-alone p99, heavy req/s / heavy alone at C.
+
+The warm-ups are kept (a model moves in the first one after a change of load), and their
+light p99 reported beside the window's.
 
 Per phase: light p50/p99, heavy or sleepy req/s and latency, errors, CPU of the server's
 process tree, the machine's load averages. For runtime-core also the state that was
 measured: the server's processes by kernel name (``/proc/PID/comm``) at the start and at the
 end of each window -- ``rc-h:<runtime>`` hosts, ``rc-w<i>:<model>`` dedicated workers -- the
-CPU of each of those groups, and the server's log lines about hosts and workers.
+CPU of each of those groups, the share of samples (every 0.5 s) in which each group ran at
+``SCHED_IDLE``, and the server's log lines about hosts and workers.
 
 The same phases run against MLServer 1.7.1 (``--mlserver-configs``): its default, one shared
 pool with ``parallel_workers: 1`` (``shared:1``), and one pool per model
@@ -28,7 +33,7 @@ Results: ``benchmarks/results/isolation-*.{json,md}``.
 
 Examples::
 
-    python benchmarks/bench_isolation.py            # full run (~9 min with MLServer)
+    python benchmarks/bench_isolation.py            # full run (~7 min with MLServer)
     python benchmarks/bench_isolation.py --quick --no-mlserver
     python benchmarks/bench_isolation.py --heavy-concurrency 2 --sleepy-clients 1 --mlserver-configs pool:2
 """
