@@ -5,6 +5,8 @@ Models (all binary classifiers on 20 features from ``make_classification``):
 * ``light``: LogisticRegression -- a ~20 us predict; measures server overhead.
 * ``heavy``: RandomForestClassifier(300 trees, max_depth=12) -- CPU-bound predict.
 * ``xgb``:   XGBClassifier(200 trees, max_depth=6), saved as ``model.json``.
+* ``sleepy``: :class:`sleepy.Sleepy` -- every predict sleeps 1 s and uses no CPU (its
+  servers need this folder on ``PYTHONPATH`` to unpickle it).
 
 Trained artifacts are cached in ``benchmarks/.cache`` (keyed by library versions);
 :func:`write_model` writes a model folder (``model-settings.json`` + a hard link to,
@@ -46,7 +48,11 @@ SPECS: dict[str, ModelSpec] = {
     "light": ModelSpec("light", "model.joblib", "sklearn", "mlserver_sklearn.SKLearnModel", 1),
     "heavy": ModelSpec("heavy", "model.joblib", "sklearn", "mlserver_sklearn.SKLearnModel", 64),
     "xgb": ModelSpec("xgb", "model.json", "xgboost", "mlserver_xgboost.XGBoostModel", 64),
+    "sleepy": ModelSpec("sleepy", "model.joblib", "sklearn", "mlserver_sklearn.SKLearnModel", 1),
 }
+
+#: Seconds every call of the ``sleepy`` model sleeps.
+SLEEPY_SECONDS = 1.0
 
 
 def dataset() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -68,7 +74,8 @@ def _versions() -> str:
 def artifact_path(name: str) -> Path:
     """The cached artifact of model ``name``, trained on first use."""
     spec = SPECS[name]
-    path = CACHE / f"{name}-{_versions()}" / spec.artifact
+    stem = f"{name}-{_versions()}" + (f"-{SLEEPY_SECONDS:g}s" if name == "sleepy" else "")
+    path = CACHE / stem / spec.artifact
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,11 @@ def artifact_path(name: str) -> Path:
         from xgboost import XGBClassifier
 
         XGBClassifier(n_estimators=200, max_depth=6, random_state=SEED, tree_method="hist").fit(x, y).save_model(tmp)
+    elif name == "sleepy":
+        import joblib
+        from sleepy import Sleepy  # pickled as sleepy.Sleepy: the servers import it by that name
+
+        joblib.dump(Sleepy(seconds=SLEEPY_SECONDS).fit(x, y), tmp)
     else:  # pragma: no cover
         raise KeyError(name)
     os.replace(tmp, path)

@@ -9,7 +9,7 @@ them from stored results without running anything:
 
 With no argument it reads the results published in ``benchmarks/published/`` and writes
 ``docs/img/bench-<kind>-<plot>.png``. The kind of a results file is the start of its name
-(``parallel``, ``fairness``, ``batching``, ``binary``, ``density``, ``grpc``, ``ray``).
+(``parallel``, ``fairness``, ``isolation``, ``batching``, ``binary``, ``density``, ``grpc``, ``ray``).
 """
 
 from __future__ import annotations
@@ -169,6 +169,33 @@ def plot_fairness(data: dict[str, Any], prefix: Path) -> list[Path]:
         ax.set_title("Weights 2:1, both flooded (dashed: 2/3 and 1/3)", fontsize=9)
         out.append(_save(fig, prefix.with_name(prefix.name + "-weights.png")))
     return out
+
+
+# --------------------------------------------------------------------------- bench_isolation
+
+
+def plot_isolation(data: dict[str, Any], prefix: Path) -> list[Path]:
+    """Light p99 in each loaded phase over light p99 alone, one group of bars per phase and one
+    bar per server, on a log scale, with the 2x target drawn."""
+    plt = _pyplot()
+    servers = [s for s in data.get("servers", []) if s.get("rows")]
+    if not servers:
+        return []
+    phases = [r["phase"] for r in servers[0]["rows"]]
+    shades = [RC, "#9ca3af", "#6b7280", "#374151"]
+    width = 0.8 / len(servers)
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for k, s in enumerate(servers):
+        by = {r["phase"]: r["light_p99_ratio"] for r in s["rows"]}
+        xs = [i + (k - (len(servers) - 1) / 2) * width for i, p in enumerate(phases) if p in by]
+        ax.bar(xs, [by[p] for p in phases if p in by], width=width, color=shades[k % 4], label=_short(s["server"]))
+    ax.axhline(2.0, color="#b91c1c", linestyle="--", linewidth=1, label="target: 2x alone")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(phases)), [f"beside {p}" for p in phases], fontsize=8)
+    ax.set_ylabel("light p99 / light p99 alone")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"Isolation: light model (100 req/s) beside a busy or a sleeping one ({_subtitle(data)})", fontsize=9)
+    return [_save(fig, prefix.with_name(prefix.name + ".png"))]
 
 
 # --------------------------------------------------------------------------- bench_batching
@@ -336,6 +363,7 @@ def plot_ray(data: dict[str, Any], prefix: Path) -> list[Path]:
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "parallel": plot_parallel,
     "fairness": plot_fairness,
+    "isolation": plot_isolation,
     "batching": plot_batching,
     "binary": plot_binary,
     "density": plot_density,
