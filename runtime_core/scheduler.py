@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull, ShuttingDown
 from runtime_core.limits import cpu_count
-from runtime_core.pools.base import ModelPool
+from runtime_core.pools.base import COSTLY_REQUEST, ModelPool
 
 _EWMA = 0.2
 _INITIAL_COST = 0.001
@@ -184,6 +184,9 @@ class FairScheduler:
         self._dirty: set[Lane] = set()  # lanes whose work changed since priorities were set
         self._modest = 0  # lanes classified _MODEST
         self._modest_on = False
+        self._cheap_modest: set[Lane] = set()  # _MODEST lanes whose requests are cheap
+        self._costly_modest: set[Lane] = set()  # _MODEST lanes whose requests are costly
+        self._cheap_on = False
         self._weights: Counter[float] = Counter()
         self._top_weight = 0.0
         self._idle = asyncio.Event()
@@ -246,6 +249,8 @@ class FairScheduler:
         self._saturated.discard(lane)
         self._background.discard(lane)
         self._dirty.discard(lane)
+        self._cheap_modest.discard(lane)
+        self._costly_modest.discard(lane)
         if lane.state == _MODEST:
             self._modest -= 1
         lane.state = _IDLE
@@ -488,6 +493,10 @@ class FairScheduler:
                 state = _SATURATED
             else:
                 state = _MODEST
+            self._cheap_modest.discard(lane)
+            self._costly_modest.discard(lane)
+            if state == _MODEST:
+                (self._cheap_modest if lane.cost < COSTLY_REQUEST else self._costly_modest).add(lane)
             if state == lane.state:
                 continue
             if lane.state == _MODEST:
@@ -501,13 +510,21 @@ class FairScheduler:
             lane.state = state
         # A model with work that is within its means must not wait for the CPU behind one
         # that is flooded; while there is none, the flooded ones keep normal priority (so a
-        # lone busy model does not yield to every other process on the host).
+        # lone busy model does not yield to every other process on the host). Likewise a cheap
+        # model's request must not wait behind a costly model's calls even when that model is
+        # within its means (two clients of a forest on two workers fill both cores).
         modest = self._modest > 0
         if modest != self._modest_on:
             self._modest_on = modest
             changed |= self._saturated | self._background
+        cheap = bool(self._cheap_modest)
+        if cheap != self._cheap_on:
+            self._cheap_on = cheap
+            changed |= self._costly_modest | self._background
         for lane in changed:
-            want = modest and lane.state == _SATURATED and not lane.removed
+            want = not lane.removed and (
+                (modest and lane.state == _SATURATED) or (cheap and lane in self._costly_modest)
+            )
             if want != lane.background:
                 lane.pool.set_background(want)
                 lane.background = want

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.runtime import ModelMetadata
 
+#: Seconds of service per request (measured) from which a model counts as costly: it does not
+#: run on its runtime's shared host (``pools/process.py``), and while a cheap model has work its
+#: workers give way on the CPU (``scheduler.py``). A cheap model's call is a fraction of a
+#: millisecond; one over this, run in line with cheap ones, doubles their latency.
+COSTLY_REQUEST = 0.002
+
 
 @dataclass(slots=True)
 class PoolHealth:

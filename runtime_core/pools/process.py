@@ -74,7 +74,7 @@ from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady,
 from runtime_core.limits import cpu_count
 from runtime_core.messages import control_frame
 from runtime_core.plugins import RuntimeEntry
-from runtime_core.pools.base import ModelPool, PoolHealth
+from runtime_core.pools.base import COSTLY_REQUEST, ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW, Dispatch
 from runtime_core.pools.templates import Host, Templates
@@ -102,7 +102,9 @@ SCALE_UP_SHARE = 0.75
 #: model no longer runs on its runtime's shared host: its requests go to workers of its own,
 #: forked when it has none (the request waits the few milliseconds a fork takes). On the host,
 #: every quiet model of the runtime would wait behind each of its calls.
-HOST_COST_LIMIT = 0.002
+HOST_COST_LIMIT = COSTLY_REQUEST
+#: Added to the nice value of the workers of a model over ``HOST_COST_LIMIT`` (see ``_apply_nice``).
+COSTLY_NICE = 5
 #: Seconds after a failed worker start before a model that wants workers of its own tries again.
 SPAWN_RETRY_AFTER = 5.0
 
@@ -665,7 +667,7 @@ class ProcessPool(ModelPool):
                 return
             conn.ready = True
             conn.last_used = loop.time()
-            if self._nice:
+            if self._nice or self._wants_own_workers:
                 self._apply_nice(conn)
             if self._background_wanted:
                 self._apply_priority(conn, True)
@@ -790,10 +792,14 @@ class ProcessPool(ModelPool):
             self._apply_nice(conn)
 
     def _apply_nice(self, conn: Connection) -> None:
+        # A costly model's workers yield to the hosts and the main process: a cheap model's
+        # request, woken on a busy machine, then waits for no forest call's time slice. Busy
+        # costly models keep their weights' ratio among themselves (the same offset for all).
+        nice = min(19, self._nice + (COSTLY_NICE if self._wants_own_workers else 0))
         try:
-            os.setpriority(os.PRIO_PROCESS, conn.pid, self._nice)
+            os.setpriority(os.PRIO_PROCESS, conn.pid, nice)
         except OSError:  # lowering nice needs CAP_SYS_NICE: keep what we have
-            log.debug("model %r: cannot set nice %d on worker %d", self.name, self._nice, conn.pid)
+            log.debug("model %r: cannot set nice %d on worker %d", self.name, nice, conn.pid)
 
     def set_background(self, background: bool) -> bool:
         self._background_wanted = background

@@ -78,6 +78,16 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
+def cpu_wait_ns(pid: int) -> int:
+    """Nanoseconds process ``pid`` (its main thread) has spent runnable but waiting for a CPU
+    (``/proc/<pid>/schedstat``; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -195,6 +205,7 @@ class Host:
         self.listeners: dict[int, HostListener] = {}  # slot -> its pool's handler of host death
         self.stall_listeners: dict[int, StallListener] = {}  # slot -> its pool's handler of a stall
         self._busy_since = 0.0  # loop time the host last went from no request to some
+        self._wait_mark = (0.0, 0)  # (loop time, its CPU-wait ns then): see _starved
         self.baseline = 0  # its resident set size when it became ready: the runtime, no model
         #: Being replaced (its memory drifted past the budget): no model is sent to it any more.
         self.retiring = False
@@ -352,6 +363,7 @@ class Host:
             loop = asyncio.get_running_loop()
             self._busy_since = loop.time()
             if self._stall_timer is None:
+                self._wait_mark = (self._busy_since, cpu_wait_ns(self.pid))
                 self._stall_timer = loop.call_later(self.stall_after, self._check_stall)
         conn.send(pending)
 
@@ -377,8 +389,11 @@ class Host:
         if conn is None or not conn.pending or not self.alive:
             return
         loop = asyncio.get_running_loop()
-        quiet = self.quiet_for(loop.time())
-        if quiet >= self.stall_after:
+        now = loop.time()
+        quiet = self.quiet_for(now)
+        if quiet >= self.stall_after and self._starved(now):
+            quiet = 0.0  # short of CPU, not stuck: its models would be no better off elsewhere
+        elif quiet >= self.stall_after:
             # The oldest request is the call it is stuck in, unless it is loading a model (loads
             # and requests share the host's one thread): then no model's call is to blame.
             culprit = next(iter(conn.pending.values())).slot if not self._loads else -1
@@ -389,6 +404,14 @@ class Host:
             quiet = 0.0
         if conn.pending and self.alive:
             self._stall_timer = loop.call_later(self.stall_after - quiet, self._check_stall)
+
+    def _starved(self, now: float) -> bool:
+        """The host spent most of the time since the last look waiting for a CPU (its
+        schedstat run-queue wait): a machine short of cores, not a call it is stuck in."""
+        then, waited = self._wait_mark
+        waited_now = cpu_wait_ns(self.pid)
+        self._wait_mark = (now, waited_now)
+        return now > then and (waited_now - waited) / 1e9 >= 0.5 * (now - then)
 
     @property
     def idle(self) -> bool:
