@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import socket
+import struct
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -96,8 +99,84 @@ class ProtocolLog:
         self.log.error(msg, *args, **kwargs)
 
 
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start listening; returns the runner (to clean up) and the bound port."""
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to), made
+    here rather than by aiohttp so that :meth:`HttpServer.close` can read its accept queue."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = found[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+_BACKLOG = 128
+
+#: ``struct tcp_info`` of a listening socket: ``tcpi_unacked`` (offset 24) is its accept queue's length.
+_TCP_INFO_UNACKED = struct.Struct("24xI")
+
+
+def _accept_queue(sock: socket.socket) -> int:
+    """Connections the kernel completed for ``sock`` that the server has not accepted yet."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED.size)
+    return int(_TCP_INFO_UNACKED.unpack_from(info)[0])
+
+
+@dataclass
+class HttpServer:
+    """The listening HTTP server: its runner and its socket."""
+
+    runner: web.AppRunner
+    sock: socket.socket
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address and port it listens on (the bound port when 0 asked for a free one)."""
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
+
+    async def close(self, linger: float, quiet: float = 0.25) -> None:
+        """Stop serving HTTP, answering every request that reached the server (issue 20).
+
+        While draining every answer carries ``Connection: close``, so a connection that sends a
+        request is answered, then closed. In order:
+
+        1. up to ``linger`` seconds for keep-alive clients to send one more request (answered
+           "shutting down") and go, so that a request already on its way finds the socket open;
+        2. the port closes between two accepts: the kernel resets the connections it completed
+           but the server had not accepted yet, so the port closes only when there are none;
+        3. connections accepted just before send their first request at once: up to ``quiet``
+           seconds for them to be answered. aiohttp's own shutdown would close them at once and
+           drop a request that arrives before the close reaches the client;
+        4. what is left is idle: closed (FIN, not reset); requests in progress once answered.
+        """
+        server = self.runner.server
+        deadline = time.monotonic() + linger
+        while server is not None and server.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + max(linger, quiet)
+        while _accept_queue(self.sock) and time.monotonic() < deadline:
+            await asyncio.sleep(0)  # the loop accepts them
+        for site in self.runner.sites:
+            await site.stop()  # no await inside: nothing is accepted between the check and the close
+        deadline = time.monotonic() + quiet
+        while True:  # the first pass also lets connections accepted last get their handler
+            await asyncio.sleep(0.02)
+            if server is None or not server.connections or time.monotonic() >= deadline:
+                break
+        await self.runner.cleanup()
+
+
+async def serve(app: web.Application, host: str, port: int) -> HttpServer:
+    """Start listening on ``host:port``. Raises :class:`OSError` when it cannot."""
     settings = app[SETTINGS]
     access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
     runner = web.AppRunner(
@@ -109,25 +188,15 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
         keepalive_timeout=settings.read_timeout,
         logger=ProtocolLog(),
     )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    addresses = runner.addresses  # the bound port, when port 0 asked for a free one
-    bound = int(addresses[0][1]) if addresses else port
-    return runner, bound
-
-
-async def close_connections(runner: web.AppRunner, linger: float) -> None:
-    """Stop serving HTTP. While draining, every answer carries ``Connection: close``; first
-    wait up to ``linger`` seconds for keep-alive clients to send one more request (answered
-    "shutting down") and go, so that a request already on its way is not met by a closed
-    socket. Then stop listening and close what is left: idle connections at once, requests
-    in progress once answered."""
-    server = runner.server
-    deadline = time.monotonic() + linger
-    while server is not None and server.connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    await runner.cleanup()
+    sock = _listening_socket(host, port)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+    except BaseException:
+        sock.close()
+        await runner.cleanup()
+        raise
+    return HttpServer(runner, sock)
 
 
 async def serve_metrics(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
