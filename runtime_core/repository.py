@@ -153,6 +153,7 @@ class ModelRepository:
             folder = path.parent
             in_version_folder = folder.parent != self.root and folder != self.root and is_version_folder(folder.name)
             try:
+                self._confine_settings_file(path, in_version_folder)
                 settings = load_model_settings(path, in_version_folder=in_version_folder)
                 for each in self._versions_of_folder(settings):
                     by_name.setdefault(each.name, []).append(each)
@@ -162,6 +163,20 @@ class ModelRepository:
             for settings in self._check_versions(name, group, errors):
                 found[settings.key] = settings
         return found, errors
+
+    def _confine_settings_file(self, path: Path, in_version_folder: bool) -> None:
+        """Refuse a settings file that is a link out of the repository, before reading it: the
+        same rule as for artifacts (see :meth:`ModelSettings.resolve_uri`)."""
+        assert self.root is not None
+        resolved = path.resolve()
+        if self.root in resolved.parents:
+            return
+        name = path.parent.parent.name if in_version_folder else path.parent.name
+        raise SettingsError(
+            f"{path}: model {name!r}: {path.name} is a link that leaves the model repository; not read",
+            model=name,
+            path=str(path),
+        )
 
     def _versions_of_folder(self, settings: ModelSettings) -> list[ModelSettings]:
         """Triton's layout: a model folder whose subfolders named by digits hold one version
