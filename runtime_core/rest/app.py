@@ -99,23 +99,35 @@ class ProtocolLog:
         self.log.error(msg, *args, **kwargs)
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to), made
-    here rather than by aiohttp so that :meth:`HttpServer.close` can read its accept queue."""
-    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = found[0]
-    sock = socket.socket(family, kind, proto)
+def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening TCP sockets on ``host:port``, one per address ``host`` resolves to (as
+    asyncio's own server binds them), made here rather than by aiohttp so that
+    :meth:`HttpServer.close` can read their accept queues. Port 0: the port the first one got,
+    for all."""
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(_BACKLOG)
+        seen = set()
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
     except OSError:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    sock.setblocking(False)
-    return sock
+    return sockets
 
 
 _BACKLOG = 128
@@ -132,15 +144,16 @@ def _accept_queue(sock: socket.socket) -> int:
 
 @dataclass
 class HttpServer:
-    """The listening HTTP server: its runner and its socket."""
+    """The listening HTTP server: its runner and its sockets."""
 
     runner: web.AppRunner
-    sock: socket.socket
+    sockets: list[socket.socket]
 
     @property
     def address(self) -> tuple[str, int]:
-        """The address and port it listens on (the bound port when 0 asked for a free one)."""
-        host, port = self.sock.getsockname()[:2]
+        """The (first) address and the port it listens on (the bound port when 0 asked for a
+        free one)."""
+        host, port = self.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
     async def close(self, linger: float, quiet: float = 0.25) -> None:
@@ -163,7 +176,7 @@ class HttpServer:
         while server is not None and server.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         deadline = time.monotonic() + max(linger, quiet)
-        while _accept_queue(self.sock) and time.monotonic() < deadline:
+        while any(_accept_queue(sock) for sock in self.sockets) and time.monotonic() < deadline:
             await asyncio.sleep(0)  # the loop accepts them
         for site in self.runner.sites:
             await site.stop()  # no await inside: nothing is accepted between the check and the close
@@ -188,15 +201,17 @@ async def serve(app: web.Application, host: str, port: int) -> HttpServer:
         keepalive_timeout=settings.read_timeout,
         logger=ProtocolLog(),
     )
-    sock = _listening_socket(host, port)
+    sockets = _listening_sockets(host, port)
     try:
         await runner.setup()
-        await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+        for sock in sockets:
+            await web.SockSite(runner, sock, backlog=_BACKLOG).start()
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         await runner.cleanup()
         raise
-    return HttpServer(runner, sock)
+    return HttpServer(runner, sockets)
 
 
 async def serve_metrics(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
