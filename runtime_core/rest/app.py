@@ -6,7 +6,6 @@ import asyncio
 import importlib.resources
 import logging
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
 from runtime_core.rest.handlers import metrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
+from runtime_core.rest.listener import BACKLOG, accept_queue, listening_sockets, refuse_new_connections
 from runtime_core.rest.middlewares import cors_middleware, drain_middleware, error_middleware
 from runtime_core.rest.requestlog import request_log_middleware
 from runtime_core.rest.routes import setup_routes
@@ -99,49 +99,6 @@ class ProtocolLog:
         self.log.error(msg, *args, **kwargs)
 
 
-def _listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Listening TCP sockets on ``host:port``, one per address ``host`` resolves to (as
-    asyncio's own server binds them), made here rather than by aiohttp so that
-    :meth:`HttpServer.close` can read their accept queues. Port 0: the port the first one got,
-    for all."""
-    sockets: list[socket.socket] = []
-    try:
-        seen = set()
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(sockets) > 1:
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(_BACKLOG)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-_BACKLOG = 128
-
-#: ``struct tcp_info`` of a listening socket: ``tcpi_unacked`` (offset 24) is its accept queue's length.
-_TCP_INFO_UNACKED = struct.Struct("24xI")
-
-
-def _accept_queue(sock: socket.socket) -> int:
-    """Connections the kernel completed for ``sock`` that the server has not accepted yet."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_UNACKED.size)
-    return int(_TCP_INFO_UNACKED.unpack_from(info)[0])
-
-
 @dataclass
 class HttpServer:
     """The listening HTTP server: its runner and its sockets."""
@@ -164,8 +121,10 @@ class HttpServer:
 
         1. up to ``linger`` seconds for keep-alive clients to send one more request (answered
            "shutting down") and go, so that a request already on its way finds the socket open;
-        2. the port closes between two accepts: the kernel resets the connections it completed
-           but the server had not accepted yet, so the port closes only when there are none;
+        2. the port stops taking new connections (their SYNs are dropped: the client tries again
+           and then finds the port closed), the handshakes under way complete within ``quiet``
+           seconds and are accepted; then the port closes, between two accepts: the kernel
+           resets connections it completed that the server had not accepted, and there are none;
         3. connections accepted just before send their first request at once: up to ``quiet``
            seconds for them to be answered. aiohttp's own shutdown would close them at once and
            drop a request that arrives before the close reaches the client;
@@ -175,9 +134,14 @@ class HttpServer:
         deadline = time.monotonic() + linger
         while server is not None and server.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        deadline = time.monotonic() + max(linger, quiet)
-        while any(_accept_queue(sock) for sock in self.sockets) and time.monotonic() < deadline:
-            await asyncio.sleep(0)  # the loop accepts them
+        for sock in self.sockets:
+            refuse_new_connections(sock)
+        settled = time.monotonic() + quiet
+        deadline = settled + max(linger, quiet)
+        while time.monotonic() < deadline and (
+            time.monotonic() < settled or any(accept_queue(sock) for sock in self.sockets)
+        ):
+            await asyncio.sleep(0.002)  # the loop accepts them meanwhile
         for site in self.runner.sites:
             await site.stop()  # no await inside: nothing is accepted between the check and the close
         deadline = time.monotonic() + quiet
@@ -201,11 +165,11 @@ async def serve(app: web.Application, host: str, port: int) -> HttpServer:
         keepalive_timeout=settings.read_timeout,
         logger=ProtocolLog(),
     )
-    sockets = _listening_sockets(host, port)
+    sockets = listening_sockets(host, port)
     try:
         await runner.setup()
         for sock in sockets:
-            await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
     except BaseException:
         for sock in sockets:
             sock.close()
