@@ -106,9 +106,22 @@ def _progress(name: str, runtime: str, seconds: float, error: str | None) -> Non
         _say(f"  FAILED  {name} ({runtime}): {error}", model=name, failed=True)
 
 
+def _urls(host: str, http_port: int, grpc_port: int | None) -> str:
+    """The addresses the server listens on, as the ready line says them; a wildcard address
+    (every interface) is said as it is, with the loopback URL to try on this machine."""
+    shown = f"[{host}]" if ":" in host else host
+    urls = f"http://{shown}:{http_port}"
+    if grpc_port is not None:
+        urls += f" and grpc://{shown}:{grpc_port}"
+    if host in ("0.0.0.0", "::"):
+        local = "[::1]" if ":" in host else "127.0.0.1"
+        urls += f", all interfaces; from this machine http://{local}:{http_port}"
+    return urls
+
+
 async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: ModelRepository) -> int:
     # Imported here, after the runtimes' templates started importing their frameworks.
-    from runtime_core.rest.app import close_connections, create_app, serve, serve_metrics
+    from runtime_core.rest.app import create_app, serve, serve_metrics
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -119,7 +132,7 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
     statistics = ServerStatistics(scheduler, repository)  # one observer, served by both front ends
     app = create_app(plane, statistics=statistics)
     try:
-        runner, port = await serve(app, settings.host, settings.http_port)
+        http = await serve(app, settings.host, settings.http_port)
     except OSError as exc:
         print(f"runtime-core: cannot listen on {settings.host}:{settings.http_port}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -130,9 +143,10 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
         except OSError as exc:
             where = f"{settings.host}:{settings.metrics_port}"
             print(f"runtime-core: cannot listen on {where} (metrics): {exc.strerror}", file=sys.stderr)
-            await runner.cleanup()
+            await http.runner.cleanup()
             return 1
     grpc_server = None
+    grpc_port: int | None = None
     if settings.grpc_enabled:
         from runtime_core.grpc.server import GrpcServer
 
@@ -142,7 +156,7 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
         except OSError:
             print(f"runtime-core: cannot listen on {settings.host}:{settings.grpc_port} (gRPC)", file=sys.stderr)
             await grpc_server.stop(0)
-            await runner.cleanup()
+            await http.runner.cleanup()
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
             return 1
@@ -160,13 +174,10 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
         ready = sum(r.state is ModelState.READY for r in records)
         failed = len(records) - ready
         state.started = True
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         summary = f"{ready} model{'s' if ready != 1 else ''} ready" + (f", {failed} unavailable" if failed else "")
-        urls = f"http://{host}:{port}"
         if grpc_server is not None:
             await grpc_server.set_serving(True)
-            urls += f" and grpc://{host}:{grpc_port}"
-        _say(f"runtime-core ready at {urls} ({summary})")
+        _say(f"runtime-core ready at {_urls(*http.address, grpc_port)} ({summary})")
         watcher = loop.create_task(repository.watch(settings.watch_interval)) if settings.watch else None
         await stopper
         if watcher is not None:
@@ -187,8 +198,8 @@ async def _run(settings: ServerSettings, scheduler: FairScheduler, repository: M
         await grpc_server.stop(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     await repository.aclose(max(0.0, settings.shutdown_grace - (time.monotonic() - started)))
     # Keep-alive clients get up to a second to send one more request, answered "shutting
-    # down" with Connection: close, rather than meet a closed socket (issue 13).
-    await close_connections(runner, min(1.0, max(0.0, settings.shutdown_grace - (time.monotonic() - started))))
+    # down" with Connection: close, rather than meet a closed socket (issues 13 and 20).
+    await http.close(min(1.0, max(0.0, settings.shutdown_grace - (time.monotonic() - started))))
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     _say("runtime-core: stopped")

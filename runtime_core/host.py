@@ -143,7 +143,9 @@ class _Host:
             runtime = spec.build(None)
             self.loop.run_until_complete(runtime.load())
         except Exception as exc:
-            log.error("model %r (%s): load failed", spec.name, spec.settings_path, exc_info=True)
+            # The main process logs the failure in one line (a reload's failure too, while the
+            # previous version keeps serving): the traceback is for debugging (issue 20).
+            log.debug("model %r (%s): load failed", spec.name, spec.settings_path, exc_info=True)
             _send(self.ctl, ModelLoadFailed(command.slot, client_message(str(exc))))
             return
         self.models[command.slot] = (spec, runtime, ModelHandler(runtime, spec.max_elements))

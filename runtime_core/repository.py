@@ -156,6 +156,7 @@ class ModelRepository:
             folder = path.parent
             in_version_folder = folder.parent != self.root and folder != self.root and is_version_folder(folder.name)
             try:
+                self._confine_settings_file(path, in_version_folder)
                 settings = load_model_settings(path, in_version_folder=in_version_folder)
                 for each in self._versions_of_folder(settings):
                     by_name.setdefault(each.name, []).append(each)
@@ -165,6 +166,20 @@ class ModelRepository:
             for settings in self._check_versions(name, group, errors):
                 found[settings.key] = settings
         return found, errors
+
+    def _confine_settings_file(self, path: Path, in_version_folder: bool) -> None:
+        """Refuse a settings file that is a link out of the repository, before reading it: the
+        same rule as for artifacts (see :meth:`ModelSettings.resolve_uri`)."""
+        assert self.root is not None
+        resolved = path.resolve()
+        if self.root in resolved.parents:
+            return
+        name = path.parent.parent.name if in_version_folder else path.parent.name
+        raise SettingsError(
+            f"{path}: model {name!r}: {path.name} is a link that leaves the model repository; not read",
+            model=name,
+            path=str(path),
+        )
 
     def _versions_of_folder(self, settings: ModelSettings) -> list[ModelSettings]:
         """Triton's layout: a model folder whose subfolders named by digits hold one version
@@ -351,11 +366,26 @@ class ModelRepository:
                     await pool.start()
             except Exception as exc:
                 if not isinstance(exc, RuntimeCoreError):  # a bug, in a plugin or here: log it whole
-                    log.error("model %r: unexpected error while loading", name, exc_info=True)
+                    log.log(
+                        logging.DEBUG if reloading else logging.ERROR,
+                        "model %r: unexpected error while loading",
+                        name,
+                        exc_info=True,
+                    )
                     exc = ModelLoadError(f"unexpected error: {exc}", model=name)
                 seconds = time.perf_counter() - started
-                log.error("model %r (%s): load failed: %s", name, settings.path, exc.message)
-                self.progress(name, runtime_name, seconds, exc.message)
+                if reloading:
+                    # Not a start-up failure: the model still serves (issue 20). One line, naming
+                    # the file that was read; the worker's traceback is at debug.
+                    log.error(
+                        "model %r (%s): reload failed, the previous version keeps serving: %s",
+                        name,
+                        self._artifact_or_settings(settings),
+                        exc.message,
+                    )
+                else:
+                    log.error("model %r (%s): load failed: %s", name, settings.path, exc.message)
+                    self.progress(name, runtime_name, seconds, exc.message)
                 record.error = exc
                 if not reloading:
                     record.state = ModelState.UNAVAILABLE
@@ -435,6 +465,14 @@ class ModelRepository:
             prints[name] = tuple(stamp)
         return prints
 
+    def _artifact_or_settings(self, settings: ModelSettings) -> Path | None:
+        """The model's artifact, when it can be told, else its settings file: the file a
+        failed load most likely failed on."""
+        try:
+            return settings.resolve_uri(self.root, self._entry(settings).cls.artifact_names) or settings.path
+        except RuntimeCoreError:
+            return settings.path
+
     async def watch(self, interval: float) -> None:
         """Poll the repository folder: load new models, reload changed ones (new workers up,
         then switch, then old ones drained), unload removed ones. Runs until cancelled."""
@@ -458,8 +496,8 @@ class ModelRepository:
                 log.info("model %r: files changed; (re)loading", name)
                 try:
                     await self._load(found[name])
-                except RuntimeCoreError as exc:
-                    log.error("model %r: reload failed, the old version keeps serving: %s", name, exc.message)
+                except RuntimeCoreError:
+                    pass  # _load said it in one line; the previous version keeps serving
             known = current
 
     async def aclose(self, grace: float = 30.0) -> None:

@@ -25,6 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from runtime_core import mlserver_compat
 from runtime_core.errors import SettingsError
 from runtime_core.limits import cpu_count
 
@@ -495,39 +496,6 @@ def _format_validation(error: ValidationError) -> str:
     return "; ".join(_format_validation_item(item) for item in error.errors())
 
 
-#: MLServer model keys without an equivalent: accepted and ignored, with one warning line
-#: per file and key (for the life of the process: repository scans repeat).
-_MLSERVER_MODEL_IGNORED = {
-    "warm_workers": "workers are started before the model is ready",
-    "cache_enabled": "responses are not cached",
-}
-_MLSERVER_PARAMETERS_IGNORED = {
-    "environment_path": "runtime-core does not switch Python environments",
-    "environment_tarball": "runtime-core does not unpack per-model environments",
-    "inference_pool_gid": "each model has its own worker group",
-    "autogenerate_inference_pool_gid": "each model has its own worker group",
-    "format": "the runtime reads the artifact's format from the file",
-}
-_warned: set[tuple[str, str]] = set()
-
-
-def _drop_mlserver_model_keys(raw: dict[str, Any], path: Path) -> None:
-    """Remove MLServer-only keys from a model's settings, warning once for each."""
-    found = [(raw, key, key, why) for key, why in _MLSERVER_MODEL_IGNORED.items() if key in raw]
-    parameters = raw.get("parameters")
-    if isinstance(parameters, dict):
-        found += [
-            (parameters, key, f"parameters.{key}", why)
-            for key, why in _MLSERVER_PARAMETERS_IGNORED.items()
-            if key in parameters
-        ]
-    for holder, key, where, why in found:
-        del holder[key]
-        if (str(path), where) not in _warned:
-            _warned.add((str(path), where))
-            log.warning("%s: MLServer setting %r is ignored: %s", path, where, why)
-
-
 def load_model_settings(path: Path, *, in_version_folder: bool = False) -> ModelSettings:
     """Read one ``model-settings.json``; errors name the file and the offending key.
 
@@ -547,7 +515,7 @@ def load_model_settings(path: Path, *, in_version_folder: bool = False) -> Model
         if isinstance(raw.get("parameters", {}), dict):
             raw["parameters"] = {"version": path.parent.name, **raw.get("parameters", {})}
     raw.setdefault("name", path.parent.name)
-    _drop_mlserver_model_keys(raw, path)
+    mlserver_compat.drop_model_keys(raw, path)
     try:
         settings = ModelSettings.model_validate(raw)
     except ValidationError as exc:
@@ -585,108 +553,6 @@ def _read_server_json(json_file: Path | None) -> dict[str, Any]:
     return raw
 
 
-# --------------------------------------------------------------------------- MLServer compatibility
-
-#: MLServer server keys (``settings.json``) that are named differently here.
-_MLSERVER_RENAMED = {"model_repository_root": "model_repository"}
-
-#: MLServer server keys without an equivalent: accepted, ignored, with one warning line each.
-_MLSERVER_IGNORED = {
-    "parallel_workers_timeout": "workers are stopped after shutdown_grace",
-    "environments_dir": "runtime-core does not unpack per-model environments",
-    "model_repository_implementation": "the model repository is always the folder",
-    "model_repository_implementation_args": "the model repository is always the folder",
-    "server_name": "the server's name is runtime-core",
-    "server_version": "the server's version is its own",
-    "extensions": "the extensions list is the server's own",
-    "root_path": "routes are served at the root",
-    "grpc_max_message_length": "the message size limit is max_request_size",
-    "metrics_endpoint": "metrics are served at /metrics (on http_port, and on metrics_port if set)",
-    "metrics_rest_server_prefix": "metric names are runtime-core's own",
-    "metrics_dir": "workers report metrics to the main process",
-    "logging_settings": "use log_level and log_format",
-    "kafka_enabled": "Kafka is not supported",
-    "kafka_servers": "Kafka is not supported",
-    "kafka_topic_input": "Kafka is not supported",
-    "kafka_topic_output": "Kafka is not supported",
-    "tracing_server": "set tracing: true and point OpenTelemetry's exporter (OTEL_* variables) at the collector",
-    "cache_enabled": "responses are not cached",
-    "cache_size": "responses are not cached",
-    "gzip_enabled": "responses are not compressed",
-    "model_version": "the single-model layout serves its model without a version label",
-}
-
-#: The MLServer environment variables read, and the MLServer key each one stands for.
-#: ``RUNTIME_CORE_*`` variables win over them; ``settings.json`` loses to them.
-MLSERVER_ENV = {
-    "MLSERVER_HTTP_PORT": "http_port",
-    "MLSERVER_GRPC_PORT": "grpc_port",
-    "MLSERVER_HOST": "host",
-    "MLSERVER_PARALLEL_WORKERS": "parallel_workers",
-    "MLSERVER_MODEL_REPOSITORY_ROOT": "model_repository_root",
-    "MLSERVER_LOAD_MODELS_AT_STARTUP": "load_models_at_startup",
-    "MLSERVER_DEBUG": "debug",
-    # KServe's MLServer runtime: the folder its storage initializer fills. MLSERVER_MODEL_NAME
-    # and MLSERVER_MODEL_IMPLEMENTATION are aliases of model_name and model_runtime.
-    "MLSERVER_MODEL_URI": "model_repository_root",
-    "MLSERVER_MODEL_VERSION": "model_version",
-}
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _mlserver_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise SettingsError(f"{where}: must be true or false")
-
-
-def _translate_mlserver(raw: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
-    """``raw`` with MLServer keys mapped to ours; ``where`` names each key's origin (file or
-    variable) for messages. Keys of ours win over MLServer keys for the same setting; MLServer
-    keys without an equivalent are dropped with one warning line; unknown keys are kept (and
-    fail validation, naming the key)."""
-    ours = set(ServerSettings.model_fields)
-    out = {k: v for k, v in raw.items() if k in ours}
-    for key, value in raw.items():
-        if key in ours:
-            continue
-        origin = where.get(key, "settings")
-        if key == "debug":
-            if _mlserver_bool(value, f"{origin}: 'debug'") and "log_level" not in raw:
-                out["log_level"] = "debug"
-        elif key == "use_structured_logging":
-            if _mlserver_bool(value, f"{origin}: 'use_structured_logging'") and "log_format" not in raw:
-                out["log_format"] = "json"
-        elif key in _MLSERVER_RENAMED:
-            out.setdefault(_MLSERVER_RENAMED[key], value)
-        elif key in _MLSERVER_IGNORED:
-            log.warning("%s: MLServer setting %r is ignored: %s", origin, key, _MLSERVER_IGNORED[key])
-        else:
-            out[key] = value
-    return out
-
-
-def _mlserver_target(key: str) -> str:
-    """The setting of ours that the MLServer key ``key`` sets."""
-    return {"debug": "log_level", "use_structured_logging": "log_format"}.get(key, _MLSERVER_RENAMED.get(key, key))
-
-
-def _mlserver_environment() -> tuple[dict[str, Any], dict[str, str]]:
-    """The MLServer variables that are set, as MLServer keys, and the variable of each key."""
-    values: dict[str, Any] = {}
-    where: dict[str, str] = {}
-    for name, value in os.environ.items():
-        key = MLSERVER_ENV.get(name.upper())
-        if key is not None:
-            values[key] = value
-            where[key] = f"environment variable {name.upper()}"
-    return values, where
-
-
 def _env_names(field: str) -> list[str]:
     if field == "parallel_workers":
         return [ENV_PREFIX + "PARALLEL_WORKERS", "MLSERVER_MODEL_PARALLEL_WORKERS"]
@@ -706,11 +572,12 @@ def load_server_settings(repository: Path | None = None, **overrides: Any) -> Se
     given = {k: v for k, v in overrides.items() if v is not None}
     json_file = repository / SERVER_SETTINGS_FILE if repository is not None else None
     raw_file = _read_server_json(json_file)
-    from_file = _translate_mlserver(raw_file, dict.fromkeys(raw_file, str(json_file)))
-    raw_env, env_origin = _mlserver_environment()
-    from_mlserver_env = _translate_mlserver(raw_env, env_origin)
+    ours = frozenset(ServerSettings.model_fields)
+    from_file = mlserver_compat.translate_server_keys(raw_file, dict.fromkeys(raw_file, str(json_file)), ours)
+    raw_env, env_origin = mlserver_compat.environment(os.environ)
+    from_mlserver_env = mlserver_compat.translate_server_keys(raw_env, env_origin, ours)
     # The setting each MLServer variable ended up in, for error messages.
-    mlserver_source = {_mlserver_target(key): origin for key, origin in env_origin.items()}
+    mlserver_source = {mlserver_compat.target_of(key): origin for key, origin in env_origin.items()}
     if repository is not None:
         given.setdefault("model_repository", repository)
 

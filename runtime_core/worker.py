@@ -201,7 +201,8 @@ def serve(
         try:
             loop.run_until_complete(runtime.load())
         except Exception as exc:
-            log.error("model %r: load failed in worker %d", runtime.context.model_name, index, exc_info=True)
+            # The main process logs the failure in one line: the traceback is for debugging (issue 20).
+            log.debug("model %r: load failed in worker %d", runtime.context.model_name, index, exc_info=True)
             sock.sendall(control_frame(0, WorkerLoadFailed(client_message(str(exc)))))
             return False
         # As a host does after a load: what exists now (the interpreter's, the libraries' and,

@@ -127,6 +127,20 @@ def test_progress_line_per_model_then_ready_line(tmp_path: Path) -> None:
     assert lines.index(ready[0]) > max(lines.index(line) for line in model_lines)
 
 
+def test_ready_line_names_the_address_it_listens_on(tmp_path: Path) -> None:
+    write_model(tmp_path / "alpha", runtime="echo", parallel_workers=0)
+    # The last --host wins: every interface, as in a container.
+    server = ServerProcess(tmp_path, args=["--host", "0.0.0.0", "--no-grpc"])
+    try:
+        ready = [line for line in server.output().splitlines() if "ready at" in line]
+    finally:
+        assert server.stop() == 0
+    assert ready == [
+        f"runtime-core ready at http://0.0.0.0:{server.port}, all interfaces; "
+        f"from this machine http://127.0.0.1:{server.port} (1 model ready)"
+    ]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     write_model(tmp_path / "pooled", runtime="echo", parallel_workers=2, min_workers=2)

@@ -9,6 +9,7 @@ laid out as KServe's storage initializer leaves ``/mnt/models``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import joblib
 import numpy as np
 import pytest
 import yaml
+from kserve_check import admission_errors
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
@@ -33,6 +35,7 @@ from runtime_core.testing import free_port, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kserve"
 RUNTIME = DEPLOY / "cluster-serving-runtime.yaml"
+KSERVE_DEFAULTS = Path(__file__).with_name("kserve_default_runtimes.yaml")
 
 
 def _dockerfile() -> dict[str, Any]:
@@ -113,6 +116,52 @@ def test_serving_runtime_contract() -> None:
         isvc = yaml.safe_load(path.read_text())["spec"]["predictor"]["model"]
         assert isvc["runtime"] == doc["metadata"]["name"], path.name
         assert isvc["modelFormat"]["name"] in formats, path.name
+
+
+def _kserve_defaults() -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(KSERVE_DEFAULTS.read_text()) if doc]
+
+
+def test_runtime_installs_next_to_kserves_default_runtimes() -> None:
+    ours = yaml.safe_load(RUNTIME.read_text())
+    defaults = _kserve_defaults()
+    assert admission_errors(ours, defaults) == []
+    # And each default runtime installed again (an upgrade of KServe) once ours is there.
+    for runtime in defaults:
+        assert admission_errors(runtime, [*defaults, ours]) == [], runtime["metadata"]["name"]
+
+
+def test_the_priority_rule_refuses_what_kserves_webhook_refuses() -> None:
+    ours = yaml.safe_load(RUNTIME.read_text())
+    defaults = _kserve_defaults()
+
+    def with_formats(priority: int | None = None, **changes: Any) -> dict[str, Any]:
+        doc = copy.deepcopy(ours)
+        for fmt in doc["spec"]["supportedModelFormats"]:
+            if priority is not None:
+                fmt["priority"] = priority
+        doc["spec"].update(changes)
+        return doc
+
+    clash = "same priority assigned for the model format sklearn in the clusterservingruntimes"
+    assert admission_errors(with_formats(1), defaults) == [f"{clash} kserve-sklearnserver and kserve-runtime-core"]
+    assert admission_errors(with_formats(2), defaults) == [f"{clash} kserve-mlserver and kserve-runtime-core"]
+    # No protocol in common, auto-selection off, or the runtime disabled: no clash.
+    assert admission_errors(with_formats(1, protocolVersions=["grpc-v1"]), defaults) == []
+    assert admission_errors(with_formats(1, disabled=True), defaults) == []
+    off = with_formats(1)
+    for fmt in off["spec"]["supportedModelFormats"]:
+        fmt["autoSelect"] = False
+    assert admission_errors(off, defaults) == []
+    # One format name, two priorities within the runtime.
+    mixed = with_formats(4)
+    mixed["spec"]["supportedModelFormats"][-1]["priority"] = 5
+    assert admission_errors(mixed, defaults) == [
+        "different priorities assigned for the model format xgboost under the clusterservingruntime kserve-runtime-core"
+    ]
+    # KServe's defaults are admitted beside one another.
+    for index, runtime in enumerate(defaults):
+        assert admission_errors(runtime, defaults[:index]) == [], runtime["metadata"]["name"]
 
 
 @pytest.fixture

@@ -457,6 +457,35 @@ def test_symlinked_default_artifact_out_of_the_repository_is_refused(tmp_path: P
         load_model_settings(path).resolve_uri(repository, ("model.joblib",))
 
 
+def test_model_settings_linked_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    write_model(root / "good", runtime="echo", parallel_workers=0)
+    # A valid settings file outside the repository, and a model folder whose settings file links to it.
+    write_model(tmp_path / "elsewhere", name="sneaky", runtime="echo", parallel_workers=0)
+    (root / "sneaky").mkdir()
+    (root / "sneaky" / "model-settings.json").symlink_to(tmp_path / "elsewhere" / "model-settings.json")
+    server = ServerProcess(root, wait=False)
+    try:
+        server.wait_ready()
+        status, index = server.post_json("/v2/repository/index", {})
+        assert status == 200
+        states = {item["name"]: item for item in index}
+        assert states["good"]["state"] == "READY"
+        assert states["sneaky"]["state"] == "UNAVAILABLE"
+        assert "model 'sneaky': model-settings.json is a link that leaves the model repository" in (
+            states["sneaky"]["reason"]
+        )
+        assert str(tmp_path) not in states["sneaky"]["reason"]
+        assert server.get("/v2/models/sneaky/ready")[0] == 400
+    finally:
+        server.stop()
+    # The log names the model and the file; no traceback.
+    output = server.output()
+    link = root / "sneaky" / "model-settings.json"
+    assert f"{link}: model 'sneaky': model-settings.json is a link that leaves the model repository" in output
+    assert "Traceback" not in output
+
+
 def test_mlserver_repository_and_symlinked_artifacts_in_a_real_server(tmp_path: Path) -> None:
     """A repository as MLServer's sklearn and xgboost examples lay it out (MLServer keys in
     settings.json), plus default artifacts that are symlinks: inside the repository they

@@ -118,6 +118,39 @@ def test_every_model_is_listed_with_its_state(page: Any, server: ServerProcess) 
         assert page.locator(f'nav a[href="{link}"]').count() == 1
 
 
+def _rows(tab: Any) -> list[str | None]:
+    return [row.get_attribute("data-model") for row in tab.locator("#models tbody tr").all()]
+
+
+def test_without_javascript_the_page_shows_the_table_from_the_server(browser: Any, server: ServerProcess) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        tab = context.new_page()
+        tab.goto(server.url + "/")
+        assert _rows(tab) == MODELS
+        assert cell(tab, "echo", "state").startswith("READY")
+        assert cell(tab, "echo", "version") == "1"
+        assert cell(tab, "toy", "weight") == "2"
+        assert cell(tab, "toy", "workers").endswith("/1")
+        assert cell(tab, "broken", "state").startswith("UNAVAILABLE")
+        assert "trouble" in (tab.get_attribute('#models tr[data-model="broken"]', "class") or "")
+        assert tab.text_content("#version") == "0.1.0"
+        assert (tab.text_content("#url") or "").startswith(server.url)
+        assert (tab.text_content("#memory") or "").endswith("MiB")
+        assert tab.locator("noscript").count() == 1
+        assert tab.get_attribute("body", "data-updated") is None  # no script ran
+    finally:
+        context.close()
+
+
+def test_with_javascript_the_script_takes_the_server_rendered_table_over(page: Any, server: ServerProcess) -> None:
+    wait_until(lambda: page.get_attribute("body", "data-updated"), message="the script's first poll")
+    # The script redrew the rows in place: each model once, not the server's rows and its own.
+    assert _rows(page) == MODELS
+    assert cell(page, "echo", "state").startswith("READY")
+    assert page.locator("#charts .card").count() == len(MODELS)
+
+
 def test_the_docs_link_opens_the_shipped_documentation(page: Any, server: ServerProcess) -> None:
     """The page's "Docs" link works offline: the docs come from the installed package."""
     page.click('nav a[href="/docs/"]')

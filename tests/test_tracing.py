@@ -89,7 +89,8 @@ async def running(root: Path, *, tracing: bool, workers: int) -> AsyncIterator[S
     await repository.load_all()
     plane = DataPlane(settings, repository, scheduler, ServerState(started=True))
     statistics = ServerStatistics(scheduler, repository)
-    runner, port = await serve(create_app(plane, statistics=statistics), "127.0.0.1", 0)
+    http = await serve(create_app(plane, statistics=statistics), "127.0.0.1", 0)
+    port = http.address[1]
     grpc_server = GrpcServer(plane, statistics)
     grpc_port = await grpc_server.start("127.0.0.1", 0)
     await grpc_server.set_serving(True)
@@ -97,7 +98,7 @@ async def running(root: Path, *, tracing: bool, workers: int) -> AsyncIterator[S
         yield Server(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     finally:
         await grpc_server.stop(0)
-        await runner.cleanup()
+        await http.runner.cleanup()
         scheduler.close()
         await repository.aclose(5.0)
 

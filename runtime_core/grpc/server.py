@@ -331,6 +331,26 @@ class InferenceService:
         )
 
 
+class _Arrivals(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio ships no type for it
+    """Notes when the last call arrived, for :meth:`GrpcServer.stop`'s linger."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        self.last = time.monotonic()
+        return await continuation(handler_call_details)
+
+
+#: How long no call must have arrived before the port closes, and the most the stop waits for that.
+_QUIET = 0.25
+_LINGER = 1.0
+
+
 class GrpcServer:
     """The gRPC front end: the inference service and the standard health service on one port."""
 
@@ -338,7 +358,9 @@ class GrpcServer:
         self.plane = plane
         self.port = 0
         settings = plane.settings
+        self._arrivals = _Arrivals()
         self._server = grpc.aio.server(
+            interceptors=(self._arrivals,),
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_size),
                 ("grpc.max_send_message_length", -1),
@@ -372,5 +394,16 @@ class GrpcServer:
             await self._health.set(service, status)
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls; calls in flight get ``grace`` seconds to finish."""
-        await self._server.stop(grace)
+        """Close the port; calls in flight get ``grace`` seconds to finish.
+
+        Called once the scheduler has drained, while calls are answered "shutting down". grpcio's
+        stop cancels (CANCELLED, under the client) a call that reached the port but not yet its
+        handler; the clients whose last calls the drain just answered send their next ones at
+        that very moment (issue 20). So the port stays open until no call has arrived for
+        ``_QUIET`` seconds (at most ``_LINGER``, within ``grace``): those calls get their
+        "shutting down" answer, and later ones find the port closed (UNAVAILABLE)."""
+        started = time.monotonic()
+        deadline = started + min(_LINGER, grace)
+        while time.monotonic() < deadline and time.monotonic() - self._arrivals.last < _QUIET:
+            await asyncio.sleep(0.02)
+        await self._server.stop(max(0.0, grace - (time.monotonic() - started)))

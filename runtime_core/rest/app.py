@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +20,7 @@ from runtime_core.dataplane import DataPlane
 from runtime_core.metrics import ServerMetrics
 from runtime_core.rest.handlers import metrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
+from runtime_core.rest.listener import BACKLOG, accept_queue, listening_sockets, refuse_new_connections
 from runtime_core.rest.middlewares import cors_middleware, drain_middleware, error_middleware
 from runtime_core.rest.requestlog import request_log_middleware
 from runtime_core.rest.routes import setup_routes
@@ -96,8 +99,61 @@ class ProtocolLog:
         self.log.error(msg, *args, **kwargs)
 
 
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start listening; returns the runner (to clean up) and the bound port."""
+@dataclass
+class HttpServer:
+    """The listening HTTP server: its runner and its sockets."""
+
+    runner: web.AppRunner
+    sockets: list[socket.socket]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (first) address and the port it listens on (the bound port when 0 asked for a
+        free one)."""
+        host, port = self.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def close(self, linger: float, quiet: float = 0.25) -> None:
+        """Stop serving HTTP, answering every request that reached the server (issue 20).
+
+        While draining every answer carries ``Connection: close``, so a connection that sends a
+        request is answered, then closed. In order:
+
+        1. up to ``linger`` seconds for keep-alive clients to send one more request (answered
+           "shutting down") and go, so that a request already on its way finds the socket open;
+        2. the port stops taking new connections (their SYNs are dropped: the client tries again
+           and then finds the port closed), the handshakes under way complete within ``quiet``
+           seconds and are accepted; then the port closes, between two accepts: the kernel
+           resets connections it completed that the server had not accepted, and there are none;
+        3. connections accepted just before send their first request at once: up to ``quiet``
+           seconds for them to be answered. aiohttp's own shutdown would close them at once and
+           drop a request that arrives before the close reaches the client;
+        4. what is left is idle: closed (FIN, not reset); requests in progress once answered.
+        """
+        server = self.runner.server
+        deadline = time.monotonic() + linger
+        while server is not None and server.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for sock in self.sockets:
+            refuse_new_connections(sock)
+        settled = time.monotonic() + quiet
+        deadline = settled + max(linger, quiet)
+        while time.monotonic() < deadline and (
+            time.monotonic() < settled or any(accept_queue(sock) for sock in self.sockets)
+        ):
+            await asyncio.sleep(0.002)  # the loop accepts them meanwhile
+        for site in self.runner.sites:
+            await site.stop()  # no await inside: nothing is accepted between the check and the close
+        deadline = time.monotonic() + quiet
+        while True:  # the first pass also lets connections accepted last get their handler
+            await asyncio.sleep(0.02)
+            if server is None or not server.connections or time.monotonic() >= deadline:
+                break
+        await self.runner.cleanup()
+
+
+async def serve(app: web.Application, host: str, port: int) -> HttpServer:
+    """Start listening on ``host:port``. Raises :class:`OSError` when it cannot."""
     settings = app[SETTINGS]
     access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
     runner = web.AppRunner(
@@ -109,25 +165,17 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
         keepalive_timeout=settings.read_timeout,
         logger=ProtocolLog(),
     )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    addresses = runner.addresses  # the bound port, when port 0 asked for a free one
-    bound = int(addresses[0][1]) if addresses else port
-    return runner, bound
-
-
-async def close_connections(runner: web.AppRunner, linger: float) -> None:
-    """Stop serving HTTP. While draining, every answer carries ``Connection: close``; first
-    wait up to ``linger`` seconds for keep-alive clients to send one more request (answered
-    "shutting down") and go, so that a request already on its way is not met by a closed
-    socket. Then stop listening and close what is left: idle connections at once, requests
-    in progress once answered."""
-    server = runner.server
-    deadline = time.monotonic() + linger
-    while server is not None and server.connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    await runner.cleanup()
+    sockets = listening_sockets(host, port)
+    try:
+        await runner.setup()
+        for sock in sockets:
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        await runner.cleanup()
+        raise
+    return HttpServer(runner, sockets)
 
 
 async def serve_metrics(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import html
 import importlib.resources
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -66,8 +67,111 @@ def _check_enabled(request: web.Request) -> None:
 
 
 async def page(request: web.Request) -> web.Response:
+    """The page with the figures of this moment filled in, so that it says something without
+    JavaScript too (issue 21); the script then redraws the same elements every poll."""
     _check_enabled(request)
-    return web.Response(body=_asset("status.html"), content_type="text/html", charset="utf-8", headers=_CACHE)
+    template = _asset("status.html").decode()
+    text = render_page(template, _status_data(request))
+    return web.Response(text=text, content_type="text/html", charset="utf-8", headers=_CACHE)
+
+
+# --------------------------------------------------------------------------- server-side rendering
+#
+# The same figures, classes and data attributes as status.js draws (renderServer, renderTable),
+# so that the script's first poll replaces them in place.
+
+_ERROR_NAMES = {
+    "client_error": "client",
+    "server_error": "server",
+    "rejected": "rejected",
+    "deadline_expired": "expired",
+}
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if d:
+        return f"{d} d {h} h"
+    if h:
+        return f"{h} h {m} min"
+    if m:
+        return f"{m} min {s % 60} s"
+    return f"{s} s"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.{1 if i else 0}f} {units[i]}"
+
+
+def _errors(errors: dict[str, int]) -> str:
+    parts = [f"{_ERROR_NAMES.get(k, k)} {n}" for k, n in errors.items() if n > 0]
+    return ", ".join(parts) if parts else "0"
+
+
+def _td(text: str, name: str, extra: str = "", title: str = "") -> str:
+    attribute = f' title="{html.escape(title)}"' if title else ""
+    return f'<td class="{html.escape(name)}"{attribute}>{html.escape(text)}{extra}</td>'
+
+
+def _row(m: dict[str, Any]) -> str:
+    spans = ""
+    if m["trouble"]:
+        spans += f'<span class="trouble-why">{html.escape(", ".join(m["trouble"]))}</span>'
+    if m.get("residency") and m["residency"] != "resident":
+        spans += f'<span class="residency">{html.escape(m["residency"])}</span>'
+    if m.get("reason") and m["state"] != "READY":
+        spans += f'<span class="reason">{html.escape(m["reason"])}</span>'
+    workers = m["workers"]
+    cells = [
+        _td(m["name"], "name"),
+        _td(m["version"] or "-", "version"),
+        _td(m["runtime"] or "-", "runtime"),
+        _td(m["state"], f"state {m['state']}", spans, m.get("reason") or ""),
+        _td(f"{workers['ready']}/{workers['total']}" if workers else "-", "workers"),
+        _td("-" if m["restarts"] is None else str(m["restarts"]), "restarts"),
+        _td(str(m["queued"]), "queued"),
+        _td(str(m["inflight"]), "inflight"),
+        _td("-" if m["weight"] is None else f"{m['weight']:g}", "weight"),
+        _td(_fixed(m["requests_per_second"], 1), "rps"),
+        _td(_fixed(m["p50_ms"], 2), "p50"),
+        _td(_fixed(m["p99_ms"], 2), "p99"),
+        _td(str(m["success"]), "success"),
+        _td(_errors(m["errors"]), "errors"),
+    ]
+    trouble = ' class="trouble"' if m["trouble"] else ""
+    model, version = html.escape(m["name"]), html.escape(m["version"] or "")
+    return f'<tr data-model="{model}" data-version="{version}"{trouble}>{"".join(cells)}</tr>'
+
+
+def render_page(template: str, data: dict[str, Any]) -> str:
+    """``status.html`` with the server's figures and the models' rows of ``data`` (what
+    ``/status.json`` says) in place of its ``<!--name-->`` markers."""
+    server = data["server"]
+    cpu = server["cpu_cores"]
+    filled = {
+        "version": server["version"],
+        "uptime": _duration(server["uptime"]),
+        "processes": str(server["processes"]),
+        "cpu": "-" if cpu is None else f"{cpu * 100:.0f} % of a core",
+        "memory": _bytes(server["memory_bytes"]),
+        "url": f"{server['url']} (gRPC {server['grpc']})" if server["grpc"] else server["url"],
+        "extensions": ", ".join(server["extensions"]),
+    }
+    for name, text in filled.items():
+        template = template.replace(f"<!--{name}-->", html.escape(text))
+    return template.replace("<!--rows-->", "".join(_row(m) for m in data["models"]))
 
 
 async def asset(request: web.Request) -> web.Response:
@@ -108,6 +212,10 @@ async def favicon(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     _check_enabled(request)
+    return _json(_status_data(request))
+
+
+def _status_data(request: web.Request) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     data = request.app[STATISTICS].status(reasons=settings.repository_api and settings.repository_token is None)
     # gRPC's address as the client sees this host; unknown when the port is picked at start (0).
@@ -119,7 +227,7 @@ async def status(request: web.Request) -> web.Response:
         url=f"{request.scheme}://{request.host}",
         grpc=grpc,
     )
-    return _json(data)
+    return data
 
 
 def setup_status_routes(app: web.Application) -> None:
