@@ -1,7 +1,8 @@
 """The container image and the KServe manifests (deploy/kserve/).
 
 No Docker daemon or cluster runs here, so the tests check what can be checked: the
-manifests against the KServe SDK's models (strictly, in a subprocess: see kserve_check.py),
+manifests against the KServe SDK's models (strictly, in a subprocess in KServe's own
+environment: see kserve_check.py and ``kserve_python`` in conftest.py),
 the serving runtime's contract with KServe, and that the Dockerfile's command, environment
 and health check, with the environment the serving runtime adds, start a server on a folder
 laid out as KServe's storage initializer leaves ``/mnt/models``.
@@ -69,11 +70,11 @@ def _runtime_env(name: str) -> dict[str, str]:
     return {k: v.replace("{{.Name}}", name).replace("{{.Labels.modelClass}}", "") for k, v in env.items()}
 
 
-def test_manifests_match_the_kserve_sdk_models() -> None:
+def test_manifests_match_the_kserve_sdk_models(kserve_python: Path) -> None:
     files = sorted(str(p) for p in DEPLOY.glob("*.yaml"))
     assert len(files) >= 3
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("kserve_check.py")), *files],
+        [str(kserve_python), str(Path(__file__).with_name("kserve_check.py")), *files],
         capture_output=True,
         text=True,
         check=True,
@@ -81,14 +82,14 @@ def test_manifests_match_the_kserve_sdk_models() -> None:
     assert json.loads(result.stdout) == {f: [] for f in files}
 
 
-def test_the_checker_catches_mistakes(tmp_path: Path) -> None:
+def test_the_checker_catches_mistakes(tmp_path: Path, kserve_python: Path) -> None:
     """A misspelt key, a wrong type and a missing required field are each reported."""
     text = RUNTIME.read_text()
     bad = text.replace("autoSelect: true", "autoselect: true", 1).replace("periodSeconds: 10", 'periodSeconds: "10"')
     bad = bad.replace("- name: kserve-container", "- image2: nothing")
     (tmp_path / "bad.yaml").write_text(bad)
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("kserve_check.py")), str(tmp_path / "bad.yaml")],
+        [str(kserve_python), str(Path(__file__).with_name("kserve_check.py")), str(tmp_path / "bad.yaml")],
         capture_output=True,
         text=True,
         check=True,
