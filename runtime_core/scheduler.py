@@ -84,6 +84,9 @@ _INITIAL_COST = 0.001
 
 # A lane's CPU-priority class (see FairScheduler._update_priorities).
 _IDLE, _MODEST, _SATURATED = 0, 1, 2
+#: Seconds a cheap model that went idle still keeps costly models' workers yielding (see
+#: ``_update_priorities``).
+CHEAP_HOLD = 0.2
 
 log = logging.getLogger("runtime_core.scheduler")
 
@@ -187,6 +190,12 @@ class FairScheduler:
         self._cheap_modest: set[Lane] = set()  # _MODEST lanes whose requests are cheap
         self._costly_modest: set[Lane] = set()  # _MODEST lanes whose requests are costly
         self._cheap_on = False
+        #: Loop time until which a cheap model that just went idle still counts as having work
+        #: (``CHEAP_HOLD``): its next request, a few milliseconds away at a steady rate, finds the
+        #: costly models' workers already yielding, and their priority is not flipped twice per
+        #: request.
+        self._cheap_until = 0.0
+        self._cheap_timer: asyncio.TimerHandle | None = None
         self._weights: Counter[float] = Counter()
         self._top_weight = 0.0
         self._idle = asyncio.Event()
@@ -493,6 +502,8 @@ class FairScheduler:
                 state = _SATURATED
             else:
                 state = _MODEST
+            if lane in self._cheap_modest and state != _MODEST:
+                self._cheap_until = asyncio.get_running_loop().time() + CHEAP_HOLD
             self._cheap_modest.discard(lane)
             self._costly_modest.discard(lane)
             if state == _MODEST:
@@ -518,6 +529,14 @@ class FairScheduler:
             self._modest_on = modest
             changed |= self._saturated | self._background
         cheap = bool(self._cheap_modest)
+        if not cheap and self._cheap_until:
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._cheap_until:
+                cheap = True
+                if self._cheap_timer is None:
+                    self._cheap_timer = loop.call_at(self._cheap_until, self._cheap_expired)
+            else:
+                self._cheap_until = 0.0
         if cheap != self._cheap_on:
             self._cheap_on = cheap
             changed |= self._costly_modest | self._background
@@ -532,6 +551,10 @@ class FairScheduler:
                     self._background.add(lane)
                 else:
                     self._background.discard(lane)
+
+    def _cheap_expired(self) -> None:
+        self._cheap_timer = None
+        self._update_priorities()
 
     # ------------------------------------------------------------------ visibility
 
