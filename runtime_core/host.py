@@ -48,6 +48,7 @@ from typing import Any
 
 from runtime_core.control import (
     ForkHost,
+    HostExited,
     HostForked,
     HostReady,
     LoadModel,
@@ -288,7 +289,20 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
     _send(ctl, RootReady(fork_safe))
     if not fork_safe:
         os._exit(0)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # hosts are reaped by the kernel
+
+    def reap(signum: int, frame: object) -> None:
+        # The root reaps its hosts and tells the main process how each ended: a host is not
+        # the main process's child, so nothing else can learn its exit status (issue 20).
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _send(ctl, HostExited(pid, status))
+
+    signal.signal(signal.SIGCHLD, reap)
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
