@@ -42,7 +42,10 @@ Failures:
   already retried. It is replaced.
 * **Host death**: the requests it held for this model are retried once on a dedicated
   worker or fail with 503; the model becomes evicted, and its next request loads it into
-  a new host. Dedicated workers keep serving.
+  a new host. Dedicated workers keep serving. A load that fails because its host died
+  is retried once on a fresh host for the requests that waited for it (503 for those
+  already retried). A request parked for a load longer than ``worker_timeout`` fails
+  with 503 (``expire_parked``, from the supervisor).
 * **Hangs**: an idle worker that leaves a heartbeat unanswered (it was stopped, say) is
   killed and replaced. A request running longer than ``worker_timeout`` gets its worker (or host)
   SIGKILLed; that request fails with :class:`~runtime_core.errors.DeadlineExceeded` (it
