@@ -294,14 +294,22 @@ def test_readiness_says_not_ready_while_the_host_is_stopped(tmp_path: Path, serv
 # ---------------------------------------------------------------------------- safety net
 
 
-def test_a_request_parked_longer_than_worker_timeout_gets_503(tmp_path: Path, serve: Any) -> None:
-    """A load that never ends (held by its gate): the request waiting for it is answered
-    503 once it has waited worker_timeout; once the load ends the model serves."""
+def test_requests_waiting_for_a_load_longer_than_worker_timeout_get_503(tmp_path: Path, serve: Any) -> None:
+    """A load that never ends (held by its gate): the request waiting for it (parked) is
+    answered 503 once it has waited worker_timeout, and so is each request queued behind
+    it (an evicted model takes one at a time), at once, not worker_timeout each in turn.
+    Once the load ends the model serves."""
     gate = tmp_path / "load-gate"
     toy_model(tmp_path / "repo", "a", parameters={"extra": {"load_gate": str(gate)}})
-    server = serve(tmp_path / "repo", env=env(RUNTIME_CORE_WORKER_TIMEOUT="2"))
-    status, doc = infer(server, "a", [1.0])
-    assert status == 503, doc
-    assert "worker_timeout" in doc["error"] and not INTERNAL.search(doc["error"]), doc
+    timeout = 2.0
+    server = serve(tmp_path / "repo", env=env(RUNTIME_CORE_WORKER_TIMEOUT=str(timeout)))
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        futures = [ex.submit(infer, server, "a", [float(i)]) for i in range(12)]
+        # Queued one after another, worker_timeout each, the last would wait 12 of them.
+        wait_until(lambda: all(f.done() for f in futures), 5 * timeout, "every request to be answered")
+    for future in futures:
+        status, doc = future.result()
+        assert status == 503, doc
+        assert "worker_timeout" in doc["error"] and not INTERNAL.search(doc["error"]), doc
     gate.touch()
     wait_until(lambda: infer(server, "a", [2.0])[0] == 200, 60, "the model to serve once loaded")

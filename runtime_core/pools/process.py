@@ -168,6 +168,7 @@ class ProcessPool(ModelPool):
         self._held: list[Pending] = []
         self._hold_timer: asyncio.TimerHandle | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._load_started = 0.0  # loop time the running bring-back started
         self._inflight = 0
         self._load = 0.0  # time-weighted mean of _inflight (SCALE_UP_TAU), as of _load_at
         self._load_at = 0.0
@@ -227,8 +228,16 @@ class ProcessPool(ModelPool):
         self._residency.loaded(self, time.perf_counter() - started)
 
     def _start_bring_in(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._loading is None or self._loading.done():
-            self._loading = asyncio.get_running_loop().create_task(self._bring_back())
+            self._load_started = loop.time()
+            self._loading = loop.create_task(self._bring_back())
+        elif loop.time() - self._load_started > self.server.worker_timeout:
+            # The load is overdue: a request that comes for it now fails at once instead of
+            # waiting worker_timeout more, and so does each one queued behind it (capacity 1),
+            # one per turn of the loop (failing frees capacity, and the scheduler submits the
+            # next from inside the failure: not here, or the queue would recurse).
+            loop.call_soon(self.expire_parked, loop.time())
 
     async def _bring_back(self) -> None:
         try:
@@ -271,7 +280,9 @@ class ProcessPool(ModelPool):
         (the supervisor calls this): whatever happens to loads and hosts, no request waits
         unanswered for longer (issue 20)."""
         limit = self.server.worker_timeout
-        late = [p for p in self._parked if now - p.sent_at > limit]
+        loading = self._loading is not None and not self._loading.done()
+        overdue = loading and now - self._load_started > limit
+        late = [p for p in self._parked if overdue or now - p.sent_at > limit]
         for pending in late:
             self._parked.remove(pending)
             if pending.future.done():
