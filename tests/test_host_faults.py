@@ -20,10 +20,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import psutil
 import pytest
 from support import infer_body, named_processes, output, toy_model
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from runtime_core.testing import ServerProcess, wait_until
 
@@ -55,6 +57,23 @@ def infer(server: ServerProcess, model: str, values: list[float], **parameters: 
         {"Content-Type": "application/json"}, timeout=CLIENT_TIMEOUT,
     )
     return status, json.loads(body)
+
+
+def grpc_infer(server: ServerProcess, model: str, value: float) -> tuple[int, Any]:
+    """One request over gRPC, as ``(status, doc)`` in REST's terms: 200 and the outputs, or
+    503 and the error for UNAVAILABLE (any other code fails the test)."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[1])
+    tensor.contents.fp64_contents.append(value)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        try:
+            reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=CLIENT_TIMEOUT)
+        except grpc.RpcError as err:
+            assert err.code() is grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+            return 503, {"error": err.details()}
+    names = [out.name for out in reply.outputs]
+    y = np.frombuffer(reply.raw_output_contents[names.index("y")], dtype="<f8")
+    return 200, {"outputs": [{"name": "y", "data": y.tolist()}]}
 
 
 def assert_answered(results: list[tuple[int, Any]], values: list[float]) -> None:
@@ -107,15 +126,15 @@ def test_host_killed_during_a_load_with_requests_parked_and_queued(tmp_path: Pat
     server = serve(tmp_path / "repo", env=env())
     assert infer(server, "b", [1.0])[0] == 200  # the host runs; a is evicted (never loaded)
     host = host_of(server)
-    calls = [("a", float(i)) for i in range(6)] + [("b", float(i)) for i in range(3)]
-    with concurrent.futures.ThreadPoolExecutor(len(calls)) as ex:
-        futures = [ex.submit(infer, server, model, [value]) for model, value in calls[:6]]
+    with concurrent.futures.ThreadPoolExecutor(11) as ex:
+        futures = [ex.submit(infer, server, "a", [float(i)]) for i in range(6)]
+        futures += [ex.submit(grpc_infer, server, "a", value) for value in (6.0, 7.0)]  # gRPC clients alike
         wait_until(lambda: started(gate, host.pid), 30, "a's load to start in the host")
-        futures += [ex.submit(infer, server, model, [value]) for model, value in calls[6:]]
+        futures += [ex.submit(infer, server, "b", [float(i)]) for i in range(8, 11)]
         os.kill(host.pid, signal.SIGKILL)
         gate.touch()  # loads into the new host go through
         wait_answered(futures)
-    assert_answered([f.result() for f in futures], [value for _, value in calls])
+    assert_answered([f.result() for f in futures], [float(i) for i in range(11)])
     settle(server, ["a", "b"])
 
 
