@@ -77,18 +77,15 @@ def _alive(pid: int) -> bool:
 
 
 def _exit_text(status: int) -> str:
-    """A wait status, or a negative return code (killed by that signal), in words."""
-    if status < 0:
-        status = -status
-    elif os.WIFSIGNALED(status):
-        status = os.WTERMSIG(status)
-    else:
+    """A wait status in words."""
+    if not os.WIFSIGNALED(status):
         return f"exited with code {os.waitstatus_to_exitcode(status)}"
+    number = os.WTERMSIG(status)
     try:
-        name = signal.Signals(status).name
+        name = signal.Signals(number).name
     except ValueError:
         name = "unknown"
-    return f"was killed by signal {status} ({name})"
+    return f"was killed by signal {number} ({name})"
 
 
 class _Root:
@@ -383,10 +380,11 @@ class Host:
 
     async def _log_exit(self, proc: subprocess.Popen[bytes]) -> None:
         """A host started as a fresh interpreter is the main process's child: wait for it."""
-        self.exited(await asyncio.to_thread(proc.wait))
+        code = await asyncio.to_thread(proc.wait)
+        self.exited(-code if code < 0 else code << 8)  # as a wait status
 
     def exited(self, status: int) -> None:
-        """The process ended with ``status`` (a wait status, or a negative return code)."""
+        """The process ended with wait status ``status``."""
         if self.stopping:
             log.debug("the host of runtime %r (pid %d) %s", self.runtime, self.pid, _exit_text(status))
         else:
