@@ -310,6 +310,25 @@ def test_readiness_says_not_ready_while_the_host_is_stopped(tmp_path: Path, serv
     assert output(doc, "pid")[0] != host.pid
 
 
+def test_a_stopped_root_does_not_hold_up_a_new_host(tmp_path: Path, serve: Any) -> None:
+    """The root template is stopped when a host must be replaced: the fork would wait for
+    good. The root is killed, the host starts as a fresh interpreter, and the model serves."""
+    toy_model(tmp_path, "a")
+    server = serve(tmp_path, env={"RUNTIME_CORE_WORKER_TIMEOUT": str(WORKER_TIMEOUT)})
+    host = host_of(server)
+    (root,) = [proc for name, proc in named_processes(server.pid) if name == "rc-root"]
+    os.kill(root.pid, signal.SIGSTOP)
+    try:
+        os.kill(host.pid, signal.SIGKILL)
+        # A zombie while its parent, the root, is stopped: gone for the server (sockets closed).
+        wait_until(lambda: host.status() == psutil.STATUS_ZOMBIE, 30, "the host to go")
+        status, doc = infer(server, "a", [4.0])
+    finally:
+        _cont(root.pid)
+    assert (status, output(doc, "y")) == (200, [4.0]), doc
+    assert output(doc, "pid")[0] != host.pid
+
+
 # ---------------------------------------------------------------------------- safety net
 
 

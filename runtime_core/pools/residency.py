@@ -133,6 +133,7 @@ class Residency:
                     log.exception("model %r: supervisor pass failed", pool.name)
                 if not pool.inflight and not pool.has_workers:
                     self._active.discard(pool)
+            self.templates.kill_stopped_root()
             for host in self.templates.hosts():
                 if host.kill_if_stopped():
                     continue

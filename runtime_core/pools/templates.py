@@ -88,6 +88,16 @@ def _exit_text(status: int) -> str:
     return f"was killed by signal {number} ({name})"
 
 
+def _is_stopped(pid: int) -> bool:
+    """``pid`` is stopped (``SIGSTOP``, or traced: state ``T`` or ``t`` in ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"T", b"t")
+
+
 class _Root:
     """The root template process (``python -m runtime_core.host --root``)."""
 
@@ -398,12 +408,7 @@ class Host:
         now = time.monotonic()  # not the loop's clock: metrics may ask from another thread
         if now - self._state_at >= 0.1:
             self._state_at = now
-            try:
-                with open(f"/proc/{self.pid}/stat", "rb") as f:
-                    state = f.read().rpartition(b")")[2].split()[0]
-            except (OSError, IndexError):
-                state = b""
-            self._stopped = state in (b"T", b"t")
+            self._stopped = _is_stopped(self.pid)
         return self._stopped
 
     def kill_if_stopped(self) -> bool:
@@ -515,6 +520,17 @@ class Templates:
 
     def hosts(self) -> list[Host]:
         return [h for h in self._hosts.values() if h.alive]
+
+    def kill_stopped_root(self) -> None:
+        """Kill the root if it is stopped while a host waits for its fork (the supervisor asks):
+        that host would wait for good, and every other runtime's behind it. Killed, the fork
+        fails and the host starts as a fresh interpreter; the next host needed starts a new
+        root. The hosts it forked die with it (parent-death signal): their models' requests
+        are retried as for any host death. A stopped root that nobody waits for is left be."""
+        root = self._root_proc
+        if root is not None and root.alive and root.waiting and _is_stopped(root.proc.pid):
+            log.error("the runtime template (pid %d) is stopped; killing it", root.proc.pid)
+            root.proc.kill()
 
     async def aclose(self) -> None:
         hosts, self._hosts = list(self._hosts.values()), {}
