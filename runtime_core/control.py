@@ -36,6 +36,15 @@ class HostForked:
     pid: int
 
 
+@dataclass(frozen=True, slots=True)
+class HostExited:
+    """A host the root forked has exited; ``status`` is its wait status (the root reaps it,
+    so only the root can tell how it ended)."""
+
+    pid: int
+    status: int
+
+
 # ---------------------------------------------------------------- main -> host
 
 

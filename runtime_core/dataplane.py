@@ -76,7 +76,8 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> tuple[str, bool]:
         """The model's name and whether it is READY."""
         record = self.model(name, version)
-        return record.name, record.state is ModelState.READY
+        serving = record.pool is None or record.pool.health().serving
+        return record.name, record.state is ModelState.READY and serving
 
     def ready_model(self, name: str, version: str | None = None) -> ModelRecord:
         """The model's record if it is READY, else :class:`~runtime_core.errors.ModelNotReady`."""

@@ -9,15 +9,16 @@ Process tree::
       │                            └─ fork ─> worker (rc-w<i>:<model>)  dedicated, elastic
       └──data socket──────────────────────────┘
 
-The root starts with every BLAS/OpenMP pool capped at one thread, imports the
-runtimes and what their ``preload`` names, freezes its heap (``gc.freeze``) and forks
-a host per runtime on request. A host loads models on command (``LoadModel``), as
-many as the memory budget allows, and answers each with ``ModelLoaded`` (metadata, load
-time, the memory it took). It serves INFER frames for any of its models on its data
-socket, one batch per wake-up, grouped by model, each group answered as soon as it is
-done: this is how a thousand quiet models cost no process each. On ``SpawnWorker`` it
-forks a dedicated worker for one model, which inherits the loaded model (copy-on-write)
-and so starts in milliseconds.
+The root starts with every BLAS/OpenMP pool capped at one thread, imports the runtimes
+and what their ``preload`` names, freezes its heap (``gc.freeze``) and forks a host per
+runtime on request; it reaps the hosts and reports how each ended (``HostExited``),
+since only a parent can learn a process's exit status. A host loads models on command
+(``LoadModel``), as many as the memory budget allows, and answers each with
+``ModelLoaded`` (metadata, load time, the memory it took). It serves INFER frames for
+any of its models on its data socket, one batch per wake-up, grouped by model, each
+group answered as soon as it is done: this is how a thousand quiet models cost no
+process each. On ``SpawnWorker`` it forks a dedicated worker for one model, which
+inherits the loaded model (copy-on-write) and so starts in milliseconds.
 
 A host is a plain blocking loop over two sockets, never a running event loop, and forks
 only while it has a single thread; otherwise (a runtime started threads) the worker is
@@ -51,6 +52,7 @@ from typing import Any
 
 from runtime_core.control import (
     ForkHost,
+    HostExited,
     HostForked,
     HostReady,
     LoadModel,
@@ -315,7 +317,20 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
     _send(ctl, RootReady(fork_safe))
     if not fork_safe:
         os._exit(0)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # hosts are reaped by the kernel
+
+    def reap(signum: int, frame: object) -> None:
+        # The root reaps its hosts and tells the main process how each ended: a host is not
+        # the main process's child, so nothing else can learn its exit status (issue 20).
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _send(ctl, HostExited(pid, status))
+
+    signal.signal(signal.SIGCHLD, reap)
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)

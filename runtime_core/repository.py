@@ -577,7 +577,11 @@ class ModelRepository:
             item["state"] = record.state.value
             item["reason"] = record.reason
             if record.pool is not None:
-                item["residency"] = record.pool.health().residency
+                health = record.pool.health()
+                item["residency"] = health.residency
+                if record.state is ModelState.READY and not health.serving:
+                    item["state"] = ModelState.UNAVAILABLE.value
+                    item["reason"] = "its host process stopped; the model loads into a new host on its next request"
             out.append(item)
         return out
 

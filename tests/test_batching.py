@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -360,9 +358,12 @@ def test_waiting_cheap_requests_outlast_the_batch_window_for_the_first_worker_wi
 def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path: Path, serve: Any) -> None:
     """Costly requests held because the one worker is busy make the pool start a second; once
     it is ready it takes them at once, not after ``max_batch_time`` (60 s here). The runtime's
-    host forks workers, so stopping it (SIGSTOP) holds the new worker back until the requests
-    are surely held."""
+    host forks workers, so keeping it busy (a gated request of a quiet model it serves) holds
+    the new worker back until the requests are surely held. (Not SIGSTOP: a stopped host is
+    killed, issue 20.)"""
     gate = cost_model(tmp_path, sleep=0.05, min_workers=1)
+    blocker = tmp_path / "blocker-gate"
+    toy_model(tmp_path, "blocker", runtime="toy-batching", parameters={"extra": {"gate": str(blocker)}})
     server = serve(tmp_path, env=PATIENT)
     [host] = [proc for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
 
@@ -373,20 +374,22 @@ def test_requests_held_while_a_worker_starts_go_to_it_once_it_is_ready(tmp_path:
         return pid if pid != host.pid else None
 
     worker = wait_until(answered_by_a_worker, message="the warm worker to answer")
-    os.kill(host.pid, signal.SIGSTOP)
     try:
-        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        with concurrent.futures.ThreadPoolExecutor(5) as ex:
+            hold = ex.submit(server.post_json, "/v2/models/blocker/infer", rows_body([100.0]))
+            wait_until(lambda: busy_pids(blocker) == {host.pid}, message="the host to be busy")
             busy = ex.submit(infer, server, rows_body([100.0]))
             wait_until(lambda: busy_pids(gate) == {worker}, message="the warm worker to be busy")
             held = [ex.submit(infer, server, rows_body([float(i)])) for i in range(3)]
             wait_until(lambda: metric(server, "inflight_requests", "batch") == 4, message="3 requests held")
-            os.kill(host.pid, signal.SIGCONT)
+            blocker.touch()  # the host forks the new worker
             wait_until(lambda: all(f.done() for f in held), message="the held requests, on the new worker")
             assert not busy.done()  # the warm worker is still busy: someone else ran them
             open_gate(gate, worker)
             assert busy.result()[0] == 200
+            assert hold.result()[0] == 200
     finally:
-        os.kill(host.pid, signal.SIGCONT)
+        blocker.touch()
     results = [f.result() for f in held]
     assert all(status == 200 for status, _ in results), results
     [new] = {output(doc, "pid")[0] for _, doc in results}

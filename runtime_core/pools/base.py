@@ -41,6 +41,9 @@ class PoolHealth:
     residency: str = "resident"
     """``resident`` (loaded, servable at once), ``loading`` or ``evicted`` (brought back on
     its next request)."""
+    serving: bool = True
+    """False while the process that holds the model is known to be stopped or killed and not
+    yet replaced: readiness says not ready (issue 20)."""
 
 
 class ModelPool(abc.ABC):

@@ -143,7 +143,9 @@ class Connection(asyncio.Protocol):
     def send(self, pending: Pending) -> None:
         self._next_id += 1
         self.pending[self._next_id] = pending
-        self.last_used = asyncio.get_running_loop().time()
+        # From now: a request retried after its host died must not count its first run and
+        # its wait for the reload against worker_timeout on the new host (issue 20).
+        pending.sent_at = self.last_used = asyncio.get_running_loop().time()
         if not self.outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         self.outbox.extend(infer_frame(self._next_id, pending.envelope, pending.slot))

@@ -42,7 +42,10 @@ Failures:
   already retried. It is replaced.
 * **Host death**: the requests it held for this model are retried once on a dedicated
   worker or fail with 503; the model becomes evicted, and its next request loads it into
-  a new host. Dedicated workers keep serving.
+  a new host. Dedicated workers keep serving. A load that fails because its host died
+  is retried once on a fresh host for the requests that waited for it (503 for those
+  already retried). A request parked for a load longer than ``worker_timeout`` fails
+  with 503 (``expire_parked``, from the supervisor).
 * **Hangs**: an idle worker that leaves a heartbeat unanswered (it was stopped, say) is
   killed and replaced. A request running longer than ``worker_timeout`` gets its worker (or host)
   SIGKILLed; that request fails with :class:`~runtime_core.errors.DeadlineExceeded` (it
@@ -179,6 +182,7 @@ class ProcessPool(ModelPool):
         self._service = 0.0  # mean service seconds per request (see HOST_COST_LIMIT)
         self._stalled_host = False  # its call stalled its host: unmeasured, but not cheap
         self._spawn_failed_at = -math.inf  # loop time a worker last failed to start
+        self._load_started = 0.0  # loop time the running bring-back started
         self._inflight = 0
         self._load = 0.0  # time-weighted mean of _inflight (SCALE_UP_TAU), as of _load_at
         self._load_at = 0.0
@@ -213,6 +217,14 @@ class ProcessPool(ModelPool):
             host = await self._templates.host(self.spec.import_path)
             slot = self._templates.new_slot()
             loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
+            if not host.alive:
+                # It died after it answered, in the same turn of the loop: its death was told
+                # to this pool (as a listener) before the pool held it, so it must not hold it
+                # now, or its requests would go to a dead host for good (issue 20).
+                raise WorkerDied(f"model {self.name!r}: its host process exited while it loaded the model")
+        except WorkerDied:  # the host died (or was killed) during the load: not the model's fault
+            self.state = EVICTED
+            raise
         except RuntimeCoreError as exc:
             self.state = EVICTED
             raise ModelLoadError(exc.message, model=self.name) from exc
@@ -230,18 +242,35 @@ class ProcessPool(ModelPool):
         self._residency.loaded(self, time.perf_counter() - started)
 
     def _start_bring_in(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._loading is None or self._loading.done():
-            self._loading = asyncio.get_running_loop().create_task(self._bring_back())
+            self._load_started = loop.time()
+            self._loading = loop.create_task(self._bring_back())
+        elif loop.time() - self._load_started > self.server.worker_timeout:
+            # The load is overdue: a request that comes for it now fails at once instead of
+            # waiting worker_timeout more, and so does each one queued behind it (capacity 1),
+            # one per turn of the loop (failing frees capacity, and the scheduler submits the
+            # next from inside the failure: not here, or the queue would recurse).
+            loop.call_soon(self.expire_parked, loop.time())
 
     async def _bring_back(self) -> None:
         try:
             await self._bring_in()
         except Exception as exc:
+            # Failing a request frees capacity, and the scheduler submits the next one at once,
+            # from inside this task: it must start a load of its own. While this task still
+            # counted as loading, that request was parked with no load to wait for, and the
+            # model's queue behind it hung for good (issue 20, the churn hang).
+            self._loading = None
+            if isinstance(exc, WorkerDied) and not self._closing:
+                self._reload_parked()
+                return
             error = exc if isinstance(exc, RuntimeCoreError) else ModelLoadError(str(exc), model=self.name)
             log.error("model %r (%s): could not load it: %s", self.name, self.settings.path, error)
             for pending in self._take_parked():
                 self._fail(pending, error)
             return
+        self._loading = None
         self._flush_parked()
 
     def _flush_parked(self) -> None:
@@ -258,6 +287,38 @@ class ProcessPool(ModelPool):
         if deadline:
             loop = asyncio.get_running_loop()
             loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._expire, pending)
+
+    def _reload_parked(self) -> None:
+        """The host died during the load: each parked request waits for a load into a fresh
+        host once; one that was already retried fails with a clean 503."""
+        again = []
+        for pending in self._take_parked():
+            if pending.retried:
+                self._fail(pending, WorkerDied(f"model {self.name!r}: its host process exited while loading it"))
+            else:
+                pending.retried = True
+                again.append(pending)
+        if again:
+            self._parked[:0] = again  # before any request parked meanwhile: they came first
+            self._start_bring_in()
+
+    def expire_parked(self, now: float) -> None:
+        """Fail with 503 the requests that have waited for a load longer than ``worker_timeout``
+        (the supervisor calls this): whatever happens to loads and hosts, no request waits
+        unanswered for longer (issue 20)."""
+        limit = self.server.worker_timeout
+        loading = self._loading is not None and not self._loading.done()
+        overdue = loading and now - self._load_started > limit
+        late = [p for p in self._parked if overdue or now - p.sent_at > limit]
+        for pending in late:
+            self._parked.remove(pending)
+            if pending.future.done():
+                self._inflight -= 1
+            else:
+                self._fail(pending, ModelNotReady(
+                    f"model {self.name!r}: it could not be loaded within worker_timeout ({limit:g} s)",
+                    model=self.name,
+                ))
 
     def _take_parked(self) -> list[Pending]:
         parked, self._parked = self._parked, []
@@ -769,6 +830,7 @@ class ProcessPool(ModelPool):
             else:
                 pending.retried = True
                 if self.state is not RESIDENT and not self._ready():
+                    pending.sent_at = asyncio.get_running_loop().time()  # parked now: see expire_parked
                     self._parked.append(pending)  # the host went: bring the model back, then retry
                     self._start_bring_in()
                 else:
@@ -779,11 +841,17 @@ class ProcessPool(ModelPool):
     # ------------------------------------------------------------------ health & CPU
 
     def health(self) -> PoolHealth:
+        # A readiness probe, or the index, is where a stopped host is found while no request
+        # wakes the supervisor: killed here, its models load into a new host on their next
+        # request, with no timer running on an idle server (issue 20).
+        host = self._host
+        serving = host is None or not host.kill_if_stopped()
         return PoolHealth(
             workers=self.max_workers,
             ready=len(self._ready()),
             restarts=self._restarts,
             residency=self.state,
+            serving=serving,
         )
 
     def set_nice(self, nice: int) -> None:

@@ -10,11 +10,14 @@ which stops at the first model that frees enough.
 
 The supervisor wakes once per ``period`` and visits only pools that have workers or
 requests in flight (a set kept as requests and workers come and go, not a scan). It
-kills workers and hosts whose oldest request ran past ``worker_timeout``, heartbeats
-idle workers, and retires dedicated workers idle for ``worker_idle_timeout``. When no
-pool is active it does not wake at all until a request or a worker makes one active (a
-pass only ever watches active pools, and the hosts' requests belong to them), so an idle
-server with a thousand models runs no timer of its own.
+kills workers and hosts whose oldest request ran past ``worker_timeout``, and hosts
+found stopped (``SIGSTOP``: their models' requests would otherwise wait for
+``worker_timeout``), fails with 503 the requests that waited for a load longer than
+``worker_timeout``, heartbeats idle workers, and retires dedicated workers idle for
+``worker_idle_timeout``. When no pool is active it does not wake at all until a request
+or a worker makes one active (a pass only ever watches active pools, and the hosts'
+requests belong to them), so an idle server with a thousand models runs no timer of its
+own.
 """
 
 from __future__ import annotations
@@ -177,13 +180,17 @@ class Residency:
             for pool in list(self._active):
                 try:
                     pool.check_hangs(now)
+                    pool.expire_parked(now)
                     pool.retire_idle(now)
                 except Exception:  # one pool's trouble must not stop the watch over the others
                     log.exception("model %r: supervisor pass failed", pool.name)
                 if not pool.inflight and not pool.has_workers:
                     self._active.discard(pool)
             self.check_memory()
+            self.templates.kill_stopped_root()
             for host in self.templates.hosts():
+                if host.kill_if_stopped():
+                    continue
                 conn = host.conn
                 if conn is None or not conn.pending:
                     continue

@@ -12,7 +12,11 @@ Bounds and failures:
   order; each waits at most ``startup_timeout``;
 * a host that dies (any signal) fails nothing by itself: its listeners (the pools of its
   models) get the requests it held, retry or fail them, and mark their models evicted,
-  so the next request loads them into a new host;
+  so the next request loads them into a new host; a request no listener takes (its model
+  was unloaded meanwhile) fails with 503. Each death is logged at WARNING with its signal
+  or exit code: the root, which reaps the hosts it forked, reports ``HostExited``;
+* a host found stopped (``SIGSTOP``: state ``T`` in ``/proc/<pid>/stat``) is killed, by
+  the supervisor while any model is active or by a readiness probe, then as above;
 * a host that has requests but has answered nothing for ``host_stall_after`` seconds is
   *stalled* (one of its models is running a long call, or it hangs): each model with
   requests waiting behind that call is told, and moves to a sibling host of the same
@@ -33,11 +37,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from runtime_core.control import (
     ForkHost,
+    HostExited,
     HostForked,
     HostReady,
     LoadModel,
@@ -51,6 +57,7 @@ from runtime_core.control import (
     WorkerSpawned,
 )
 from runtime_core.errors import ModelLoadError, WorkerDied
+from runtime_core.plugins import import_runtime
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.processes import THREAD_ENV_VARS
 from runtime_core.worker import WorkerSpec
@@ -98,10 +105,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _exit_text(status: int) -> str:
+    """A wait status in words."""
+    if not os.WIFSIGNALED(status):
+        return f"exited with code {os.waitstatus_to_exitcode(status)}"
+    number = os.WTERMSIG(status)
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "unknown"
+    return f"was killed by signal {number} ({name})"
+
+
+def _is_stopped(pid: int) -> bool:
+    """``pid`` is stopped (``SIGSTOP``, or traced: state ``T`` or ``t`` in ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"T", b"t")
+
+
 class _Root:
     """The root template process (``python -m runtime_core.host --root``)."""
 
-    def __init__(self, import_path: str, log_level: str) -> None:
+    def __init__(self, import_path: str, log_level: str, on_exit: Callable[[HostExited], None]) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [
@@ -118,6 +147,7 @@ class _Root:
         self.alive = True
         self.ready: asyncio.Future[Any] | None = None
         self.waiting: list[asyncio.Future[int]] = []
+        self.on_exit = on_exit
 
     def attach(self) -> asyncio.Future[Any]:
         """Start reading from the root in the running loop (it may have been started before
@@ -153,6 +183,8 @@ class _Root:
             fut = self.waiting.pop(0)
             if not fut.done():
                 fut.set_result(event.pid)
+        elif isinstance(event, HostExited):
+            self.on_exit(event)
 
     async def fork(self, command: ForkHost, fds: list[int]) -> int:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -198,8 +230,14 @@ class Host:
         self.log_level = log_level
         self.timeout = timeout
         self.stall_after = stall_after
+        try:  # for log lines and errors: a runtime's name, never its import path
+            self.runtime = import_runtime(import_path).name
+        except Exception:
+            self.runtime = import_path.rpartition(":")[2]
         self.pid = 0
         self.alive = False
+        self.killed = False  # killed by the server (stopped, or overdue), not yet known dead
+        self.stopping = False  # stopped by the server on purpose: its exit is no fault
         self.conn: Connection | None = None
         self.names: dict[int, str] = {}  # slot -> model name, for log lines
         self.listeners: dict[int, HostListener] = {}  # slot -> its pool's handler of host death
@@ -215,6 +253,14 @@ class Host:
         self._ready: asyncio.Future[HostReady] | None = None
         self._loads: dict[int, asyncio.Future[ModelLoaded]] = {}
         self._spawns: dict[tuple[int, int], asyncio.Future[int]] = {}
+        self._state_at = -1.0  # monotonic time of the last read of /proc/<pid>/stat, and its answer
+        self._stopped = False
+        self._exit_task: asyncio.Task[None] | None = None
+
+    @property
+    def forked_by_root(self) -> bool:
+        """The root forked it and reaps it (and reports its exit), not the main process."""
+        return bool(self.pid) and self._proc is None
 
     async def start(self, root: _Root | None) -> None:
         loop = asyncio.get_running_loop()
@@ -436,7 +482,7 @@ class Host:
                 loop.remove_reader(self._ctl.fileno())
             self._ctl.close()
             self._ctl = None
-        error = WorkerDied(f"the host process of {self.import_path} exited")
+        error = WorkerDied(f"the host process of runtime {self.runtime!r} exited")
         waiting: list[asyncio.Future[Any]] = [*self._loads.values(), *self._spawns.values()]
         for fut in waiting:
             if not fut.done():
@@ -455,14 +501,53 @@ class Host:
         listeners, self.listeners = self.listeners, {}
         self.stall_listeners = {}
         for slot, listener in listeners.items():
-            listener(self, orphans.get(slot, []))
+            listener(self, orphans.pop(slot, []))
+        for lost in orphans.values():  # their model forgot this host (unloaded): nobody retries them
+            for pending in lost:
+                if not pending.future.done():
+                    pending.future.set_exception(WorkerDied("the host process running the request exited"))
+        if self._proc is not None and not self.stopping:
+            self._exit_task = asyncio.get_running_loop().create_task(self._log_exit(self._proc))
+
+    async def _log_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        """A host started as a fresh interpreter is the main process's child: wait for it."""
+        code = await asyncio.to_thread(proc.wait)
+        self.exited(-code if code < 0 else code << 8)  # as a wait status
+
+    def exited(self, status: int) -> None:
+        """The process ended with wait status ``status``."""
+        if self.stopping:
+            log.debug("the host of runtime %r (pid %d) %s", self.runtime, self.pid, _exit_text(status))
+        else:
+            log.warning("the host of runtime %r (pid %d) %s; its models load into a new host on their next request",
+                        self.runtime, self.pid, _exit_text(status))
+
+    def stopped(self) -> bool:
+        """The process is stopped (``SIGSTOP``, or traced): it will answer nothing until it is
+        continued. Read from ``/proc`` at most once per 0.1 s (readiness probes and the index
+        ask for every model of the host)."""
+        now = time.monotonic()  # not the loop's clock: metrics may ask from another thread
+        if now - self._state_at >= 0.1:
+            self._state_at = now
+            self._stopped = _is_stopped(self.pid)
+        return self._stopped
+
+    def kill_if_stopped(self) -> bool:
+        """Kill the host if it is stopped (its models then load into a new host); returns
+        whether it is unusable: stopped, or killed and not yet known dead."""
+        if self.alive and not self.killed and self.pid and self.stopped():
+            log.error("the host of runtime %r (pid %d) is stopped; killing it", self.runtime, self.pid)
+            self.kill()
+        return self.alive and self.killed
 
     def kill(self) -> None:
+        self.killed = True
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
     async def aclose(self) -> None:
+        self.stopping = True
         if self.alive:
             with contextlib.suppress(WorkerDied):
                 self._send(Stop())
@@ -498,6 +583,7 @@ class Templates:
         self._root_proc: _Root | None = None
         self._hosts: dict[str, list[Host]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._forked: dict[int, Host] = {}  # pid -> host forked by the root, until it exits
         self._lock = asyncio.Lock()
         self._next_slot = 0
 
@@ -511,13 +597,13 @@ class Templates:
             if path not in self._paths:
                 self._paths.append(path)
         if self._root_proc is None and self._paths:
-            self._root_proc = _Root(",".join(self._paths), self.log_level)
+            self._root_proc = _Root(",".join(self._paths), self.log_level, self._host_exited)
 
     async def _root(self, import_path: str) -> _Root | None:
         if import_path not in self._paths:
             self._paths.append(import_path)
         if self._root_proc is None or not self._root_proc.alive:
-            self._root_proc = _Root(",".join(self._paths), self.log_level)
+            self._root_proc = _Root(",".join(self._paths), self.log_level, self._host_exited)
         root = self._root_proc
         # Shielded: the root's readiness is shared by every load, and a load that is cancelled
         # (its model was unloaded meanwhile) must not cancel it for the others.
@@ -552,6 +638,8 @@ class Templates:
                     raise
                 await host.start(None)  # the root went away meanwhile: a fresh interpreter
             hosts.append(host)
+            if host.forked_by_root:
+                self._forked[host.pid] = host
             return host
 
     def _pick(self, import_path: str, avoid: Host | None) -> Host | None:
@@ -570,8 +658,26 @@ class Templates:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def _host_exited(self, event: HostExited) -> None:
+        host = self._forked.pop(event.pid, None)
+        if host is not None:
+            host.exited(event.status)
+        else:  # it died before it was ready
+            log.warning("a host (pid %d) %s", event.pid, _exit_text(event.status))
+
     def hosts(self) -> list[Host]:
         return [h for hosts in self._hosts.values() for h in hosts if h.alive]
+
+    def kill_stopped_root(self) -> None:
+        """Kill the root if it is stopped while a host waits for its fork (the supervisor asks):
+        that host would wait for good, and every other runtime's behind it. Killed, the fork
+        fails and the host starts as a fresh interpreter; the next host needed starts a new
+        root. The hosts it forked die with it (parent-death signal): their models' requests
+        are retried as for any host death. A stopped root that nobody waits for is left be."""
+        root = self._root_proc
+        if root is not None and root.alive and root.waiting and _is_stopped(root.proc.pid):
+            log.error("the runtime template (pid %d) is stopped; killing it", root.proc.pid)
+            root.proc.kill()
 
     async def aclose(self) -> None:
         hosts = [h for group in self._hosts.values() for h in group]

@@ -30,6 +30,15 @@ def _extra(runtime: Runtime, key: str, default: float) -> float:
 _LEAKED: list[bytes] = []
 
 
+def _wait_for_gate(gate: str) -> None:
+    """Tell a test that this process got here (``<gate>.<pid>``), then wait for ``<gate>``."""
+    with open(f"{gate}.{os.getpid()}", "w"):
+        pass
+    stop = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < stop:
+        time.sleep(0.01)
+
+
 class Identity(Runtime):
     """Returns its first input as ``y`` plus the worker's pid, the number of calls so far, and
     where (``loaded_in``, a pid) and when (``loaded_at``, ns) this instance was loaded.
@@ -41,6 +50,10 @@ class Identity(Runtime):
     ``return_none`` fail in those ways; ``label_output`` mislabels the output ``y``;
     ``started_file`` appends the worker's pid to that file when the call starts.
     ``parameters.extra.leak_mb`` makes each load keep that many MiB for good (a leak).
+    ``started_file`` appends the worker's pid to that file when the call starts; ``gate`` (a
+    path) creates ``<gate>.<pid>`` when the call starts, then waits until ``<gate>`` exists.
+    ``parameters.extra.load_gate`` does the same in ``load``: a test holds a load in progress
+    (in the host, say, to kill it there) for as long as it wants.
     """
 
     name = "toy-identity"
@@ -58,6 +71,8 @@ class Identity(Runtime):
         leak = int(_extra(self, "leak_mb", 0.0))
         if leak:  # memory that unloading never gives back, as a leaky framework would keep
             _LEAKED.append(b"\1" * (leak << 20))
+        if "load_gate" in self.settings.parameters.extra:
+            _wait_for_gate(str(self.settings.parameters.extra["load_gate"]))
 
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
         self.calls += 1
@@ -65,6 +80,8 @@ class Identity(Runtime):
         if "started_file" in params:  # tells a test which worker runs this request, and when
             with open(str(params["started_file"]), "a") as marker:
                 marker.write(f"{os.getpid()}\n")
+        if "gate" in params:
+            _wait_for_gate(str(params["gate"]))
         if params.get("crash"):
             os._exit(17)
         if params.get("hang"):
