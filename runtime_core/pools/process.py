@@ -69,7 +69,7 @@ import math
 import os
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
@@ -80,13 +80,12 @@ from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import COSTLY_REQUEST, ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW, Dispatch
-from runtime_core.pools.templates import Host, Templates
+from runtime_core.pools.host_handle import Host
+from runtime_core.pools.residency import Residency
+from runtime_core.pools.templates import Templates
 from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
 from runtime_core.worker import WorkerSpec
-
-if TYPE_CHECKING:
-    from runtime_core.pools.residency import Residency
 
 log = logging.getLogger("runtime_core.pools")
 
