@@ -71,7 +71,8 @@ from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, repl
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
 from runtime_core.runtime import Runtime
-from runtime_core.worker import WorkerSpec, metadata_of, run_worker
+from runtime_core.spec import WorkerSpec, metadata_of
+from runtime_core.worker import run_worker
 
 log = logging.getLogger("runtime_core.host")
 

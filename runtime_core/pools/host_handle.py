@@ -57,7 +57,7 @@ from runtime_core.errors import ModelLoadError, WorkerDied
 from runtime_core.plugins import import_runtime
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.root import Root, cpu_wait_ns, exit_text, is_stopped, pid_alive, resident_bytes, template_env
-from runtime_core.worker import WorkerSpec
+from runtime_core.spec import WorkerSpec
 
 log = logging.getLogger("runtime_core.pools")
 

@@ -85,7 +85,7 @@ from runtime_core.pools.residency import Residency
 from runtime_core.pools.templates import Templates
 from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
-from runtime_core.worker import WorkerSpec
+from runtime_core.spec import worker_spec
 
 log = logging.getLogger("runtime_core.pools")
 
@@ -148,17 +148,7 @@ class ProcessPool(ModelPool):
         self.dispatch = Dispatch(
             bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), cpu_count()
         )
-        self.spec = WorkerSpec(
-            settings=settings.model_dump(),
-            settings_path=str(settings.path),
-            import_path=entry.import_path,
-            uri=uri,
-            threads=settings.thread_cap(server),
-            main_pid=os.getpid(),
-            log_level=server.log_level,
-            max_elements=server.max_elements,
-            folder=str(settings.folder) if settings.folder is not None else "",
-        )
+        self.spec = worker_spec(settings, entry, server, uri=uri, threads=settings.thread_cap(server))
         self.uri_size = 0
         if uri:
             with contextlib.suppress(OSError):

@@ -86,7 +86,8 @@ from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
 from runtime_core.processes import new_loop
 from runtime_core.settings import ModelSettings, ServerSettings
-from runtime_core.worker import WorkerSpec, serve
+from runtime_core.spec import WorkerSpec, worker_spec
+from runtime_core.worker import serve
 
 __all__ = ["NAMESPACE", "RayPool", "connect"]
 
@@ -328,17 +329,8 @@ class RayPool(ModelPool):
         self.dispatch = Dispatch(
             bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), self.size
         )
-        self.spec = WorkerSpec(
-            settings=settings.model_dump(),
-            settings_path=str(settings.path),
-            import_path=entry.import_path,
-            uri=uri,
-            threads=settings.threads or max(1, int(settings.ray.num_cpus)),
-            main_pid=os.getpid(),
-            log_level=server.log_level,
-            max_elements=server.max_elements,
-            folder=str(settings.folder) if settings.folder is not None else "",
-        )
+        threads = settings.threads or max(1, int(settings.ray.num_cpus))
+        self.spec = worker_spec(settings, entry, server, uri=uri, threads=threads)
         self._actors: list[_Actor] = []
         self._restarts = 0
         self._closing = False
