@@ -71,7 +71,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
+from runtime_core.control import Unload
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, RuntimeCoreError, WorkerDied
 from runtime_core.limits import cpu_count
@@ -79,10 +79,11 @@ from runtime_core.messages import control_frame
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import COSTLY_REQUEST, ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW, Dispatch
+from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW
 from runtime_core.pools.host_handle import Host
 from runtime_core.pools.residency import Residency
 from runtime_core.pools.templates import Templates
+from runtime_core.pools.workers import WorkerGroup, dispatch_for
 from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
 from runtime_core.spec import worker_spec
@@ -144,10 +145,9 @@ class ProcessPool(ModelPool):
             # wake-up, for all its models): keep one.
             self.min_workers = max(self.min_workers, 1)
         self.idle_timeout = server.worker_idle_timeout
-        depth = max(server.pipeline_depth, settings.max_batch_size)
-        self.dispatch = Dispatch(
-            bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), cpu_count()
-        )
+        batchable = bool(getattr(entry.cls, "supports_batching", False))
+        self.dispatch = dispatch_for(batchable, server.pipeline_depth, settings.max_batch_size, cpu_count())
+        self._group = WorkerGroup(self.name, self.max_workers, server.worker_timeout, server.worker_overdue_after)
         self.spec = worker_spec(settings, entry, server, uri=uri, threads=settings.thread_cap(server))
         self.uri_size = 0
         if uri:
@@ -158,7 +158,7 @@ class ProcessPool(ModelPool):
         self.lazy = lazy
         self._templates = templates
         self._residency = residency
-        self._workers: list[Connection | None] = [None] * self.max_workers
+        self._workers = self._group.workers  # the same list: indexed by worker
         self._spawning: set[int] = set()
         self._retiring: set[int] = set()
         self._host: Host | None = None
@@ -179,7 +179,6 @@ class ProcessPool(ModelPool):
         self._closing = False
         self._nice = 0
         self._background_wanted = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self.metadata = declared_metadata(settings)
 
     # ------------------------------------------------------------------ lifecycle
@@ -336,10 +335,7 @@ class ProcessPool(ModelPool):
 
     async def aclose(self, grace: float = 30.0) -> None:
         self._closing = True
-        loop = asyncio.get_running_loop()
-        stop_by = loop.time() + grace
-        while self._inflight > len(self._parked) and loop.time() < stop_by:
-            await asyncio.sleep(0.02)
+        await self._group.drain(grace, lambda: self._inflight > len(self._parked))
         held, self._held = self._held, []
         for pending in self._take_parked() + held:
             self._fail(pending, ModelNotReady(f"model {self.name!r} was unloaded", model=self.name))
@@ -347,31 +343,19 @@ class ProcessPool(ModelPool):
             self._hold_timer.cancel()
         if self._loading is not None:
             self._loading.cancel()
-        for conn in self._workers:
-            if conn is not None and conn.alive:
-                conn.ready = False
-                conn.write(control_frame(0, Unload()))
-        stop_by = loop.time() + 5.0
-        while any(c is not None and c.alive for c in self._workers) and loop.time() < stop_by:
-            await asyncio.sleep(0.02)
-        for conn in self._workers:
-            if conn is not None and conn.alive:
-                conn.kill()
+        await self._group.unload(lambda: self._workers, 5.0)
         if self._host is not None:
             self._host.forget(self._slot)
             self._templates.release(self._host)
             self._host = None
         self._residency.remove(self)
         self.state = EVICTED
-        for task in list(self._tasks):
-            task.cancel()
+        self._group.cancel_background()
 
     # ------------------------------------------------------------------ requests
 
     def _ready(self) -> list[Connection]:
-        if not any(self._workers):  # served by its host alone: the common case
-            return []
-        return [c for c in self._workers if c is not None and c.ready]
+        return self._group.ready()  # [] at once for a model served by its host alone
 
     @property
     def capacity(self) -> int:
@@ -448,7 +432,7 @@ class ProcessPool(ModelPool):
             pending.slot = self._slot
             host.submit(pending)
             return True
-        self._fail(pending, WorkerDied(f"model {self.name!r}: no worker can take the request"))
+        self._fail(pending, self._group.no_worker())
         return False
 
     # ------------------------------------------------------------------ adaptive batching
@@ -680,9 +664,7 @@ class ProcessPool(ModelPool):
         self._load_at = now
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._group.background(coro)
 
     async def _spawn(self, index: int) -> None:
         if index in self._spawning or self._closing:
@@ -706,9 +688,9 @@ class ProcessPool(ModelPool):
             conn.pid = pid
             self._workers[index] = conn
             hello = await asyncio.wait_for(conn.hello, self.server.startup_timeout)
-            if isinstance(hello, WorkerLoadFailed) or not isinstance(hello, WorkerReady):
+            error = self._group.load_error(hello)
+            if error is not None:
                 conn.kill()
-                error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
                 log.error("model %r: worker %d failed to load: %s", self.name, index, error)
                 self._spawn_failed_at = loop.time()
                 return
@@ -751,25 +733,17 @@ class ProcessPool(ModelPool):
 
     @property
     def has_workers(self) -> bool:
-        return any(c is not None and c.alive for c in self._workers)
+        return self._group.has_live
 
     def check_hangs(self, now: float) -> None:
         """Kill a worker whose oldest request ran past ``worker_timeout``, or that left a
         heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle (stopped, or stuck outside
         any request); mark a worker whose oldest request is overdue, so that dispatch
         prefers its siblings."""
-        limit = self.server.worker_timeout
         for conn in self._workers:
             if conn is None or not conn.alive:
                 continue
-            verdict = conn.watch(now, limit, self.server.worker_overdue_after)
-            if verdict == "silent":
-                log.error("model %r: worker %d (pid %d) stopped answering heartbeats; killing it",
-                          self.name, conn.index, conn.pid)
-            elif verdict == "late":
-                log.error("model %r: worker %d (pid %d) gave no answer in %g s; killing it",
-                          self.name, conn.index, conn.pid, limit)
-            if verdict is not None:
+            if self._group.watch(now, conn, f"worker {conn.index} (pid {conn.pid})"):
                 conn.kill()
 
     # ------------------------------------------------------------------ failures
@@ -803,29 +777,25 @@ class ProcessPool(ModelPool):
         self.on_capacity()
 
     def _requeue(self, orphans: list[Pending], lost: Connection | None, timed_out: set[int]) -> None:
-        for pending in orphans:
-            if pending.future.done():
-                self._inflight -= 1
-            elif id(pending) in timed_out:
-                self._fail(
-                    pending,
-                    DeadlineExceeded(
-                        f"model {self.name!r}: the request ran longer than worker_timeout"
-                        f" ({self.server.worker_timeout:g} s); its worker was replaced"
-                    ),
-                )
-            elif pending.retried or self._closing:
-                self._fail(pending, WorkerDied(f"model {self.name!r}: the worker running the request died"))
+        def retry(pending: Pending) -> bool:
+            pending.retried = True
+            if self.state is not RESIDENT and not self._ready():
+                pending.sent_at = asyncio.get_running_loop().time()  # parked now: see expire_parked
+                self._parked.append(pending)  # the host went: bring the model back, then retry
+                self._start_bring_in()
             else:
-                pending.retried = True
-                if self.state is not RESIDENT and not self._ready():
-                    pending.sent_at = asyncio.get_running_loop().time()  # parked now: see expire_parked
-                    self._parked.append(pending)  # the host went: bring the model back, then retry
-                    self._start_bring_in()
-                else:
-                    # A request whose dedicated worker died is retried on a sibling only, never
-                    # on the shared host: if it was the cause, it must not take the host along.
-                    self._dispatch(pending, exclude=lost, host_ok=lost is None or lost.index < 0)
+                # A request whose dedicated worker died is retried on a sibling only, never
+                # on the shared host: if it was the cause, it must not take the host along.
+                self._dispatch(pending, exclude=lost, host_ok=lost is None or lost.index < 0)
+            return True
+
+        self._group.requeue(
+            orphans, timed_out, closing=self._closing, retry=retry, fail=self._fail, settled=self._settled
+        )
+
+    def _settled(self, pending: Pending) -> None:
+        """A request whose future is done (cancelled) left the pool without an answer."""
+        self._inflight -= 1
 
     # ------------------------------------------------------------------ health & CPU
 

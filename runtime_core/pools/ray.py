@@ -76,14 +76,12 @@ import warnings
 from collections.abc import Coroutine
 from typing import Any, cast
 
-from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
-from runtime_core.errors import DeadlineExceeded, ModelLoadError, SettingsError, WorkerDied
-from runtime_core.messages import control_frame
+from runtime_core.errors import ModelLoadError, RuntimeCoreError, SettingsError
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
+from runtime_core.pools.workers import WorkerGroup, dispatch_for
 from runtime_core.processes import new_loop
 from runtime_core.settings import ModelSettings, ServerSettings
 from runtime_core.spec import WorkerSpec, worker_spec
@@ -324,17 +322,15 @@ class RayPool(ModelPool):
         self.name = settings.key
         self.server = server
         self.size = max(1, settings.workers(server))
-        depth = max(server.pipeline_depth, settings.max_batch_size)
         # Every actor counts as one of the "cores": they are on cores of their own nodes.
-        self.dispatch = Dispatch(
-            bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), self.size
-        )
+        batchable = bool(getattr(entry.cls, "supports_batching", False))
+        self.dispatch = dispatch_for(batchable, server.pipeline_depth, settings.max_batch_size, self.size)
+        self._group = WorkerGroup(self.name, self.size, server.worker_timeout, server.worker_overdue_after)
         threads = settings.threads or max(1, int(settings.ray.num_cpus))
         self.spec = worker_spec(settings, entry, server, uri=uri, threads=threads)
         self._actors: list[_Actor] = []
         self._restarts = 0
         self._closing = False
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._ray: Any = None
         self._listener: socket.socket | None = None
         self._address: tuple[str, int] = ("", 0)
@@ -407,9 +403,9 @@ class RayPool(ModelPool):
         await loop.connect_accepted_socket(lambda: conn, sock)
         actor.conn = conn
         hello = await conn.hello
-        if not isinstance(hello, WorkerReady):
+        error = self._group.load_error(hello)
+        if error is not None:
             conn.kill()
-            error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
             raise ModelLoadError(f"a Ray actor failed to load the model: {error}", model=self.settings.name)
         if self._closing:
             conn.kill()
@@ -422,9 +418,7 @@ class RayPool(ModelPool):
         self._background_task(self._prioritise(actor))
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._group.background(coro)
 
     # ------------------------------------------------------------------ the listener
 
@@ -518,26 +512,21 @@ class RayPool(ModelPool):
         self._background_task(self._replace(replacement))
 
     def _requeue(self, orphans: list[Pending], lost: Connection) -> None:
-        for pending in orphans:
-            if pending.future.done():
-                continue
-            if id(pending) in lost.timed_out:  # not retried: it may be the cause
-                pending.future.set_exception(
-                    DeadlineExceeded(
-                        f"model {self.name!r}: the request ran longer than worker_timeout"
-                        f" ({self.server.worker_timeout:g} s); its worker was replaced"
-                    )
-                )
-                continue
-            target = None
-            if not pending.retried and not self._closing:
-                target = self.dispatch.pick((c for c in self._ready() if c is not lost), full_ok=True)
+        def retry(pending: Pending) -> bool:
+            target = self.dispatch.pick((c for c in self._ready() if c is not lost), full_ok=True)
             if target is None:
-                pending.future.set_exception(WorkerDied(f"model {self.name!r}: the worker running the request died"))
-            else:
-                pending.retried = True
-                pending.sent_at = asyncio.get_running_loop().time()
-                target.send(pending)
+                return False
+            pending.retried = True
+            pending.sent_at = asyncio.get_running_loop().time()
+            target.send(pending)
+            return True
+
+        def fail(pending: Pending, error: RuntimeCoreError) -> None:
+            pending.future.set_exception(error)
+
+        self._group.requeue(
+            orphans, lost.timed_out, closing=self._closing, retry=retry, fail=fail, settled=lambda _: None
+        )
 
     async def _replace(self, actor: _Actor) -> None:
         while True:
@@ -569,22 +558,12 @@ class RayPool(ModelPool):
             self._stop(actor)
         if self._listener is not None:
             self._listener.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._group.cancel_background()
 
     async def aclose(self, grace: float = 30.0) -> None:
-        loop = asyncio.get_running_loop()
-        stop_by = loop.time() + grace
-        while self.inflight and loop.time() < stop_by:
-            await asyncio.sleep(0.01)
+        await self._group.drain(grace, lambda: bool(self.inflight), poll=0.01)
         self._closing = True
-        for actor in self._actors:
-            if actor.conn is not None and actor.conn.alive:
-                actor.conn.ready = False
-                actor.conn.write(control_frame(0, Unload()))
-        stop_by = loop.time() + _UNLOAD_WAIT
-        while any(a.conn is not None and a.conn.alive for a in self._actors) and loop.time() < stop_by:
-            await asyncio.sleep(0.02)
+        await self._group.unload(lambda: [a.conn for a in self._actors], _UNLOAD_WAIT)
         await self._stop_all()
 
     # ------------------------------------------------------------------ hangs
@@ -600,17 +579,11 @@ class RayPool(ModelPool):
         heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle; mark an actor whose oldest
         request is overdue, so that dispatch prefers its siblings. Its lost connection then
         fails that request with DeadlineExceeded, retries the others and replaces it."""
-        limit = self.server.worker_timeout
         for actor in list(self._actors):
             conn = actor.conn
             if conn is None or not actor.up or not conn.alive:
                 continue
-            verdict = conn.watch(now, limit, self.server.worker_overdue_after)
-            if verdict == "silent":
-                log.error("model %r: Ray actor %s stopped answering heartbeats; killing it", self.name, actor.name)
-            elif verdict == "late":
-                log.error("model %r: Ray actor %s gave no answer in %g s; killing it", self.name, actor.name, limit)
-            if verdict is not None:
+            if self._group.watch(now, conn, f"Ray actor {actor.name}"):
                 self._stop(actor)
 
     # ------------------------------------------------------------------ CPU priority
@@ -667,7 +640,7 @@ class RayPool(ModelPool):
         ready = self._ready()
         worker = self.dispatch.pick(ready) or self.dispatch.pick(ready, full_ok=True)
         if worker is None:
-            future.set_exception(WorkerDied(f"model {self.name!r}: no worker can take the request"))
+            future.set_exception(self._group.no_worker())
         else:
             worker.send(Pending(future, envelope, self, 0, loop.time()))
         return future
