@@ -78,6 +78,7 @@ from runtime_core.limits import cpu_count
 from runtime_core.messages import control_frame
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import COSTLY_REQUEST, ModelPool, PoolHealth
+from runtime_core.pools.batching import BatchHolder
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW
 from runtime_core.pools.host_handle import Host
@@ -138,7 +139,7 @@ class ProcessPool(ModelPool):
         self.max_workers = max(1, settings.workers(server))
         self.min_workers = min(self.max_workers, settings.min_workers_for(server))
         #: Adaptive batching (``max_batch_size`` > 1 and ``max_batch_time`` > 0): the most
-        #: requests held here for one batch, 0 when off. See ``_hold_or_send``.
+        #: requests held here for one batch, 0 when off. See :mod:`runtime_core.pools.batching`.
         self.hold = settings.max_batch_size if settings.max_batch_size > 1 and settings.max_batch_time > 0 else 0
         if self.hold:
             # Batches are held for dedicated workers (a host serves what it finds at each
@@ -164,8 +165,15 @@ class ProcessPool(ModelPool):
         self._host: Host | None = None
         self._slot = 0
         self._parked: list[Pending] = []
-        self._held: list[Pending] = []
-        self._hold_timer: asyncio.TimerHandle | None = None
+        self._held: BatchHolder[Connection] = BatchHolder(
+            self.hold,
+            settings.max_batch_time,
+            self.dispatch.cores,
+            ready=self._ready,
+            cheap=lambda: self._cheap,
+            send=self._send_held,
+            settled=self._settled,
+        )
         self._loading: asyncio.Task[None] | None = None
         self._moving: asyncio.Task[None] | None = None
         self._service = 0.0  # mean service seconds per request (see HOST_COST_LIMIT)
@@ -336,11 +344,9 @@ class ProcessPool(ModelPool):
     async def aclose(self, grace: float = 30.0) -> None:
         self._closing = True
         await self._group.drain(grace, lambda: self._inflight > len(self._parked))
-        held, self._held = self._held, []
+        held = self._held.take_all()
         for pending in self._take_parked() + held:
             self._fail(pending, ModelNotReady(f"model {self.name!r} was unloaded", model=self.name))
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
         if self._loading is not None:
             self._loading.cancel()
         await self._group.unload(lambda: self._workers, 5.0)
@@ -367,7 +373,7 @@ class ProcessPool(ModelPool):
             if self.hold and self._cheap:
                 # Cheap requests past what every worker can take wait in the scheduler's queue,
                 # as with batching off, not held here: the same queue, the same moment they
-                # leave it, the same worker (``_idle_worker``). Held here, at 32 connections on
+                # leave it, the same worker (``batching.room``). Held here, at 32 connections on
                 # 2 workers, they had 1.04x coalescing's p99 (median of 15 paired windows).
                 return ready * BATCH_DEPTH
             return ready * self.dispatch.per_worker
@@ -396,7 +402,7 @@ class ProcessPool(ModelPool):
             self._start_bring_in()
             return future
         if self.hold and self._ready():
-            self._hold_or_send(pending)
+            self._held.add(pending)  # see runtime_core.pools.batching
         else:
             self._dispatch(pending)
         self._maybe_scale_up()
@@ -437,97 +443,18 @@ class ProcessPool(ModelPool):
 
     # ------------------------------------------------------------------ adaptive batching
 
-    def _hold_or_send(self, pending: Pending) -> None:
-        """Adaptive batching that never waits while a worker could take the request: it goes at
-        once to the worker ``_idle_worker`` names. Otherwise requests are held here; the
-        first worker to have room takes up to ``max_batch_size`` of them as one batch. A
-        batch that fills, or that has waited ``max_batch_time``, goes to the least busy
-        worker and waits there. So waiting for a batch never leaves a worker idle, and a held
-        batch is bound to a worker only when one frees up (issue 9). Cheap requests are
-        never held (but while their measured cost changes): past what every worker can take,
-        they wait in the scheduler's queue, as with batching off (see ``capacity``)."""
-        self._held.append(pending)
-        idle = self._idle_worker()
-        if idle is not None:
-            self._release(idle)
-        elif len(self._held) >= self.hold:
-            self._release(None)
-        else:
-            self._arm_hold_timer()
-
     @property
     def _cheap(self) -> bool:
         """The requests are measured as cheap: those the dispatch policy packs."""
         return 0.0 < self.dispatch.cost < PACK_BELOW
 
-    def _arm_hold_timer(self) -> None:
-        """Release what is held ``max_batch_time`` after the oldest held request (once armed, a
-        timer is not moved by later requests)."""
-        if self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(
-                self.settings.max_batch_time, self._hold_expired
-            )
-
-    def _idle_worker(self) -> Connection | None:
-        """The worker to take held requests now, or None to keep holding them.
-
-        Cheap requests (the measured compute per request is under ``PACK_BELOW``: those the
-        dispatch policy packs): the busiest ready worker with fewer than ``BATCH_DEPTH`` in
-        flight, exactly where coalescing alone would send them, so that they run in that
-        worker's next call; once every worker is that full, they wait in the scheduler's queue
-        (``capacity``), as with batching off. When cheap
-        requests went only to the first ``cores`` workers, idle ones first, batching on was
-        0.96x coalescing's requests per second with 4 workers (median of 7 paired windows,
-        0.87-0.98x; 2 cores, 32 connections): nearly half the requests were held here while
-        the other two workers idled. Idle workers first among all of them split the batches
-        instead (4.5 requests per call against 6.3, more CPU per request).
-
-        Costlier requests, and those of unknown cost (none has finished yet): an idle worker
-        among the first ``cores`` ready ones (at least two), so that one slow request never
-        holds them up while another worker frees. More workers than cores cannot run at once,
-        and waking them for a request each only splits the batches (4 workers on 2 cores:
-        0.49 ms of CPU per request instead of 0.38)."""
-        ready = self._ready()
-        if not self._cheap:
-            first = ready[: max(2, self.dispatch.cores)]
-            return next((c for c in first if not c.pending and not c.overdue), None)
-        best: Connection | None = None
-        for c in ready:
-            load = c.load
-            if load < BATCH_DEPTH and not c.overdue and (best is None or load > best.load):
-                best = c
-        return best
-
-    def _hold_expired(self) -> None:
-        self._hold_timer = None
-        if self._held:
-            self._release(self._idle_worker())
-
-    def _release(self, worker: Connection | None) -> None:
-        """Send up to one batch of held requests to ``worker`` (None: the least busy one)."""
-        batch, self._held = self._held[: self.hold], self._held[self.hold :]
-        live = []
-        for pending in batch:
-            if pending.future.done():  # cancelled while held: it never reaches a worker
-                self._inflight -= 1
-            else:
-                live.append(pending)
+    def _send_held(self, pending: Pending, worker: Connection | None) -> None:
+        """A held request leaves for ``worker`` (None: every worker is gone)."""
         if worker is None:
-            worker = min(self._ready(), key=lambda c: (c.overdue, c.load, c.index), default=None)
-        for pending in live:
-            if worker is None:
-                self._dispatch(pending)  # no worker left: the host, or a clean failure
-            else:
-                pending.slot = 0
-                worker.send(pending)
-        if not self._held:
-            if self._hold_timer is not None:
-                self._hold_timer.cancel()
-                self._hold_timer = None
-        elif (idle := self._idle_worker()) is not None:
-            self._release(idle)
+            self._dispatch(pending)  # no worker left: the host, or a clean failure
         else:
-            self._arm_hold_timer()
+            pending.slot = 0
+            worker.send(pending)
 
     def _fail(self, pending: Pending, error: RuntimeCoreError) -> None:
         self._inflight -= 1
@@ -540,15 +467,10 @@ class ProcessPool(ModelPool):
         self._observe(outcome)
         self._average_load(asyncio.get_running_loop().time())
         self._inflight -= 1
-        self._release_held()
+        # A worker has room again: held requests never wait for max_batch_time while a
+        # worker could run them.
+        self._held.on_room()
         self.on_capacity()
-
-    def _release_held(self) -> None:
-        """Send held requests to a worker that can take them now, if one can: called when a
-        worker has room again (a request done) or a new worker is ready, so that held
-        requests never wait for ``max_batch_time`` while a worker could run them."""
-        if self._held and (idle := self._idle_worker()) is not None:
-            self._release(idle)
 
     # ------------------------------------------------------------------ isolation
 
@@ -704,7 +626,7 @@ class ProcessPool(ModelPool):
             if self._background_wanted:
                 self._apply_priority(conn, True)
             self._residency.spawned(self, time.perf_counter() - started)
-            self._release_held()  # held while no worker had room: this one may have
+            self._held.on_room()  # held while no worker had room: this one may have
         except (RuntimeCoreError, OSError, TimeoutError) as exc:
             log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
             self._spawn_failed_at = loop.time()
