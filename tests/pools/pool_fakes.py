@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.pools.connection import Pending
@@ -52,3 +54,8 @@ def pending(payload: bytes = b"x", *, retried: bool = False) -> Pending:
     """A request as a pool holds it (call inside a running loop)."""
     future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     return Pending(future, Envelope(payload), Owner(), 0, 0.0, retried)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run one test's coroutine function in a fresh event loop."""
+    asyncio.run(main())

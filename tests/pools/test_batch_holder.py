@@ -5,9 +5,8 @@ and what becomes of cancelled ones."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from pool_fakes import FakeConn, pending
+from pool_fakes import FakeConn, pending, run
 
 from runtime_core.pools.batching import BatchHolder, least_busy, room
 from runtime_core.pools.connection import Pending
@@ -60,7 +59,7 @@ class Pool:
             worker.send(p)
 
 
-def test_a_request_goes_at_once_when_a_worker_has_room(run: Any) -> None:
+def test_a_request_goes_at_once_when_a_worker_has_room() -> None:
     async def main() -> None:
         idle = FakeConn(0)
         pool = Pool([FakeConn(1, 1), idle])
@@ -71,7 +70,7 @@ def test_a_request_goes_at_once_when_a_worker_has_room(run: Any) -> None:
     run(main)
 
 
-def test_held_requests_leave_as_one_batch_when_it_is_full(run: Any) -> None:
+def test_held_requests_leave_as_one_batch_when_it_is_full() -> None:
     async def main() -> None:
         a, b = FakeConn(0, 1), FakeConn(1, 2)
         pool = Pool([a, b], size=3, wait=10.0)
@@ -89,7 +88,7 @@ def test_held_requests_leave_as_one_batch_when_it_is_full(run: Any) -> None:
     run(main)
 
 
-def test_held_requests_leave_after_max_batch_time(run: Any) -> None:
+def test_held_requests_leave_after_max_batch_time() -> None:
     async def main() -> None:
         a = FakeConn(0, 1)
         pool = Pool([a, FakeConn(1, 1)], size=8, wait=0.02)
@@ -105,7 +104,7 @@ def test_held_requests_leave_after_max_batch_time(run: Any) -> None:
     run(main)
 
 
-def test_a_worker_with_room_again_takes_what_is_held(run: Any) -> None:
+def test_a_worker_with_room_again_takes_what_is_held() -> None:
     async def main() -> None:
         a, b = FakeConn(0, 1), FakeConn(1, 1)
         pool = Pool([a, b], size=8, wait=10.0)
@@ -120,7 +119,7 @@ def test_a_worker_with_room_again_takes_what_is_held(run: Any) -> None:
     run(main)
 
 
-def test_cancelled_requests_never_reach_a_worker(run: Any) -> None:
+def test_cancelled_requests_never_reach_a_worker() -> None:
     async def main() -> None:
         a = FakeConn(0, 1)
         pool = Pool([a, FakeConn(1, 1)], size=2, wait=10.0)
@@ -134,7 +133,7 @@ def test_cancelled_requests_never_reach_a_worker(run: Any) -> None:
     run(main)
 
 
-def test_with_no_worker_left_the_pool_dispatches_held_requests_itself(run: Any) -> None:
+def test_with_no_worker_left_the_pool_dispatches_held_requests_itself() -> None:
     async def main() -> None:
         pool = Pool([FakeConn(0, 1), FakeConn(1, 1)], size=8, wait=0.01)
         p = pending()
@@ -146,7 +145,7 @@ def test_with_no_worker_left_the_pool_dispatches_held_requests_itself(run: Any) 
     run(main)
 
 
-def test_take_all_stops_holding(run: Any) -> None:
+def test_take_all_stops_holding() -> None:
     async def main() -> None:
         pool = Pool([FakeConn(0, 1), FakeConn(1, 1)], size=8, wait=0.01)
         ps = [pending(), pending()]

@@ -8,7 +8,7 @@ import time
 from typing import Any, cast
 
 import pytest
-from pool_fakes import FakeConn, pending
+from pool_fakes import FakeConn, pending, run
 
 from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.errors import DeadlineExceeded, RuntimeCoreError, WorkerDied
@@ -56,7 +56,7 @@ def test_ready_lists_only_ready_connections_by_index() -> None:
     assert g.ready() == [a, b]
 
 
-def test_a_lost_workers_requests_retry_once_else_503_and_the_overdue_one_504(run: Any) -> None:
+def test_a_lost_workers_requests_retry_once_else_503_and_the_overdue_one_504() -> None:
     async def main() -> None:
         g = group()
         fresh, again, late, cancelled = pending(), pending(retried=True), pending(), pending()
@@ -74,7 +74,7 @@ def test_a_lost_workers_requests_retry_once_else_503_and_the_overdue_one_504(run
     run(main)
 
 
-def test_nothing_is_retried_while_closing_or_when_no_worker_can_take_it(run: Any) -> None:
+def test_nothing_is_retried_while_closing_or_when_no_worker_can_take_it() -> None:
     async def main() -> None:
         g = group()
         closing = Fate()
@@ -89,7 +89,7 @@ def test_nothing_is_retried_while_closing_or_when_no_worker_can_take_it(run: Any
     run(main)
 
 
-def test_watch_kills_a_worker_whose_request_ran_past_worker_timeout(run: Any, caplog: Any) -> None:
+def test_watch_kills_a_worker_whose_request_ran_past_worker_timeout(caplog: Any) -> None:
     async def main() -> None:
         g = group()
         conn = Connection(0, lambda _: None)
@@ -107,7 +107,7 @@ def test_watch_kills_a_worker_whose_request_ran_past_worker_timeout(run: Any, ca
     assert "model 'm': worker 0 (pid 1) gave no answer in 10 s; killing it" in caplog.text
 
 
-def test_watch_kills_an_idle_worker_that_leaves_a_heartbeat_unanswered(run: Any, caplog: Any) -> None:
+def test_watch_kills_an_idle_worker_that_leaves_a_heartbeat_unanswered(caplog: Any) -> None:
     async def main() -> None:
         g = group()
         conn = Connection(0, lambda _: None)
@@ -126,7 +126,7 @@ def test_load_error_reads_a_workers_hello() -> None:
     assert WorkerGroup.load_error(object()) == "unexpected reply"
 
 
-def test_unload_asks_every_live_worker_then_kills_those_that_stay(run: Any) -> None:
+def test_unload_asks_every_live_worker_then_kills_those_that_stay() -> None:
     async def main() -> None:
         g = group(3)
         quits, stays, dead = FakeConn(0), FakeConn(1), FakeConn(2)
@@ -149,7 +149,7 @@ def test_unload_asks_every_live_worker_then_kills_those_that_stay(run: Any) -> N
     run(main)
 
 
-def test_drain_waits_while_busy_up_to_grace(run: Any) -> None:
+def test_drain_waits_while_busy_up_to_grace() -> None:
     async def main() -> None:
         left = [3]
 
@@ -166,7 +166,7 @@ def test_drain_waits_while_busy_up_to_grace(run: Any) -> None:
     run(main)
 
 
-def test_background_tasks_are_kept_then_cancelled(run: Any) -> None:
+def test_background_tasks_are_kept_then_cancelled() -> None:
     async def main() -> None:
         g = group()
         g.background(asyncio.sleep(10))
