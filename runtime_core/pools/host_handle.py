@@ -1,8 +1,8 @@
 """Main-side handle of one runtime's host process (:class:`Host`).
 
-See :mod:`runtime_core.host` for what runs inside them. :class:`Templates` starts the
-root early (importing frameworks is the slowest part of start-up) and one
-:class:`Host` per runtime on first use, and replaces a host that died.
+See :mod:`runtime_core.host` for what runs inside it. :class:`~runtime_core.pools.templates.Templates`
+starts one per runtime on first use (forked by the root, :mod:`runtime_core.pools.root`, or
+as a fresh interpreter), and replaces a host that died.
 
 Bounds and failures:
 
