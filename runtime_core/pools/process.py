@@ -58,6 +58,12 @@ Failures:
 * **aclose**: waits for in-flight requests (up to ``grace``), fails waiting ones, asks
   each worker to unload and exit, unloads the model from the host; processes that do not
   exit in time are killed.
+
+Where it is written: this module holds the pool's state, requests and failures, over the
+:class:`~runtime_core.pools.workers.WorkerGroup` both backends share; residency, parking and
+isolation are in :mod:`~runtime_core.pools.placement`, dedicated workers (forking, retiring,
+hangs, CPU priority) in :mod:`~runtime_core.pools.scaling`, adaptive batching in
+:mod:`~runtime_core.pools.batching`.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ from runtime_core.spec import worker_spec
 log = logging.getLogger("runtime_core.pools")
 
 __all__ = ["EVICTED", "HOST_COST_LIMIT", "LOADING", "RESIDENT", "SCALE_UP_AT", "ProcessPool"]
+
 
 class ProcessPool(Placement, Scaling):
     """One model's elastic group of worker processes (see the module docstring)."""
