@@ -50,7 +50,7 @@ class HostExited:
 
 @dataclass(frozen=True, slots=True)
 class LoadModel:
-    """Load the model of ``spec`` (a :class:`~runtime_core.worker.WorkerSpec`) as ``slot``."""
+    """Load the model of ``spec`` (a :class:`~runtime_core.spec.WorkerSpec`) as ``slot``."""
 
     slot: int
     spec: Any

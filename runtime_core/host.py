@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from runtime_core.control import (
@@ -71,7 +72,8 @@ from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, repl
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
 from runtime_core.runtime import Runtime
-from runtime_core.worker import WorkerSpec, metadata_of, run_worker
+from runtime_core.spec import WorkerSpec, metadata_of
+from runtime_core.worker import run_worker
 
 log = logging.getLogger("runtime_core.host")
 
@@ -115,13 +117,22 @@ def _send(ctl: socket.socket, message: Any, fds: list[int] | None = None) -> Non
             ctl.send(data)
 
 
+@dataclass(slots=True)
+class _Loaded:
+    """One model a host holds: what it was loaded from, the loaded runtime, its request handler."""
+
+    spec: WorkerSpec
+    runtime: Runtime
+    handler: ModelHandler
+
+
 class _Host:
     """The body of one host process (see the module docstring)."""
 
     def __init__(self, ctl: socket.socket, data: socket.socket) -> None:
         self.ctl = ctl
         self.data = data
-        self.models: dict[int, tuple[WorkerSpec, Runtime, ModelHandler]] = {}
+        self.models: dict[int, _Loaded] = {}
         self.loop = asyncio.new_event_loop()  # never running between batches, so forks are clean
         self.reader = FrameReader()
 
@@ -150,7 +161,7 @@ class _Host:
             log.debug("model %r (%s): load failed", spec.name, spec.settings_path, exc_info=True)
             _send(self.ctl, ModelLoadFailed(command.slot, client_message(str(exc))))
             return
-        self.models[command.slot] = (spec, runtime, ModelHandler(runtime, spec.max_elements))
+        self.models[command.slot] = _Loaded(spec, runtime, ModelHandler(runtime, spec.max_elements))
         gc.freeze()  # what is loaded now stays untouched by the collector: forks share its pages
         seconds = time.perf_counter() - started
         grown = max(0, _resident_bytes() - before)
@@ -160,7 +171,7 @@ class _Host:
         entry = self.models.pop(command.slot, None)
         if entry is not None:
             with contextlib.suppress(Exception):
-                self.loop.run_until_complete(entry[1].unload())
+                self.loop.run_until_complete(entry.runtime.unload())
             del entry
             _give_back_memory()
 
@@ -170,7 +181,7 @@ class _Host:
             os.close(fd)
             _send(self.ctl, WorkerSpawned(command.slot, command.index, 0))
             return
-        spec, runtime, _ = entry
+        spec, runtime = entry.spec, entry.runtime
         if thread_count() == 1:
             pid = os.fork()
             if pid == 0:
@@ -213,7 +224,7 @@ class _Host:
             for start in range(0, len(items), DEFAULT_COALESCE):
                 chunk = items[start : start + DEFAULT_COALESCE]
                 ids.append([request_id for request_id, _ in chunk])
-                groups.append((entry[2], [envelope for _, envelope in chunk]))
+                groups.append((entry.handler, [envelope for _, envelope in chunk]))
         if groups:
             # One run of the event loop for the whole wake-up, whatever the number of models
             # in it: with traffic spread over many models, most groups hold one request, and a

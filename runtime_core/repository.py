@@ -30,20 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
 from runtime_core.inference import client_message
 from runtime_core.layout import single_model
 from runtime_core.limits import memory_limit
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
-from runtime_core.pools.base import ModelPool
-from runtime_core.pools.inprocess import InProcessPool
-from runtime_core.pools.process import ProcessPool
-from runtime_core.pools.ray import RayPool
-from runtime_core.pools.residency import Residency
-from runtime_core.pools.templates import Templates
-from runtime_core.runtime import ModelMetadata, RuntimeContext
+from runtime_core.pools.factory import PoolFactory
+from runtime_core.runtime import ModelMetadata
 from runtime_core.sanitize import quoted
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
@@ -57,6 +52,9 @@ from runtime_core.settings import (
     model_key,
     version_order,
 )
+
+if TYPE_CHECKING:
+    from runtime_core.pools.base import ModelPool
 
 log = logging.getLogger("runtime_core.repository")
 
@@ -135,9 +133,9 @@ class ModelRepository:
         self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
         self._locks: dict[str, asyncio.Lock] = {}  # by key
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
-        self.templates = Templates(server.log_level, server.startup_timeout, server.host_stall_after)
         budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
-        self.residency = Residency(budget, self.templates, server.worker_timeout)
+        self.pools = PoolFactory(server, budget)  # chooses each model's backend (issue 22)
+        self.residency = self.pools.residency
 
     # ------------------------------------------------------------------ discovery
 
@@ -262,7 +260,7 @@ class ModelRepository:
                 entry = self._entry(settings)
                 if settings.workers(self.server) > 0 and entry.import_path not in paths:
                     paths.append(entry.import_path)
-        self.templates.prewarm(paths)
+        self.pools.prewarm(paths)
 
     async def load_all(self) -> None:
         """Load every model found; failures are recorded UNAVAILABLE, the others serve."""
@@ -324,29 +322,7 @@ class ModelRepository:
         return self.registry.get(settings.runtime_name, model=settings.name, path=str(settings.path))
 
     def _make_pool(self, settings: ModelSettings, entry: RuntimeEntry) -> ModelPool:
-        uri = settings.resolve_uri(self.root, entry.cls.artifact_names)
-        if settings.backend_name(self.server) == "ray":  # workers as Ray actors (issue 11)
-            return RayPool(settings, entry, self.server, uri=str(uri) if uri else None)
-        if settings.workers(self.server) == 0:
-            assert settings.folder is not None
-            context = RuntimeContext(
-                model_name=settings.name,
-                version=settings.version,
-                folder=settings.folder,
-                uri=uri,
-                threads=settings.thread_cap(self.server),
-                worker_index=None,
-            )
-            return InProcessPool(entry.cls(settings, context), self.server.pipeline_depth, self.server.max_elements)
-        return ProcessPool(
-            settings,
-            entry,
-            self.server,
-            uri=str(uri) if uri else None,
-            templates=self.templates,
-            residency=self.residency,
-            lazy=self.server.lazy_load,
-        )
+        return self.pools.make(settings, entry, settings.resolve_uri(self.root, entry.cls.artifact_names))
 
     async def _load(self, settings: ModelSettings) -> ModelRecord:
         name = settings.key  # in logs and in the progress lines: which version
@@ -508,8 +484,7 @@ class ModelRepository:
             self._records[name].pool = None
             self._records[name].state = ModelState.UNAVAILABLE
             self._records[name].reason = "server stopped"
-        await self.residency.aclose()
-        await self.templates.aclose()
+        await self.pools.aclose()
 
     # ------------------------------------------------------------------ queries
 

@@ -35,8 +35,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 from threadpoolctl import threadpool_limits
 
@@ -52,67 +50,11 @@ from runtime_core.messages import (
     parse_infer,
     reply_frame,
 )
-from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, new_loop, set_process_name, watch_main_process
-from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext
-from runtime_core.settings import ModelSettings
+from runtime_core.runtime import Runtime
+from runtime_core.spec import WorkerSpec, metadata_of
 
 log = logging.getLogger("runtime_core.worker")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """Everything a host or a worker needs to build one model's runtime."""
-
-    settings: dict[str, Any]
-    settings_path: str
-    import_path: str
-    uri: str | None
-    threads: int
-    main_pid: int
-    log_level: str
-    max_elements: int = 0
-    folder: str = ""
-    """The model's files' folder when it is not the settings file's (a numeric version folder)."""
-
-    @property
-    def name(self) -> str:
-        return str(self.settings["name"])
-
-    @property
-    def key(self) -> str:
-        """The model's version's key (``name`` or ``name/version``), as the pools know it."""
-        return self.model_settings().key
-
-    def model_settings(self) -> ModelSettings:
-        settings = ModelSettings.model_validate(self.settings)
-        settings._path = Path(self.settings_path)
-        if self.folder:
-            settings._folder = Path(self.folder)
-        return settings
-
-    def build(self, index: int | None) -> Runtime:
-        cls = import_runtime(self.import_path)
-        settings = self.model_settings()
-        folder = settings.folder  # the version folder, else the settings file's
-        assert folder is not None  # model_settings() set the settings file's path
-        context = RuntimeContext(
-            model_name=settings.name,
-            version=settings.version,
-            folder=folder,
-            uri=Path(self.uri) if self.uri else None,
-            threads=self.threads,
-            worker_index=index,
-        )
-        return cls(settings, context)
-
-
-def metadata_of(runtime: Runtime) -> ModelMetadata:
-    try:
-        return runtime.metadata()
-    except Exception:
-        log.warning("model %r: metadata() failed; showing the declared inputs and outputs", runtime.context.model_name)
-        return Runtime.metadata(runtime)
 
 
 class _WorkerProtocol(asyncio.Protocol):

@@ -18,6 +18,8 @@ from support import metric, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 
 def rows_body(values: list[float], outputs: list[str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from support import named_processes, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 CLEAN_ERRORS = {503, 504}  # worker died / model reloading or unloaded / worker_timeout
 

@@ -15,6 +15,8 @@ import pytest
 
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 SCRIPT = Path(sys.executable).with_name("runtime-core")
 
 

@@ -294,6 +294,7 @@ def test_response_from_dataframe_has_one_output_per_column() -> None:
         InferenceResponse.from_dataframe(pd.DataFrame({"z": [1j]}))
 
 
+@pytest.mark.e2e
 def test_no_pandas_import_at_import_time() -> None:
     code = (
         "import sys, runtime_core, runtime_core.protocol, runtime_core.inference, runtime_core.cli,"
@@ -362,6 +363,7 @@ def check_pipeline_answer(doc: dict[str, Any], rows: pd.DataFrame, pipe: Pipelin
     np.testing.assert_allclose(np.reshape(proba["data"], (len(rows), 2)), pipe.predict_proba(rows), rtol=1e-12)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("request_ct", "per_input", "column"),
     [
@@ -382,6 +384,7 @@ def test_column_transformer_pipeline_from_a_pd_request(
     check_pipeline_answer(doc, rows, trained["pipe"])
 
 
+@pytest.mark.e2e
 def test_model_level_pd_default(server: ServerProcess, trained: dict[str, Any]) -> None:
     rows = trained["frame"].iloc[:4]
     status, doc = server.post_json("/v2/models/mixed-pd/infer", pipeline_body(rows))
@@ -389,6 +392,7 @@ def test_model_level_pd_default(server: ServerProcess, trained: dict[str, Any]) 
     check_pipeline_answer(doc, rows, trained["pipe"])
 
 
+@pytest.mark.e2e
 def test_pd_errors_are_400(server: ServerProcess, trained: dict[str, Any]) -> None:
     rows = trained["frame"].iloc[:2]
     body = pipeline_body(rows, "pd")
@@ -401,6 +405,7 @@ def test_pd_errors_are_400(server: ServerProcess, trained: dict[str, Any]) -> No
     assert status == 400 and "purple" in doc["error"]
 
 
+@pytest.mark.e2e
 def test_pd_without_pandas_is_400(trained: dict[str, Any], tmp_path: Path) -> None:
     hidden = tmp_path / "hide-pandas"
     (hidden / "pandas").mkdir(parents=True)
@@ -426,6 +431,7 @@ def echo(server: ServerProcess, body: dict[str, Any]) -> tuple[int, Any]:
     return server.post_json("/v2/models/echo/infer", body)
 
 
+@pytest.mark.e2e
 def test_str_round_trip(server: ServerProcess) -> None:
     texts = ["héllo", "", "ünïcödé ✓"]
     status, doc = echo(server, {"inputs": [bytes_input(texts, content_type="str")],
@@ -436,6 +442,7 @@ def test_str_round_trip(server: ServerProcess) -> None:
     ]
 
 
+@pytest.mark.e2e
 def test_base64_round_trip(server: ServerProcess) -> None:
     body = {"inputs": [bytes_input(b64(BINARY), content_type="base64")],
             "outputs": [{"name": "x", "parameters": {"content_type": "base64"}}]}
@@ -454,6 +461,7 @@ def test_base64_round_trip(server: ServerProcess) -> None:
     assert status == 200 and doc["outputs"][0]["data"] == b64(BINARY)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -486,6 +494,7 @@ def batch_body(i: int, kind: str | None) -> dict[str, Any]:
     }
 
 
+@pytest.mark.e2e
 def test_batching_never_merges_requests_of_different_content_types(tmp_path: Path, serve: Any) -> None:
     """Requests waiting while the model's one worker is busy leave together; in the worker only
     those of one content type share a ``predict`` call. A gated request (a row of 100) holds
@@ -531,6 +540,7 @@ def test_batching_never_merges_requests_of_different_content_types(tmp_path: Pat
     assert all(len(kinds) == 1 for kinds in mixed.values()), mixed  # never two content types in one call
 
 
+@pytest.mark.e2e
 def test_concurrent_pd_requests_to_a_batching_sklearn_model(server: ServerProcess, trained: dict[str, Any]) -> None:
     frame = trained["frame"]
     variants: list[tuple[str | None, dict[str, Any] | None]] = [("pd", None), (None, {"color": "pd"})]

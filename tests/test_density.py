@@ -23,6 +23,8 @@ from support import infer_body, metric, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 
 def names(server: ServerProcess) -> list[str]:
     return [name for name, _ in named_processes(server.pid)]

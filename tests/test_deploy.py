@@ -70,6 +70,7 @@ def _runtime_env(name: str) -> dict[str, str]:
     return {k: v.replace("{{.Name}}", name).replace("{{.Labels.modelClass}}", "") for k, v in env.items()}
 
 
+@pytest.mark.e2e
 def test_manifests_match_the_kserve_sdk_models(kserve_python: Path) -> None:
     files = sorted(str(p) for p in DEPLOY.glob("*.yaml"))
     assert len(files) >= 3
@@ -82,6 +83,7 @@ def test_manifests_match_the_kserve_sdk_models(kserve_python: Path) -> None:
     assert json.loads(result.stdout) == {f: [] for f in files}
 
 
+@pytest.mark.e2e
 def test_the_checker_catches_mistakes(tmp_path: Path, kserve_python: Path) -> None:
     """A misspelt key, a wrong type and a missing required field are each reported."""
     text = RUNTIME.read_text()
@@ -216,6 +218,7 @@ def _get(port: int, path: str) -> int:
         return 0
 
 
+@pytest.mark.e2e
 def test_image_command_serves_a_kserve_model_folder(container: dict[str, Any]) -> None:
     port, proc = container["port"], container["proc"]
     wait_until(

@@ -12,11 +12,14 @@ import urllib.request
 from pathlib import Path
 
 import joblib
+import pytest
 import xgboost
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from runtime_core.testing import free_port, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,6 +30,8 @@ from tritonclient.utils import InferenceServerException
 
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 NUMERIC = {
     "BOOL": np.array([[True, False, True]]),
     "UINT8": np.array([[0, 7, 255]], dtype=np.uint8),

@@ -15,7 +15,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from runtime_core.testing import ServerProcess, write_model
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 HERE = Path(__file__).parent
 

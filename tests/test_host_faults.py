@@ -29,6 +29,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from runtime_core.testing import ServerProcess, wait_until
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 #: What the tests give a server: a small worker_timeout, so that the bound on every request
 #: (the safety net) is short, and a client timeout well past it.
 WORKER_TIMEOUT = 10.0

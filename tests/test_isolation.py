@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from support import infer_body, metric, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 
 def infer(server: ServerProcess, model: str, value: float, timeout: float = 120.0, **params: Any) -> tuple[int, Any]:

@@ -43,6 +43,7 @@ def _predict(server: ServerProcess, name: str, x: np.ndarray[Any, Any]) -> list[
     return list(doc["outputs"][0]["data"])
 
 
+@pytest.mark.e2e
 def test_sklearn_folder_named_by_the_environment(tmp_path: Path, data: dict[str, Any], serve: Any) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
@@ -54,6 +55,7 @@ def test_sklearn_folder_named_by_the_environment(tmp_path: Path, data: dict[str,
     assert _predict(server, "iris", data["x"]) == data["forest"].predict(data["x"]).tolist()
 
 
+@pytest.mark.e2e
 def test_xgboost_folder_with_kserve_mlserver_variables(tmp_path: Path, data: dict[str, Any], serve: Any) -> None:
     """What KServe's MLServer runtime sets: the name, and an implementation label that is
     empty when the InferenceService has none, so the runtime comes from the file."""
@@ -68,6 +70,7 @@ def test_xgboost_folder_with_kserve_mlserver_variables(tmp_path: Path, data: dic
     assert _predict(server, "boost", data["x"]) == expected.tolist()
 
 
+@pytest.mark.e2e
 def test_ambiguous_folder_is_a_clear_error_until_the_runtime_is_named(
     tmp_path: Path, data: dict[str, Any], serve: Any
 ) -> None:

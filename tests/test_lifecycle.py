@@ -10,9 +10,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import infer_body, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 
 def infer(server: ServerProcess, model: str, **params: Any) -> tuple[int, Any]:

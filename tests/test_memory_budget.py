@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from support import infer_body, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 MIB = 1 << 20
 BUDGET = 16 * MIB

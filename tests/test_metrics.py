@@ -22,6 +22,8 @@ from support import infer_body, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 ECHO_OK = {"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
 ECHO_BAD = {"inputs": [{"name": "a", "shape": [3], "datatype": "INT32", "data": [1, 2]}]}
 OUTCOMES = ("success", "client_error", "server_error", "rejected", "deadline_expired")

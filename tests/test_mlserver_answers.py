@@ -152,6 +152,7 @@ def _replay(server: ServerProcess, example: str) -> tuple[list[str], list[tuple[
     return problems, answers
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("example", SERVED)
 def test_answers_as_mlserver(example: str, examples_root: Path) -> None:
     """The folder, laid out as MLServer's example and served by runtime-core, answers every
@@ -161,6 +162,7 @@ def test_answers_as_mlserver(example: str, examples_root: Path) -> None:
         assert not problems, "\n".join(problems)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("example", MLSERVER_RUNTIME_EXAMPLES)
 def test_mlserver_runtime_answers_as_mlserver(example: str, examples_root: Path) -> None:
     """Examples with MLServer's own model classes (custom code, lightgbm), served by
@@ -201,6 +203,7 @@ json.dump(decoded, sys.stdout)
 """
 
 
+@pytest.mark.e2e
 def test_mlserver_client_codec_decodes_answers(examples_root: Path) -> None:
     """MLServer's client codec (``NumpyRequestCodec.decode_response``) decodes runtime-core's
     answers to what it decoded from MLServer's: ``[[8]]``, not ``[8]``."""
@@ -230,6 +233,7 @@ def _rewrite(folder: Path, runtime: str) -> None:
     path.write_text(json.dumps({**settings, "runtime": runtime}))
 
 
+@pytest.mark.e2e
 def test_runtime_key_keeps_native_answers(tmp_path: Path) -> None:
     """The same artifacts under ``"runtime": "sklearn"`` / ``"xgboost"`` answer as runtime-core
     always has: one value per row as ``[n]``, no content type, no generated id, and the
@@ -269,6 +273,7 @@ def test_runtime_key_keeps_native_answers(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.e2e
 def test_generated_ids_are_per_request_in_merged_batches_and_over_grpc(tmp_path: Path) -> None:
     """Each request without an id gets its own UUID, also when adaptive batching merges it
     with others into one ``predict`` call (whether or not the requests met in a batch, the

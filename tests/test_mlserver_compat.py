@@ -104,6 +104,7 @@ print(json.dumps(fields))
 """
 
 
+@pytest.mark.e2e
 def test_the_committed_field_list_is_mlservers() -> None:
     """Against mlserver's own classes: in this environment if mlserver is installed, else with
     the interpreter named by ``RUNTIME_CORE_TEST_MLSERVER_PYTHON`` (mlserver's dependencies
@@ -154,6 +155,7 @@ def test_a_variable_that_is_no_mlserver_setting_is_warned(
     ]
 
 
+@pytest.mark.e2e
 def test_mlserver_metrics_port_serves_the_metrics_there(tmp_path: Path) -> None:
     write_model(tmp_path / "echo", runtime="echo", parallel_workers=0)
     port = free_port()

@@ -24,6 +24,8 @@ from sklearn.ensemble import RandomForestClassifier
 
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 N_FEATURES = 5
 

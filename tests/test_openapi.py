@@ -39,6 +39,8 @@ from schemathesis.specs.openapi.checks import (
 import runtime_core
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 DOCUMENT = Path(runtime_core.__file__).parent / "rest" / "openapi.json"
 READINESS = {"/v2/health/ready", "/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready"}
 DESTRUCTIVE = r"^/v2/repository/models/"

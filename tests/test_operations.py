@@ -13,6 +13,8 @@ from support import infer_body, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 ECHO_BODY = {"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}]}
 GUARDED = [
     ("/v2/repository/index", b"{}"),

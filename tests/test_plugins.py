@@ -64,6 +64,7 @@ def make_plugin(folder: Path, dist: str, module: str, runtime_name: str) -> Path
     return folder
 
 
+@pytest.mark.e2e
 def test_runtimes_command_lists_installed_plugins_with_distribution(toy_env: dict[str, str]) -> None:
     result = cli("runtimes", env=toy_env)
     assert result.returncode == 0, result.stderr
@@ -72,6 +73,7 @@ def test_runtimes_command_lists_installed_plugins_with_distribution(toy_env: dic
     assert re.search(r"toy-identity\s+-\s+rc-toy-runtimes\s+0\.3\.0", rows["toy-identity"])
 
 
+@pytest.mark.e2e
 def test_a_plugin_not_installed_is_not_found(tmp_path: Path) -> None:
     # Without the toy plugin on the path, its runtimes do not exist.
     result = cli("runtimes")
@@ -79,6 +81,7 @@ def test_a_plugin_not_installed_is_not_found(tmp_path: Path) -> None:
     assert "toy-identity" not in result.stdout
 
 
+@pytest.mark.e2e
 def test_two_plugins_claiming_one_name_stop_the_server_at_startup(
     tmp_path: Path, toy_env: dict[str, str]
 ) -> None:
@@ -92,6 +95,7 @@ def test_two_plugins_claiming_one_name_stop_the_server_at_startup(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_model_naming_a_missing_runtime_names_the_model_file_and_installed_runtimes(
     tmp_path: Path, serve: Any
 ) -> None:
@@ -118,6 +122,7 @@ def _doc_files() -> dict[str, str]:
     return files
 
 
+@pytest.mark.e2e
 def test_the_plugin_guide_example_installs_and_serves(tmp_path: Path, rc_server: Any) -> None:
     files = _doc_files()
     assert "pyproject.toml" in files, "docs/writing-a-runtime.md must show a pyproject.toml block"

@@ -19,6 +19,8 @@ from support import infer_body, named_processes, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 
 def workers(server: ServerProcess, model: str) -> set[int]:
     """Pids of the model's dedicated workers (named ``rc-w<i>:<model>`` by the server)."""

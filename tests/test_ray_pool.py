@@ -34,6 +34,8 @@ from support import infer_body, toy_model
 from runtime_core.pools.ray import _PREAMBLE, _TOKEN_BYTES, NAMESPACE
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
 N_FEATURES = 4
 
 

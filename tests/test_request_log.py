@@ -15,9 +15,12 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 
 from runtime_core.proto import grpc_service_pb2 as pb
 from runtime_core.testing import ServerProcess, wait_until, write_model
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 GOOD = {"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
 BAD = {"inputs": [{"name": "a", "shape": [3], "datatype": "INT32", "data": [1, 2]}]}

@@ -24,6 +24,8 @@ from support import infer_body, output, toy_model
 import runtime_core
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 ECHO_BODY = {"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
 TOY_BODY = infer_body([1.0, 2.0])
 

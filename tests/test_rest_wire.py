@@ -18,6 +18,8 @@ from support import infer_body, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 MIB = 1024 * 1024
 
 

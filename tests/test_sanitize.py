@@ -49,6 +49,7 @@ def test_exceptions_and_length() -> None:
     assert len(long) == 100 and long.endswith("...")
 
 
+@pytest.mark.e2e
 def test_exported_for_plugins() -> None:
     assert runtime_core.client_message is client_message
     assert "client_message" in runtime_core.__all__
@@ -78,6 +79,7 @@ def _error_id(message: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.e2e
 def test_model_words_reach_the_client_without_secrets(server: ServerProcess) -> None:
     status, message = _infer(server, value_error="upstream said token=abc123 at /opt/secret/store/w.bin")
     assert status == 500
@@ -91,6 +93,7 @@ def test_model_words_reach_the_client_without_secrets(server: ServerProcess) -> 
     assert "token=abc123" in log and "Traceback" in log
 
 
+@pytest.mark.e2e
 def test_runtime_bugs_are_not_told_in_python_words(server: ServerProcess) -> None:
     status, message = _infer(server, attribute_error=True)
     assert status == 500
@@ -101,6 +104,7 @@ def test_runtime_bugs_are_not_told_in_python_words(server: ServerProcess) -> Non
     wait_until(lambda: "AttributeError" in server.output() and ident in server.output(), 30, "the bug in the log")
 
 
+@pytest.mark.e2e
 def test_a_runtime_returning_nothing_names_no_internal_type(server: ServerProcess) -> None:
     status, message = _infer(server, return_none=True)
     assert status == 500

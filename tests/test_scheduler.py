@@ -15,10 +15,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import infer_body, output, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 
 def post(server: ServerProcess, model: str, headers: dict[str, str] | None = None, **params: Any) -> tuple[int, Any]:

@@ -262,6 +262,7 @@ def _worker_count(server: ServerProcess) -> int:
     return sum(bool(re.match(r"rc-w\d+:", name)) for name, _ in named_processes(server.pid))
 
 
+@pytest.mark.e2e
 def test_parallel_workers_precedence_in_real_servers(tmp_path: Path) -> None:
     """settings.json < MLSERVER_MODEL_PARALLEL_WORKERS < RUNTIME_CORE_PARALLEL_WORKERS < flag."""
     write_model(tmp_path / "echo", runtime="echo")
@@ -285,6 +286,7 @@ def test_parallel_workers_precedence_in_real_servers(tmp_path: Path) -> None:
             server.stop()
 
 
+@pytest.mark.e2e
 def test_bad_model_settings_fail_alone(tmp_path: Path) -> None:
     write_model(tmp_path / "good", runtime="echo", parallel_workers=0)
     write_model(tmp_path / "typo", runtime="echo", parallel_workers=0, paramters={})
@@ -328,6 +330,7 @@ def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
+@pytest.mark.e2e
 def test_cli_reports_bad_server_settings(tmp_path: Path) -> None:
     path = _settings_json(tmp_path, {"http_port": 8080, "paralel_workers": 2})
     result = _start([str(tmp_path)])
@@ -457,6 +460,7 @@ def test_symlinked_default_artifact_out_of_the_repository_is_refused(tmp_path: P
         load_model_settings(path).resolve_uri(repository, ("model.joblib",))
 
 
+@pytest.mark.e2e
 def test_model_settings_linked_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     write_model(root / "good", runtime="echo", parallel_workers=0)
@@ -486,6 +490,7 @@ def test_model_settings_linked_out_of_the_repository_is_not_read(tmp_path: Path)
     assert "Traceback" not in output
 
 
+@pytest.mark.e2e
 def test_mlserver_repository_and_symlinked_artifacts_in_a_real_server(tmp_path: Path) -> None:
     """A repository as MLServer's sklearn and xgboost examples lay it out (MLServer keys in
     settings.json), plus default artifacts that are symlinks: inside the repository they

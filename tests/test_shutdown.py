@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 import tritonclient.grpc as grpcclient
 from support import infer_body, toy_model
 from tritonclient.utils import InferenceServerException
 
 from runtime_core.testing import ServerProcess, wait_until
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 ROUNDS = 4
 CLIENTS = 8

@@ -29,6 +29,8 @@ from tritonclient.utils import InferenceServerException
 
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
 
 

@@ -23,6 +23,8 @@ from support import infer_body, named_processes, toy_model
 
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
 CHROMIUM = os.environ.get("RUNTIME_CORE_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--headless",

@@ -21,6 +21,8 @@ from test_status_page import ARGS, CHROMIUM
 
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:

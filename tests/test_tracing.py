@@ -196,6 +196,7 @@ async def grpc_infer(server: Server, model: str, traceparent: str | None) -> dic
     return {key: parameters[key].string_param for key in ("trace_id", "parent_id")}
 
 
+@pytest.mark.e2e
 def test_the_runtime_runs_in_the_request_span_over_rest_and_grpc(
     tmp_path: Path, exporter: InMemorySpanExporter, toy_path: None
 ) -> None:
@@ -239,6 +240,7 @@ def test_the_runtime_runs_in_the_request_span_over_rest_and_grpc(
     assert hex_id(unknown)[0] == TRACE_ID and children(spans, unknown) == {}
 
 
+@pytest.mark.e2e
 def test_a_merged_call_runs_in_the_first_request_context(
     tmp_path: Path, exporter: InMemorySpanExporter, toy_path: None
 ) -> None:
@@ -265,6 +267,7 @@ def test_a_merged_call_runs_in_the_first_request_context(
         assert trace_id in traces and span_of[trace_id] == parent_id
 
 
+@pytest.mark.e2e
 def test_no_context_reaches_the_runtime_when_tracing_is_off(
     tmp_path: Path, exporter: InMemorySpanExporter, toy_path: None
 ) -> None:
@@ -309,6 +312,7 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
 """
 
 
+@pytest.mark.e2e
 def test_a_worker_needs_no_opentelemetry(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", _WITHOUT_OPENTELEMETRY, str(tmp_path / "echo"), TRACEPARENT],

@@ -22,6 +22,8 @@ from tritonclient.utils import InferenceServerException
 
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 MiB = 1024 * 1024
 #: An error quoting a client's name says at most this much (the name is cut to 120 characters).
 BOUNDED = 400

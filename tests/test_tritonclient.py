@@ -19,6 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from runtime_core.testing import ServerProcess, write_model
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 NUMERIC = {
     "BOOL": np.bool_,
     "UINT8": np.uint8,

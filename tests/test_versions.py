@@ -145,6 +145,7 @@ def test_versions_order_numbers_as_numbers() -> None:
     assert sorted(["v0.10.0", "v0.9.0", "v0.2.0"], key=version_order) == ["v0.2.0", "v0.9.0", "v0.10.0"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("name", "version"), sorted(SERVES))
 def test_each_version_answers_with_its_own_model(
     server: ServerProcess, trained: dict[str, Any], name: str, version: str
@@ -160,6 +161,7 @@ def test_each_version_answers_with_its_own_model(
         assert not np.allclose(_proba(doc), trained["models"][SERVES[name, other]].predict_proba(x), atol=1e-3)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_unversioned_routes_go_to_the_default_version(server: ServerProcess, name: str) -> None:
     status, doc = server.post_json(f"/v2/models/{name}/infer", _body(np.zeros((1, N_FEATURES), np.float32)))
@@ -171,6 +173,7 @@ def test_unversioned_routes_go_to_the_default_version(server: ServerProcess, nam
     assert meta["versions"] == expected
 
 
+@pytest.mark.e2e
 def test_unversioned_model_keeps_working(server: ServerProcess, trained: dict[str, Any]) -> None:
     status, doc = server.post_json("/v2/models/plain/infer", _body(trained["x"]))
     assert status == 200 and "model_version" not in doc
@@ -180,6 +183,7 @@ def test_unversioned_model_keeps_working(server: ServerProcess, trained: dict[st
     assert status == 404
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("method", "suffix"), [("GET", ""), ("GET", "/ready"), ("POST", "/infer"), ("GET", "/stats")]
 )
@@ -191,6 +195,7 @@ def test_unknown_version_is_404_naming_model_and_version(server: ServerProcess, 
     assert "triton-skl" in message and "'3'" in message
 
 
+@pytest.mark.e2e
 def test_index_lists_every_version(server: ServerProcess) -> None:
     status, index = server.post_json("/v2/repository/index", {})
     assert status == 200
@@ -202,6 +207,7 @@ def test_index_lists_every_version(server: ServerProcess) -> None:
     assert [row["version"] for row in index if row["name"] == "triton-skl"] == ["1", "2", "10"]
 
 
+@pytest.mark.e2e
 def test_statistics_and_metrics_per_version(server: ServerProcess) -> None:
     x = np.zeros((1, N_FEATURES), np.float32)
     for _ in range(3):
@@ -235,6 +241,7 @@ def test_statistics_and_metrics_per_version(server: ServerProcess) -> None:
     }
 
 
+@pytest.mark.e2e
 def test_tritonclient_http_and_grpc_choose_the_version(server: ServerProcess, trained: dict[str, Any]) -> None:
     x = trained["x"]
     http = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=30.0)
@@ -279,6 +286,7 @@ def test_tritonclient_http_and_grpc_choose_the_version(server: ServerProcess, tr
         grpc.close()
 
 
+@pytest.mark.e2e
 def test_unload_and_load_by_name_cover_every_version(server: ServerProcess) -> None:
     def states(name: str) -> dict[str, str]:
         _, index = server.post_json("/v2/repository/index", {})
@@ -306,6 +314,7 @@ def test_unload_and_load_by_name_cover_every_version(server: ServerProcess) -> N
         grpc.close()
 
 
+@pytest.mark.e2e
 def test_a_new_version_folder_loads_with_the_model(server: ServerProcess, trained: dict[str, Any]) -> None:
     """Loading a model by name picks up a version folder added since, and drops a removed one."""
     folder = trained["root"] / "triton-skl"
@@ -322,6 +331,7 @@ def test_a_new_version_folder_loads_with_the_model(server: ServerProcess, traine
     wait_until(lambda: server.get("/v2/models/triton-skl")[1]["versions"] == ["1", "2", "10"])
 
 
+@pytest.mark.e2e
 def test_a_crash_of_one_versions_worker_leaves_the_other_serving(tmp_path: Path) -> None:
     """Each version has its own workers: kill -9 of version 1's leaves version 2's alone."""
     for version in ("1", "2"):
@@ -351,6 +361,7 @@ def test_a_crash_of_one_versions_worker_leaves_the_other_serving(tmp_path: Path)
         server.stop()
 
 
+@pytest.mark.e2e
 def test_watch_picks_up_a_new_version_folder_and_drops_a_removed_one(tmp_path: Path) -> None:
     write_model(tmp_path / "m", runtime="echo")
     (tmp_path / "m" / "1").mkdir()

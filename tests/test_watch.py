@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from runtime_core.testing import ServerProcess, wait_until, write_model
+
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 
 def test_a_corrupt_artifact_under_watch_is_one_line_and_the_old_version_serves(tmp_path: Path) -> None:

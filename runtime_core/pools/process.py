@@ -58,6 +58,12 @@ Failures:
 * **aclose**: waits for in-flight requests (up to ``grace``), fails waiting ones, asks
   each worker to unload and exit, unloads the model from the host; processes that do not
   exit in time are killed.
+
+Where it is written: this module holds the pool's state, requests and failures, over the
+:class:`~runtime_core.pools.workers.WorkerGroup` both backends share; residency, parking and
+isolation are in :mod:`~runtime_core.pools.placement`, dedicated workers (forking, retiring,
+hangs, CPU priority) in :mod:`~runtime_core.pools.scaling`, adaptive batching in
+:mod:`~runtime_core.pools.batching`.
 """
 
 from __future__ import annotations
@@ -67,58 +73,33 @@ import contextlib
 import logging
 import math
 import os
-import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
-from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, RuntimeCoreError, WorkerDied
+from runtime_core.errors import ModelLoadError, ModelNotReady, RuntimeCoreError
 from runtime_core.limits import cpu_count
-from runtime_core.messages import control_frame
 from runtime_core.plugins import RuntimeEntry
-from runtime_core.pools.base import COSTLY_REQUEST, ModelPool, PoolHealth
+from runtime_core.pools.base import PoolHealth
+from runtime_core.pools.batching import BatchHolder
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW, Dispatch
-from runtime_core.pools.templates import Host, Templates
+from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW
+from runtime_core.pools.host_handle import Host
+from runtime_core.pools.placement import EVICTED, HOST_COST_LIMIT, LOADING, RESIDENT, Placement
+from runtime_core.pools.residency import Residency
+from runtime_core.pools.scaling import SCALE_UP_AT, Scaling
+from runtime_core.pools.templates import Templates
+from runtime_core.pools.workers import WorkerGroup, dispatch_for
 from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
-from runtime_core.worker import WorkerSpec
-
-if TYPE_CHECKING:
-    from runtime_core.pools.residency import Residency
+from runtime_core.spec import worker_spec
 
 log = logging.getLogger("runtime_core.pools")
 
-#: Requests of one model in flight on its host that make it ask for a dedicated worker...
-SCALE_UP_AT = 8
-#: ...once its average in flight (an exponentially weighted mean over time, with this time
-#: constant in seconds) has also reached ``SCALE_UP_SHARE`` of that threshold: requests that
-#: pile up for a while, not a moment's coincidence. With spread traffic the busiest model
-#: (a quarter of the requests of a Zipf mix over 1,000 models, about two in flight at
-#: concurrency 8) reaches 8 in flight now and then by chance; a worker of its own then cost
-#: 20-35 % more CPU per request and fewer requests per second (issue 9).
-SCALE_UP_TAU = 0.5
-SCALE_UP_SHARE = 0.75
-
-#: Seconds of service per request (measured, as an exponentially weighted mean) from which a
-#: model no longer runs on its runtime's shared host: its requests go to workers of its own,
-#: forked when it has none (the request waits the few milliseconds a fork takes). On the host,
-#: every quiet model of the runtime would wait behind each of its calls.
-HOST_COST_LIMIT = COSTLY_REQUEST
-#: Added to the nice value of the workers of a model over ``HOST_COST_LIMIT`` (see ``_apply_nice``).
-COSTLY_NICE = 5
-#: Seconds after a failed worker start before a model that wants workers of its own tries again.
-SPAWN_RETRY_AFTER = 5.0
-
-#: What a resident model counts against ``memory_budget`` at least: loading a small model
-#: often grows the host by no whole page, and no model is free.
-MIN_MODEL_BYTES = 64 * 1024
-
-RESIDENT, LOADING, EVICTED = "resident", "loading", "evicted"
+__all__ = ["EVICTED", "HOST_COST_LIMIT", "LOADING", "RESIDENT", "SCALE_UP_AT", "ProcessPool"]
 
 
-class ProcessPool(ModelPool):
+class ProcessPool(Placement, Scaling):
     """One model's elastic group of worker processes (see the module docstring)."""
 
     def __init__(
@@ -138,28 +119,17 @@ class ProcessPool(ModelPool):
         self.max_workers = max(1, settings.workers(server))
         self.min_workers = min(self.max_workers, settings.min_workers_for(server))
         #: Adaptive batching (``max_batch_size`` > 1 and ``max_batch_time`` > 0): the most
-        #: requests held here for one batch, 0 when off. See ``_hold_or_send``.
+        #: requests held here for one batch, 0 when off. See :mod:`runtime_core.pools.batching`.
         self.hold = settings.max_batch_size if settings.max_batch_size > 1 and settings.max_batch_time > 0 else 0
         if self.hold:
             # Batches are held for dedicated workers (a host serves what it finds at each
             # wake-up, for all its models): keep one.
             self.min_workers = max(self.min_workers, 1)
         self.idle_timeout = server.worker_idle_timeout
-        depth = max(server.pipeline_depth, settings.max_batch_size)
-        self.dispatch = Dispatch(
-            bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), cpu_count()
-        )
-        self.spec = WorkerSpec(
-            settings=settings.model_dump(),
-            settings_path=str(settings.path),
-            import_path=entry.import_path,
-            uri=uri,
-            threads=settings.thread_cap(server),
-            main_pid=os.getpid(),
-            log_level=server.log_level,
-            max_elements=server.max_elements,
-            folder=str(settings.folder) if settings.folder is not None else "",
-        )
+        batchable = bool(getattr(entry.cls, "supports_batching", False))
+        self.dispatch = dispatch_for(batchable, server.pipeline_depth, settings.max_batch_size, cpu_count())
+        self._group = WorkerGroup(self.name, self.max_workers, server.worker_timeout, server.worker_overdue_after)
+        self.spec = worker_spec(settings, entry, server, uri=uri, threads=settings.thread_cap(server))
         self.uri_size = 0
         if uri:
             with contextlib.suppress(OSError):
@@ -169,14 +139,21 @@ class ProcessPool(ModelPool):
         self.lazy = lazy
         self._templates = templates
         self._residency = residency
-        self._workers: list[Connection | None] = [None] * self.max_workers
+        self._workers = self._group.workers  # the same list: indexed by worker
         self._spawning: set[int] = set()
         self._retiring: set[int] = set()
         self._host: Host | None = None
         self._slot = 0
         self._parked: list[Pending] = []
-        self._held: list[Pending] = []
-        self._hold_timer: asyncio.TimerHandle | None = None
+        self._held: BatchHolder[Connection] = BatchHolder(
+            self.hold,
+            settings.max_batch_time,
+            self.dispatch.cores,
+            ready=self._ready,
+            cheap=lambda: self._cheap,
+            send=self._send_held,
+            settled=self._settled,
+        )
         self._loading: asyncio.Task[None] | None = None
         self._moving: asyncio.Task[None] | None = None
         self._service = 0.0  # mean service seconds per request (see HOST_COST_LIMIT)
@@ -190,7 +167,6 @@ class ProcessPool(ModelPool):
         self._closing = False
         self._nice = 0
         self._background_wanted = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self.metadata = declared_metadata(settings)
 
     # ------------------------------------------------------------------ lifecycle
@@ -209,180 +185,27 @@ class ProcessPool(ModelPool):
             await self.aclose(grace=0)
             raise ModelLoadError(f"model {self.name!r}: its workers failed to start", model=self.name)
 
-    async def _bring_in(self) -> None:
-        """Load the model into its runtime's host (the one place it is loaded from)."""
-        self.state = LOADING
-        started = time.perf_counter()
-        try:
-            host = await self._templates.host(self.spec.import_path)
-            slot = self._templates.new_slot()
-            loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
-            if not host.alive:
-                # It died after it answered, in the same turn of the loop: its death was told
-                # to this pool (as a listener) before the pool held it, so it must not hold it
-                # now, or its requests would go to a dead host for good (issue 20).
-                raise WorkerDied(f"model {self.name!r}: its host process exited while it loaded the model")
-        except WorkerDied:  # the host died (or was killed) during the load: not the model's fault
-            self.state = EVICTED
-            raise
-        except RuntimeCoreError as exc:
-            self.state = EVICTED
-            raise ModelLoadError(exc.message, model=self.name) from exc
-        except BaseException:
-            self.state = EVICTED
-            raise
-        if self._closing:
-            host.forget(slot)
-            self.state = EVICTED
-            return
-        self._host, self._slot = host, slot
-        self.metadata = loaded.metadata
-        self.memory = max(loaded.memory, self.uri_size, MIN_MODEL_BYTES)
-        self.state = RESIDENT
-        self._residency.loaded(self, time.perf_counter() - started)
-
-    def _start_bring_in(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loading is None or self._loading.done():
-            self._load_started = loop.time()
-            self._loading = loop.create_task(self._bring_back())
-        elif loop.time() - self._load_started > self.server.worker_timeout:
-            # The load is overdue: a request that comes for it now fails at once instead of
-            # waiting worker_timeout more, and so does each one queued behind it (capacity 1),
-            # one per turn of the loop (failing frees capacity, and the scheduler submits the
-            # next from inside the failure: not here, or the queue would recurse).
-            loop.call_soon(self.expire_parked, loop.time())
-
-    async def _bring_back(self) -> None:
-        try:
-            await self._bring_in()
-        except Exception as exc:
-            # Failing a request frees capacity, and the scheduler submits the next one at once,
-            # from inside this task: it must start a load of its own. While this task still
-            # counted as loading, that request was parked with no load to wait for, and the
-            # model's queue behind it hung for good (issue 20, the churn hang).
-            self._loading = None
-            if isinstance(exc, WorkerDied) and not self._closing:
-                self._reload_parked()
-                return
-            error = exc if isinstance(exc, RuntimeCoreError) else ModelLoadError(str(exc), model=self.name)
-            log.error("model %r (%s): could not load it: %s", self.name, self.settings.path, error)
-            for pending in self._take_parked():
-                self._fail(pending, error)
-            return
-        self._loading = None
-        self._flush_parked()
-
-    def _flush_parked(self) -> None:
-        """Send the parked requests where they can run now (or park them again)."""
-        for pending in self._take_parked():
-            self._dispatch(pending)
-        self.on_capacity()
-
-    def _park(self, pending: Pending) -> None:
-        """Keep a request here until its model is loaded or has a worker of its own; its
-        deadline is kept meanwhile."""
-        self._parked.append(pending)
-        deadline = pending.envelope.deadline
-        if deadline:
-            loop = asyncio.get_running_loop()
-            loop.call_at(loop.time() + max(0.0, deadline - time.time()), self._expire, pending)
-
-    def _reload_parked(self) -> None:
-        """The host died during the load: each parked request waits for a load into a fresh
-        host once; one that was already retried fails with a clean 503."""
-        again = []
-        for pending in self._take_parked():
-            if pending.retried:
-                self._fail(pending, WorkerDied(f"model {self.name!r}: its host process exited while loading it"))
-            else:
-                pending.retried = True
-                again.append(pending)
-        if again:
-            self._parked[:0] = again  # before any request parked meanwhile: they came first
-            self._start_bring_in()
-
-    def expire_parked(self, now: float) -> None:
-        """Fail with 503 the requests that have waited for a load longer than ``worker_timeout``
-        (the supervisor calls this): whatever happens to loads and hosts, no request waits
-        unanswered for longer (issue 20)."""
-        limit = self.server.worker_timeout
-        loading = self._loading is not None and not self._loading.done()
-        overdue = loading and now - self._load_started > limit
-        late = [p for p in self._parked if overdue or now - p.sent_at > limit]
-        for pending in late:
-            self._parked.remove(pending)
-            if pending.future.done():
-                self._inflight -= 1
-            else:
-                self._fail(pending, ModelNotReady(
-                    f"model {self.name!r}: it could not be loaded within worker_timeout ({limit:g} s)",
-                    model=self.name,
-                ))
-
-    def _take_parked(self) -> list[Pending]:
-        parked, self._parked = self._parked, []
-        live = []
-        for pending in parked:
-            if pending.future.done():
-                self._inflight -= 1
-            else:
-                live.append(pending)
-        return live
-
-    def evict(self) -> None:
-        """Give up the resident state: unload from the host, retire dedicated workers. Only
-        called while nothing is in flight."""
-        if self.state is not RESIDENT or self._host is None:
-            return
-        host = self._host
-        host.forget(self._slot)
-        self._host, self._slot = None, 0
-        self._templates.release(host)
-        self.state = EVICTED
-        for conn in self._workers:
-            if conn is not None and conn.ready:
-                self._retire(conn)
-        self._residency.dropped(self)
-
     async def aclose(self, grace: float = 30.0) -> None:
         self._closing = True
-        loop = asyncio.get_running_loop()
-        stop_by = loop.time() + grace
-        while self._inflight > len(self._parked) and loop.time() < stop_by:
-            await asyncio.sleep(0.02)
-        held, self._held = self._held, []
+        await self._group.drain(grace, lambda: self._inflight > len(self._parked))
+        held = self._held.take_all()
         for pending in self._take_parked() + held:
             self._fail(pending, ModelNotReady(f"model {self.name!r} was unloaded", model=self.name))
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
         if self._loading is not None:
             self._loading.cancel()
-        for conn in self._workers:
-            if conn is not None and conn.alive:
-                conn.ready = False
-                conn.write(control_frame(0, Unload()))
-        stop_by = loop.time() + 5.0
-        while any(c is not None and c.alive for c in self._workers) and loop.time() < stop_by:
-            await asyncio.sleep(0.02)
-        for conn in self._workers:
-            if conn is not None and conn.alive:
-                conn.kill()
+        await self._group.unload(lambda: self._workers, 5.0)
         if self._host is not None:
             self._host.forget(self._slot)
             self._templates.release(self._host)
             self._host = None
         self._residency.remove(self)
         self.state = EVICTED
-        for task in list(self._tasks):
-            task.cancel()
+        self._group.cancel_background()
 
     # ------------------------------------------------------------------ requests
 
     def _ready(self) -> list[Connection]:
-        if not any(self._workers):  # served by its host alone: the common case
-            return []
-        return [c for c in self._workers if c is not None and c.ready]
+        return self._group.ready()  # [] at once for a model served by its host alone
 
     @property
     def capacity(self) -> int:
@@ -394,7 +217,7 @@ class ProcessPool(ModelPool):
             if self.hold and self._cheap:
                 # Cheap requests past what every worker can take wait in the scheduler's queue,
                 # as with batching off, not held here: the same queue, the same moment they
-                # leave it, the same worker (``_idle_worker``). Held here, at 32 connections on
+                # leave it, the same worker (``batching.room``). Held here, at 32 connections on
                 # 2 workers, they had 1.04x coalescing's p99 (median of 15 paired windows).
                 return ready * BATCH_DEPTH
             return ready * self.dispatch.per_worker
@@ -423,19 +246,11 @@ class ProcessPool(ModelPool):
             self._start_bring_in()
             return future
         if self.hold and self._ready():
-            self._hold_or_send(pending)
+            self._held.add(pending)  # see runtime_core.pools.batching
         else:
             self._dispatch(pending)
         self._maybe_scale_up()
         return future
-
-    def _expire(self, pending: Pending) -> None:
-        if pending in self._parked and not pending.future.done():
-            self._parked.remove(pending)
-            self._fail(
-                pending,
-                DeadlineExceeded(f"model {self.name!r}: the request's deadline passed while the model was loading"),
-            )
 
     def _dispatch(self, pending: Pending, exclude: Connection | None = None, host_ok: bool = True) -> bool:
         ready = (c for c in self._workers if c is not None and c.ready and c is not exclude)
@@ -459,102 +274,23 @@ class ProcessPool(ModelPool):
             pending.slot = self._slot
             host.submit(pending)
             return True
-        self._fail(pending, WorkerDied(f"model {self.name!r}: no worker can take the request"))
+        self._fail(pending, self._group.no_worker())
         return False
 
     # ------------------------------------------------------------------ adaptive batching
-
-    def _hold_or_send(self, pending: Pending) -> None:
-        """Adaptive batching that never waits while a worker could take the request: it goes at
-        once to the worker ``_idle_worker`` names. Otherwise requests are held here; the
-        first worker to have room takes up to ``max_batch_size`` of them as one batch. A
-        batch that fills, or that has waited ``max_batch_time``, goes to the least busy
-        worker and waits there. So waiting for a batch never leaves a worker idle, and a held
-        batch is bound to a worker only when one frees up (issue 9). Cheap requests are
-        never held (but while their measured cost changes): past what every worker can take,
-        they wait in the scheduler's queue, as with batching off (see ``capacity``)."""
-        self._held.append(pending)
-        idle = self._idle_worker()
-        if idle is not None:
-            self._release(idle)
-        elif len(self._held) >= self.hold:
-            self._release(None)
-        else:
-            self._arm_hold_timer()
 
     @property
     def _cheap(self) -> bool:
         """The requests are measured as cheap: those the dispatch policy packs."""
         return 0.0 < self.dispatch.cost < PACK_BELOW
 
-    def _arm_hold_timer(self) -> None:
-        """Release what is held ``max_batch_time`` after the oldest held request (once armed, a
-        timer is not moved by later requests)."""
-        if self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(
-                self.settings.max_batch_time, self._hold_expired
-            )
-
-    def _idle_worker(self) -> Connection | None:
-        """The worker to take held requests now, or None to keep holding them.
-
-        Cheap requests (the measured compute per request is under ``PACK_BELOW``: those the
-        dispatch policy packs): the busiest ready worker with fewer than ``BATCH_DEPTH`` in
-        flight, exactly where coalescing alone would send them, so that they run in that
-        worker's next call; once every worker is that full, they wait in the scheduler's queue
-        (``capacity``), as with batching off. When cheap
-        requests went only to the first ``cores`` workers, idle ones first, batching on was
-        0.96x coalescing's requests per second with 4 workers (median of 7 paired windows,
-        0.87-0.98x; 2 cores, 32 connections): nearly half the requests were held here while
-        the other two workers idled. Idle workers first among all of them split the batches
-        instead (4.5 requests per call against 6.3, more CPU per request).
-
-        Costlier requests, and those of unknown cost (none has finished yet): an idle worker
-        among the first ``cores`` ready ones (at least two), so that one slow request never
-        holds them up while another worker frees. More workers than cores cannot run at once,
-        and waking them for a request each only splits the batches (4 workers on 2 cores:
-        0.49 ms of CPU per request instead of 0.38)."""
-        ready = self._ready()
-        if not self._cheap:
-            first = ready[: max(2, self.dispatch.cores)]
-            return next((c for c in first if not c.pending and not c.overdue), None)
-        best: Connection | None = None
-        for c in ready:
-            load = c.load
-            if load < BATCH_DEPTH and not c.overdue and (best is None or load > best.load):
-                best = c
-        return best
-
-    def _hold_expired(self) -> None:
-        self._hold_timer = None
-        if self._held:
-            self._release(self._idle_worker())
-
-    def _release(self, worker: Connection | None) -> None:
-        """Send up to one batch of held requests to ``worker`` (None: the least busy one)."""
-        batch, self._held = self._held[: self.hold], self._held[self.hold :]
-        live = []
-        for pending in batch:
-            if pending.future.done():  # cancelled while held: it never reaches a worker
-                self._inflight -= 1
-            else:
-                live.append(pending)
+    def _send_held(self, pending: Pending, worker: Connection | None) -> None:
+        """A held request leaves for ``worker`` (None: every worker is gone)."""
         if worker is None:
-            worker = min(self._ready(), key=lambda c: (c.overdue, c.load, c.index), default=None)
-        for pending in live:
-            if worker is None:
-                self._dispatch(pending)  # no worker left: the host, or a clean failure
-            else:
-                pending.slot = 0
-                worker.send(pending)
-        if not self._held:
-            if self._hold_timer is not None:
-                self._hold_timer.cancel()
-                self._hold_timer = None
-        elif (idle := self._idle_worker()) is not None:
-            self._release(idle)
+            self._dispatch(pending)  # no worker left: the host, or a clean failure
         else:
-            self._arm_hold_timer()
+            pending.slot = 0
+            worker.send(pending)
 
     def _fail(self, pending: Pending, error: RuntimeCoreError) -> None:
         self._inflight -= 1
@@ -567,221 +303,13 @@ class ProcessPool(ModelPool):
         self._observe(outcome)
         self._average_load(asyncio.get_running_loop().time())
         self._inflight -= 1
-        self._release_held()
+        # A worker has room again: held requests never wait for max_batch_time while a
+        # worker could run them.
+        self._held.on_room()
         self.on_capacity()
 
-    def _release_held(self) -> None:
-        """Send held requests to a worker that can take them now, if one can: called when a
-        worker has room again (a request done) or a new worker is ready, so that held
-        requests never wait for ``max_batch_time`` while a worker could run them."""
-        if self._held and (idle := self._idle_worker()) is not None:
-            self._release(idle)
-
-    # ------------------------------------------------------------------ isolation
-
-    @property
-    def _wants_own_workers(self) -> bool:
-        """Its requests are too long for the shared host (``HOST_COST_LIMIT``), or one of its
-        calls stalled the host: they run on workers of its own."""
-        return (self._stalled_host or self._service >= HOST_COST_LIMIT) and not self._closing
-
-    def _start_own_worker(self) -> bool:
-        """Make sure a worker of its own is on its way; False when none can be (every slot
-        taken, the model is not resident, or the last start failed: the host serves then)."""
-        if self._spawning:
-            return True
-        if self.state is not RESIDENT or self._spawn_failed_recently:
-            return False
-        free = next((i for i, c in enumerate(self._workers) if c is None or not c.alive), None)
-        if free is None:
-            return False
-        self._background(self._spawn(free))
-        return True
-
-    @property
-    def _spawn_failed_recently(self) -> bool:
-        """A worker failed to start in the last ``SPAWN_RETRY_AFTER`` seconds: the host serves
-        the model meanwhile rather than have its requests wait for starts that fail."""
-        return asyncio.get_running_loop().time() - self._spawn_failed_at < SPAWN_RETRY_AFTER
-
-    def _observe(self, outcome: Outcome) -> None:
-        # Seeded with the first measurement: a mean that starts from zero would take several
-        # long calls on the shared host before it crossed HOST_COST_LIMIT.
-        if self._service == 0.0:
-            self._service = outcome.cpu
-        else:
-            self._service += 0.1 * (outcome.cpu - self._service)
-        self._stalled_host = False  # measured now
-
-    def _host_stalled(self, host: Host, culprit: bool) -> None:
-        """``host`` has answered nothing for a while with requests of this model waiting."""
-        if culprit:
-            self._stalled_host = True  # its next requests go to workers of its own
-        else:
-            self.move_off(host, "its host was stalled")
-
-    @property
-    def host(self) -> Host | None:
-        """The host holding the model while it is resident."""
-        return self._host
-
-    def move_off(self, host: Host, why: str) -> None:
-        """Start moving to another host of the runtime, if the model is resident on ``host``."""
-        if host is self._host and self.state is RESIDENT and not self._closing:
-            if self._moving is None or self._moving.done():
-                self._moving = asyncio.get_running_loop().create_task(self._move(host, why))
-
-    async def _move(self, stalled: Host, why: str) -> None:
-        """Load the model into a sibling host that is not stalled, send it the requests that
-        wait in ``stalled`` (their replies from there, if any come, are dropped), and leave."""
-        try:
-            host = await self._templates.host(self.spec.import_path, avoid=stalled)
-            if host is stalled or self._host is not stalled:
-                return
-            slot = self._templates.new_slot()
-            loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
-        except (RuntimeCoreError, OSError) as exc:
-            log.warning("model %r: could not move to another host (%s): %s", self.name, why, exc)
-            return
-        if self._closing or self._host is not stalled or not host.alive:
-            host.forget(slot)  # evicted, unloaded or moved meanwhile
-            return
-        old_slot = self._slot
-        self._host, self._slot = host, slot
-        self.metadata = loaded.metadata
-        self._residency.resized(self, max(loaded.memory, self.uri_size, MIN_MODEL_BYTES))
-        stalled.forget(old_slot)
-        if stalled.conn is not None:
-            waiting = [(rid, p) for rid, p in stalled.conn.pending.items() if p.owner is self]
-            for rid, pending in waiting:
-                del stalled.conn.pending[rid]
-                pending.slot = slot
-                host.submit(pending)
-        log.info("model %r moved to another host (pid %d): %s", self.name, host.pid, why)
-        self._templates.release(stalled)
-
-    # ------------------------------------------------------------------ elasticity
-
-    def _maybe_scale_up(self) -> None:
-        if self._closing or self.state is not RESIDENT:
-            return
-        if not self._spawning and not any(self._workers):
-            # Served by the host alone (the common case with many models): its requests must
-            # have piled up for a while (see SCALE_UP_TAU), not for a moment.
-            threshold = min(SCALE_UP_AT, self.dispatch.per_worker)
-            if self._inflight < threshold or self._load < SCALE_UP_SHARE * threshold:
-                return
-        live = sum(1 for c in self._workers if c is not None and c.alive) + len(self._spawning)
-        if live >= self.max_workers:
-            return
-        ready = len(self._ready())
-        if ready:  # every worker busy, and requests waiting behind them
-            wanted = self._inflight >= min(self.capacity, 2 * (ready + len(self._spawning)))
-        else:  # the host holds as many of its requests as it may, or SCALE_UP_AT
-            wanted = self._inflight >= min(SCALE_UP_AT, self.capacity) and not self._spawning
-        if wanted:
-            free = (i for i, c in enumerate(self._workers) if (c is None or not c.alive) and i not in self._spawning)
-            self._background(self._spawn(next(free)))
-
-    def _average_load(self, now: float) -> None:
-        """Bring the mean in flight up to ``now`` (called before ``_inflight`` changes: it held
-        its value since the last call)."""
-        decay = math.exp((self._load_at - now) / SCALE_UP_TAU)
-        self._load = self._inflight + (self._load - self._inflight) * decay
-        self._load_at = now
-
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _spawn(self, index: int) -> None:
-        if index in self._spawning or self._closing:
-            return
-        self._spawning.add(index)
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            if self.state is not RESIDENT:
-                await self._bring_in()
-            host = self._host
-            if host is None:
-                return
-            sock, pid = await host.spawn(self._slot, index)
-            if not pid:
-                sock.close()
-                self._spawn_failed_at = loop.time()
-                return
-            conn = Connection(index, self._worker_lost)
-            await loop.connect_accepted_socket(lambda: conn, sock)
-            conn.pid = pid
-            self._workers[index] = conn
-            hello = await asyncio.wait_for(conn.hello, self.server.startup_timeout)
-            if isinstance(hello, WorkerLoadFailed) or not isinstance(hello, WorkerReady):
-                conn.kill()
-                error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
-                log.error("model %r: worker %d failed to load: %s", self.name, index, error)
-                self._spawn_failed_at = loop.time()
-                return
-            if self._closing:
-                conn.write(control_frame(0, Unload()))
-                return
-            conn.ready = True
-            conn.last_used = loop.time()
-            if self._nice or self._wants_own_workers:
-                self._apply_nice(conn)
-            if self._background_wanted:
-                self._apply_priority(conn, True)
-            self._residency.spawned(self, time.perf_counter() - started)
-            self._release_held()  # held while no worker had room: this one may have
-        except (RuntimeCoreError, OSError, TimeoutError) as exc:
-            log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
-            self._spawn_failed_at = loop.time()
-        finally:
-            self._spawning.discard(index)
-            if self._parked and self.state is RESIDENT and not self._closing:
-                self._flush_parked()  # to the new worker, or to the host if it failed
-            else:
-                self.on_capacity()
-
-    def retire_idle(self, now: float) -> None:
-        """Retire dedicated workers idle for ``worker_idle_timeout``, down to ``min_workers``."""
-        ready = self._ready()
-        for conn in reversed(ready):
-            if len(ready) <= self.min_workers:
-                return
-            if not conn.pending and now - conn.last_used >= self.idle_timeout:
-                self._retire(conn)
-                ready.remove(conn)
-
-    def _retire(self, conn: Connection) -> None:
-        conn.ready = False
-        self._retiring.add(id(conn))
-        conn.write(control_frame(0, Unload()))
-        self._residency.retired()
-
-    @property
-    def has_workers(self) -> bool:
-        return any(c is not None and c.alive for c in self._workers)
-
-    def check_hangs(self, now: float) -> None:
-        """Kill a worker whose oldest request ran past ``worker_timeout``, or that left a
-        heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle (stopped, or stuck outside
-        any request); mark a worker whose oldest request is overdue, so that dispatch
-        prefers its siblings."""
-        limit = self.server.worker_timeout
-        for conn in self._workers:
-            if conn is None or not conn.alive:
-                continue
-            verdict = conn.watch(now, limit, self.server.worker_overdue_after)
-            if verdict == "silent":
-                log.error("model %r: worker %d (pid %d) stopped answering heartbeats; killing it",
-                          self.name, conn.index, conn.pid)
-            elif verdict == "late":
-                log.error("model %r: worker %d (pid %d) gave no answer in %g s; killing it",
-                          self.name, conn.index, conn.pid, limit)
-            if verdict is not None:
-                conn.kill()
+        self._group.background(coro)
 
     # ------------------------------------------------------------------ failures
 
@@ -799,46 +327,28 @@ class ProcessPool(ModelPool):
         self._restarts += 1
         self._background(self._spawn(conn.index))
 
-    def _host_lost(self, host: Host, orphans: list[Pending]) -> None:
-        if self._host is host:
-            self._host, self._slot = None, 0
-            if self.state is RESIDENT:
-                self._residency.dropped(self)
-            self.state = EVICTED
-            if not self._closing:
-                self._restarts += 1
-        timed_out = host.conn.timed_out if host.conn is not None else set()
-        self._requeue(orphans, host.conn, timed_out)
-        if self._parked and not self._closing:
-            self._start_bring_in()
-        self.on_capacity()
-
     def _requeue(self, orphans: list[Pending], lost: Connection | None, timed_out: set[int]) -> None:
-        for pending in orphans:
-            if pending.future.done():
-                self._inflight -= 1
-            elif id(pending) in timed_out:
-                self._fail(
-                    pending,
-                    DeadlineExceeded(
-                        f"model {self.name!r}: the request ran longer than worker_timeout"
-                        f" ({self.server.worker_timeout:g} s); its worker was replaced"
-                    ),
-                )
-            elif pending.retried or self._closing:
-                self._fail(pending, WorkerDied(f"model {self.name!r}: the worker running the request died"))
+        def retry(pending: Pending) -> bool:
+            pending.retried = True
+            if self.state is not RESIDENT and not self._ready():
+                pending.sent_at = asyncio.get_running_loop().time()  # parked now: see expire_parked
+                self._parked.append(pending)  # the host went: bring the model back, then retry
+                self._start_bring_in()
             else:
-                pending.retried = True
-                if self.state is not RESIDENT and not self._ready():
-                    pending.sent_at = asyncio.get_running_loop().time()  # parked now: see expire_parked
-                    self._parked.append(pending)  # the host went: bring the model back, then retry
-                    self._start_bring_in()
-                else:
-                    # A request whose dedicated worker died is retried on a sibling only, never
-                    # on the shared host: if it was the cause, it must not take the host along.
-                    self._dispatch(pending, exclude=lost, host_ok=lost is None or lost.index < 0)
+                # A request whose dedicated worker died is retried on a sibling only, never
+                # on the shared host: if it was the cause, it must not take the host along.
+                self._dispatch(pending, exclude=lost, host_ok=lost is None or lost.index < 0)
+            return True
 
-    # ------------------------------------------------------------------ health & CPU
+        self._group.requeue(
+            orphans, timed_out, closing=self._closing, retry=retry, fail=self._fail, settled=self._settled
+        )
+
+    def _settled(self, pending: Pending) -> None:
+        """A request whose future is done (cancelled) left the pool without an answer."""
+        self._inflight -= 1
+
+    # ------------------------------------------------------------------ health
 
     def health(self) -> PoolHealth:
         # A readiness probe, or the index, is where a stopped host is found while no request
@@ -853,36 +363,3 @@ class ProcessPool(ModelPool):
             residency=self.state,
             serving=serving,
         )
-
-    def set_nice(self, nice: int) -> None:
-        self._nice = nice
-        for conn in self._ready():
-            self._apply_nice(conn)
-
-    def _apply_nice(self, conn: Connection) -> None:
-        # A costly model's workers yield to the hosts and the main process: a cheap model's
-        # request, woken on a busy machine, then waits for no forest call's time slice. Busy
-        # costly models keep their weights' ratio among themselves (the same offset for all).
-        nice = min(19, self._nice + (COSTLY_NICE if self._wants_own_workers else 0))
-        try:
-            os.setpriority(os.PRIO_PROCESS, conn.pid, nice)
-        except OSError:  # lowering nice needs CAP_SYS_NICE: keep what we have
-            log.debug("model %r: cannot set nice %d on worker %d", self.name, nice, conn.pid)
-
-    def set_background(self, background: bool) -> bool:
-        self._background_wanted = background
-        applied = True
-        for conn in self._ready():
-            if conn.background != background:
-                applied = self._apply_priority(conn, background) and applied
-        return applied
-
-    def _apply_priority(self, conn: Connection, background: bool) -> bool:
-        policy = os.SCHED_IDLE if background else os.SCHED_OTHER
-        try:
-            os.sched_setscheduler(conn.pid, policy, os.sched_param(0))
-        except (OSError, AttributeError):
-            return False
-        conn.background = background
-        return True
-

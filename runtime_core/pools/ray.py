@@ -62,44 +62,28 @@ the listener. Actors are not detached, so they also die with the server.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hmac
 import logging
-import os
 import secrets
 import socket
-import sys
-import threading
 import uuid
-import warnings
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
-from runtime_core.control import Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.envelope import Envelope, Outcome
-from runtime_core.errors import DeadlineExceeded, ModelLoadError, SettingsError, WorkerDied
-from runtime_core.messages import control_frame
+from runtime_core.errors import ModelLoadError, RuntimeCoreError
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.dispatch import BATCH_DEPTH, Dispatch
-from runtime_core.processes import new_loop
+from runtime_core.pools.ray_actor import _PREAMBLE, _TOKEN_BYTES, NAMESPACE, ModelActor, connect, disconnect
+from runtime_core.pools.workers import WorkerGroup, dispatch_for
 from runtime_core.settings import ModelSettings, ServerSettings
-from runtime_core.worker import WorkerSpec, serve
+from runtime_core.spec import worker_spec
 
-__all__ = ["NAMESPACE", "RayPool", "connect"]
+__all__ = ["NAMESPACE", "ModelActor", "RayPool", "connect", "disconnect"]
 
 log = logging.getLogger("runtime_core.pools.ray")
-
-#: Ray namespace of every actor this server creates (actors are named ``<model>/<id>``).
-NAMESPACE = "runtime-core"
-
-_INSTALL_HINT = "the Ray pool backend needs Ray: pip install 'runtime-core[ray]'"
-
-#: What an actor sends first on its connection, followed by its token.
-_PREAMBLE = b"runtime-core ray actor 1\n"
-_TOKEN_BYTES = 32
 
 #: Seconds a new connection has to send its preamble and token before it is closed.
 _GREETING_WAIT = 10.0
@@ -109,193 +93,6 @@ _GREETERS = 64
 
 #: Seconds an actor may take to unload when its model is unloaded, before it is killed.
 _UNLOAD_WAIT = 5.0
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise SettingsError(_INSTALL_HINT) from None
-    return ray
-
-
-_connecting = threading.Lock()
-
-
-def connect(address: str | None) -> Any:
-    """Join the Ray cluster at ``address`` (or start a local Ray instance) once per process.
-
-    Called from a thread, on purpose: in the main thread ``ray.init`` replaces the server's
-    SIGTERM handler (drain, then stop) with an immediate exit. Ray warns about not setting
-    it from a thread; that warning is silenced."""
-    ray = _ray()
-    with _connecting:
-        if not ray.is_initialized():
-            quiet = logging.getLogger("ray._private.worker")
-            level = quiet.level
-            quiet.setLevel(logging.ERROR)
-            try:
-                ray.init(
-                    address=address or "local",  # unset: a new local instance, never a stale one
-                    namespace=NAMESPACE,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-            finally:
-                quiet.setLevel(level)
-    return ray
-
-
-def disconnect() -> bool:
-    """Leave the Ray cluster if this process joined one (:func:`connect`); ``True`` if it had.
-
-    Called once the server has stopped and every actor is killed. Left to Ray's own exit
-    hook, the disconnect ran during interpreter teardown, where Ray's threads now and then
-    aborted the process (exit status -6) after a clean stop."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return False
-    with _connecting:
-        ray.shutdown()
-    return True
-
-
-
-
-class ModelActor:
-    """The body of one Ray actor: connects back to its pool and serves one runtime instance
-    with the local workers' serving loop, on a thread of its own.
-
-    Runs in a Ray worker process; made remote by :class:`RayPool` with the model's options.
-    Ray's own methods below (``start``, ``priority``, ``sentinel``, ``where``) run on Ray's
-    event loop and are never held up by ``predict``."""
-
-    def __init__(
-        self, spec: WorkerSpec, index: int, address: tuple[str, int], token: bytes, batch_time: float
-    ) -> None:
-        self.spec = spec
-        self.index = index
-        self.address = address
-        self.token = token
-        self.batch_time = batch_time
-        self.ray_threads: set[int] = set()  # Ray's own threads, never reniced
-        self.serving_tid = 0
-        _drop_foreign_warning_filters()
-
-    async def start(self) -> None:
-        """Connect to the pool and start serving; returns once the preamble is sent (the
-        load follows, and its outcome goes to the pool as a control frame)."""
-        # Every thread started from here on runs model code (the serving thread, and the
-        # BLAS/OpenMP pools it starts); the ones already there are Ray's.
-        self.ray_threads = _threads()
-        connected: concurrent.futures.Future[None] = concurrent.futures.Future()
-        threading.Thread(target=self._serve, args=(connected,), name="rc-serve", daemon=True).start()
-        await asyncio.wrap_future(connected)
-
-    def _serve(self, connected: concurrent.futures.Future[None]) -> None:
-        from threadpoolctl import threadpool_limits
-
-        self.serving_tid = threading.get_native_id()
-        try:
-            sock = socket.create_connection(self.address, timeout=30)
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(_PREAMBLE + self.token)
-        except OSError as exc:
-            connected.set_exception(exc)
-            return
-        connected.set_result(None)
-        threadpool_limits(limits=self.spec.threads)
-        loop = new_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            serve(loop, sock, self.spec, self.index, None, self.batch_time)
-        except Exception:
-            log.exception("model %r: Ray actor %d stopped serving", self.spec.name, self.index)
-        finally:
-            sock.close()
-            loop.close()
-
-    async def priority(self, nice: int, background: bool) -> bool:
-        """Give the threads that run the model ``nice`` and, if ``background``, SCHED_IDLE (on
-        this actor's node). Ray starts its workers at nice 15 (``RAY_worker_niceness``);
-        a nice below that needs CAP_SYS_NICE: without it the lowest allowed is kept.
-        Returns whether everything applied."""
-        applied = True
-        policy = os.SCHED_IDLE if background else os.SCHED_OTHER
-        model = _threads() - self.ray_threads
-        # Ray's Python threads get the model's nice too (not SCHED_IDLE): they share the GIL
-        # with the model thread, which waits for them to hand it back. Ray's main thread
-        # takes it about 100 times a second; at nice 15 on a busy machine it was scheduled
-        # about 200 times a second under load and spent 1.7 s of an 8 s window waiting
-        # for a core (a priority inversion against the model thread).
-        python = {t.native_id for t in threading.enumerate() if t.native_id is not None}
-        for tid in model | python:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-            except OSError:
-                applied = False
-        for tid in model:
-            try:
-                os.sched_setscheduler(tid, policy, os.sched_param(0))
-            except OSError:
-                applied = False
-        return applied
-
-    async def sentinel(self) -> None:
-        """Never returns while the actor lives: its failure tells the pool the actor died."""
-        await asyncio.get_running_loop().create_future()
-
-    async def where(self) -> dict[str, Any]:
-        """Where this actor runs (for tests and operators): node id, process id, the nice
-        value and policy of the thread that runs the model, the nice of Ray's main thread, the
-        modules of the warning classes the process's warning filters name, and how many
-        objects the garbage collector leaves out (``gc.freeze``)."""
-        import gc
-
-        import ray
-
-        tid = self.serving_tid or threading.get_native_id()
-        main = threading.main_thread().native_id or tid
-        return {
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-            "nice": os.getpriority(os.PRIO_PROCESS, tid),
-            "policy": os.sched_getscheduler(tid),
-            "ray_main_nice": os.getpriority(os.PRIO_PROCESS, main),
-            "warning_filters": [f[2].__module__ for f in warnings.filters],
-            "frozen_objects": gc.get_freeze_count(),
-        }
-
-
-def _drop_foreign_warning_filters() -> None:
-    """Remove the warning filters that Ray and the libraries it imports installed in this
-    process (those for warning classes not built into Python), so that the actor's model sees
-    the filters a local worker's would: Python's defaults, then what the runtime's own imports
-    add when it loads.
-
-    Why: scikit-learn's ensembles re-apply every warning filter of the process, one
-    ``warnings.filterwarnings`` call each, around every tree of every ``predict`` (to carry
-    them into joblib's workers), at a cost that grows faster than the number of filters. A
-    Ray worker process starts with 7 filters more than a plain interpreter (Ray's own warning
-    classes, urllib3's, requests'): 18 against 11 once scikit-learn is imported, which made a
-    300-tree forest's ``predict`` about 15-20% dearer in an actor than in a local worker. Ray's
-    warnings in this process then show as Python shows any warning (once per place)."""
-    kept = [f for f in warnings.filters if f[2].__module__ == "builtins"]
-    if len(kept) == len(warnings.filters):
-        return
-    warnings.resetwarnings()  # empties the list and invalidates the warning caches
-    # The same entries, unchanged, in the same order (a list at run time; typed a Sequence).
-    cast(list[Any], warnings.filters).extend(kept)
-
-
-def _threads() -> set[int]:
-    """Native ids of this process's threads (Linux)."""
-    try:
-        return {int(tid) for tid in os.listdir("/proc/self/task")}
-    except OSError:
-        return {threading.get_native_id()}
 
 
 class _Actor:
@@ -323,26 +120,15 @@ class RayPool(ModelPool):
         self.name = settings.key
         self.server = server
         self.size = max(1, settings.workers(server))
-        depth = max(server.pipeline_depth, settings.max_batch_size)
         # Every actor counts as one of the "cores": they are on cores of their own nodes.
-        self.dispatch = Dispatch(
-            bool(getattr(entry.cls, "supports_batching", False)), depth, max(depth, BATCH_DEPTH), self.size
-        )
-        self.spec = WorkerSpec(
-            settings=settings.model_dump(),
-            settings_path=str(settings.path),
-            import_path=entry.import_path,
-            uri=uri,
-            threads=settings.threads or max(1, int(settings.ray.num_cpus)),
-            main_pid=os.getpid(),
-            log_level=server.log_level,
-            max_elements=server.max_elements,
-            folder=str(settings.folder) if settings.folder is not None else "",
-        )
+        batchable = bool(getattr(entry.cls, "supports_batching", False))
+        self.dispatch = dispatch_for(batchable, server.pipeline_depth, settings.max_batch_size, self.size)
+        self._group = WorkerGroup(self.name, self.size, server.worker_timeout, server.worker_overdue_after)
+        threads = settings.threads or max(1, int(settings.ray.num_cpus))
+        self.spec = worker_spec(settings, entry, server, uri=uri, threads=threads)
         self._actors: list[_Actor] = []
         self._restarts = 0
         self._closing = False
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._ray: Any = None
         self._listener: socket.socket | None = None
         self._address: tuple[str, int] = ("", 0)
@@ -415,9 +201,9 @@ class RayPool(ModelPool):
         await loop.connect_accepted_socket(lambda: conn, sock)
         actor.conn = conn
         hello = await conn.hello
-        if not isinstance(hello, WorkerReady):
+        error = self._group.load_error(hello)
+        if error is not None:
             conn.kill()
-            error = hello.error if isinstance(hello, WorkerLoadFailed) else "unexpected reply"
             raise ModelLoadError(f"a Ray actor failed to load the model: {error}", model=self.settings.name)
         if self._closing:
             conn.kill()
@@ -430,9 +216,7 @@ class RayPool(ModelPool):
         self._background_task(self._prioritise(actor))
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._group.background(coro)
 
     # ------------------------------------------------------------------ the listener
 
@@ -526,26 +310,21 @@ class RayPool(ModelPool):
         self._background_task(self._replace(replacement))
 
     def _requeue(self, orphans: list[Pending], lost: Connection) -> None:
-        for pending in orphans:
-            if pending.future.done():
-                continue
-            if id(pending) in lost.timed_out:  # not retried: it may be the cause
-                pending.future.set_exception(
-                    DeadlineExceeded(
-                        f"model {self.name!r}: the request ran longer than worker_timeout"
-                        f" ({self.server.worker_timeout:g} s); its worker was replaced"
-                    )
-                )
-                continue
-            target = None
-            if not pending.retried and not self._closing:
-                target = self.dispatch.pick((c for c in self._ready() if c is not lost), full_ok=True)
+        def retry(pending: Pending) -> bool:
+            target = self.dispatch.pick((c for c in self._ready() if c is not lost), full_ok=True)
             if target is None:
-                pending.future.set_exception(WorkerDied(f"model {self.name!r}: the worker running the request died"))
-            else:
-                pending.retried = True
-                pending.sent_at = asyncio.get_running_loop().time()
-                target.send(pending)
+                return False
+            pending.retried = True
+            pending.sent_at = asyncio.get_running_loop().time()
+            target.send(pending)
+            return True
+
+        def fail(pending: Pending, error: RuntimeCoreError) -> None:
+            pending.future.set_exception(error)
+
+        self._group.requeue(
+            orphans, lost.timed_out, closing=self._closing, retry=retry, fail=fail, settled=lambda _: None
+        )
 
     async def _replace(self, actor: _Actor) -> None:
         while True:
@@ -577,22 +356,12 @@ class RayPool(ModelPool):
             self._stop(actor)
         if self._listener is not None:
             self._listener.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._group.cancel_background()
 
     async def aclose(self, grace: float = 30.0) -> None:
-        loop = asyncio.get_running_loop()
-        stop_by = loop.time() + grace
-        while self.inflight and loop.time() < stop_by:
-            await asyncio.sleep(0.01)
+        await self._group.drain(grace, lambda: bool(self.inflight), poll=0.01)
         self._closing = True
-        for actor in self._actors:
-            if actor.conn is not None and actor.conn.alive:
-                actor.conn.ready = False
-                actor.conn.write(control_frame(0, Unload()))
-        stop_by = loop.time() + _UNLOAD_WAIT
-        while any(a.conn is not None and a.conn.alive for a in self._actors) and loop.time() < stop_by:
-            await asyncio.sleep(0.02)
+        await self._group.unload(lambda: [a.conn for a in self._actors], _UNLOAD_WAIT)
         await self._stop_all()
 
     # ------------------------------------------------------------------ hangs
@@ -608,17 +377,11 @@ class RayPool(ModelPool):
         heartbeat unanswered for ``HEARTBEAT_TIMEOUT`` while idle; mark an actor whose oldest
         request is overdue, so that dispatch prefers its siblings. Its lost connection then
         fails that request with DeadlineExceeded, retries the others and replaces it."""
-        limit = self.server.worker_timeout
         for actor in list(self._actors):
             conn = actor.conn
             if conn is None or not actor.up or not conn.alive:
                 continue
-            verdict = conn.watch(now, limit, self.server.worker_overdue_after)
-            if verdict == "silent":
-                log.error("model %r: Ray actor %s stopped answering heartbeats; killing it", self.name, actor.name)
-            elif verdict == "late":
-                log.error("model %r: Ray actor %s gave no answer in %g s; killing it", self.name, actor.name, limit)
-            if verdict is not None:
+            if self._group.watch(now, conn, f"Ray actor {actor.name}"):
                 self._stop(actor)
 
     # ------------------------------------------------------------------ CPU priority
@@ -675,7 +438,7 @@ class RayPool(ModelPool):
         ready = self._ready()
         worker = self.dispatch.pick(ready) or self.dispatch.pick(ready, full_ok=True)
         if worker is None:
-            future.set_exception(WorkerDied(f"model {self.name!r}: no worker can take the request"))
+            future.set_exception(self._group.no_worker())
         else:
             worker.send(Pending(future, envelope, self, 0, loop.time()))
         return future

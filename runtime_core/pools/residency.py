@@ -27,12 +27,10 @@ import contextlib
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
-from typing import TYPE_CHECKING
-
-from runtime_core.pools.templates import Templates
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from runtime_core.pools.process import ProcessPool
+    from runtime_core.pools.host_handle import Host
 
 log = logging.getLogger("runtime_core.pools")
 
@@ -47,16 +45,54 @@ RECYCLE_SLACK_MIN = 64 * 1024 * 1024
 COLD_START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+class Resident(Protocol):
+    """What the residency book and the supervisor need of a pool (the process backend's
+    :class:`~runtime_core.pools.process.ProcessPool`): typed here so that this module does
+    not import the backend that imports it (issue 22)."""
+
+    name: str
+    memory: int
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def has_workers(self) -> bool: ...
+
+    @property
+    def host(self) -> Host | None: ...
+
+    def evict(self) -> None: ...
+
+    def move_off(self, host: Host, why: str) -> None: ...
+
+    def check_hangs(self, now: float) -> None: ...
+
+    def expire_parked(self, now: float) -> None: ...
+
+    def retire_idle(self, now: float) -> None: ...
+
+
+class HostBook(Protocol):
+    """What residency needs of :class:`~runtime_core.pools.templates.Templates`."""
+
+    def hosts(self) -> list[Host]: ...
+
+    def release(self, host: Host) -> None: ...
+
+    def kill_stopped_root(self) -> None: ...
+
+
 class Residency:
     """LRU of resident models under a memory budget, and the pools' supervisor."""
 
-    def __init__(self, budget: int, templates: Templates, worker_timeout: float) -> None:
+    def __init__(self, budget: int, templates: HostBook, worker_timeout: float) -> None:
         self.budget = budget
         self.templates = templates
         self.worker_timeout = worker_timeout
         self.used = 0
-        self._lru: OrderedDict[ProcessPool, int] = OrderedDict()
-        self._active: set[ProcessPool] = set()  # pools with requests in flight or workers
+        self._lru: OrderedDict[Resident, int] = OrderedDict()
+        self._active: set[Resident] = set()  # pools with requests in flight or workers
         self.evictions = 0
         self.recycles = 0
         self.spawns = 0
@@ -70,16 +106,16 @@ class Residency:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def add(self, pool: ProcessPool) -> None:
+    def add(self, pool: Resident) -> None:
         """A pool is created: the supervisor starts with the first one."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._supervise())
 
-    def remove(self, pool: ProcessPool) -> None:
+    def remove(self, pool: Resident) -> None:
         self._active.discard(pool)
         self.dropped(pool)
 
-    def touch(self, pool: ProcessPool) -> None:
+    def touch(self, pool: Resident) -> None:
         """A request for ``pool``: it is the most recently used, and watched until idle."""
         if not self._active:
             self._wake.set()
@@ -87,7 +123,7 @@ class Residency:
         if pool in self._lru:
             self._lru.move_to_end(pool)
 
-    def loaded(self, pool: ProcessPool, seconds: float) -> None:
+    def loaded(self, pool: Resident, seconds: float) -> None:
         self._lru[pool] = pool.memory
         self.used += pool.memory
         self.cold_starts[bisect_left(COLD_START_BUCKETS, seconds)] += 1
@@ -138,19 +174,19 @@ class Residency:
                 pool.move_off(host, "its host is being recycled")
             self.templates.release(host)
 
-    def resized(self, pool: ProcessPool, memory: int) -> None:
+    def resized(self, pool: Resident, memory: int) -> None:
         """``pool`` was loaded again elsewhere (it moved hosts) and now takes ``memory``."""
         if pool in self._lru:
             self.used += memory - self._lru[pool]
             self._lru[pool] = memory
         pool.memory = memory
 
-    def dropped(self, pool: ProcessPool) -> None:
+    def dropped(self, pool: Resident) -> None:
         memory = self._lru.pop(pool, None)
         if memory is not None:
             self.used -= memory
 
-    def spawned(self, pool: ProcessPool, seconds: float) -> None:
+    def spawned(self, pool: Resident, seconds: float) -> None:
         if not self._active:
             self._wake.set()
         self._active.add(pool)

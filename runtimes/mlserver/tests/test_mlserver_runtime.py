@@ -17,6 +17,8 @@ from mlserver_support import lightgbm_model, mlserver_model, mlserver_reference,
 
 from runtime_core.testing import ServerProcess, wait_until
 
+pytestmark = pytest.mark.e2e  # every test here starts real server processes
+
 SUM_BODY = {"id": "req-1", "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 HELLO_BODY = {
     "id": "req-2",

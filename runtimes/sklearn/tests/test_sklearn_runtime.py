@@ -77,6 +77,7 @@ def test_registry_finds_sklearn_and_mlserver_alias() -> None:
     assert registry.get("mlserver_sklearn.SKLearnModel") is entry
 
 
+@pytest.mark.e2e
 def test_building_the_registry_does_not_import_sklearn() -> None:
     code = (
         "import sys\n"
@@ -410,6 +411,7 @@ def test_bytes_output_round_trip(tmp_path: Path, iris: tuple) -> None:
     assert orjson.loads(encoded)["outputs"] == [{"name": "predict", "datatype": "BYTES", "shape": [1], "data": ["c"]}]
 
 
+@pytest.mark.e2e
 def test_served_by_a_real_server(tmp_path: Path, logreg: LogisticRegression, iris: tuple, rc_server: Any) -> None:
     _dump(logreg, tmp_path / "iris")
     (tmp_path / "iris" / "model-settings.json").write_text(json.dumps({"runtime": "sklearn"}))

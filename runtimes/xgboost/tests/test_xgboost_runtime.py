@@ -79,6 +79,7 @@ def test_registry_finds_xgboost_and_mlserver_alias() -> None:
     assert registry.get("mlserver_xgboost.XGBoostModel") is entry
 
 
+@pytest.mark.e2e
 def test_building_the_registry_does_not_import_xgboost() -> None:
     code = (
         "import sys\n"
@@ -275,6 +276,7 @@ def test_nthread_comes_from_the_context_or_parameters(tmp_path: Path, classifier
         run(broken.load())
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc")
 def test_load_starts_no_threads_so_workers_can_be_forked(tmp_path: Path) -> None:
     x, y = make_classification(n_samples=300, n_features=8, random_state=0)
@@ -353,6 +355,7 @@ def test_v2_round_trip(tmp_path: Path, classifier: xgb.XGBClassifier, iris: tupl
     np.testing.assert_allclose(np.array(proba["data"]).reshape(3, 3), classifier.predict_proba(x), rtol=1e-6)
 
 
+@pytest.mark.e2e
 def test_served_by_a_real_server(tmp_path: Path, classifier: xgb.XGBClassifier, iris: tuple, rc_server: Any) -> None:
     save(classifier.get_booster(), tmp_path / "iris", "model.json")
     (tmp_path / "iris" / "model-settings.json").write_text(json.dumps({"runtime": "xgboost", "threads": 1}))
