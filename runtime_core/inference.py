@@ -56,7 +56,7 @@ from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id, quoted
 from runtime_core.tracing import attach, detach
 
-__all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler", "client_message"]
+__all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler"]
 
 log = logging.getLogger("runtime_core.inference")
 

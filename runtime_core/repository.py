@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
-from runtime_core.inference import client_message
 from runtime_core.layout import single_model
 from runtime_core.limits import memory_limit
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
@@ -44,7 +43,7 @@ from runtime_core.pools.ray import RayPool
 from runtime_core.pools.residency import Residency
 from runtime_core.pools.templates import Templates
 from runtime_core.runtime import ModelMetadata, RuntimeContext
-from runtime_core.sanitize import quoted
+from runtime_core.sanitize import client_message, quoted
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
     MODEL_NAME_RE,

@@ -41,7 +41,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from runtime_core.control import Ping, Pong, Unload, WorkerLoadFailed, WorkerReady
-from runtime_core.inference import BatchLoop, ModelHandler, client_message
+from runtime_core.inference import BatchLoop, ModelHandler
 from runtime_core.messages import (
     CONTROL,
     INFER,
@@ -55,6 +55,7 @@ from runtime_core.messages import (
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, new_loop, set_process_name, watch_main_process
 from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext
+from runtime_core.sanitize import client_message
 from runtime_core.settings import ModelSettings
 
 log = logging.getLogger("runtime_core.worker")

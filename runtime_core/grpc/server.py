@@ -60,11 +60,11 @@ from runtime_core.dataplane import DataPlane
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import RuntimeCoreError, SettingsError
 from runtime_core.grpc.status import status_of
-from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
 from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.protocol_grpc import route
 from runtime_core.requestlog import REQUEST_ID
+from runtime_core.sanitize import client_message
 from runtime_core.stats import ServerStatistics
 
 if TYPE_CHECKING:
