@@ -207,7 +207,7 @@ class _Host:
         for slot, items in by_slot.items():
             entry = self.models.get(slot)
             if entry is None:
-                gone = Outcome(ModelNotReady.code, b"the model is not loaded")
+                gone = Outcome(code=ModelNotReady.code, body=b"the model is not loaded")
                 for request_id, _ in items:
                     out.extend(reply_frame(request_id, gone))
                 continue

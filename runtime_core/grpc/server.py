@@ -10,7 +10,7 @@ The service runs in the main process on the server's event loop, beside the
 REST app, over the same :class:`~runtime_core.dataplane.DataPlane` (scheduler,
 pools, repository). ``ModelInfer`` is registered without a deserializer: the
 main process reads only the model's name and version from the request bytes
-(:func:`~runtime_core.protocol_grpc.route`) and forwards the bytes untouched;
+(:func:`~runtime_core.codecs.grpc.route`) and forwards the bytes untouched;
 the worker decodes the tensors and serializes the reply, which goes back
 as it is. The other RPCs are small and are answered here.
 
@@ -56,13 +56,13 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runtime_core import requestlog
+from runtime_core.codecs.grpc import route
+from runtime_core.codecs.validation import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.dataplane import DataPlane
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import RuntimeCoreError, SettingsError
 from runtime_core.grpc.status import status_of
 from runtime_core.proto import grpc_service_pb2 as pb
-from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
-from runtime_core.protocol_grpc import route
 from runtime_core.requestlog import REQUEST_ID
 from runtime_core.sanitize import client_message
 from runtime_core.stats import ServerStatistics

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from runtime_core.codecs.validation import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
-from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.rest.custom import forwarded_headers
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SERVED_VERSION, SETTINGS, TRACEPARENT
 
