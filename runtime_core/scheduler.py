@@ -151,9 +151,10 @@ _BATCH = 8
 
 def default_budget() -> int:
     """Two full batches per core: one running and one waiting. A smaller budget starves
-    batching (a 300-tree forest served 3x fewer requests for the same CPU with 8 in flight
-    on 2 cores than with 32); a larger one only moves waiting from our queues, where
-    deadlines, cancellation and fair order apply, into the workers' sockets."""
+    batching: workers wake to fewer requests, run smaller batches and pay a model's per-call
+    overhead more often for the same CPU (figures in docs/benchmarks.md); a larger one only
+    moves waiting from our queues, where deadlines, cancellation and fair order apply, into
+    the workers' sockets."""
     return 2 * _BATCH * cpu_count()
 
 
