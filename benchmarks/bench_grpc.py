@@ -27,7 +27,7 @@ server CPU per request compares everything.
 Before the windows, ``forwarding`` times the two designs for the main process's part of
 a gRPC request (issue 10), in this process, per request:
 
-* ``forward``: read the model name (``protocol_grpc.route``) and pass the bytes on;
+* ``forward``: read the model name (``codecs.grpc.route``) and pass the bytes on;
   the worker parses the request and serializes the reply, which goes back untouched;
 * ``convert``: parse the whole ``ModelInferRequest`` and rebuild it as a binary
   tensor extension body (JSON header + raw tensors) for the worker, then turn the
@@ -63,9 +63,10 @@ from grpc_load import METHOD, GrpcClosedLoop
 from loadgen import OpenLoop
 from servers import MLServerServer, RuntimeCoreServer, free_port, mlserver_available
 
+from runtime_core.codecs.grpc import route
+from runtime_core.codecs.json import encode_response
 from runtime_core.proto.grpc_service_pb2 import ModelInferRequest, ModelInferResponse
-from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, encode_response
-from runtime_core.protocol_grpc import route
+from runtime_core.types import InferenceRequest, InferenceResponse, Tensor
 
 MODELS = ("light", "xgb")
 PROTOCOLS = ("rest-json", "grpc")

@@ -4,18 +4,12 @@ Plugin authors need only what is re-exported here. Importing this package never
 imports aiohttp, so worker processes stay small.
 """
 
+from runtime_core.content import stack_columns
 from runtime_core.errors import InferenceFailed, InvalidRequest, RuntimeCoreError
 from runtime_core.hookspecs import hookimpl
-from runtime_core.protocol import (
-    InferenceRequest,
-    InferenceResponse,
-    RequestedOutput,
-    Tensor,
-    TensorSpec,
-    stack_columns,
-)
 from runtime_core.runtime import ModelMetadata, Runtime, RuntimeContext, check_requested_outputs
 from runtime_core.sanitize import client_message
+from runtime_core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor, TensorSpec
 
 __version__ = "0.1.0"
 

@@ -7,8 +7,8 @@ measure the server's own overhead without a framework in the way.
 from __future__ import annotations
 
 from runtime_core.hookspecs import hookimpl
-from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor
 from runtime_core.runtime import Runtime
+from runtime_core.types import InferenceRequest, InferenceResponse, Tensor
 
 
 class EchoRuntime(Runtime):

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         # OpenMP threads (xgboost, some scikit-learn estimators) sleep when their work runs out
         # instead of spinning on a core (libgomp's default): spinning threads take the CPU the
         # main process and the other workers need, and on a busy machine they made an in-process
-        # xgboost model cost 4-5x its CPU per request (issue 9). Set before any framework loads;
+        # xgboost model cost several times its CPU per request (issue 9). Set before any framework loads;
         # templates and workers inherit it; a value set by the operator wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         repository: Path = args.model_repository

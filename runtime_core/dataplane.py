@@ -10,21 +10,37 @@ front ends answer the same questions the same way.
 The data plane never parses a tensor: :meth:`DataPlane.infer` hands the request's
 :class:`~runtime_core.envelope.Envelope` to the scheduler and returns the worker's
 :class:`~runtime_core.envelope.Outcome`.
+
+It is also where an inference request is observed, once for both front ends: with
+``request_log`` or ``tracing`` on, a front end wraps each inference call in
+:meth:`DataPlane.observe` and reports only what its transport knows (the status it answered,
+the bytes in and out). The :class:`Observation` makes the request's SERVER span and its
+``queue``/``compute`` children (:mod:`runtime_core.tracing`) and writes its log line
+(:mod:`runtime_core.requestlog`); :meth:`DataPlane.ready_model` and :meth:`DataPlane.infer`
+record in it the version that served and the worker's outcome, and hand the span's context
+to the worker in the envelope.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import time
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runtime_core import __version__
+from runtime_core import __version__, requestlog
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import Forbidden, ModelNotReady, PayloadTooLarge, Unauthorized, error_from_code
 from runtime_core.modelconfig import triton_config
 from runtime_core.repository import ModelRecord, ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from runtime_core.tracing import RequestSpan, RequestTracer
 
 SERVER_NAME = "runtime-core"
 #: The V2 extensions this server implements (``GET /v2`` and ServerMetadata).
@@ -43,6 +59,70 @@ class ServerState:
         return self.started and not self.draining
 
 
+class Observation:
+    """One inference request as the server observes it: its span (``tracing``) and its request
+    log line (``request_log``). Made by :meth:`DataPlane.observe`; see the module docstring."""
+
+    __slots__ = ("_log", "_span", "_started", "model", "outcome", "protocol", "request_id", "version")
+
+    def __init__(
+        self,
+        protocol: str,
+        span: RequestSpan | None,
+        request_id: str,
+        model: str,
+        version: str,
+        log: bool,
+    ) -> None:
+        self._started = time.perf_counter()
+        self._span = span
+        self._log = log
+        self.protocol = protocol
+        self.request_id = request_id
+        """The request's id for its log line ("" when ``request_log`` is off): the front end
+        sends it back (``X-Request-ID``)."""
+        self.model = model
+        self.version = version
+        self.outcome: Outcome | None = None
+        """The worker's outcome of a request that succeeded."""
+
+    @property
+    def traceparent(self) -> str:
+        """The request's span as a W3C ``traceparent`` for the envelope ("" when not traced)."""
+        return self._span.traceparent if self._span is not None else ""
+
+    def route(self, model: str, version: str) -> None:
+        """The model the request names, once read from it (gRPC: from the message)."""
+        self.model, self.version = model, version
+        if self._span is not None:
+            self._span.model(model, version)
+
+    def finish(self, *, status: int, status_attribute: str, failed: bool, bytes_in: int, bytes_out: int) -> None:
+        """End the observation with what the front end answered: ``status`` (the HTTP status or
+        gRPC code) goes on the span as ``status_attribute`` and in the log line; ``failed``:
+        the server's error rather than the client's (marks the span failed)."""
+        total = time.perf_counter() - self._started
+        span = self._span
+        if span is not None:
+            span.set_attribute(status_attribute, status)
+            if failed:
+                span.failed()
+            if self.outcome is not None:
+                span.answered(self.outcome)
+        if self._log:
+            requestlog.write(
+                protocol=self.protocol,
+                model=self.model or None,
+                version=self.version or None,
+                status=status,
+                request_id=self.request_id,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                outcome=self.outcome,
+                total=total,
+            )
+
+
 class DataPlane:
     """Readiness, metadata, repository index/load/unload and inference, for any front end."""
 
@@ -57,6 +137,13 @@ class DataPlane:
         self.repository = repository
         self.scheduler = scheduler
         self.state = state if state is not None else ServerState()
+        self._tracer: RequestTracer | None = None
+        if settings.tracing:
+            from runtime_core.tracing import RequestTracer  # imports the optional 'tracing' extra
+
+            self._tracer = RequestTracer()
+        if settings.request_log:
+            requestlog.setup()
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -79,11 +166,16 @@ class DataPlane:
         serving = record.pool is None or record.pool.health().serving
         return record.name, record.state is ModelState.READY and serving
 
-    def ready_model(self, name: str, version: str | None = None) -> ModelRecord:
-        """The model's record if it is READY, else :class:`~runtime_core.errors.ModelNotReady`."""
+    def ready_model(
+        self, name: str, version: str | None = None, observation: Observation | None = None
+    ) -> ModelRecord:
+        """The model's record if it is READY, else :class:`~runtime_core.errors.ModelNotReady`.
+        ``observation``: the inference request's, which logs the version that serves."""
         record = self.model(name, version)
         if record.state is not ModelState.READY:
             raise ModelNotReady(f"model {record.name!r} is not ready ({record.state.value})", model=record.name)
+        if observation is not None:
+            observation.version = record.version or observation.version
         return record
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
@@ -115,13 +207,50 @@ class DataPlane:
         if size > limit:
             raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit}")
 
-    async def infer(self, model: str, envelope: Envelope) -> Outcome:
+    @property
+    def observing(self) -> bool:
+        """Whether inference requests are observed (``request_log`` or ``tracing`` on)."""
+        return self._tracer is not None or self.settings.request_log
+
+    @contextlib.contextmanager
+    def observe(
+        self,
+        protocol: str,
+        *,
+        carrier: Mapping[str, str],
+        request_id: str | None,
+        span_name: str,
+        attributes: dict[str, Any],
+        model: str = "",
+        version: str = "",
+    ) -> Iterator[Observation]:
+        """Observe one inference request while the block runs: its SERVER span, current in the
+        block, continues the trace of ``carrier`` (the request's headers or metadata); its log
+        line is written by :meth:`Observation.finish`. ``request_id``: the client's, else one
+        is made up (when ``request_log`` is on)."""
+        if self.settings.request_log:
+            request_id = request_id or uuid.uuid4().hex
+        else:
+            request_id = ""
+        log = self.settings.request_log
+        if self._tracer is None:
+            yield Observation(protocol, None, request_id, model, version, log)
+            return
+        with self._tracer.request(span_name, carrier, attributes) as span:
+            yield Observation(protocol, span, request_id, model, version, log)
+
+    async def infer(self, model: str, envelope: Envelope, observation: Observation | None = None) -> Outcome:
         """Run one request on ``model`` (the key of a record :meth:`ready_model` returned) and return the
         worker's successful outcome; a failed one is raised as its
-        :class:`~runtime_core.errors.RuntimeCoreError`."""
+        :class:`~runtime_core.errors.RuntimeCoreError`. ``observation``: the request's, whose
+        span context goes to the worker in the envelope and which records the outcome."""
+        if observation is not None:
+            envelope.trace = observation.traceparent
         outcome = await self.scheduler.submit(model, envelope)
         if outcome.code:
             raise error_from_code(outcome.code, outcome.body.decode("utf-8", "replace"), model=model)
+        if observation is not None:
+            observation.outcome = outcome
         return outcome
 
     # ------------------------------------------------------------------ repository API

@@ -67,11 +67,12 @@ from runtime_core.control import (
     WorkerSpawned,
 )
 from runtime_core.errors import ModelNotReady
-from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, client_message, run_groups
+from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, run_groups
 from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, reply_frame
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
 from runtime_core.runtime import Runtime
+from runtime_core.sanitize import client_message
 from runtime_core.spec import WorkerSpec, metadata_of
 from runtime_core.worker import run_worker
 
@@ -217,7 +218,7 @@ class _Host:
         for slot, items in by_slot.items():
             entry = self.models.get(slot)
             if entry is None:
-                gone = Outcome(ModelNotReady.code, b"the model is not loaded")
+                gone = Outcome(code=ModelNotReady.code, body=b"the model is not loaded")
                 for request_id, _ in items:
                     out.extend(reply_frame(request_id, gone))
                 continue

@@ -38,37 +38,91 @@ import asyncio
 import importlib
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import numpy as np
 
+from runtime_core.codecs import json as json_codec
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, RuntimeCoreError
-from runtime_core.protocol import InferenceRequest, InferenceResponse, Tensor, decode_request, encode_response
 from runtime_core.rawpath import run_raw
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message, error_id, quoted
 from runtime_core.tracing import attach, detach
+from runtime_core.types import InferenceRequest, InferenceResponse, Tensor
 
-__all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler", "client_message"]
+__all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler"]
 
 log = logging.getLogger("runtime_core.inference")
 
-_GRPC_CODEC = "runtime_core.protocol_grpc"
+
+class WireCodec(Protocol):
+    """What a codec module of :mod:`runtime_core.codecs` offers the worker."""
+
+    def decode(self, envelope: Envelope, max_elements: int) -> InferenceRequest: ...
+
+    def encode(
+        self,
+        response: InferenceResponse,
+        *,
+        model_name: str,
+        model_version: str | None,
+        request: InferenceRequest,
+        empty_parameters: bool,
+    ) -> tuple[bytes, Wire, int]: ...
 
 
-def _grpc_codec() -> Any:
-    """The protobuf codec, imported on the first gRPC request: a worker, host or test process
-    that never sees one does not pay for importing protobuf and the generated messages.
-    Looked up in ``sys.modules`` first: ``import_module`` on every request cost a worker
-    about 2 % of its time under gRPC load (issue 10)."""
-    return sys.modules.get(_GRPC_CODEC) or importlib.import_module(_GRPC_CODEC)
+#: The codec of each wire format; the reply goes back in the request's format.
+_CODECS: dict[Wire, WireCodec] = {Wire.JSON: json_codec, Wire.BINARY: json_codec}
+#: Codecs imported on the first request in their format, by module name: a worker, host or
+#: test process that never sees a gRPC request does not import protobuf and the generated
+#: messages. Once imported, a codec is found in ``_CODECS``: importing by name on every
+#: request costs a busy worker a measurable share of its time (issue 10).
+_LAZY_CODECS: dict[Wire, str] = {Wire.GRPC: "runtime_core.codecs.grpc"}
+
+
+def codec_for(wire: Wire) -> WireCodec:
+    """The codec of ``wire`` (:attr:`Wire.CUSTOM` has none: only raw runtimes read it)."""
+    codec = _CODECS.get(wire)
+    if codec is None:
+        codec = _CODECS[wire] = cast(WireCodec, importlib.import_module(_LAZY_CODECS[wire]))
+    return codec
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One decoded request, the worker's one record of it from decode to encode."""
+
+    request: InferenceRequest
+    codec: WireCodec
+    """The codec of the wire it came on, which also writes its reply."""
+    trace: str
+    """Its trace context (:attr:`~runtime_core.envelope.Envelope.trace`), "" for none."""
+    rows: int
+    """The inferences it counts for (:attr:`~runtime_core.envelope.Outcome.rows`)."""
+    decode: float
+    """Seconds its decoding took."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One ``predict`` call, whose figures its requests share evenly."""
+
+    started: float
+    """``time.perf_counter()`` when work on its requests began."""
+    predict: float
+    """Seconds ``predict`` took."""
+    size: int = 1
+    """Requests merged into the call."""
+    rows: int = 1
+    """Rows of the call, all its requests together."""
+
 
 #: Most requests merged by coalescing when the model sets no ``max_batch_size``.
 DEFAULT_COALESCE = 32
@@ -85,8 +139,8 @@ _SCHEDSTAT_FILES = 16
 def _cpu_wait() -> float:
     """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat).
 
-    Read twice per batch; the file stays open and is read with ``pread``, which costs a
-    tenth of opening it each time (about 2 against 18 us, issue 9)."""
+    Read twice per batch, so it must be cheap: the file stays open and is read with
+    ``pread``, rather than opened on every read (issue 9)."""
     global _schedstat_pid
     try:
         if _schedstat_pid != os.getpid():  # forked: the inherited descriptors are left alone
@@ -137,7 +191,7 @@ class ModelHandler:
     def _error(self, exc: BaseException, started: float) -> Outcome:
         if isinstance(exc, RuntimeCoreError):
             message = exc.message if isinstance(exc, InvalidRequest) else client_message(exc.message)
-            return Outcome(exc.code, message.encode(), compute=time.perf_counter() - started)
+            return Outcome(code=exc.code, body=message.encode(), compute=time.perf_counter() - started)
         # A runtime failure: the detail (traceback, raw message) goes to the log under an id
         # that the client also gets, so that one report finds the other.
         ident = error_id()
@@ -148,21 +202,19 @@ class ModelHandler:
         detail = client_message(exc) if isinstance(exc, ValueError | ArithmeticError) else ""
         message += f": {detail}" if detail else " (an internal error in its runtime)"
         message += f" [error id {ident}]"
-        return Outcome(InferenceFailed.code, message.encode(), compute=time.perf_counter() - started)
+        return Outcome(code=InferenceFailed.code, body=message.encode(), compute=time.perf_counter() - started)
 
     def check_deadline(self, envelope: Envelope) -> None:
         if envelope.deadline and time.time() > envelope.deadline:
             raise DeadlineExceeded(f"model {self.model_name!r}: the request's deadline passed before it ran")
 
-    def decode(self, envelope: Envelope) -> InferenceRequest:
+    def decode(self, envelope: Envelope) -> Decoded:
+        decoding = time.perf_counter()
         self.check_deadline(envelope)
         if envelope.wire is Wire.CUSTOM:  # the REST front end routes these to raw runtimes only
             raise InvalidRequest(f"model {self.model_name!r} has no endpoints of its own")
-        if envelope.wire is Wire.GRPC:
-            request: InferenceRequest = _grpc_codec().decode_grpc_request(envelope.payload, self.max_elements)
-        else:
-            header = envelope.header_length if envelope.wire is Wire.BINARY else None
-            request = decode_request(envelope.payload, header, self.max_elements)
+        codec = codec_for(envelope.wire)
+        request = codec.decode(envelope, self.max_elements)
         timeout = request.parameters.get("timeout")
         if timeout is not None:
             # Triton's request parameter, in microseconds, from the request's arrival. It is
@@ -173,7 +225,13 @@ class ModelHandler:
                 raise DeadlineExceeded(
                     f"model {self.model_name!r}: parameters.timeout ({timeout:g} us) passed before the request ran"
                 )
-        return request
+        return Decoded(
+            request=request,
+            codec=codec,
+            trace=envelope.trace,
+            rows=self.rows(request),
+            decode=time.perf_counter() - decoding,
+        )
 
     def rows(self, request: InferenceRequest) -> int:
         """The inferences ``request`` counts for (:attr:`~runtime_core.envelope.Outcome.rows`):
@@ -198,17 +256,9 @@ class ModelHandler:
             raise InferenceFailed(f"model {self.model_name!r}: its runtime returned {got}", model=self.model_name)
         return response
 
-    def _encode(
-        self,
-        request: InferenceRequest,
-        response: InferenceResponse,
-        started: float,
-        share: int,
-        predict: float,
-        rows: int,
-        batch_rows: int,
-    ) -> Outcome:
+    def _encode(self, item: Decoded, response: InferenceResponse, call: _Call) -> Outcome:
         encoding = time.perf_counter()
+        request = item.request
         outputs = response.outputs
         if request.outputs:
             produced = {t.name: t for t in outputs}
@@ -222,74 +272,70 @@ class ModelHandler:
         reply = InferenceResponse(outputs, response.parameters)
         if self.mlserver_envelope and request.id is None:
             request.id = str(uuid.uuid4())  # per request, also for each request of a merged batch
-        name, version = self.model_name, self.version
-        codec = sys.modules.get(_GRPC_CODEC)  # not imported: no request came over gRPC
-        if codec is not None and isinstance(request, codec.GrpcInferenceRequest):  # so does its reply
-            payload = codec.encode_grpc_response(reply, model_name=name, model_version=version, request=request)
-            wire, length = Wire.GRPC, 0
-        else:
-            payload, header_length = encode_response(
-                reply, model_name=name, model_version=version, request=request, empty_parameters=self.mlserver_envelope
-            )
-            wire, length = (Wire.JSON, 0) if header_length is None else (Wire.BINARY, header_length)
+        body, wire, header_length = item.codec.encode(
+            reply,
+            model_name=self.model_name,
+            model_version=self.version,
+            request=request,
+            empty_parameters=self.mlserver_envelope,
+        )
         now = time.perf_counter()
-        elapsed = (now - started) / share
         return Outcome(
-            0,
-            payload,
-            wire,
-            length,
-            elapsed,
-            predict=predict / share,
+            code=0,
+            body=body,
+            wire=wire,
+            header_length=header_length,
+            compute=(now - call.started) / call.size,
+            decode=item.decode,
+            predict=call.predict / call.size,
             encode=now - encoding,
-            batch=share,
-            rows=rows,
-            batch_rows=batch_rows,
+            batch=call.size,
+            rows=item.rows,
+            batch_rows=call.rows,
         )
 
     # ------------------------------------------------------------------ entry points
 
-    async def run(self, request: InferenceRequest, started: float, trace: str = "") -> Outcome:
+    async def run(self, item: Decoded, started: float) -> Outcome:
         try:
             predicting = time.perf_counter()
-            response = await self._predict(request, trace)
-            rows = self.rows(request)
-            return self._encode(request, response, started, 1, time.perf_counter() - predicting, rows, rows)
+            response = await self._predict(item.request, item.trace)
+            call = _Call(started=started, predict=time.perf_counter() - predicting, rows=item.rows)
+            return self._encode(item, response, call)
         except Exception as exc:
-            return self._error(exc, started)
+            outcome = self._error(exc, started)
+            outcome.decode = item.decode
+            return outcome
 
-    async def run_batch(self, requests: list[InferenceRequest], started: float, traces: list[str]) -> list[Outcome]:
-        """Run decoded requests, merging compatible neighbours when the runtime allows it.
-        ``traces``: each request's trace context ("" for none)."""
-        if not self.batchable or len(requests) == 1:
-            return [
-                await self.run(r, time.perf_counter() if i else started, traces[i]) for i, r in enumerate(requests)
-            ]
+    async def run_batch(self, items: list[Decoded], started: float) -> list[Outcome]:
+        """Run decoded requests, merging compatible neighbours when the runtime allows it."""
+        if not self.batchable or len(items) == 1:
+            return [await self.run(item, time.perf_counter() if i else started) for i, item in enumerate(items)]
         outcomes: list[Outcome] = []
         i = 0
-        while i < len(requests):
-            key = _batch_key(requests[i])
+        while i < len(items):
+            key = _batch_key(items[i].request)
             j = i + 1
             if key is not None:
-                while j < len(requests) and _batch_key(requests[j]) == key:
+                while j < len(items) and _batch_key(items[j].request) == key:
                     j += 1
-            group = requests[i:j]
+            group = items[i:j]
             if len(group) > 1:
-                outcomes.extend(await self._run_group(group, traces[i:j]))
+                outcomes.extend(await self._run_group(group))
             else:
-                outcomes.append(await self.run(group[0], started, traces[i]))
+                outcomes.append(await self.run(group[0], started))
             started = time.perf_counter()
             i = j
         return outcomes
 
-    async def _run_group(self, group: list[InferenceRequest], traces: list[str]) -> list[Outcome]:
+    async def _run_group(self, group: list[Decoded]) -> list[Outcome]:
         started = time.perf_counter()
-        sizes = [r.inputs[0].data.shape[0] for r in group]
+        sizes = [item.request.inputs[0].data.shape[0] for item in group]
         total = sum(sizes)
-        first = group[0]
+        first = group[0].request
         merged = InferenceRequest(
             inputs=[
-                Tensor(t.name, np.concatenate([r.inputs[k].data for r in group]), t.datatype, t.parameters)
+                Tensor(t.name, np.concatenate([i.request.inputs[k].data for i in group]), t.datatype, t.parameters)
                 for k, t in enumerate(first.inputs)
             ],
             outputs=first.outputs,
@@ -299,15 +345,15 @@ class ModelHandler:
         try:
             predicting = time.perf_counter()
             # One call for the batch: it runs in the first trace context among its requests.
-            response = await self._predict(merged, next((t for t in traces if t), ""))
-            predict = time.perf_counter() - predicting
+            response = await self._predict(merged, next((item.trace for item in group if item.trace), ""))
+            call = _Call(started=started, predict=time.perf_counter() - predicting, size=len(group), rows=total)
             if any(t.data.ndim == 0 or t.data.shape[0] != total for t in response.outputs):
                 raise ValueError("outputs are not row-wise")
             bounds = np.cumsum(sizes)[:-1]
             pieces = [np.split(t.data, bounds) for t in response.outputs]
             return [
                 self._encode(
-                    request,
+                    item,
                     InferenceResponse(
                         [
                             Tensor(t.name, pieces[k][n], t.datatype, t.parameters)
@@ -315,17 +361,13 @@ class ModelHandler:
                         ],
                         response.parameters,
                     ),
-                    started,
-                    len(group),
-                    predict,
-                    sizes[n],
-                    total,
+                    call,
                 )
-                for n, request in enumerate(group)
+                for n, item in enumerate(group)
             ]
         except Exception:
             # One request may be the cause: run each alone so that only it fails.
-            return [await self.run(r, time.perf_counter(), trace) for r, trace in zip(group, traces, strict=True)]
+            return [await self.run(item, time.perf_counter()) for item in group]
 
 
 async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> list[Outcome]:
@@ -362,23 +404,16 @@ async def _run_one(handler: ModelHandler, envelopes: list[Envelope], started: fl
     if handler.raw:
         return await run_raw(handler, envelopes, started)
     outcomes: list[Outcome | None] = [None] * len(envelopes)
-    decoded: list[InferenceRequest] = []
-    traces: list[str] = []
+    decoded: list[Decoded] = []
     places: list[int] = []
-    decode_times: list[float] = []
     for i, envelope in enumerate(envelopes):
-        decoding = time.perf_counter()
         try:
             decoded.append(handler.decode(envelope))
-            traces.append(envelope.trace)
             places.append(i)
-            decode_times.append(time.perf_counter() - decoding)
         except Exception as exc:
             outcomes[i] = handler._error(exc, started)
     if decoded:
-        ran = await handler.run_batch(decoded, started, traces)
-        for i, outcome, seconds in zip(places, ran, decode_times, strict=True):
-            outcome.decode = seconds
+        for i, outcome in zip(places, await handler.run_batch(decoded, started), strict=True):
             outcomes[i] = outcome
     return [o for o in outcomes if o is not None]
 
@@ -424,7 +459,7 @@ class BatchLoop:
         while self._pending:
             future = self._pending.popleft()[0]
             if not future.done():
-                future.set_result(Outcome(InferenceFailed.code, b"the model was unloaded"))
+                future.set_result(Outcome(code=InferenceFailed.code, body=b"the model was unloaded"))
 
     async def _fill(self) -> None:
         """Wait until ``limit`` requests are pending or the oldest has waited ``wait`` seconds."""

@@ -83,7 +83,15 @@ def parse_infer(payload: memoryview) -> tuple[int, Envelope]:
     start = headers_at + headers_length
     trace = bytes(payload[INFER_HEAD.size : headers_at]).decode() if length else ""
     headers = bytes(payload[headers_at:start]) if headers_length else b""
-    return slot, Envelope(payload[start:], Wire(wire), header_length, deadline, arrived, trace, headers)
+    return slot, Envelope(
+        payload[start:],
+        wire=Wire(wire),
+        header_length=header_length,
+        deadline=deadline,
+        arrived=arrived,
+        trace=trace,
+        headers=headers,
+    )
 
 
 def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:
@@ -106,8 +114,24 @@ def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:
 
 
 def parse_reply(payload: memoryview) -> Outcome:
-    code, wire, header_length, *figures = REPLY_HEAD.unpack_from(payload)
-    return Outcome(code, bytes(payload[REPLY_HEAD.size :]), Wire(wire), header_length, *figures)
+    """The :class:`Outcome` of a REPLY payload, its fields in :func:`reply_frame`'s order."""
+    code, wire, header_length, compute, cpu, decode, predict, encode, batch, rows, batch_rows = (
+        REPLY_HEAD.unpack_from(payload)
+    )
+    return Outcome(
+        code=code,
+        body=bytes(payload[REPLY_HEAD.size :]),
+        wire=Wire(wire),
+        header_length=header_length,
+        compute=compute,
+        cpu=cpu,
+        decode=decode,
+        predict=predict,
+        encode=encode,
+        batch=batch,
+        rows=rows,
+        batch_rows=batch_rows,
+    )
 
 
 def control_frame(request_id: int, message: Any) -> bytes:

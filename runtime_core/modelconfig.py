@@ -25,9 +25,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime_core.protocol import TensorSpec
     from runtime_core.repository import ModelRecord
     from runtime_core.runtime import ModelMetadata
+    from runtime_core.types import TensorSpec
 
 #: V2 datatype -> Triton's ``DataType`` enum name.
 TRITON_TYPES = {

@@ -67,7 +67,9 @@ async def run_raw(handler: RawHandler, envelopes: list[Envelope], started: float
         elapsed = (time.perf_counter() - started) / len(live)
         for i, reply in zip(places, replies, strict=True):
             if isinstance(reply, RawReply):
-                outcomes[i] = Outcome(0, reply.body, reply.wire, reply.header_length, elapsed)
+                outcomes[i] = Outcome(
+                    code=0, body=reply.body, wire=reply.wire, header_length=reply.header_length, compute=elapsed
+                )
             else:
                 outcomes[i] = handler._error(reply, started)
     return [o for o in outcomes if o is not None]

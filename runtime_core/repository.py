@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
-from runtime_core.inference import client_message
 from runtime_core.layout import single_model
 from runtime_core.limits import memory_limit
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
 from runtime_core.pools.factory import PoolFactory
 from runtime_core.runtime import ModelMetadata
-from runtime_core.sanitize import quoted
+from runtime_core.sanitize import client_message, quoted
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import (
     MODEL_NAME_RE,

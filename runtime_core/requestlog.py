@@ -2,8 +2,8 @@
 
 One JSON object per inference request, written to stderr through the logger
 ``runtime_core.requests`` as a bare line whatever ``log_format`` says, so that a log shipper
-can parse them line by line. The front ends (:mod:`runtime_core.rest.requestlog`, and the
-gRPC service) gather the fields from what they measured anyway and call :func:`write`.
+can parse them line by line. The data plane's :class:`~runtime_core.dataplane.Observation`
+gathers the fields, from what the server measured anyway, and calls :func:`write`.
 """
 
 from __future__ import annotations

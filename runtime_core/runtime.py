@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
-from runtime_core.protocol import InferenceRequest, InferenceResponse, TensorSpec
 from runtime_core.sanitize import quoted
+from runtime_core.types import InferenceRequest, InferenceResponse, TensorSpec
 
 if TYPE_CHECKING:
     from runtime_core.settings import ModelSettings

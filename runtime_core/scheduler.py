@@ -105,7 +105,6 @@ class _Item:
     enqueued: float
     sent: float = 0.0
     estimate: float = 0.0
-    skip_budget: bool = False
 
 
 @dataclass(slots=True)
@@ -114,12 +113,9 @@ class LaneStats:
 
     queued: int = 0
     inflight: int = 0
-    completed: int = 0
     rejected: int = 0
     expired: int = 0
     cancelled: int = 0
-    wait_seconds: float = 0.0
-    compute_seconds: float = 0.0
     cost: float = 0.0
     background: bool = False
 
@@ -155,9 +151,10 @@ _BATCH = 8
 
 def default_budget() -> int:
     """Two full batches per core: one running and one waiting. A smaller budget starves
-    batching (a 300-tree forest served 3x fewer requests for the same CPU with 8 in flight
-    on 2 cores than with 32); a larger one only moves waiting from our queues, where
-    deadlines, cancellation and fair order apply, into the workers' sockets."""
+    batching: workers wake to fewer requests, run smaller batches and pay a model's per-call
+    overhead more often for the same CPU (figures in docs/benchmarks.md); a larger one only
+    moves waiting from our queues, where deadlines, cancellation and fair order apply, into
+    the workers' sockets."""
     return 2 * _BATCH * cpu_count()
 
 
@@ -314,7 +311,7 @@ class FairScheduler:
             lane.vtime = max(lane.vtime, self._clock)
         if not envelope.arrived:
             envelope.arrived = time.time()
-        item = _Item(future, envelope, time.monotonic(), skip_budget=idle)
+        item = _Item(future, envelope, time.monotonic())
         lane.queue.append(item)
         if idle:
             lane.pass_item = item
@@ -466,9 +463,6 @@ class FairScheduler:
             used = outcome.cpu or outcome.compute  # service time (less CPU waits) where reported
             lane.cost += _EWMA * (used - lane.cost)
             lane.vtime += (used - item.estimate) / lane.weight
-            lane.stats.completed += 1
-            lane.stats.compute_seconds += outcome.compute
-            lane.stats.wait_seconds += max(0.0, wait - outcome.compute)
             outcome.queued = item.sent - item.enqueued  # for the front ends' request log
             if self.observers:
                 self._observe(lane.key, outcome, outcome.queued, outcome.compute, wait)
@@ -559,7 +553,7 @@ class FairScheduler:
     # ------------------------------------------------------------------ visibility
 
     def stats(self) -> dict[str, LaneStats]:
-        """Per-model queue depth, in-flight, wait and service figures."""
+        """Per-model queue depth, in-flight requests, refusals and cancellations."""
         out = {}
         for key, lane in self._lanes.items():
             lane.stats.queued = len(lane.queue)

@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from runtime_core.protocol import InferenceRequest, Tensor
 from runtime_core.runtime import Runtime, RuntimeContext
+from runtime_core.types import InferenceRequest, Tensor
 
 T = TypeVar("T")
 

@@ -42,9 +42,6 @@ from runtime_core.envelope import Outcome
 
 log = logging.getLogger("runtime_core.tracing")
 
-#: W3C trace-context version 00: ``00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>``.
-TRACEPARENT_LENGTH = 55
-
 
 def _ns(seconds: float) -> int:
     return max(0, round(seconds * 1e9))

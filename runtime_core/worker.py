@@ -39,7 +39,7 @@ import time
 from threadpoolctl import threadpool_limits
 
 from runtime_core.control import Ping, Pong, Unload, WorkerLoadFailed, WorkerReady
-from runtime_core.inference import BatchLoop, ModelHandler, client_message
+from runtime_core.inference import BatchLoop, ModelHandler
 from runtime_core.messages import (
     CONTROL,
     INFER,
@@ -52,6 +52,7 @@ from runtime_core.messages import (
 )
 from runtime_core.processes import configure_logging, new_loop, set_process_name, watch_main_process
 from runtime_core.runtime import Runtime
+from runtime_core.sanitize import client_message
 from runtime_core.spec import WorkerSpec, metadata_of
 
 log = logging.getLogger("runtime_core.worker")

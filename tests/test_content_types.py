@@ -1,6 +1,6 @@
 """Content types (``parameters.content_type``: ``np``, ``pd``, ``str``, ``base64``).
 
-Unit tests of the codec helpers in :mod:`runtime_core.protocol`, then end to end on a
+Unit tests of the codec helpers in :mod:`runtime_core.content`, then end to end on a
 real server: an sklearn Pipeline with a ColumnTransformer (a numeric and a text column)
 served from ``pd`` requests, BYTES round-trips through the built-in ``echo`` runtime,
 the 400s, and batching that never merges requests of different content types.
@@ -28,18 +28,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from support import metric, output, toy_model
 
+from runtime_core.codecs.json import decode_request, encode_response
+from runtime_core.content import decode_base64, encode_base64
 from runtime_core.errors import InvalidRequest
-from runtime_core.protocol import (
-    InferenceRequest,
-    InferenceResponse,
-    RequestedOutput,
-    Tensor,
-    decode_base64,
-    decode_request,
-    encode_base64,
-    encode_response,
-)
 from runtime_core.testing import ServerProcess, wait_until, write_model
+from runtime_core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 BINARY = [b"\x00\xff\x10PNG", b"", "héllo wörld".encode()]
 
@@ -297,7 +290,8 @@ def test_response_from_dataframe_has_one_output_per_column() -> None:
 @pytest.mark.e2e
 def test_no_pandas_import_at_import_time() -> None:
     code = (
-        "import sys, runtime_core, runtime_core.protocol, runtime_core.inference, runtime_core.cli,"
+        "import sys, runtime_core, runtime_core.protocol, runtime_core.codecs.json, runtime_core.inference,"
+        " runtime_core.cli,"
         " runtime_core_sklearn.runtime; print('pandas' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""The V2 tensor codec (runtime_core.protocol): JSON and binary, decode and encode.
+"""The V2 tensor codec (runtime_core.codecs.json): JSON and binary, decode and encode.
 
 Unit tests, no server: what a runtime may rely on after ``decode_request`` and
 what a client gets from ``encode_response``.
@@ -17,16 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from runtime_core.codecs.json import decode_request, encode_response
 from runtime_core.errors import InferenceFailed, InvalidRequest
-from runtime_core.protocol import (
-    DATATYPES,
-    InferenceRequest,
-    InferenceResponse,
-    Tensor,
-    datatype_of,
-    decode_request,
-    encode_response,
-)
+from runtime_core.types import DATATYPES, InferenceRequest, InferenceResponse, Tensor, datatype_of
 
 NUMERIC = [name for name in DATATYPES if name != "BYTES"]
 INTS = ["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
@@ -787,7 +780,7 @@ def test_nan_and_infinity_are_the_same_values_in_json_and_binary(datatype: str) 
 
 @pytest.mark.parametrize(("data", "datatype"), [(np.array([1.5]), "INT8"), (np.array([1.0]), "FP8")])
 def test_grpc_outputs_follow_the_same_datatype_rule(data: np.ndarray[Any, Any], datatype: str) -> None:
-    from runtime_core.protocol_grpc import encode_grpc_response
+    from runtime_core.codecs.grpc import encode_grpc_response
 
     with pytest.raises(InferenceFailed, match="model 'churn': output 'y'"):
         encode_grpc_response(
@@ -797,8 +790,8 @@ def test_grpc_outputs_follow_the_same_datatype_rule(data: np.ndarray[Any, Any], 
 
 
 def test_grpc_outputs_convert_when_every_value_survives() -> None:
+    from runtime_core.codecs.grpc import encode_grpc_response
     from runtime_core.proto.grpc_service_pb2 import ModelInferResponse
-    from runtime_core.protocol_grpc import encode_grpc_response
 
     body = encode_grpc_response(
         InferenceResponse([Tensor("y", np.array([1.0, -2.0]), "INT8")]), model_name="m", model_version=None,

@@ -10,7 +10,7 @@ The service runs in the main process on the server's event loop, beside the
 REST app, over the same :class:`~runtime_core.dataplane.DataPlane` (scheduler,
 pools, repository). ``ModelInfer`` is registered without a deserializer: the
 main process reads only the model's name and version from the request bytes
-(:func:`~runtime_core.protocol_grpc.route`) and forwards the bytes untouched;
+(:func:`~runtime_core.codecs.grpc.route`) and forwards the bytes untouched;
 the worker decodes the tensors and serializes the reply, which goes back
 as it is. The other RPCs are small and are answered here.
 
@@ -23,11 +23,13 @@ Timeout: the call's gRPC deadline becomes the envelope's deadline, so a request
 still queued when it passes never reaches a runtime (DEADLINE_EXCEEDED).
 Tracing (``tracing = true``): each ModelInfer call gets a SERVER span continuing the trace of
 its ``traceparent`` metadata, with ``queue`` and ``compute`` children, and the span's context
-goes to the worker in the envelope (see :mod:`runtime_core.tracing`). UNKNOWN,
+goes to the worker in the envelope; the data plane makes them
+(:meth:`~runtime_core.dataplane.DataPlane.observe`, :mod:`runtime_core.tracing`). UNKNOWN,
 DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS mark the span failed,
 as OpenTelemetry's conventions for gRPC servers say; the other codes are the client's.
 
-Request log (``request_log = true``): one JSON line per ModelInfer call, as for REST, with
+Request log (``request_log = true``): one JSON line per ModelInfer call, written by the data
+plane as for REST, with
 ``"protocol": "grpc"`` and the gRPC status code as ``status``; the request id is the call's
 ``x-request-id`` metadata, else one made up here, and is sent back in the initial metadata.
 
@@ -42,11 +44,9 @@ draining, and :meth:`GrpcServer.stop` lets calls in flight finish within a grace
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -55,21 +55,19 @@ import orjson
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from runtime_core import requestlog
-from runtime_core.dataplane import DataPlane
+from runtime_core.codecs.grpc import route
+from runtime_core.codecs.validation import SHARED_MEMORY_UNSUPPORTED
+from runtime_core.dataplane import DataPlane, Observation
 from runtime_core.envelope import Envelope, Outcome, Wire
 from runtime_core.errors import RuntimeCoreError, SettingsError
 from runtime_core.grpc.status import status_of
-from runtime_core.inference import client_message
 from runtime_core.proto import grpc_service_pb2 as pb
-from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
-from runtime_core.protocol_grpc import route
 from runtime_core.requestlog import REQUEST_ID
+from runtime_core.sanitize import client_message
 from runtime_core.stats import ServerStatistics
 
 if TYPE_CHECKING:
     from runtime_core.repository import ModelRecord
-    from runtime_core.tracing import RequestTracer
 
 log = logging.getLogger("runtime_core.grpc")
 
@@ -123,29 +121,8 @@ _SERVER_ERRORS = frozenset(
 
 #: The request id's metadata key (gRPC keys are lower case).
 _REQUEST_ID = REQUEST_ID.lower()
-
-
-def _log_call(
-    name: str,
-    version: str,
-    code: grpc.StatusCode,
-    request_id: str,
-    payload: bytes,
-    outcome: Outcome | None,
-    total: float,
-) -> None:
-    """The request log's line for one ModelInfer call (see :mod:`runtime_core.requestlog`)."""
-    requestlog.write(
-        protocol="grpc",
-        model=name or None,
-        version=version or None,
-        status=code.value[0],
-        request_id=request_id,
-        bytes_in=len(payload),
-        bytes_out=len(outcome.body) if outcome is not None else 0,
-        outcome=outcome,
-        total=total,
-    )
+#: The span attributes of every ModelInfer call.
+_SPAN_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "ModelInfer"}
 
 
 #: The fields of Triton's ``RepositoryIndexResponse.ModelIndex`` (the REST index has more).
@@ -159,14 +136,6 @@ class InferenceService:
     def __init__(self, plane: DataPlane, statistics: ServerStatistics) -> None:
         self.plane = plane
         self.statistics = statistics
-        self.request_log = plane.settings.request_log
-        if self.request_log:
-            requestlog.setup()
-        self.tracer: RequestTracer | None = None
-        if plane.settings.tracing:
-            from runtime_core.tracing import RequestTracer  # the optional 'tracing' extra
-
-            self.tracer = RequestTracer()
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.plane.live())
@@ -193,44 +162,46 @@ class InferenceService:
         )
 
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        if self.tracer is not None or self.request_log:
+        if self.plane.observing:
             return await self._observed_infer(payload, context)
         name, version = route(payload)
-        return (await self._infer(self.plane.ready_model(name, version or None), payload, context, "")).body
+        return (await self._infer(self.plane.ready_model(name, version or None), payload, context)).body
 
     async def _infer(
-        self, record: ModelRecord, payload: bytes, context: grpc.aio.ServicerContext[Any, Any], trace: str
+        self,
+        record: ModelRecord,
+        payload: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        observation: Observation | None = None,
     ) -> Outcome:
         arrived = time.time()
         remaining = context.time_remaining()
         deadline = arrived + remaining if remaining is not None else 0.0
-        envelope = Envelope(payload, Wire.GRPC, 0, deadline, arrived, trace)
+        envelope = Envelope(payload, wire=Wire.GRPC, deadline=deadline, arrived=arrived)
         if record.raw_requests:  # its runtime reads requests itself: with their metadata, as headers
             metadata = context.invocation_metadata() or ()
             envelope.headers = orjson.dumps({m.key: m.value for m in metadata if isinstance(m.value, str)})
-        return await self.plane.infer(record.key, envelope)
+        return await self.plane.infer(record.key, envelope, observation)
 
     async def _observed_infer(self, payload: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        """ModelInfer with its span (``tracing``) and its request log line (``request_log``)."""
-        started = time.perf_counter()
+        """ModelInfer observed by the data plane (its span and log line): this adds what only
+        gRPC knows, the status code and whether it is the server's error."""
         metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
-        request_id = ""
-        if self.request_log:
-            request_id = metadata.get(_REQUEST_ID) or uuid.uuid4().hex
-            await context.send_initial_metadata(((_REQUEST_ID, request_id),))
-        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "ModelInfer"}
-        tracing = self.tracer.request("infer", metadata, attributes) if self.tracer else contextlib.nullcontext()
-        name = version = ""
-        outcome: Outcome | None = None
-        code = grpc.StatusCode.INTERNAL  # anything but a core error: _answering_errors says INTERNAL
-        with tracing as span:
+        with self.plane.observe(
+            "grpc",
+            carrier=metadata,
+            request_id=metadata.get(_REQUEST_ID),
+            span_name="infer",  # named after the model once routed
+            attributes=dict(_SPAN_ATTRIBUTES),
+        ) as observation:
+            if observation.request_id:
+                await context.send_initial_metadata(((_REQUEST_ID, observation.request_id),))
+            code = grpc.StatusCode.INTERNAL  # anything but a core error: _answering_errors says INTERNAL
             try:
                 name, version = route(payload)
-                if span is not None:
-                    span.model(name, version)
-                record = self.plane.ready_model(name, version or None)
-                version = record.version or version  # the version that serves, for the log line
-                outcome = await self._infer(record, payload, context, span.traceparent if span else "")
+                observation.route(name, version)
+                record = self.plane.ready_model(name, version or None, observation)
+                outcome = await self._infer(record, payload, context, observation)
                 code = grpc.StatusCode.OK
             except RuntimeCoreError as exc:
                 code = status_of(exc)
@@ -239,15 +210,14 @@ class InferenceService:
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
-                if span is not None:
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                    if code in _SERVER_ERRORS:
-                        span.failed()
-                    if outcome is not None:
-                        span.answered(outcome)
-                if self.request_log:
-                    _log_call(name, version, code, request_id, payload, outcome, time.perf_counter() - started)
-        assert outcome is not None  # the call answered
+                answered = observation.outcome
+                observation.finish(
+                    status=code.value[0],
+                    status_attribute="rpc.grpc.status_code",
+                    failed=code in _SERVER_ERRORS,
+                    bytes_in=len(payload),
+                    bytes_out=len(answered.body) if answered is not None else 0,
+                )
         return outcome.body
 
     async def repository_index(

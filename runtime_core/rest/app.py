@@ -21,8 +21,7 @@ from runtime_core.metrics import ServerMetrics
 from runtime_core.rest.handlers import metrics
 from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, SETTINGS, STATISTICS
 from runtime_core.rest.listener import BACKLOG, accept_queue, listening_sockets, refuse_new_connections
-from runtime_core.rest.middlewares import cors_middleware, drain_middleware, error_middleware
-from runtime_core.rest.requestlog import request_log_middleware
+from runtime_core.rest.middlewares import cors_middleware, drain_middleware, error_middleware, observe_middleware
 from runtime_core.rest.routes import setup_routes
 from runtime_core.stats import ServerStatistics
 
@@ -33,16 +32,12 @@ def create_app(
     settings = dataplane.settings
     # The body limit is enforced twice: by Content-Length before reading (handlers.infer)
     # and by aiohttp while reading chunked bodies.
-    # The request log sits outside the others, so that it sees refusals and errors as their responses.
+    # Observing sits outside the others, so that it sees refusals and errors as their responses.
     middlewares: list[Middleware] = [drain_middleware, error_middleware]
     if settings.cors_settings is not None:  # errors and shutdown answers get the CORS headers too
         middlewares.insert(0, cors_middleware(settings.cors_settings))
-    if settings.tracing:
-        from runtime_core.rest.tracing import tracing_middleware  # the optional 'tracing' extra
-
-        middlewares.insert(0, tracing_middleware())
-    if settings.request_log:
-        middlewares.insert(0, request_log_middleware())
+    if dataplane.observing:
+        middlewares.insert(0, observe_middleware(dataplane))
     app = web.Application(client_max_size=settings.max_request_size, middlewares=middlewares)
     app[SETTINGS] = settings
     app[DATAPLANE] = dataplane

@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
 from runtime_core.repository import ModelRecord, ModelState
-from runtime_core.rest.keys import DATAPLANE, OUTCOME, TRACEPARENT
+from runtime_core.rest.keys import DATAPLANE, OBSERVATION
 
 __all__ = ["forwarded_headers", "setup_custom_routes"]
 
@@ -76,14 +76,8 @@ async def endpoint(request: web.Request) -> web.Response:
         raise InvalidRequest("the request body is not UTF-8 text") from None
     call = {"method": request.method.upper(), "path": request.path, "query": dict(request.query), "body": text}
     plane = request.app[DATAPLANE]
-    envelope = Envelope(
-        orjson.dumps(call),
-        Wire.CUSTOM,
-        trace=request.get(TRACEPARENT, ""),
-        headers=forwarded_headers(record, request.headers),
-    )
-    outcome = await plane.infer(record.key, envelope)
-    request[OUTCOME] = outcome
+    envelope = Envelope(orjson.dumps(call), wire=Wire.CUSTOM, headers=forwarded_headers(record, request.headers))
+    outcome = await plane.infer(record.key, envelope, request.get(OBSERVATION))
     return web.Response(body=outcome.body, content_type="application/json")
 
 

@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from runtime_core.codecs.validation import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
-from runtime_core.protocol import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.rest.custom import forwarded_headers
-from runtime_core.rest.keys import DATAPLANE, METRICS, OPENAPI, OUTCOME, SERVED_VERSION, SETTINGS, TRACEPARENT
+from runtime_core.rest.keys import DATAPLANE, METRICS, OBSERVATION, OPENAPI, SETTINGS
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TIMEOUT_HEADER = "Request-Timeout"
@@ -115,8 +115,8 @@ def _header_length(request: web.Request) -> int:
 
 async def infer(request: web.Request) -> web.Response:
     plane = request.app[DATAPLANE]
-    record = plane.ready_model(*_model(request))
-    request[SERVED_VERSION] = record.version
+    observation = request.get(OBSERVATION)
+    record = plane.ready_model(*_model(request), observation)
     if request.content_length is not None:
         plane.check_size(request.content_length)
     arrived = time.time()
@@ -125,10 +125,15 @@ async def infer(request: web.Request) -> web.Response:
     if header_length > len(body):
         raise InvalidRequest(f"{HEADER_LENGTH} is larger than the request body")
     wire = Wire.JSON if header_length < 0 else Wire.BINARY
-    envelope = Envelope(body, wire, max(header_length, 0), deadline, arrived, request.get(TRACEPARENT, ""))
-    envelope.headers = forwarded_headers(record, request.headers)
-    outcome = await plane.infer(record.key, envelope)
-    request[OUTCOME] = outcome
+    envelope = Envelope(
+        body,
+        wire=wire,
+        header_length=max(header_length, 0),
+        deadline=deadline,
+        arrived=arrived,
+        headers=forwarded_headers(record, request.headers),
+    )
+    outcome = await plane.infer(record.key, envelope, observation)
     if outcome.wire is Wire.JSON:
         return web.Response(body=outcome.body, content_type="application/json")
     return web.Response(

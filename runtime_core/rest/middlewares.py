@@ -1,4 +1,5 @@
-"""Maps errors to HTTP statuses and V2 error bodies ``{"error": "..."}``.
+"""Maps errors to HTTP statuses and V2 error bodies ``{"error": "..."}``; the app's other
+middlewares (drain, CORS, and observing inference requests).
 
 This is the only place that knows HTTP status codes for
 :class:`~runtime_core.errors.RuntimeCoreError` subclasses. Unexpected
@@ -17,7 +18,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from runtime_core import errors
-from runtime_core.rest.keys import DATAPLANE
+from runtime_core.dataplane import DataPlane
+from runtime_core.requestlog import REQUEST_ID
+from runtime_core.rest.keys import DATAPLANE, OBSERVATION
 from runtime_core.sanitize import client_message
 from runtime_core.settings import CorsSettings
 
@@ -198,3 +201,46 @@ def cors_middleware(cors: CorsSettings) -> Middleware:
         return response
 
     return middleware
+
+
+def observe_middleware(plane: DataPlane) -> Middleware:
+    """Observe inference requests (paths ending in ``/infer``) with ``request_log`` or ``tracing``
+    on: the span and the log line are the data plane's (:meth:`DataPlane.observe`); this adds
+    what only HTTP knows. It sits outside the other middlewares, so that refusals and errors
+    are observed as the responses they became. The request id is the client's
+    ``X-Request-ID``, else one made up, and goes back in that header. A status of 500 or more
+    marks the span failed; a client's error (4xx) does not."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.rstrip("/").endswith("/infer"):
+            return await handler(request)
+        model = request.match_info.get("model", "")
+        version = request.match_info.get("version")
+        attributes = {"http.request.method": request.method, "url.path": request.path, "runtime_core.model": model}
+        if version:
+            attributes["runtime_core.model_version"] = version
+        with plane.observe(
+            "http",
+            carrier=request.headers,  # case-insensitive, as the propagator's lookups need
+            request_id=request.headers.get(REQUEST_ID),
+            span_name=f"infer {model}",
+            attributes=attributes,
+            model=model,
+            version=version or "",
+        ) as observation:
+            request[OBSERVATION] = observation
+            response = await handler(request)
+            body = getattr(response, "body", None)
+            observation.finish(
+                status=response.status,
+                status_attribute="http.response.status_code",
+                failed=response.status >= 500,
+                bytes_in=request.content_length or 0,
+                bytes_out=len(body) if isinstance(body, bytes | bytearray) else (response.content_length or 0),
+            )
+            if observation.request_id:
+                response.headers[REQUEST_ID] = observation.request_id
+            return response
+
+    return observe

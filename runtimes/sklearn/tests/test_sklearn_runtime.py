@@ -23,8 +23,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from runtime_core import InferenceRequest, InvalidRequest, RequestedOutput, Runtime, RuntimeContext, Tensor, testing
+from runtime_core.codecs.json import decode_request, encode_response
 from runtime_core.plugins import load_registry
-from runtime_core.protocol import decode_request, encode_response
 from runtime_core.settings import load_model_settings
 
 run = testing.run

@@ -19,8 +19,8 @@ import xgboost as xgb
 from sklearn.datasets import load_iris, make_classification, make_regression
 
 from runtime_core import InferenceRequest, InvalidRequest, RequestedOutput, Runtime, RuntimeContext, Tensor, testing
+from runtime_core.codecs.json import decode_request, encode_response
 from runtime_core.plugins import load_registry
-from runtime_core.protocol import decode_request, encode_response
 from runtime_core.settings import load_model_settings
 
 run = testing.run

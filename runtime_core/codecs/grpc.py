@@ -1,6 +1,6 @@
-"""The tensor codec of the V2 gRPC protocol: ``ModelInferRequest`` bytes in, ``ModelInferResponse`` bytes out.
+"""The gRPC codec of the V2 protocol: ``ModelInferRequest`` bytes in, ``ModelInferResponse`` bytes out.
 
-It runs where :mod:`runtime_core.protocol` runs, in the process that runs the
+It runs where :mod:`runtime_core.codecs.json` runs, in the process that runs the
 model: the main process forwards the serialized request untouched (it reads
 only the model's name, with :func:`route`) and returns the worker's reply bytes
 as they are. It imports ``google.protobuf`` (through the generated messages in
@@ -25,43 +25,33 @@ BYTES                ``bytes_contents``
 
 Outputs always go back in ``raw_output_contents``, as tritonclient and KServe
 expect. Request ``id`` and ``parameters``, tensor parameters and content types
-behave as over REST: validation and content types are :mod:`runtime_core.protocol`'s.
+behave as over REST: the checks are :mod:`runtime_core.codecs.validation`'s.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from google.protobuf.message import DecodeError
 
-from runtime_core.errors import InvalidRequest, PayloadTooLarge
+from runtime_core.codecs.validation import (
+    InputChecker,
+    RawWording,
+    check_requested_output,
+    decode_raw_tensor,
+    raw_bytes,
+    wire_output,
+)
+from runtime_core.envelope import Envelope, Wire
+from runtime_core.errors import InvalidRequest
 from runtime_core.proto.grpc_service_pb2 import InferParameter, ModelInferRequest, ModelInferResponse
 from runtime_core.proto.routing_pb2 import InferRoute
-from runtime_core.protocol import (
-    _OUTPUT_CONTENT_TYPES,
-    CONTENT_TYPES,
-    DATATYPES,
-    InferenceRequest,
-    InferenceResponse,
-    RawWording,
-    RequestedOutput,
-    Tensor,
-    _binary_data,
-    _check_content_type,
-    _decode_content,
-    _encode_content,
-    _shape,
-    checked_output,
-    decode_raw_tensor,
-    refuse_shared_memory,
-)
-from runtime_core.sanitize import quoted
+from runtime_core.types import DATATYPES, InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
-__all__ = ["GrpcInferenceRequest", "decode_grpc_request", "encode_grpc_response", "route"]
+__all__ = ["decode", "decode_grpc_request", "encode", "encode_grpc_response", "route"]
 
 _INT64_MAX = 2**63 - 1
 
@@ -91,11 +81,6 @@ _WIRE_DTYPE = {
     "fp32_contents": np.dtype(np.float32),
     "fp64_contents": np.dtype(np.float64),
 }
-
-
-@dataclass(slots=True)
-class GrpcInferenceRequest(InferenceRequest):
-    """An :class:`InferenceRequest` that came over gRPC: its reply is a ``ModelInferResponse``."""
 
 
 def route(payload: bytes | memoryview) -> tuple[str, str]:
@@ -185,7 +170,7 @@ def _from_typed(tensor: Any, datatype: str, shape: tuple[int, ...], where: str) 
     return cast
 
 
-def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> GrpcInferenceRequest:
+def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> InferenceRequest:
     """Decode a serialized ``ModelInferRequest``.
 
     Raises :class:`InvalidRequest` for anything a runtime could not rely on, and
@@ -203,51 +188,29 @@ def decode_grpc_request(payload: bytes | memoryview, max_elements: int = 0) -> G
             " send one per input, or typed contents"
         )
     request_parameters = _parameters(message.parameters)
-    default_content = request_parameters.get("content_type")
-    if default_content is not None:
-        _check_content_type(default_content, "request", CONTENT_TYPES)
+    check = InputChecker(request_parameters, max_elements)
     inputs: list[Tensor] = []
-    seen: set[str] = set()
-    elements = 0
     for index, item in enumerate(message.inputs):
-        name = item.name
-        if not name:
-            raise InvalidRequest(f"input {index}: 'name' must be a non-empty string")
-        where = f"input {quoted(name)}"
-        if name in seen:
-            raise InvalidRequest(f"{where}: appears twice")
-        seen.add(name)
+        where, shape = check.header(index, item.name, item.datatype, list(item.shape))
         datatype = item.datatype
-        if datatype not in DATATYPES:
-            raise InvalidRequest(
-                f"{where}: unknown datatype {quoted(datatype)}; expected one of {', '.join(DATATYPES)}"
-            )
-        shape = _shape(list(item.shape), where)
-        if max_elements:
-            elements += math.prod(shape)
-            if elements > max_elements:
-                raise PayloadTooLarge(f"the request's inputs hold more than max_elements ({max_elements}) elements")
         params = _parameters(item.parameters)
-        refuse_shared_memory(params, where)
+        check.parameters(params, where)
         if raw_contents:
             if item.contents.ListFields():  # Triton refuses the ambiguity too
                 raise InvalidRequest(f"{where}: has both contents and raw_input_contents; send one of them")
             data = decode_raw_tensor(raw_contents[index], datatype, shape, where, RAW_CONTENTS)
         else:
             data = _from_typed(item, datatype, shape, where)
-        if params or default_content is not None:
-            data = _decode_content(data, datatype, params, default_content, True, where)
-        inputs.append(Tensor(name, data, datatype, params))
+        data = check.content(data, datatype, params, True, where)
+        inputs.append(Tensor(item.name, data, datatype, params))
     outputs: list[RequestedOutput] = []
     for index, wanted in enumerate(message.outputs):
         if not wanted.name:
             raise InvalidRequest(f"output {index}: 'name' must be a non-empty string")
         params = _parameters(wanted.parameters)
-        refuse_shared_memory(params, f"output {quoted(wanted.name)}")
-        if params.get("content_type") is not None:
-            _check_content_type(params["content_type"], f"output {quoted(wanted.name)}", _OUTPUT_CONTENT_TYPES)
+        check_requested_output(wanted.name, params)
         outputs.append(RequestedOutput(wanted.name, params))
-    return GrpcInferenceRequest(inputs, outputs, message.id or None, request_parameters)
+    return InferenceRequest(inputs, outputs, message.id or None, request_parameters)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -265,15 +228,31 @@ def encode_grpc_response(
     raw = message.raw_output_contents
     for tensor in response.outputs:
         out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        params = dict(tensor.parameters)
-        asked = wanted.get(tensor.name) or {}
-        data = checked_output(tensor, model_name)  # the same datatype rule as REST (issue 13)
-        if data is not tensor.data:
-            tensor = Tensor(tensor.name, data, tensor.datatype, tensor.parameters)
-        if asked or params or default_content is not None:
-            data = _encode_content(tensor, asked, default_content, params)
+        data, params, _ = wire_output(tensor, wanted, default_content, model_name)
         if params:
             _fill_parameters(out.parameters, params)
-        raw.append(_binary_data(tensor.datatype, data))
+        raw.append(raw_bytes(tensor.datatype, data))
     serialized: bytes = message.SerializeToString()
     return serialized
+
+
+# --------------------------------------------------------------------------- the worker's interface
+
+
+def decode(envelope: Envelope, max_elements: int) -> InferenceRequest:
+    """The request of a :attr:`Wire.GRPC` envelope."""
+    return decode_grpc_request(envelope.payload, max_elements)
+
+
+def encode(
+    response: InferenceResponse,
+    *,
+    model_name: str,
+    model_version: str | None,
+    request: InferenceRequest,
+    empty_parameters: bool,
+) -> tuple[bytes, Wire, int]:
+    """``(body, Wire.GRPC, 0)``; ``empty_parameters`` is REST's (MLServer's JSON envelope):
+    a protobuf map has no empty-versus-absent distinction to keep."""
+    body = encode_grpc_response(response, model_name=model_name, model_version=model_version, request=request)
+    return body, Wire.GRPC, 0
