@@ -138,6 +138,12 @@ class ModelRepository:
         self.templates = Templates(server.log_level, server.startup_timeout, server.host_stall_after)
         budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
         self.residency = Residency(budget, self.templates, server.worker_timeout)
+        #: Whether pools load on first request: ``lazy_load``, with "auto" decided by the
+        #: number of models found at start (see :meth:`load_all`).
+        self._lazy = server.lazy_load is True
+        #: The scan made before the event loop started (by :meth:`prewarm`), used once by
+        #: :meth:`load_all` instead of parsing every settings file a second time.
+        self._prescan: tuple[dict[str, ModelSettings], list[SettingsError]] | None = None
 
     # ------------------------------------------------------------------ discovery
 
@@ -255,7 +261,8 @@ class ModelRepository:
         once for all runtimes (even before the event loop, from the command line) and outside
         the load limiter; starting it twice is a no-op."""
         if found is None:
-            found, _ = self.scan()
+            self._prescan = self.scan()
+            found = self._prescan[0]
         paths: list[str] = []
         for settings in found.values():
             with contextlib.suppress(RuntimeCoreError):
@@ -266,8 +273,14 @@ class ModelRepository:
 
     async def load_all(self) -> None:
         """Load every model found; failures are recorded UNAVAILABLE, the others serve."""
-        found, errors = self.scan()
-        self.prewarm(found)
+        if self._prescan is not None:
+            (found, errors), self._prescan = self._prescan, None
+        else:
+            found, errors = self.scan()
+            self.prewarm(found)
+        self._lazy = self.server.lazy_for(len(found))
+        if self._lazy and self.server.lazy_load == "auto":
+            log.info("%d models: each loads on its first request (lazy_load auto)", len(found))
         for error in errors:
             name = error.model or (Path(error.path).parent.name if error.path else "?")
             record = self._record(*split_key(name))
@@ -345,7 +358,7 @@ class ModelRepository:
             uri=str(uri) if uri else None,
             templates=self.templates,
             residency=self.residency,
-            lazy=self.server.lazy_load,
+            lazy=self._lazy,
         )
 
     async def _load(self, settings: ModelSettings) -> ModelRecord:
