@@ -548,8 +548,18 @@ def load_model_settings(path: Path, *, in_version_folder: bool = False) -> Model
 
 
 def find_model_settings(repository: Path) -> list[Path]:
-    """Every ``model-settings.json`` under ``repository``, in a stable order."""
-    return sorted(p for p in repository.rglob(MODEL_SETTINGS_FILE) if p.is_file())
+    """Every ``model-settings.json`` under ``repository``, in a stable order (``Path``'s).
+
+    Links to folders are not followed (as ``Path.rglob``). ``os.walk``: at 10,000 model
+    folders, 70 ms against ``rglob``'s 160 ms (issue 23)."""
+    found: list[str] = []
+    for folder, _, files in os.walk(repository):
+        if MODEL_SETTINGS_FILE in files:
+            path = os.path.join(folder, MODEL_SETTINGS_FILE)
+            if os.path.isfile(path):
+                found.append(path)
+    found.sort(key=lambda path: path.split(os.sep))
+    return [Path(path) for path in found]
 
 
 def _read_server_json(json_file: Path | None) -> dict[str, Any]:
