@@ -350,6 +350,12 @@ def test_lazy_load_auto_loads_a_large_repository_on_first_requests(tmp_path: Pat
     assert status == 200 and output(doc, "y") == [3.0], doc
     rows = index(server)
     assert rows["m0007"]["residency"] == "resident" and rows["m0008"]["residency"] == "evicted"
+    # Start-up said a line per model for the first hundred, then one per thousand.
+    from runtime_core.cli import PROGRESS_LINES
+
+    out = server.output().splitlines()
+    assert sum(line.startswith("  loaded  ") for line in out) == PROGRESS_LINES
+    assert "  ... 1000 models ready" in out
 
 
 def test_lazy_load_auto_loads_a_small_repository_at_start(tmp_path: Path, serve: Any) -> None:
