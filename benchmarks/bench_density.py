@@ -12,12 +12,14 @@ settings), runtime-core and MLServer 1.7.1 are measured in the same run:
   server's tree (``/proc/PID/task/TID/schedstat``), the same method for both servers: clock
   ticks of 10 ms (``/proc/PID/stat``) cannot tell 0.004 from 0.01 cores in 10 s. The
   main process's share is reported too;
-* the latency of a first request to each model in turn (one at a time);
+* the latency of a first request to each model in turn (one at a time; ``--first`` models,
+  1000 by default: pass N for every model), and the PSS of the tree just after;
 * closed-loop traffic (wrk, concurrency 8, 1-row requests), each request to a model picked
   at random, uniformly or by Zipf's law (s = 1.2): req/s, p99 and server CPU per request.
 
     python benchmarks/bench_density.py                 # N in 1, 200, 1000 (about 10 min)
     python benchmarks/bench_density.py --counts 1 200 --duration 5 --warmup 2   # quicker
+    python benchmarks/bench_density.py --counts 10000 --first 10000   # ten thousand (issue 23)
 
 MLServer is found through ``MLSERVER_BIN`` (see ``servers.py``); without it its rows are
 skipped. Results go to ``benchmarks/results/density-*.json`` and ``.md``.
@@ -184,6 +186,7 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
                 first.append(1000 * (time.perf_counter() - t0))
                 if status != 200:
                     raise RuntimeError(f"{server.name}: {name} answered {status}: {body[:200]!r}")
+            row["pss_after_first_mib"] = tree_pss_mib(server.pid)  # every model asked once (--first)
             first.sort()
             row["first_p50_ms"] = statistics.median(first)
             row["first_p99_ms"] = first[min(len(first) - 1, int(0.99 * len(first)))]
@@ -225,6 +228,7 @@ COLUMNS = [
     ("idle_main_cores", "idle cores, main proc"),
     ("first_p50_ms", "1st req p50 ms"),
     ("first_p99_ms", "1st req p99 ms"),
+    ("pss_after_first_mib", "PSS after 1st reqs MiB"),
     ("uniform_rps", "uniform req/s"),
     ("uniform_p99_ms", "uniform p99 ms"),
     ("uniform_cpu_ms_per_req", "uniform CPU ms/req"),

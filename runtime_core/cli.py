@@ -99,11 +99,23 @@ def _say(message: str, *, model: str | None = None, failed: bool = False) -> Non
     log.log(logging.ERROR if failed else logging.INFO, "%s", text, extra={"model": model} if model else None)
 
 
+#: Start-up prints a line per model for the first this many models, then one line per
+#: ``PROGRESS_EVERY`` (every failure still has its line): 10,000 lines said nothing more.
+PROGRESS_LINES = 100
+PROGRESS_EVERY = 1000
+_loaded = 0
+
+
 def _progress(name: str, runtime: str, seconds: float, error: str | None) -> None:
-    if error is None:
-        _say(f"  loaded  {name} ({runtime}) in {seconds:.2f} s", model=name)
-    else:
+    global _loaded
+    if error is not None:
         _say(f"  FAILED  {name} ({runtime}): {error}", model=name, failed=True)
+        return
+    _loaded += 1
+    if _loaded <= PROGRESS_LINES:
+        _say(f"  loaded  {name} ({runtime}) in {seconds:.2f} s", model=name)
+    elif _loaded % PROGRESS_EVERY == 0:
+        _say(f"  ... {_loaded} models ready")
 
 
 def _urls(host: str, http_port: int, grpc_port: int | None) -> str:

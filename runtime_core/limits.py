@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 __all__ = ["cpu_count", "cpu_quota", "memory_limit"]
@@ -105,11 +106,30 @@ def cpu_quota(root: Path | str = "/") -> float | None:
     return min(quotas) if quotas else None
 
 
+#: ``(monotonic time, cores)`` of the last :func:`cpu_count` of this process's own cgroup.
+_cpu_count_cache: tuple[float, int] | None = None
+#: Seconds a count of this process's CPUs is reused: each count reads several cgroup files,
+#: and every model's pool asks at start (10,000 models: 20,000 counts, issue 23).
+CPU_COUNT_TTL = 1.0
+
+
 def cpu_count(root: Path | str = "/") -> int:
     """CPUs this process may use: the smaller of its affinity mask and its cgroup quota.
 
     A fractional quota rounds down (at least 1): a thread more than the quota allows gets
-    throttled at the end of every CFS period, which shows as latency spikes, not speed."""
+    throttled at the end of every CFS period, which shows as latency spikes, not speed.
+    The count of this process's own cgroup (``root`` ``/``) is reused for ``CPU_COUNT_TTL``."""
+    global _cpu_count_cache
+    own = str(root) == "/"
+    if own and _cpu_count_cache is not None and time.monotonic() - _cpu_count_cache[0] < CPU_COUNT_TTL:
+        return _cpu_count_cache[1]
+    cores = _cpu_count(root)
+    if own:
+        _cpu_count_cache = (time.monotonic(), cores)
+    return cores
+
+
+def _cpu_count(root: Path | str) -> int:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

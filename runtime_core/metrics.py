@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -130,10 +131,18 @@ class ServerMetrics:
         self.scheduler = scheduler
         self.repository = repository
         self._series: dict[tuple[str, str], Series] = {}
+        #: Every metric, through ``prometheus_client`` (slow at many models; :meth:`render`
+        #: writes the same exposition faster).
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+        #: The server-wide families and ``process_*``: what :meth:`render` does not write itself.
+        self._globals = CollectorRegistry(auto_describe=False)
+        self._globals.register(_Globals(self))
         if process:
             ProcessCollector(registry=self.registry)  # process_* of the main process
+            ProcessCollector(registry=self._globals)
+        #: ``model="...",version="..."`` of each (model, version), made once.
+        self._labels: dict[tuple[str, str], str] = {}
         scheduler.observers.append(self.observe)
 
     # ------------------------------------------------------------------ per request
@@ -162,12 +171,109 @@ class ServerMetrics:
     # ------------------------------------------------------------------ scrape
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """The exposition (text format, or OpenMetrics if ``accept`` asks for it) and its content type."""
+        """The exposition (text format, or OpenMetrics if ``accept`` asks for it) and its content type.
+
+        The per-model families are written here, straight to text, with each model's label
+        text made once (:meth:`_label`); the few server-wide ones and ``process_*`` go through
+        ``prometheus_client``. At 10,000 models (730,000 samples) the exposition through
+        ``prometheus_client`` alone took 5-9 s per scrape (issue 23)."""
         encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        text = "".join(self._render_models(openmetrics)).encode()
+        return text + encoder(self._globals), content_type
 
     def collect(self) -> Iterable[Metric]:
         return list(self._collect())
+
+    def _label(self, model: str, version: str) -> str:
+        key = (model, version)
+        text = self._labels.get(key)
+        if text is None:
+            text = self._labels[key] = f'model="{_escape(model)}",version="{_escape(version)}"'
+        return text
+
+    def _render_models(self, openmetrics: bool) -> Iterator[str]:
+        """The per-model families of :meth:`_collect`, as exposition text, in the same order."""
+        records = {r.key: r for r in self.repository.records()}
+        keys = set(self._series)
+        keys.update((r.name, r.version or "") for r in records.values() if r.state is ModelState.READY)
+        order = sorted(keys)
+        counter = _CounterHead(openmetrics)
+
+        name = f"{PREFIX}_requests"
+        yield counter.head(name, _HELP["requests"])
+        # Counts are written as integers ("3", not prometheus_client's "3.0"): formatting
+        # integers is half the cost, and both formats read them as the same number.
+        requests = "".join(f'{name}_total{{\x00,outcome="{outcome}"}} %d\n' for outcome in OUTCOMES)
+        zero_requests = requests.replace("%d", "0")
+        for key in order:
+            label = self._label(*key)
+            series = self._series.get(key)
+            if series is None:
+                yield zero_requests.replace("\x00", label)
+                continue
+            yield (requests % tuple(series.counts)).replace("\x00", label)
+        for attr, family in (
+            ("queue", "request_queue_seconds"),
+            ("compute", "request_compute_seconds"),
+            ("total", "request_duration_seconds"),
+        ):
+            name = f"{PREFIX}_{family}"
+            yield f"# HELP {name} {_HELP[family]}\n# TYPE {name} histogram\n"
+            template = _histogram_template(name)
+            for key in order:
+                label = self._label(*key)
+                series = self._series.get(key)
+                if series is None:
+                    yield _ZERO_HISTOGRAMS[name].replace("\x00", label)
+                    continue
+                hist: Histogram = getattr(series, attr)
+                values = (*accumulate(hist.counts), hist.count, float(hist.sum))
+                yield (template % values).replace("\x00", label)
+
+        stats = sorted(self.scheduler.stats().items())
+        gauges = (
+            ("queue_depth", "gauge", "queued"),
+            ("inflight_requests", "gauge", "inflight"),
+            ("cancelled_requests", "counter", "cancelled"),
+        )
+        for family, kind, attr in gauges:
+            name = f"{PREFIX}_{family}"
+            sample = name
+            if kind == "counter":
+                yield counter.head(name, _HELP[family])
+                sample = name + "_total"
+            else:
+                yield f"# HELP {name} {_HELP[family]}\n# TYPE {name} gauge\n"
+            for scheduled, st in stats:
+                model, version = split_key(scheduled)
+                yield f"{sample}{{{self._label(model, version or '')}}} {float(getattr(st, attr))!r}\n"
+
+        ordered = list(records.values())
+        name = f"{PREFIX}_model_state"
+        yield f"# HELP {name} {_HELP['model_state']}\n# TYPE {name} gauge\n"
+        states = {
+            state: "".join(
+                f'{name}{{\x00,state="{value.value}"}} {"1.0" if value is state else "0.0"}\n' for value in ModelState
+            )
+            for state in ModelState
+        }
+        for record in ordered:
+            yield states[record.state].replace("\x00", self._label(record.name, record.version or ""))
+        name = f"{PREFIX}_model_load_seconds"
+        yield f"# HELP {name} {_HELP['model_load_seconds']}\n# TYPE {name} gauge\n"
+        for record in ordered:
+            yield f"{name}{{{self._label(record.name, record.version or '')}}} {float(record.load_time)!r}\n"
+        healths = [(r, r.pool.health()) for r in ordered if r.pool is not None]
+        name = f"{PREFIX}_worker_restarts"
+        yield counter.head(name, _HELP["worker_restarts"])
+        for record, health in healths:
+            label = self._label(record.name, record.version or "")
+            yield f"{name}_total{{{label}}} {float(health.restarts)!r}\n"
+        name = f"{PREFIX}_workers_ready"
+        yield f"# HELP {name} {_HELP['workers_ready']}\n# TYPE {name} gauge\n"
+        for record, health in healths:
+            yield f"{name}{{{self._label(record.name, record.version or '')}}} {float(health.ready)!r}\n"
 
     def _collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -260,6 +366,9 @@ class ServerMetrics:
         yield workers
         yield from self._residency_metrics()
 
+    def residency_metrics(self) -> Iterator[Metric]:
+        return self._residency_metrics()
+
     def _residency_metrics(self) -> Iterator[Metric]:
         """Density figures: resident models, live workers, spawns, retirements, evictions and
         the cold-start (load on demand) latency, from the pools' residency book."""
@@ -303,3 +412,69 @@ class ServerMetrics:
         cold.add_metric([], buckets, residency.cold_start_seconds)
         yield from (resident, resident_bytes, accounted, live, spawns, spawn_seconds, retirements, evictions, recycles)
         yield cold
+
+
+class _Globals:
+    """The server-wide families of a :class:`ServerMetrics`, as a ``prometheus_client`` collector."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self.metrics.residency_metrics())
+
+
+def _escape(value: str) -> str:
+    """A label value as the exposition formats write it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class _CounterHead:
+    """``# HELP``/``# TYPE`` of a counter: the text format names the family ``<name>_total``,
+    OpenMetrics ``<name>`` (its samples are ``<name>_total`` in both)."""
+
+    def __init__(self, openmetrics: bool) -> None:
+        self.openmetrics = openmetrics
+
+    def head(self, name: str, help_text: str) -> str:
+        family = name if self.openmetrics else name + "_total"
+        return f"# HELP {family} {help_text}\n# TYPE {family} counter\n"
+
+
+_BOUNDS = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
+
+
+def _histogram_template(name: str) -> str:
+    """``%``-format text of one histogram series (a value per bucket, count, sum), ``\\x00``
+    standing for its labels."""
+    lines = [f'{name}_bucket{{\x00,le="{bound}"}} %d\n' for bound in _BOUNDS]
+    lines.append(f"{name}_count{{\x00}} %d\n")
+    lines.append(f"{name}_sum{{\x00}} %r\n")
+    return "".join(lines)
+
+
+#: Every latency histogram of a model without requests yet, ``\x00`` standing for its labels.
+_ZERO_HISTOGRAMS = {
+    f"{PREFIX}_{family}": _histogram_template(f"{PREFIX}_{family}").replace("%d", "0").replace("%r", "0.0")
+    for family in ("request_queue_seconds", "request_compute_seconds", "request_duration_seconds")
+}
+
+_HELP = {
+    "requests": "Inference requests that reached a model's queue, by outcome: success, client_error (4xx), "
+    "server_error (5xx), rejected (queue full), deadline_expired (Request-Timeout passed).",
+    "request_queue_seconds": "Seconds requests waited in the model's queue before being sent to a worker.",
+    "request_compute_seconds": "Seconds a worker spent on a request (decode, predict, encode), as the worker "
+    "reports it.",
+    "request_duration_seconds": "Seconds from a request entering the model's queue to its answer (queue, "
+    "transfer, compute).",
+    "queue_depth": "Requests waiting in the model's queue.",
+    "inflight_requests": "Requests sent to the model's workers and not answered yet.",
+    "cancelled_requests": "Requests whose client went away before the answer (dropped from the queue if still "
+    "there).",
+    "model_state": "1 for the model's current state (READY, LOADING, UNLOADING, UNAVAILABLE, UNKNOWN), 0 for the "
+    "others.",
+    "model_load_seconds": "Seconds the model's last successful load took.",
+    "worker_restarts": "Workers of the model that died and were replaced (since the model's last load).",
+    "workers_ready": "Worker processes of the model ready to take requests (1 for a model served in the main "
+    "process).",
+}

@@ -36,6 +36,10 @@ ENV_PREFIX = "RUNTIME_CORE_"
 log = logging.getLogger("runtime_core.settings")
 
 #: Model names are URL path segments: no separators, no dot-dot, nothing exotic.
+#: ``lazy_load: "auto"`` loads lazily above this many model versions: loading at start costs
+#: about 1-3 ms per model in series (a load into the runtime's host), 10-30 s at 10,000.
+LAZY_LOAD_AUTO_ABOVE = 1000
+
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -162,9 +166,24 @@ class ServerSettings(BaseSettings):
     (and brought back on their next request). Default: half the memory of the machine or
     of the container's cgroup limit."""
 
-    lazy_load: bool = False
+    lazy_load: bool | Literal["auto"] = "auto"
     """Load each model on its first request instead of at start: the server is ready at
-    once, however many models the repository holds."""
+    once, however many models the repository holds. ``"auto"`` (the default): lazy when the
+    repository holds more than ``LAZY_LOAD_AUTO_ABOVE`` (1,000) model versions, eager
+    otherwise."""
+
+    @field_validator("lazy_load", mode="before")
+    @classmethod
+    def _parse_lazy_load(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return value
+
+    def lazy_for(self, models: int) -> bool:
+        """Whether models load on their first request, for a repository of ``models`` versions."""
+        if self.lazy_load == "auto":
+            return models > LAZY_LOAD_AUTO_ABOVE
+        return self.lazy_load
 
     max_concurrent_loads: int = Field(default_factory=cpu_count, ge=1)
     """How many models load at once, so that peak memory does not multiply."""
@@ -529,8 +548,18 @@ def load_model_settings(path: Path, *, in_version_folder: bool = False) -> Model
 
 
 def find_model_settings(repository: Path) -> list[Path]:
-    """Every ``model-settings.json`` under ``repository``, in a stable order."""
-    return sorted(p for p in repository.rglob(MODEL_SETTINGS_FILE) if p.is_file())
+    """Every ``model-settings.json`` under ``repository``, in a stable order (``Path``'s).
+
+    Links to folders are not followed (as ``Path.rglob``). ``os.walk``: at 10,000 model
+    folders, 70 ms against ``rglob``'s 160 ms (issue 23)."""
+    found: list[str] = []
+    for folder, _, files in os.walk(repository):
+        if MODEL_SETTINGS_FILE in files:
+            path = os.path.join(folder, MODEL_SETTINGS_FILE)
+            if os.path.isfile(path):
+                found.append(path)
+    found.sort(key=lambda path: path.split(os.sep))
+    return [Path(path) for path in found]
 
 
 def _read_server_json(json_file: Path | None) -> dict[str, Any]:

@@ -59,6 +59,10 @@ RECENT_SECONDS = 60.0
 #: With more models than this, only the busiest ones (requests in the timeline) get charts,
 #: so that a server with a thousand models sends and draws a bounded page.
 MAX_CHARTS = 24
+#: Rows of the status page (and of ``/status.json`` without ``limit``): with more models,
+#: the troubled ones first, then the busiest, then the others by name, up to this many;
+#: ``total`` says how many there are (issue 23: 10,000 rows made a 3.5 MB page).
+STATUS_ROWS = 100
 
 #: Upper bounds (seconds) of the latency buckets: 10 us to about 100 s, four per octave,
 #: so a percentile read from them is within 10 % of the true value.
@@ -343,18 +347,35 @@ class ServerStatistics:
 
     # ------------------------------------------------------------------ status page
 
-    def status(self, *, reasons: bool) -> dict[str, Any]:
+    def status(
+        self, *, reasons: bool, model: str = "", limit: int | None = None, offset: int = 0
+    ) -> dict[str, Any]:
         """The live figures of the status page: the server, then one entry per model.
 
         ``reasons``: include each model's state reason (the caller passes whether the
-        repository index, which shows them too, is open to the same reader).
+        repository index, which shows them too, is open to the same reader). ``model``: only
+        models whose name holds it (any case). ``limit``/``offset``: that page of the models
+        by name then version; without ``limit``, at most :data:`STATUS_ROWS`, the troubled
+        and the busiest first (shown by name). ``total``: models that ``model`` matches.
         """
         now = self.clock()
         lanes = self.scheduler.stats()
         records = self.repository.records()  # one row per version, by name then version
+        if model:
+            wanted = model.lower()
+            records = [r for r in records if wanted in r.name.lower()]
+        total = len(records)
+        activity = {name: sum(s.success + sum(s.errors) for s in f.timeline) for name, f in self._models.items()}
+        if limit is not None:
+            records = records[offset : offset + limit]
+        elif offset:
+            records = records[offset : offset + STATUS_ROWS]
+        elif total > STATUS_ROWS:
+            rank = {r.key: i for i, r in enumerate(records)}
+            chosen = sorted(records, key=lambda r: (not self._troubled(r, now), -activity.get(r.key, 0), rank[r.key]))
+            records = sorted(chosen[:STATUS_ROWS], key=lambda r: rank[r.key])
         charted = {r.key for r in records}
         if len(records) > MAX_CHARTS:
-            activity = {name: sum(s.success + sum(s.errors) for s in f.timeline) for name, f in self._models.items()}
             busiest = sorted((n for n in charted if activity.get(n)), key=lambda n: -activity[n])
             charted = set(busiest[:MAX_CHARTS])
         models = [self._model_status(record, lanes, now, reasons, record.key in charted) for record in records]
@@ -366,8 +387,23 @@ class ServerStatistics:
             },
             "slot_seconds": SLOT_SECONDS,
             "recent_seconds": RECENT_SECONDS,
+            "total": total,
             "models": models,
         }
+
+    def _troubled(self, record: ModelRecord, now: float) -> bool:
+        """Cheaply, whether a model would show trouble: unavailable, workers restarted lately
+        (as last seen by the page) or requests answered with an error in the last minute."""
+        if record.state is ModelState.UNAVAILABLE:
+            return True
+        seen = self._restarts.get(record.key)
+        if seen is not None and now - seen[1] < SLOTS * SLOT_SECONDS:
+            return True
+        f = self._models.get(record.key)
+        if f is None:
+            return False
+        current = int(now // SLOT_SECONDS)
+        return any(any(s.errors) for s in f.timeline if s.index > current - RECENT_SECONDS / SLOT_SECONDS)
 
     def _series(self, f: ModelFigures, current: int) -> dict[str, list[Any]]:
         """The chart data: per slot of the last :data:`SLOTS`, requests/s, p50 and p99 (ms)."""

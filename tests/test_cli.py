@@ -231,3 +231,26 @@ def test_untrained_examples_say_what_to_run(tmp_path: Path) -> None:
         assert all("examples/train_models.py" in line for line in failed), failed
     finally:
         server.stop()
+
+
+def test_progress_lines_are_bounded_with_many_models(tmp_path: Path) -> None:
+    """Issue 23: a line per model for the first PROGRESS_LINES, then one per PROGRESS_EVERY."""
+    from runtime_core import cli
+
+    lines: list[str] = []
+    original = cli._say
+    try:
+        cli._say = lambda message, **kw: lines.append(message)  # type: ignore[assignment]
+        cli._loaded = 0
+        for i in range(2 * cli.PROGRESS_EVERY + 5):
+            cli._progress(f"m{i}", "echo", 0.0, None)
+        cli._progress("bad", "echo", 0.0, "broken")
+    finally:
+        cli._say = original  # type: ignore[assignment]
+        cli._loaded = 0
+    assert len([line for line in lines if line.startswith("  loaded ")]) == cli.PROGRESS_LINES
+    assert [line for line in lines if line.startswith("  ...")] == [
+        f"  ... {cli.PROGRESS_EVERY} models ready",
+        f"  ... {2 * cli.PROGRESS_EVERY} models ready",
+    ]
+    assert lines[-1].startswith("  FAILED  bad (echo)")

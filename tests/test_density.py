@@ -329,3 +329,39 @@ def test_a_slow_model_does_not_hold_up_the_answer_of_a_model_sharing_its_host(tm
             status, doc = future.result()
             assert (status, output(doc, "y")) == (200, [value]), doc
         assert output(fast.result()[1], "pid") == [host.pid]
+
+
+# ---------------------------------------------------------------------------- lazy_load "auto"
+
+
+def test_lazy_load_auto_loads_a_large_repository_on_first_requests(tmp_path: Path, serve: Any) -> None:
+    """Issue 23: above LAZY_LOAD_AUTO_ABOVE models the default loads each on its first
+    request; the server is ready without loading any, and every model is READY."""
+    from runtime_core.settings import LAZY_LOAD_AUTO_ABOVE
+
+    count = LAZY_LOAD_AUTO_ABOVE + 1
+    for i in range(count):
+        toy_model(tmp_path, f"m{i:04d}")
+    server = serve(tmp_path, timeout=120)
+    rows = index(server)
+    assert len(rows) == count
+    assert {row["state"] for row in rows.values()} == {"READY"}
+    assert {row["residency"] for row in rows.values()} == {"evicted"}  # nothing loaded yet
+    assert hosts(server) == []
+    status, doc = infer(server, "m0007", [3.0])
+    assert status == 200 and output(doc, "y") == [3.0], doc
+    rows = index(server)
+    assert rows["m0007"]["residency"] == "resident" and rows["m0008"]["residency"] == "evicted"
+    # Start-up said a line per model for the first hundred, then one per thousand.
+    from runtime_core.cli import PROGRESS_LINES
+
+    out = server.output().splitlines()
+    assert sum(line.startswith("  loaded  ") for line in out) == PROGRESS_LINES
+    assert "  ... 1000 models ready" in out
+
+
+def test_lazy_load_auto_loads_a_small_repository_at_start(tmp_path: Path, serve: Any) -> None:
+    toy_model(tmp_path, "a")
+    toy_model(tmp_path, "b")
+    server = serve(tmp_path)
+    assert {row["residency"] for row in index(server).values()} == {"resident"}

@@ -242,3 +242,42 @@ def test_operations_doc_lists_every_metric(server: ServerProcess) -> None:
         if family.name.startswith("runtime_core_"):
             exported.add(family.name + ("_total" if family.type == "counter" else ""))
     assert documented == exported
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {
+        f.name: (f.type, f.documentation, sorted((s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples))
+        for f in text_string_to_metric_families(text)
+    }
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+def test_fast_exposition_matches_prometheus_client(tmp_path: Path, accept: str) -> None:
+    """render() writes the per-model families itself (issue 23): the same families, help texts
+    and samples as prometheus_client's exposition of the same registry."""
+    from prometheus_client.exposition import choose_encoder
+
+    from runtime_core.envelope import Outcome
+    from runtime_core.metrics import ServerMetrics
+    from runtime_core.plugins import load_registry
+    from runtime_core.repository import ModelRepository, ModelState
+    from runtime_core.scheduler import FairScheduler
+    from runtime_core.settings import load_server_settings
+
+    scheduler = FairScheduler()
+    repository = ModelRepository(None, load_server_settings(tmp_path), load_registry(), scheduler)
+    for name, version, state in (("a", None, ModelState.READY), ("b", "2", ModelState.READY), ("c", None, None)):
+        record = repository._record(name, version)
+        record.state = state or ModelState.UNAVAILABLE
+        record.load_time = 0.25
+    metrics = ServerMetrics(scheduler, repository, process=False)
+    metrics.observe("a", Outcome(0, b""), 0.0001, 0.002, 0.003)
+    metrics.observe("b/2", 7, 0.0, 0.0, 0.0)
+    body, content_type = metrics.render(accept)
+    encoder, expected_type = choose_encoder(accept)
+    assert content_type == expected_type
+    fast, slow = body.decode(), encoder(metrics.registry).decode()
+    if accept:
+        assert fast.endswith("# EOF\n") and fast.count("# EOF") == 1
+        fast, slow = fast.replace("# EOF\n", ""), slow.replace("# EOF\n", "")
+    assert _families(fast) == _families(slow)

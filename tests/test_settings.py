@@ -574,3 +574,18 @@ def test_mlserver_model_keys_are_ignored_with_one_warning(tmp_path: Path, caplog
     typo = _model(tmp_path, "typo", {"runtime": "sklearn", "parameters": {"formatt": "joblib"}})
     with pytest.raises(SettingsError, match=re.escape("unknown key 'parameters.formatt'")):
         load_model_settings(typo)
+
+
+def test_lazy_load_auto_is_the_default_and_decides_by_model_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime_core.settings import LAZY_LOAD_AUTO_ABOVE
+
+    settings = load_server_settings(tmp_path)
+    assert settings.lazy_load == "auto"
+    assert not settings.lazy_for(LAZY_LOAD_AUTO_ABOVE) and settings.lazy_for(LAZY_LOAD_AUTO_ABOVE + 1)
+    for value, lazy in (("false", False), ("true", True), ("AUTO", "auto")):
+        monkeypatch.setenv("RUNTIME_CORE_LAZY_LOAD", value)
+        assert load_server_settings(tmp_path).lazy_load == lazy
+    monkeypatch.setenv("RUNTIME_CORE_LAZY_LOAD", "false")
+    assert not load_server_settings(tmp_path).lazy_for(10_000)

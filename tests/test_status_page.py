@@ -268,3 +268,42 @@ def test_a_setting_turns_the_page_off(root: Path, toy_site: Path, serve: Any) ->
         assert status == 404 and "error" in json.loads(body), path
     status, _ = server.get("/v2/models/stats")  # the statistics extension stays
     assert status == 200
+
+
+def test_with_more_than_a_page_of_models_the_troubled_and_busy_are_shown_and_a_filter_finds_the_rest(
+    tmp_path: Path, serve: Any, browser: Any
+) -> None:
+    """Issue 23: the page and /status.json show at most STATUS_ROWS models (the troubled and
+    the busiest first) and how many there are; ``model`` filters, ``limit``/``offset`` page."""
+    from runtime_core.stats import STATUS_ROWS
+
+    names = [f"m{i:03d}" for i in range(STATUS_ROWS + 5)]
+    for name in names:
+        write_model(tmp_path / name, name=name, runtime="echo")
+    toy_model(tmp_path, "zz-broken", parameters={"extra": {"load_fails": True}})
+    server = serve(tmp_path, workers=0)
+    body = {"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}]}
+    status, _ = server.post_json(f"/v2/models/{names[-1]}/infer", body)
+    assert status == 200
+    status, data = server.get("/status.json")
+    shown = [m["name"] for m in data["models"]]
+    assert status == 200 and data["total"] == len(names) + 1 and len(shown) == STATUS_ROWS
+    assert shown == sorted(shown) and {names[-1], "zz-broken"} <= set(shown)
+    status, data = server.get("/status.json?model=M10")  # any case, part of the name
+    assert [m["name"] for m in data["models"]] == [n for n in names if "m10" in n] and data["total"] == 5
+    status, data = server.get("/status.json?limit=3&offset=101")
+    assert [m["name"] for m in data["models"]] == names[101:104] and data["total"] == len(names) + 1
+    status, _ = server.get("/status.json?limit=-1")
+    assert status == 400
+
+    tab = browser.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(server.url + "/")
+    assert tab.locator("#models tbody tr").count() == STATUS_ROWS
+    assert tab.inner_text("#shown").startswith(f"{STATUS_ROWS} of {len(names) + 1} models shown")
+    tab.fill("#filter", "m042")
+    wait_until(lambda: tab.locator("#models tbody tr").count() == 1, message="the filtered table")
+    assert tab.inner_text("#models tbody tr td.name") == "m042" and tab.inner_text("#shown") == "1 model"
+    tab.close()
+    assert errors == []

@@ -39,8 +39,9 @@ class PoolFactory:
         """Start the root template now, preloading ``import_paths`` (needs no event loop)."""
         self.templates.prewarm(import_paths)
 
-    def make(self, settings: ModelSettings, entry: RuntimeEntry, uri: Path | None) -> ModelPool:
-        """A new, not yet started pool for ``settings`` (one version of a model)."""
+    def make(self, settings: ModelSettings, entry: RuntimeEntry, uri: Path | None, *, lazy: bool) -> ModelPool:
+        """A new, not yet started pool for ``settings`` (one version of a model); ``lazy``: a
+        process pool loads its model on its first request, not in ``start``."""
         server = self.server
         if settings.backend_name(server) == "ray":  # workers as Ray actors (issue 11)
             return RayPool(settings, entry, server, uri=str(uri) if uri else None)
@@ -62,7 +63,7 @@ class PoolFactory:
             uri=str(uri) if uri else None,
             templates=self.templates,
             residency=self.residency,
-            lazy=server.lazy_load,
+            lazy=lazy,
         )
 
     async def aclose(self) -> None:

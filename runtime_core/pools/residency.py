@@ -152,15 +152,21 @@ class Residency:
         requests in flight keep it past the budget) plus ``slack``. Its models load into a
         fresh host (each served by the old one until it has moved) and the old host stops once
         it holds none. Called after each load and on supervisor passes."""
-        accounted: dict[int, int] = {}
-        for pool, memory in self._lru.items():
-            host = pool.host
-            if host is not None:
-                accounted[id(host)] = accounted.get(id(host), 0) + memory
+        accounted: dict[int, int] | None = None
         for host in self.templates.hosts():
             if not host.retiring:
-                limit = max(self.budget, accounted.get(id(host), 0)) + self.slack
                 grown = host.grown()
+                if grown <= self.budget + self.slack:
+                    # Within the floor of any limit: no need to add up its models, which is
+                    # O(resident models) and ran after every load (O(N^2) at start, issue 23).
+                    continue
+                if accounted is None:
+                    accounted = {}
+                    for pool, memory in self._lru.items():
+                        owner = pool.host
+                        if owner is not None:
+                            accounted[id(owner)] = accounted.get(id(owner), 0) + memory
+                limit = max(self.budget, accounted.get(id(host), 0)) + self.slack
                 if grown <= limit:
                     continue
                 host.retiring = True

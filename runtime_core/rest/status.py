@@ -155,6 +155,13 @@ def _row(m: dict[str, Any]) -> str:
     return f'<tr data-model="{model}" data-version="{version}"{trouble}>{"".join(cells)}</tr>'
 
 
+def _shown(shown: int, total: int) -> str:
+    """The line above the table (``status.js`` writes the same)."""
+    if shown >= total:
+        return f"{total} model{'s' if total != 1 else ''}"
+    return f"{shown} of {total} models shown: the troubled and the busiest first; filter by name to find others"
+
+
 def render_page(template: str, data: dict[str, Any]) -> str:
     """``status.html`` with the server's figures and the models' rows of ``data`` (what
     ``/status.json`` says) in place of its ``<!--name-->`` markers."""
@@ -168,6 +175,7 @@ def render_page(template: str, data: dict[str, Any]) -> str:
         "memory": _bytes(server["memory_bytes"]),
         "url": f"{server['url']} (gRPC {server['grpc']})" if server["grpc"] else server["url"],
         "extensions": ", ".join(server["extensions"]),
+        "shown": _shown(len(data["models"]), data["total"]),
     }
     for name, text in filled.items():
         template = template.replace(f"<!--{name}-->", html.escape(text))
@@ -215,9 +223,26 @@ async def status(request: web.Request) -> web.Response:
     return _json(_status_data(request))
 
 
+def _count(request: web.Request, name: str) -> int | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number >= 0")
+    return int(text)
+
+
 def _status_data(request: web.Request) -> dict[str, Any]:
+    """What ``/status.json`` says: ``?model=`` filters by name (any case, part of it),
+    ``?limit=&offset=`` pages the models by name; without ``limit``, at most
+    ``STATUS_ROWS`` rows, the troubled and busiest first (see ``ServerStatistics.status``)."""
     settings = request.app[SETTINGS]
-    data = request.app[STATISTICS].status(reasons=settings.repository_api and settings.repository_token is None)
+    data = request.app[STATISTICS].status(
+        reasons=settings.repository_api and settings.repository_token is None,
+        model=request.query.get("model", "")[:128],
+        limit=_count(request, "limit"),
+        offset=_count(request, "offset") or 0,
+    )
     # gRPC's address as the client sees this host; unknown when the port is picked at start (0).
     grpc = f"{request.url.host}:{settings.grpc_port}" if settings.grpc_enabled and settings.grpc_port else None
     data["server"].update(

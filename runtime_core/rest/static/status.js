@@ -191,14 +191,25 @@ function renderCharts(models) {
   box.replaceChildren(...wanted);
 }
 
+// The line above the table (status.py's _shown writes the same).
+function renderShown(shown, total) {
+  document.getElementById("shown").textContent =
+    shown >= total
+      ? `${total} model${total !== 1 ? "s" : ""}`
+      : `${shown} of ${total} models shown: the troubled and the busiest first; filter by name to find others`;
+}
+
 async function poll() {
   const error = document.getElementById("error");
   try {
-    const response = await fetch("/status.json", { cache: "no-store" });
+    const filter = document.getElementById("filter").value.trim();
+    const url = filter ? `/status.json?model=${encodeURIComponent(filter)}` : "/status.json";
+    const response = await fetch(url, { cache: "no-store" });
     if (!response.ok) throw new Error(`the server answered ${response.status}`);
     const data = await response.json();
     renderServer(data);
     renderTable(data.models);
+    renderShown(data.models.length, data.total);
     renderCharts(data.models);
     error.hidden = true;
     document.body.dataset.updated = String(data.server.time);
