@@ -98,8 +98,14 @@ def main() -> None:
                     response = runs[0][1]
                     progress(f"{kind:18} {mib:3} MiB: {seconds:.3f} s")
                     results.append(
-                        {"kind": kind, "mib": mib, "request_bytes": len(body), "response_bytes": response,
-                         "seconds": seconds, "runs": [s for _, _, s in runs]}
+                        {
+                            "kind": kind,
+                            "mib": mib,
+                            "request_bytes": len(body),
+                            "response_bytes": response,
+                            "seconds": seconds,
+                            "runs": [s for _, _, s in runs],
+                        }
                     )
                     rows.append([kind, mib, f"{response / MIB:.1f}", seconds * 1e3, seconds * 1e3 / mib])
     finally:

@@ -206,8 +206,9 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
             row["pss_after_traffic_mib"] = tree_pss_mib(server.pid)
             row["processes_after_traffic"] = len(tree_pids(server.pid))
             if not mlserver:
-                spawns, seconds = metric(server.url, "runtime_core_worker_spawns_total"), metric(
-                    server.url, "runtime_core_worker_spawn_seconds_total"
+                spawns, seconds = (
+                    metric(server.url, "runtime_core_worker_spawns_total"),
+                    metric(server.url, "runtime_core_worker_spawn_seconds_total"),
                 )
                 row["worker_spawns"] = spawns
                 row["spawn_ms"] = 1000 * seconds / spawns if spawns else None

@@ -203,8 +203,11 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
         if proc.stdout.readline().strip() != b"READY":
             raise RuntimeError("the bare gRPC server did not start")
         (result,), cpu = windowed(
-            lambda d: [GrpcClosedLoop(f"127.0.0.1:{port}", b"x", concurrency=args.concurrency, duration=d,
-                                      processes=args.clients)],
+            lambda d: [
+                GrpcClosedLoop(
+                    f"127.0.0.1:{port}", b"x", concurrency=args.concurrency, duration=d, processes=args.clients
+                )
+            ],
             proc.pid,
             args.warmup,
             args.duration,
@@ -270,8 +273,16 @@ def same_rate(server: Any, args: argparse.Namespace, bodies: dict[str, dict[str,
                 def loads(d: float, p: str = protocol, b: bytes = body, m: str = model) -> list[Any]:
                     if p == "rest-json":
                         return [OpenLoop(infer_url(server.url, m), b, rate=args.rate, duration=d)]
-                    return [GrpcClosedLoop(server.grpc_target, b, concurrency=args.concurrency, duration=d,
-                                           processes=args.clients, rate=args.rate)]
+                    return [
+                        GrpcClosedLoop(
+                            server.grpc_target,
+                            b,
+                            concurrency=args.concurrency,
+                            duration=d,
+                            processes=args.clients,
+                            rate=args.rate,
+                        )
+                    ]
 
                 (result,), cpu = windowed(loads, server.pid, args.warmup, args.duration)
                 done = result.requests or float("nan")
@@ -296,9 +307,7 @@ def same_rate(server: Any, args: argparse.Namespace, bodies: dict[str, dict[str,
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    bodies = {
-        m: {"rest-json": models.request_body(m), "grpc": grpc_body(m, models.request_array(m))} for m in MODELS
-    }
+    bodies = {m: {"rest-json": models.request_body(m), "grpc": grpc_body(m, models.request_array(m))} for m in MODELS}
     out: dict[str, Any] = {"forwarding": forwarding(args.forward_seconds), "windows": [], "floor": floor(args)}
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
         repo = Path(tmp) / "rc"
@@ -337,8 +346,17 @@ def render(data: dict[str, Any]) -> str:
     win = table(
         ["server", "model", "protocol", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "main ms/req", "errors"],
         [
-            [r["server"], r["model"], r["protocol"], r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_req"],
-             r["cpu_main_ms_per_req"], r["errors"]]
+            [
+                r["server"],
+                r["model"],
+                r["protocol"],
+                r["rps"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["cpu_ms_per_req"],
+                r["cpu_main_ms_per_req"],
+                r["errors"],
+            ]
             for r in rows
         ],
     )
@@ -363,8 +381,11 @@ def render(data: dict[str, Any]) -> str:
         g, j = pick_same(model, "grpc", "cpu_ms_per_req"), pick_same(model, "rest-json", "cpu_ms_per_req")
         if g is not None and j is not None:
             targets.append(
-                [f"{model}: the same, at {data['args']['rate']:g} req/s both (median)", f"{g:.3f} vs {j:.3f} ms",
-                 verdict(g <= j)]
+                [
+                    f"{model}: the same, at {data['args']['rate']:g} req/s both (median)",
+                    f"{g:.3f} vs {j:.3f} ms",
+                    verdict(g <= j),
+                ]
             )
     ours, theirs = pick("runtime-core", "light", "grpc", "rps"), pick("mlserver", "light", "grpc", "rps")
     ok = None if ours is None or theirs is None else ours >= 3 * theirs
@@ -383,11 +404,31 @@ def render(data: dict[str, Any]) -> str:
                     f"### runtime-core, REST JSON and gRPC at the same rate "
                     f"({data['args']['rate']:g} req/s, open loop)",
                     table(
-                        ["model", "protocol", "round", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "main ms/req",
-                         "workers ms/req", "errors"],
                         [
-                            [r["model"], r["protocol"], r["round"], r["rps"], r["p50_ms"], r["p99_ms"],
-                             r["cpu_ms_per_req"], r["cpu_main_ms_per_req"], r["cpu_workers_ms_per_req"], r["errors"]]
+                            "model",
+                            "protocol",
+                            "round",
+                            "req/s",
+                            "p50 ms",
+                            "p99 ms",
+                            "CPU ms/req",
+                            "main ms/req",
+                            "workers ms/req",
+                            "errors",
+                        ],
+                        [
+                            [
+                                r["model"],
+                                r["protocol"],
+                                r["round"],
+                                r["rps"],
+                                r["p50_ms"],
+                                r["p99_ms"],
+                                r["cpu_ms_per_req"],
+                                r["cpu_main_ms_per_req"],
+                                r["cpu_workers_ms_per_req"],
+                                r["errors"],
+                            ]
                             for r in same
                         ],
                     ),

@@ -45,7 +45,7 @@ ROW = [0.25, -1.5, 0.75, 2.0]
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": ROW}]}).encode()
 
 #: The custom MLModel, as an MLServer user writes it beside model-settings.json.
-SUM_MODEL = textwrap.dedent('''
+SUM_MODEL = textwrap.dedent("""
     import numpy as np
     from mlserver import MLModel
     from mlserver.codecs import NumpyCodec
@@ -57,10 +57,10 @@ SUM_MODEL = textwrap.dedent('''
             x = NumpyCodec.decode_input(payload.inputs[0])
             total = np.asarray(x, dtype=np.float64).sum(axis=1, keepdims=True)
             return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("total", total)])
-''')
+""")
 
 #: The same sum as a native runtime-core runtime, and the entry point that finds it.
-NATIVE = textwrap.dedent('''
+NATIVE = textwrap.dedent("""
     import numpy as np
     from runtime_core import InferenceResponse, Runtime, Tensor, hookimpl
 
@@ -81,7 +81,7 @@ NATIVE = textwrap.dedent('''
     @hookimpl
     def rc_register_runtimes():
         return [BenchSum]
-''')
+""")
 
 
 def native_plugin(site: Path) -> None:

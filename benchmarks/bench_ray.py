@@ -271,8 +271,14 @@ def _median(values: list[float]) -> float:
 
 
 FIELDS = (
-    "rps", "p50_ms", "p99_ms", "cpu_ms_per_req_total", "cpu_ms_per_req_less_idle",
-    "cpu_server_ms_per_req", "cpu_main_ms_per_req", "requests_per_predict",
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "cpu_ms_per_req_total",
+    "cpu_ms_per_req_less_idle",
+    "cpu_server_ms_per_req",
+    "cpu_main_ms_per_req",
+    "requests_per_predict",
 )
 
 
@@ -298,13 +304,18 @@ def summarise(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]
                 out.append(pair["ray"] / pair["process"])
         return out
 
-    heavy, light, light_less = ratio("heavy", "rps"), ratio("light", "cpu_ms_per_req_total"), ratio(
-        "light", "cpu_ms_per_req_less_idle"
+    heavy, light, light_less = (
+        ratio("heavy", "rps"),
+        ratio("light", "cpu_ms_per_req_total"),
+        ratio("light", "cpu_ms_per_req_less_idle"),
     )
     results["ratios"] = {
-        "heavy_rps": _median(heavy), "heavy_rps_rounds": heavy,
-        "light_cpu": _median(light), "light_cpu_rounds": light,
-        "light_cpu_less_idle": _median(light_less), "light_cpu_less_idle_rounds": light_less,
+        "heavy_rps": _median(heavy),
+        "heavy_rps_rounds": heavy,
+        "light_cpu": _median(light),
+        "light_cpu_rounds": light,
+        "light_cpu_less_idle": _median(light_less),
+        "light_cpu_less_idle_rounds": light_less,
     }
     results["ray_idle_cores"] = _median([i["cores"] for i in results["ray_idle"]])
     return summary
@@ -350,8 +361,12 @@ def render(results: dict[str, Any]) -> str:
             table(
                 ["MiB each way", "process ms", "ray ms", "ray extra ms per MiB"],
                 [
-                    [m, by[("process", m)]["median_ms"], by[("ray", m)]["median_ms"],
-                     (by[("ray", m)]["median_ms"] - by[("process", m)]["median_ms"]) / m]
+                    [
+                        m,
+                        by[("process", m)]["median_ms"],
+                        by[("ray", m)]["median_ms"],
+                        (by[("ray", m)]["median_ms"] - by[("process", m)]["median_ms"]) / m,
+                    ]
                     for m in sizes
                 ],
             ),
@@ -366,12 +381,24 @@ def render(results: dict[str, Any]) -> str:
         table(
             ["target (ratio within a round, median over rounds)", "measured", "rounds", "verdict"],
             [
-                ["heavy req/s, Ray / process >= 0.9", f"{r['heavy_rps']:.2f}x", rounds(r["heavy_rps_rounds"]),
-                 verdict(r["heavy_rps"] >= 0.9)],
-                ["light CPU per request (all), Ray / process <= 2", f"{r['light_cpu']:.2f}x",
-                 rounds(r["light_cpu_rounds"]), verdict(r["light_cpu"] <= 2.0)],
-                ["light CPU per request less Ray's idle, Ray / process <= 2", f"{r['light_cpu_less_idle']:.2f}x",
-                 rounds(r["light_cpu_less_idle_rounds"]), verdict(r["light_cpu_less_idle"] <= 2.0)],
+                [
+                    "heavy req/s, Ray / process >= 0.9",
+                    f"{r['heavy_rps']:.2f}x",
+                    rounds(r["heavy_rps_rounds"]),
+                    verdict(r["heavy_rps"] >= 0.9),
+                ],
+                [
+                    "light CPU per request (all), Ray / process <= 2",
+                    f"{r['light_cpu']:.2f}x",
+                    rounds(r["light_cpu_rounds"]),
+                    verdict(r["light_cpu"] <= 2.0),
+                ],
+                [
+                    "light CPU per request less Ray's idle, Ray / process <= 2",
+                    f"{r['light_cpu_less_idle']:.2f}x",
+                    rounds(r["light_cpu_less_idle_rounds"]),
+                    verdict(r["light_cpu_less_idle"] <= 2.0),
+                ],
             ],
         ),
     ]

@@ -199,7 +199,6 @@ def main() -> None:
     print(json.dumps(result.as_dict()), flush=True)
 
 
-
 # --------------------------------------------------------------------------- the floor
 
 

@@ -315,8 +315,9 @@ def plot_grpc(data: dict[str, Any], prefix: Path) -> list[Path]:
             main = [mid(m, protocol, "cpu_main_ms_per_req") for m in models]
             workers = [mid(m, protocol, "cpu_workers_ms_per_req") for m in models]
             axes[2].bar(xs, main, width=0.38, color=color, label=f"{label}: main process")
-            axes[2].bar(xs, workers, width=0.38, bottom=main, color=color, alpha=0.45, hatch="//",
-                        label=f"{label}: workers")
+            axes[2].bar(
+                xs, workers, width=0.38, bottom=main, color=color, alpha=0.45, hatch="//", label=f"{label}: workers"
+            )
         axes[2].set_xticks(range(len(models)), [f"runtime-core\n{m}" for m in models], fontsize=8)
         axes[2].set_title(f"same rate, {data['args']['rate']:g} req/s: server CPU ms/request")
         axes[2].set_ylim(top=1.5 * max(r["cpu_ms_per_req"] for r in same))

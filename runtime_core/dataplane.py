@@ -166,9 +166,7 @@ class DataPlane:
         serving = record.pool is None or record.pool.health().serving
         return record.name, record.state is ModelState.READY and serving
 
-    def ready_model(
-        self, name: str, version: str | None = None, observation: Observation | None = None
-    ) -> ModelRecord:
+    def ready_model(self, name: str, version: str | None = None, observation: Observation | None = None) -> ModelRecord:
         """The model's record if it is READY, else :class:`~runtime_core.errors.ModelNotReady`.
         ``observation``: the inference request's, which logs the version that serves."""
         record = self.model(name, version)

@@ -36,9 +36,7 @@ _RUNTIME_VARIABLE = "RUNTIME_CORE_MODEL_RUNTIME"
 def _files(folder: Path) -> list[Path]:
     """Regular files directly in ``folder`` that could be an artifact, in a stable order."""
     return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name != SERVER_SETTINGS_FILE
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != SERVER_SETTINGS_FILE
     )
 
 

@@ -67,9 +67,7 @@ def infer_frame(request_id: int, envelope: Envelope, slot: int = 0) -> list[byte
     body = envelope.payload
     trace = envelope.trace.encode() if envelope.trace else b""
     headers = envelope.headers
-    head = FRAME.pack(
-        FRAME.size - 4 + INFER_HEAD.size + len(trace) + len(headers) + len(body), INFER, request_id
-    )
+    head = FRAME.pack(FRAME.size - 4 + INFER_HEAD.size + len(trace) + len(headers) + len(body), INFER, request_id)
     fixed = INFER_HEAD.pack(
         envelope.wire, envelope.header_length, envelope.deadline, envelope.arrived, slot, len(trace), len(headers)
     )
@@ -115,8 +113,8 @@ def reply_frame(request_id: int, outcome: Outcome) -> list[bytes]:
 
 def parse_reply(payload: memoryview) -> Outcome:
     """The :class:`Outcome` of a REPLY payload, its fields in :func:`reply_frame`'s order."""
-    code, wire, header_length, compute, cpu, decode, predict, encode, batch, rows, batch_rows = (
-        REPLY_HEAD.unpack_from(payload)
+    code, wire, header_length, compute, cpu, decode, predict, encode, batch, rows, batch_rows = REPLY_HEAD.unpack_from(
+        payload
     )
     return Outcome(
         code=code,

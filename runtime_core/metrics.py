@@ -469,12 +469,10 @@ _HELP = {
     "transfer, compute).",
     "queue_depth": "Requests waiting in the model's queue.",
     "inflight_requests": "Requests sent to the model's workers and not answered yet.",
-    "cancelled_requests": "Requests whose client went away before the answer (dropped from the queue if still "
-    "there).",
+    "cancelled_requests": "Requests whose client went away before the answer (dropped from the queue if still there).",
     "model_state": "1 for the model's current state (READY, LOADING, UNLOADING, UNAVAILABLE, UNKNOWN), 0 for the "
     "others.",
     "model_load_seconds": "Seconds the model's last successful load took.",
     "worker_restarts": "Workers of the model that died and were replaced (since the model's last load).",
-    "workers_ready": "Worker processes of the model ready to take requests (1 for a model served in the main "
-    "process).",
+    "workers_ready": "Worker processes of the model ready to take requests (1 for a model served in the main process).",
 }

@@ -57,9 +57,7 @@ class RuntimeRegistry:
     """Maps runtime names and aliases to :class:`RuntimeEntry`. Rejects duplicates before
     it changes any state."""
 
-    def __init__(
-        self, entries: Iterable[RuntimeEntry] = (), claim: Callable[[str], str | None] | None = None
-    ) -> None:
+    def __init__(self, entries: Iterable[RuntimeEntry] = (), claim: Callable[[str], str | None] | None = None) -> None:
         self._by_name: dict[str, RuntimeEntry] = {}
         self._entries: list[RuntimeEntry] = []
         # Asks the plugins which runtime serves an implementation that is no name or alias

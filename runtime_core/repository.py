@@ -278,9 +278,7 @@ class ModelRepository:
                 problem = f"default_version {wanted!r} ({where.path}) is not one of its versions ({have})"
         if problem:
             for settings in by_version.values():
-                errors.append(
-                    SettingsError(f"model {name!r}: {problem}", model=settings.key, path=str(settings.path))
-                )
+                errors.append(SettingsError(f"model {name!r}: {problem}", model=settings.key, path=str(settings.path)))
             return []
         return list(by_version.values())
 

@@ -347,9 +347,7 @@ class ServerStatistics:
 
     # ------------------------------------------------------------------ status page
 
-    def status(
-        self, *, reasons: bool, model: str = "", limit: int | None = None, offset: int = 0
-    ) -> dict[str, Any]:
+    def status(self, *, reasons: bool, model: str = "", limit: int | None = None, offset: int = 0) -> dict[str, Any]:
         """The live figures of the status page: the server, then one entry per model.
 
         ``reasons``: include each model's state reason (the caller passes whether the

@@ -200,9 +200,7 @@ class ServerProcess:
 
     def post_json(self, path: str, doc: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
         data = b"" if doc is None else json.dumps(doc).encode()
-        status, body, _ = self.request(
-            "POST", path, data, {"Content-Type": "application/json"}, timeout=timeout
-        )
+        status, body, _ = self.request("POST", path, data, {"Content-Type": "application/json"}, timeout=timeout)
         return status, json.loads(body) if body else None
 
     def output(self) -> str:

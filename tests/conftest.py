@@ -21,8 +21,18 @@ def pip_install_target(source: Path, target: Path) -> Path:
     """``pip install`` a plugin folder into ``target`` (a real wheel build and install)."""
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-            "--disable-pip-version-check", "--no-warn-script-location", "--target", str(target), str(source),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--target",
+            str(target),
+            str(source),
         ],
         check=True,
         capture_output=True,

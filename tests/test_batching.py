@@ -22,9 +22,7 @@ pytestmark = pytest.mark.e2e  # every test here starts real server processes
 
 
 def rows_body(values: list[float], outputs: list[str] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "inputs": [{"name": "x", "shape": [len(values), 1], "datatype": "FP64", "data": values}]
-    }
+    body: dict[str, Any] = {"inputs": [{"name": "x", "shape": [len(values), 1], "datatype": "FP64", "data": values}]}
     if outputs:
         body["outputs"] = [{"name": n} for n in outputs]
     return body
@@ -42,8 +40,13 @@ def concurrently(server: ServerProcess, bodies: list[dict[str, Any]]) -> list[tu
 @pytest.mark.parametrize("workers", [1, 0])
 def test_concurrent_requests_share_calls_and_get_their_own_rows(tmp_path: Path, serve: Any, workers: int) -> None:
     toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=workers,
-        max_batch_size=8, max_batch_time=0.5, parameters={"extra": {"sleep": 0.05}},
+        tmp_path,
+        "batch",
+        runtime="toy-batching",
+        parallel_workers=workers,
+        max_batch_size=8,
+        max_batch_time=0.5,
+        parameters={"extra": {"sleep": 0.05}},
     )
     server = serve(tmp_path)
     bodies = [rows_body([float(i), float(i) + 0.5]) for i in range(16)]
@@ -59,8 +62,12 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows(tmp_path: Path, 
 
 def test_a_malformed_or_failing_request_fails_alone(tmp_path: Path, serve: Any) -> None:
     toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=1,
-        max_batch_size=8, max_batch_time=0.5,
+        tmp_path,
+        "batch",
+        runtime="toy-batching",
+        parallel_workers=1,
+        max_batch_size=8,
+        max_batch_time=0.5,
     )
     server = serve(tmp_path)
     bodies = [rows_body([float(i)]) for i in range(6)]
@@ -77,8 +84,12 @@ def test_a_malformed_or_failing_request_fails_alone(tmp_path: Path, serve: Any) 
 
 def test_requests_asking_for_different_outputs_are_answered_correctly(tmp_path: Path, serve: Any) -> None:
     toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=1,
-        max_batch_size=8, max_batch_time=0.3,
+        tmp_path,
+        "batch",
+        runtime="toy-batching",
+        parallel_workers=1,
+        max_batch_size=8,
+        max_batch_time=0.3,
     )
     server = serve(tmp_path)
     bodies = [rows_body([float(i)], outputs=["y"] if i % 2 else ["rows", "y"]) for i in range(8)]
@@ -93,8 +104,12 @@ def test_a_lone_request_is_answered_when_the_batch_window_ends(tmp_path: Path, s
     """The batch never fills (64 wanted, one sent): the request must still be answered, alone,
     once the window ends, not wait for company (the client gives up after 30 s)."""
     toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=1,
-        max_batch_size=64, max_batch_time=1.0,
+        tmp_path,
+        "batch",
+        runtime="toy-batching",
+        parallel_workers=1,
+        max_batch_size=64,
+        max_batch_time=1.0,
     )
     server = serve(tmp_path)
     status, doc = server.post_json("/v2/models/batch/infer", rows_body([1.0]), timeout=30)
@@ -116,7 +131,6 @@ def test_requests_waiting_in_a_worker_are_coalesced_without_a_window(tmp_path: P
 # the policy without timing anything: max_batch_time is a minute, far longer than any of them.
 
 
-
 # The tests below hold workers busy on gates for as long as they need. A worker whose
 # oldest request has been out for ``worker_overdue_after`` (1 s by default) is passed over
 # by dispatch as possibly hung, which on a loaded machine could happen midway through a test
@@ -128,8 +142,13 @@ def cost_model(
     tmp_path: Path, sleep: float, max_batch_size: int = 8, min_workers: int = 2, max_batch_time: float = 60.0
 ) -> Path:
     toy_model(
-        tmp_path, "batch", runtime="toy-batching", parallel_workers=2, min_workers=min_workers,
-        max_batch_size=max_batch_size, max_batch_time=max_batch_time,
+        tmp_path,
+        "batch",
+        runtime="toy-batching",
+        parallel_workers=2,
+        min_workers=min_workers,
+        max_batch_size=max_batch_size,
+        max_batch_time=max_batch_time,
         parameters={"extra": {"gate": str(tmp_path / "gate"), "sleep": sleep}},
     )
     return tmp_path / "gate"
@@ -194,9 +213,7 @@ def open_gate(gate: Path, pid: int) -> None:
     (gate.parent / f"{gate.name}-open.{pid}").touch()
 
 
-def test_cheap_requests_join_the_next_call_of_a_busy_worker_as_coalescing_would(
-    tmp_path: Path, serve: Any
-) -> None:
+def test_cheap_requests_join_the_next_call_of_a_busy_worker_as_coalescing_would(tmp_path: Path, serve: Any) -> None:
     """Requests measured as cheap go at once to the busiest worker with room (fewer than 8 in
     flight), exactly where coalescing alone would send them: they are neither held in the main
     process for a batch nor spread onto an idle worker, and they run as one call, the busy
@@ -253,8 +270,9 @@ def in_pool_and_queued(server: ServerProcess, inflight: int, queued: int = 0) ->
     """Wait until ``inflight`` requests are in the pool (sent to workers, or held there for a
     batch) and ``queued`` wait in the model's queue."""
     wait_until(
-        lambda: (metric(server, "inflight_requests", "batch"), metric(server, "queue_depth", "batch"))
-        == (inflight, queued),
+        lambda: (
+            (metric(server, "inflight_requests", "batch"), metric(server, "queue_depth", "batch")) == (inflight, queued)
+        ),
         message=f"{inflight} requests in the pool and {queued} queued",
     )
 

@@ -50,8 +50,11 @@ def test_chaos_keeps_answers_correct_and_leaks_nothing(tmp_path: Path, serve: An
             body = {"inputs": [{"name": "x", "shape": [len(values)], "datatype": "FP64", "data": values}]}
             try:
                 status, raw, _ = server.request(
-                    "POST", f"/v2/models/{model}/infer", json.dumps(body).encode(),
-                    {"Content-Type": "application/json"}, timeout=30,
+                    "POST",
+                    f"/v2/models/{model}/infer",
+                    json.dumps(body).encode(),
+                    {"Content-Type": "application/json"},
+                    timeout=30,
                 )
             except OSError as exc:
                 problems.append(f"{model}: transport error {exc!r}")

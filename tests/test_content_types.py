@@ -91,7 +91,9 @@ def test_base64_inputs_are_decoded_from_json_and_binary() -> None:
 
     elements = b"".join(len(s).to_bytes(4, "little") + s.encode() for s in b64(BINARY))
     item = {
-        "name": "x", "datatype": "BYTES", "shape": [3],
+        "name": "x",
+        "datatype": "BYTES",
+        "shape": [3],
         "parameters": {"binary_data_size": len(elements), "content_type": "base64"},
     }
     header = body_of(item)
@@ -124,8 +126,11 @@ def test_request_level_text_content_types_apply_to_bytes_inputs_without_their_ow
         ({"inputs": [bytes_input(["a"], content_type="json")]}, "input 'x': unknown content type 'json'"),
         ({"inputs": [bytes_input(["a"], content_type=3)]}, "'parameters.content_type' must be a string"),
         (
-            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1],
-                         "parameters": {"content_type": "str"}}]},
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"content_type": "str"}}
+                ]
+            },
             "input 'x': content type 'str' needs datatype BYTES, not FP32",
         ),
         (
@@ -224,8 +229,13 @@ def test_text_output_content_types() -> None:
         request,
     )
     b64_out, text, plain, n = doc["outputs"]
-    assert b64_out == {"name": "b64", "datatype": "BYTES", "shape": [3], "data": b64(BINARY),
-                       "parameters": {"content_type": "base64"}}
+    assert b64_out == {
+        "name": "b64",
+        "datatype": "BYTES",
+        "shape": [3],
+        "data": b64(BINARY),
+        "parameters": {"content_type": "base64"},
+    }
     assert text["data"] == ["héllo"] and text["parameters"] == {"content_type": "str"}
     assert plain == {"name": "plain", "datatype": "BYTES", "shape": [1], "data": ["x"]}
     assert n["data"] == [1.5] and n["parameters"] == {"content_type": "np"}
@@ -238,8 +248,9 @@ def test_request_level_base64_applies_to_bytes_outputs_only() -> None:
     assert doc["outputs"][0]["parameters"] == {"content_type": "base64"}
     assert doc["outputs"][1] == {"name": "n", "datatype": "INT8", "shape": [1], "data": [1]}
     # the output's own choice wins over the request's
-    asked = InferenceRequest(inputs=[], outputs=[RequestedOutput("b", {"content_type": "np"})],
-                             parameters={"content_type": "base64"})
+    asked = InferenceRequest(
+        inputs=[], outputs=[RequestedOutput("b", {"content_type": "np"})], parameters={"content_type": "base64"}
+    )
     doc, _ = encode([Tensor("b", objects(b"ab"), "BYTES")], asked)
     assert doc["outputs"][0]["data"] == ["ab"]
 
@@ -276,8 +287,11 @@ def test_response_from_dataframe_has_one_output_per_column() -> None:
     response = InferenceResponse.from_dataframe(frame)
     assert response.parameters == {"content_type": "pd"}
     assert [(t.name, t.datatype, t.shape) for t in response.outputs] == [
-        ("score", "FP32", [2]), ("label", "BYTES", [2]), ("ok", "BOOL", [2]),
-        ("when", "BYTES", [2]), ("3", "INT64", [2]),
+        ("score", "FP32", [2]),
+        ("label", "BYTES", [2]),
+        ("ok", "BOOL", [2]),
+        ("when", "BYTES", [2]),
+        ("3", "INT64", [2]),
     ]
     assert response.outputs[1].data.tolist() == [b"cat", "dög".encode()]
     assert response.outputs[3].data.tolist()[0].startswith(b"2024-01-02T03:04:05")
@@ -319,7 +333,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_model(root / "mixed", runtime="sklearn", parallel_workers=1, max_batch_size=8, max_batch_time=0.3)
     joblib.dump(pipe, root / "mixed" / "model.joblib")
     write_model(
-        root / "mixed-pd", runtime="sklearn", parallel_workers=0,
+        root / "mixed-pd",
+        runtime="sklearn",
+        parallel_workers=0,
         parameters={"uri": "../mixed/model.joblib", "content_type": "pd"},
     )
     write_model(root / "echo", runtime="echo", parallel_workers=1)
@@ -333,8 +349,9 @@ def server(trained: dict[str, Any]) -> Iterator[ServerProcess]:
     proc.stop()
 
 
-def pipeline_body(rows: pd.DataFrame, request_ct: str | None = None, per_input: dict[str, Any] | None = None,
-                  column: bool = False) -> dict[str, Any]:
+def pipeline_body(
+    rows: pd.DataFrame, request_ct: str | None = None, per_input: dict[str, Any] | None = None, column: bool = False
+) -> dict[str, Any]:
     shape = [len(rows), 1] if column else [len(rows)]
     inputs = [
         {"name": "size", "datatype": "FP64", "shape": shape, "data": rows["size"].tolist()},
@@ -368,7 +385,10 @@ def check_pipeline_answer(doc: dict[str, Any], rows: pd.DataFrame, pipe: Pipelin
     ],
 )
 def test_column_transformer_pipeline_from_a_pd_request(
-    server: ServerProcess, trained: dict[str, Any], request_ct: str | None, per_input: dict[str, Any] | None,
+    server: ServerProcess,
+    trained: dict[str, Any],
+    request_ct: str | None,
+    per_input: dict[str, Any] | None,
     column: bool,
 ) -> None:
     rows = trained["frame"].iloc[[0, 3, 17, 42, 99]]
@@ -428,8 +448,13 @@ def echo(server: ServerProcess, body: dict[str, Any]) -> tuple[int, Any]:
 @pytest.mark.e2e
 def test_str_round_trip(server: ServerProcess) -> None:
     texts = ["héllo", "", "ünïcödé ✓"]
-    status, doc = echo(server, {"inputs": [bytes_input(texts, content_type="str")],
-                                "outputs": [{"name": "x", "parameters": {"content_type": "str"}}]})
+    status, doc = echo(
+        server,
+        {
+            "inputs": [bytes_input(texts, content_type="str")],
+            "outputs": [{"name": "x", "parameters": {"content_type": "str"}}],
+        },
+    )
     assert status == 200, doc
     assert doc["outputs"] == [
         {"name": "x", "datatype": "BYTES", "shape": [3], "data": texts, "parameters": {"content_type": "str"}}
@@ -438,16 +463,20 @@ def test_str_round_trip(server: ServerProcess) -> None:
 
 @pytest.mark.e2e
 def test_base64_round_trip(server: ServerProcess) -> None:
-    body = {"inputs": [bytes_input(b64(BINARY), content_type="base64")],
-            "outputs": [{"name": "x", "parameters": {"content_type": "base64"}}]}
+    body = {
+        "inputs": [bytes_input(b64(BINARY), content_type="base64")],
+        "outputs": [{"name": "x", "parameters": {"content_type": "base64"}}],
+    }
     status, doc = echo(server, body)
     assert status == 200, doc
     assert doc["outputs"][0]["data"] == b64(BINARY)
     assert doc["outputs"][0]["parameters"] == {"content_type": "base64"}
     # the same bytes asked back as text: the UTF-8 ones read as the text they hold
     text = ["héllo wörld", "plain"]
-    body = {"inputs": [bytes_input(b64([s.encode() for s in text]), content_type="base64")],
-            "outputs": [{"name": "x", "parameters": {"content_type": "str"}}]}
+    body = {
+        "inputs": [bytes_input(b64([s.encode() for s in text]), content_type="base64")],
+        "outputs": [{"name": "x", "parameters": {"content_type": "str"}}],
+    }
     status, doc = echo(server, body)
     assert status == 200 and doc["outputs"][0]["data"] == text
     # request-level base64: decoded on the way in, encoded on the way out
@@ -459,17 +488,29 @@ def test_base64_round_trip(server: ServerProcess) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"inputs": [bytes_input(["aGk=", "not base64!"], content_type="base64")]},
-         "input 'x': element 1 is not valid base64"),
-        ({"inputs": [bytes_input(["a"], content_type="yaml")]},
-         "input 'x': unknown content type 'yaml'; expected one of np, pd, str, base64"),
-        ({"inputs": [bytes_input(["a"])], "parameters": {"content_type": "tensor"}},
-         "request: unknown content type 'tensor'"),
-        ({"inputs": [bytes_input(["a"])], "outputs": [{"name": "x", "parameters": {"content_type": "b64"}}]},
-         "output 'x': unknown content type 'b64'"),
-        ({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [1]}],
-          "outputs": [{"name": "x", "parameters": {"content_type": "str"}}]},
-         "output 'x' is INT8; content type 'str' applies to BYTES outputs"),
+        (
+            {"inputs": [bytes_input(["aGk=", "not base64!"], content_type="base64")]},
+            "input 'x': element 1 is not valid base64",
+        ),
+        (
+            {"inputs": [bytes_input(["a"], content_type="yaml")]},
+            "input 'x': unknown content type 'yaml'; expected one of np, pd, str, base64",
+        ),
+        (
+            {"inputs": [bytes_input(["a"])], "parameters": {"content_type": "tensor"}},
+            "request: unknown content type 'tensor'",
+        ),
+        (
+            {"inputs": [bytes_input(["a"])], "outputs": [{"name": "x", "parameters": {"content_type": "b64"}}]},
+            "output 'x': unknown content type 'b64'",
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "x", "parameters": {"content_type": "str"}}],
+            },
+            "output 'x' is INT8; content type 'str' applies to BYTES outputs",
+        ),
     ],
 )
 def test_bad_content_types_are_400(server: ServerProcess, body: dict[str, Any], message: str) -> None:
@@ -482,8 +523,15 @@ def batch_body(i: int, kind: str | None) -> dict[str, Any]:
     raw = [f"row {i}".encode(), bytes([i, 255])] if kind == "base64" else [f"row {i}".encode(), b"two"]
     data = b64(raw) if kind == "base64" else [x.decode() for x in raw]
     return {
-        "inputs": [{"name": "x", "datatype": "BYTES", "shape": [2, 1], "data": data,
-                    "parameters": {"content_type": kind} if kind else {}}],
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "BYTES",
+                "shape": [2, 1],
+                "data": data,
+                "parameters": {"content_type": kind} if kind else {},
+            }
+        ],
         "outputs": [{"name": "y", "parameters": {"content_type": "base64"}}, {"name": "call"}],
     }
 
@@ -496,8 +544,14 @@ def test_batching_never_merges_requests_of_different_content_types(tmp_path: Pat
     timing."""
     gate = tmp_path / "gate"
     toy_model(
-        tmp_path / "repo", "batch", runtime="toy-batching", parallel_workers=1, min_workers=1,
-        max_batch_size=32, max_batch_time=60.0, parameters={"extra": {"gate": str(gate)}},
+        tmp_path / "repo",
+        "batch",
+        runtime="toy-batching",
+        parallel_workers=1,
+        min_workers=1,
+        max_batch_size=32,
+        max_batch_time=60.0,
+        parameters={"extra": {"gate": str(gate)}},
     )
     server = serve(tmp_path / "repo")
     gated = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [100.0]}]}
@@ -513,8 +567,10 @@ def test_batching_never_merges_requests_of_different_content_types(tmp_path: Pat
             # Held in the pool, or (measured as cheap: batching then holds nothing) waiting in the
             # model's queue: either way all are in the server before the worker frees up.
             wait_until(
-                lambda: metric(server, "inflight_requests", "batch") + metric(server, "queue_depth", "batch")
-                == len(bodies) + 1,
+                lambda: (
+                    metric(server, "inflight_requests", "batch") + metric(server, "queue_depth", "batch")
+                    == len(bodies) + 1
+                ),
                 message="all waiting",
             )
             gate.touch()

@@ -280,8 +280,11 @@ def test_a_stopped_idle_worker_is_found_by_heartbeat_and_replaced(tmp_path: Path
     victim = min(before)
     os.kill(victim, signal.SIGSTOP)  # idle: no request will ever time out on it
     try:
-        wait_until(lambda: not psutil.pid_exists(victim) or before[victim].status() == psutil.STATUS_ZOMBIE,
-                   60, "the stopped worker to be killed")
+        wait_until(
+            lambda: not psutil.pid_exists(victim) or before[victim].status() == psutil.STATUS_ZOMBIE,
+            60,
+            "the stopped worker to be killed",
+        )
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGCONT)

@@ -138,7 +138,6 @@ def rpc_error(call: Callable[[], Any]) -> tuple[str, str]:
     return error.code().name, message
 
 
-
 # --------------------------------------------------------------------------- health and metadata
 
 
@@ -284,9 +283,7 @@ def test_every_error_maps_to_its_status_code(tmp_path: Path, serve: Any) -> None
     toy_model(tmp_path, "toy", parallel_workers=1)
     toy_model(tmp_path, "broken", parameters={"extra": {"load_fails": True}})
     toy_model(tmp_path, "narrow", parallel_workers=1, max_queue_size=1, parameters={"extra": {"sleep": 2.0}})
-    server = serve(
-        tmp_path, env={"RUNTIME_CORE_MAX_REQUEST_SIZE": "4096", "RUNTIME_CORE_PIPELINE_DEPTH": "1"}
-    )
+    server = serve(tmp_path, env={"RUNTIME_CORE_MAX_REQUEST_SIZE": "4096", "RUNTIME_CORE_PIPELINE_DEPTH": "1"})
     client = grpcclient.InferenceServerClient(url=server.grpc_url)
     x = tensor("x", np.array([1.0, 2.0]), "FP64")
     try:
@@ -438,8 +435,10 @@ def test_sigterm_lets_grpc_calls_in_flight_finish(tmp_path: Path, serve: Any) ->
             # All four inside the server (a call that arrives after SIGTERM is refused, as it
             # should be), at least two of them queued behind a running one.
             wait_until(
-                lambda: (queued := metric(server, "queue_depth", "slow")) >= 2
-                and queued + metric(server, "inflight_requests", "slow") == 4,
+                lambda: (
+                    (queued := metric(server, "queue_depth", "slow")) >= 2
+                    and queued + metric(server, "inflight_requests", "slow") == 4
+                ),
                 30,
                 "all four calls in the server, some queued behind a running one",
             )

@@ -31,9 +31,20 @@ def test_kserve_inference_grpc_client(tmp_path: Path, kserve_python: Path) -> No
         result = subprocess.run(
             [
                 # Not this project's pytest configuration nor its conftest.py: they need runtime-core.
-                str(kserve_python), "-m", "pytest", "-q", "-c", os.devnull, "--rootdir", str(HERE / "kserve_grpc"),
-                "--noconftest", "-p", "no:cacheprovider", "-rs",
-                f"--basetemp={tmp_path / 'kserve'}", str(HERE / "kserve_grpc" / "check_kserve_client.py"),
+                str(kserve_python),
+                "-m",
+                "pytest",
+                "-q",
+                "-c",
+                os.devnull,
+                "--rootdir",
+                str(HERE / "kserve_grpc"),
+                "--noconftest",
+                "-p",
+                "no:cacheprovider",
+                "-rs",
+                f"--basetemp={tmp_path / 'kserve'}",
+                str(HERE / "kserve_grpc" / "check_kserve_client.py"),
             ],
             cwd=HERE / "kserve_grpc",
             env={**os.environ, "RC_GRPC_TARGET": server.grpc_url},

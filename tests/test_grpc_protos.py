@@ -87,7 +87,6 @@ def test_every_message_and_rpc_matches_tritons_grpc_service(tmp_path: Path) -> N
         assert methods[method.name] == (method.input_type, method.output_type), method.name
 
 
-
 def test_our_messages_live_beside_tritons_and_read_each_others_bytes() -> None:
     from runtime_core.proto import grpc_service_pb2 as mine
 

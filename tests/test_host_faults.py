@@ -55,8 +55,11 @@ def index(server: ServerProcess) -> dict[str, dict[str, Any]]:
 
 def infer(server: ServerProcess, model: str, values: list[float], **parameters: Any) -> tuple[int, Any]:
     status, body, _ = server.request(
-        "POST", f"/v2/models/{model}/infer", json.dumps(infer_body(values, **parameters)).encode(),
-        {"Content-Type": "application/json"}, timeout=CLIENT_TIMEOUT,
+        "POST",
+        f"/v2/models/{model}/infer",
+        json.dumps(infer_body(values, **parameters)).encode(),
+        {"Content-Type": "application/json"},
+        timeout=CLIENT_TIMEOUT,
     )
     return status, json.loads(body)
 
@@ -224,8 +227,11 @@ def test_sklearn_host_killed_during_eviction_churn(knn_repo: Path, serve: Any) -
         rng = random.Random(seed)
         while not stop.is_set():
             status, raw, _ = server.request(
-                "POST", f"/v2/models/{rng.choice(models)}/infer", body,
-                {"Content-Type": "application/json"}, timeout=CLIENT_TIMEOUT,
+                "POST",
+                f"/v2/models/{rng.choice(models)}/infer",
+                body,
+                {"Content-Type": "application/json"},
+                timeout=CLIENT_TIMEOUT,
             )
             with lock:
                 answered.append((status, "" if status == 200 else json.loads(raw)["error"]))

@@ -78,9 +78,7 @@ def test_a_hung_call_on_the_shared_host_does_not_hold_up_its_other_models(tmp_pa
         server.stop(signal.SIGKILL)  # ends the hung call too (a drain would wait for it)
 
 
-def test_a_costly_model_gets_a_worker_of_its_own_and_the_host_keeps_the_cheap_ones(
-    tmp_path: Path, serve: Any
-) -> None:
+def test_a_costly_model_gets_a_worker_of_its_own_and_the_host_keeps_the_cheap_ones(tmp_path: Path, serve: Any) -> None:
     """Once ``costly`` is measured as costly, its requests run on a dedicated worker: a long
     call of it no longer shares a process with ``light``, which stays on its host."""
     repo = tmp_path / "repo"

@@ -68,7 +68,11 @@ def test_envelope_and_outcome_round_trip() -> None:
     slot, back = parse_infer(payload)
     assert slot == 11
     assert (bytes(back.payload), back.wire, back.header_length, back.deadline, back.arrived) == (
-        b"abc", Wire.BINARY, 2, 10.0, 9.0,
+        b"abc",
+        Wire.BINARY,
+        2,
+        10.0,
+        9.0,
     )
     outcome = Outcome(0, b"out", Wire.GRPC, 0, 0.5, 0.4, 0.1, 0.2, 0.1, 4, rows=3, batch_rows=9)
     ((_, _, payload),) = list(FrameReader().feed(b"".join(reply_frame(6, outcome))))

@@ -72,8 +72,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Iterator
     toy_model(root, "crashy")
     toy_model(root, "broken", parameters={"extra": {"load_fails": True}})
     path = os.environ.get("PYTHONPATH")
-    env = {"PYTHONPATH": str(toy_site) + (os.pathsep + path if path else ""), "RUNTIME_CORE_PIPELINE_DEPTH": "2",
-           "RUNTIME_CORE_MIN_WORKERS": "1"}
+    env = {
+        "PYTHONPATH": str(toy_site) + (os.pathsep + path if path else ""),
+        "RUNTIME_CORE_PIPELINE_DEPTH": "2",
+        "RUNTIME_CORE_MIN_WORKERS": "1",
+    }
     proc = ServerProcess(root, workers=1, env=env)
     yield proc
     proc.stop()

@@ -171,9 +171,11 @@ def test_max_elements_is_a_413_from_the_shapes_alone(serve: Any, repo: Path) -> 
     huge = {"inputs": [{"name": "x", "shape": [1000, 1000], "datatype": "FP32", "data": [0.5]}]}
     status, doc = server.post_json("/v2/models/echo/infer", huge)
     assert status == 413 and "max_elements" in doc["error"]
-    two = {"inputs": [
-        {"name": "a", "shape": [60], "datatype": "FP32", "data": [0.5] * 60},
-        {"name": "b", "shape": [60], "datatype": "FP32", "data": [0.5] * 60},
-    ]}
+    two = {
+        "inputs": [
+            {"name": "a", "shape": [60], "datatype": "FP32", "data": [0.5] * 60},
+            {"name": "b", "shape": [60], "datatype": "FP32", "data": [0.5] * 60},
+        ]
+    }
     assert server.post_json("/v2/models/echo/infer", two)[0] == 413
     assert server.post_json("/v2/models/echo/infer", small)[0] == 200

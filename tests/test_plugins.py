@@ -82,9 +82,7 @@ def test_a_plugin_not_installed_is_not_found(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_two_plugins_claiming_one_name_stop_the_server_at_startup(
-    tmp_path: Path, toy_env: dict[str, str]
-) -> None:
+def test_two_plugins_claiming_one_name_stop_the_server_at_startup(tmp_path: Path, toy_env: dict[str, str]) -> None:
     site = pip_install_target(make_plugin(tmp_path / "src", "rc-clash", "rc_clash", "toy-identity"), tmp_path / "site")
     env = {"PYTHONPATH": f"{site}{os.pathsep}{toy_env['PYTHONPATH']}"}
     toy_model(tmp_path / "repo", "m")

@@ -784,7 +784,9 @@ def test_grpc_outputs_follow_the_same_datatype_rule(data: np.ndarray[Any, Any], 
 
     with pytest.raises(InferenceFailed, match="model 'churn': output 'y'"):
         encode_grpc_response(
-            InferenceResponse([Tensor("y", data, datatype)]), model_name="churn", model_version=None,
+            InferenceResponse([Tensor("y", data, datatype)]),
+            model_name="churn",
+            model_version=None,
             request=InferenceRequest([]),
         )
 
@@ -794,7 +796,9 @@ def test_grpc_outputs_convert_when_every_value_survives() -> None:
     from runtime_core.proto.grpc_service_pb2 import ModelInferResponse
 
     body = encode_grpc_response(
-        InferenceResponse([Tensor("y", np.array([1.0, -2.0]), "INT8")]), model_name="m", model_version=None,
+        InferenceResponse([Tensor("y", np.array([1.0, -2.0]), "INT8")]),
+        model_name="m",
+        model_version=None,
         request=InferenceRequest([]),
     )
     message = ModelInferResponse.FromString(body)

@@ -140,9 +140,7 @@ def test_actor_processes_are_prepared_as_local_workers(server: ServerProcess) ->
         assert place["frozen_objects"] > 10_000, place
 
 
-def test_workers_spread_over_two_nodes_and_custom_resources_pin(
-    server: ServerProcess, cluster: dict[str, Any]
-) -> None:
+def test_workers_spread_over_two_nodes_and_custom_resources_pin(server: ServerProcess, cluster: dict[str, Any]) -> None:
     forest = actors("forest")
     assert len(forest) == 2
     assert {where(n)["node_id"] for n in forest} == {cluster["head"], cluster["second"].node_id}
@@ -278,9 +276,7 @@ def test_sigkill_of_an_actor_under_load(server: ServerProcess, model: dict[str, 
         wait_until(lambda: load.statuses[200] >= 20, 60, "requests flowing")
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: restarts(server, "forest") >= 1, 60, "the death noticed")
-        wait_until(
-            lambda: victim not in actors("forest") and len(actors("forest")) == 2, 120, "a replacement actor"
-        )
+        wait_until(lambda: victim not in actors("forest") and len(actors("forest")) == 2, 120, "a replacement actor")
         served = load.statuses[200]
         wait_until(lambda: load.statuses[200] >= served + 20, 60, "requests flowing after the replacement")
     finally:
@@ -326,9 +322,7 @@ def test_actors_that_cannot_be_placed_fail_the_load_cleanly(
     wait_until(lambda: not actors("nowhere"), 60, "the pending actor killed")
 
 
-def test_hung_and_stalled_actors_are_killed_and_replaced(
-    cluster: dict[str, Any], tmp_path: Path, serve: Any
-) -> None:
+def test_hung_and_stalled_actors_are_killed_and_replaced(cluster: dict[str, Any], tmp_path: Path, serve: Any) -> None:
     """A request running past ``worker_timeout`` fails with 504 and its actor is replaced; an
     idle actor that stops answering (SIGSTOP) is found by the heartbeat and replaced."""
     toy_model(tmp_path, "stuck", backend="ray", parallel_workers=1, ray={"num_cpus": 0.25})

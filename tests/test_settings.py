@@ -476,8 +476,9 @@ def test_model_settings_linked_out_of_the_repository_is_not_read(tmp_path: Path)
         states = {item["name"]: item for item in index}
         assert states["good"]["state"] == "READY"
         assert states["sneaky"]["state"] == "UNAVAILABLE"
-        assert "model 'sneaky': model-settings.json is a link that leaves the model repository" in (
-            states["sneaky"]["reason"]
+        assert (
+            "model 'sneaky': model-settings.json is a link that leaves the model repository"
+            in (states["sneaky"]["reason"])
         )
         assert str(tmp_path) not in states["sneaky"]["reason"]
         assert server.get("/v2/models/sneaky/ready")[0] == 400

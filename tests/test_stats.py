@@ -136,7 +136,9 @@ def test_inference_count_counts_rows(server: ServerProcess, client: httpclient.I
         answer = triton.get_inference_statistics("rows", as_json=True)["model_stats"][0]
     assert int(answer["inference_count"]) == 13 and int(answer["execution_count"]) == 5
     assert sorted((int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in answer["batch_stats"]) == [
-        (1, 2), (3, 1), (4, 2),
+        (1, 2),
+        (3, 1),
+        (4, 2),
     ]
 
 

@@ -82,7 +82,7 @@ def failure(call: Callable[[], Any]) -> tuple[str, str]:
     with pytest.raises(InferenceServerException) as info:
         call()
     message = info.value.message() or ""
-    assert "Traceback" not in message and "File \"" not in message, message
+    assert "Traceback" not in message and 'File "' not in message, message
     return str(info.value.status()).removeprefix("StatusCode."), message
 
 

@@ -184,9 +184,7 @@ def test_unversioned_model_keeps_working(server: ServerProcess, trained: dict[st
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(
-    ("method", "suffix"), [("GET", ""), ("GET", "/ready"), ("POST", "/infer"), ("GET", "/stats")]
-)
+@pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("GET", "/ready"), ("POST", "/infer"), ("GET", "/stats")])
 def test_unknown_version_is_404_naming_model_and_version(server: ServerProcess, method: str, suffix: str) -> None:
     body = json.dumps(_body(np.zeros((1, N_FEATURES), np.float32))).encode() if method == "POST" else None
     status, raw, _ = server.request(method, f"/v2/models/triton-skl/versions/3{suffix}", body)

@@ -131,9 +131,7 @@ def _from_binary(
     return decode_raw_tensor(tail[offset : offset + size], datatype, shape, where, BINARY_BODY)
 
 
-def decode_request(
-    body: bytes | memoryview, json_length: int | None = None, max_elements: int = 0
-) -> InferenceRequest:
+def decode_request(body: bytes | memoryview, json_length: int | None = None, max_elements: int = 0) -> InferenceRequest:
     """Decode a V2 request body. ``json_length`` is set for the binary extension.
 
     Raises :class:`InvalidRequest` for anything a runtime could not rely on, and

@@ -280,9 +280,7 @@ class InferenceService:
                 "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
                 # bytes in, bytes out: the worker parses the request and serializes the reply
                 "ModelInfer": unary(self.model_infer),
-                "RepositoryIndex": unary(
-                    self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
-                ),
+                "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
                 "RepositoryModelLoad": unary(
                     self.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
                 ),
@@ -336,7 +334,7 @@ class GrpcServer:
                 ("grpc.max_send_message_length", -1),
                 # A port already taken must fail the start, not be shared with another server.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self._server.add_generic_rpc_handlers((InferenceService(plane, statistics).handler(),))
         self._health = health.aio.HealthServicer()

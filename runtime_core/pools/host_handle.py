@@ -129,8 +129,15 @@ class Host:
                 fds = [ctl_child.fileno(), data_child.fileno()]
                 self._proc = subprocess.Popen(
                     [
-                        sys.executable, "-m", "runtime_core.host", "--host", str(fds[0]), str(fds[1]),
-                        str(os.getpid()), self.import_path, self.log_level,
+                        sys.executable,
+                        "-m",
+                        "runtime_core.host",
+                        "--host",
+                        str(fds[0]),
+                        str(fds[1]),
+                        str(os.getpid()),
+                        self.import_path,
+                        self.log_level,
                     ],
                     pass_fds=fds,
                     env=template_env(),
@@ -191,8 +198,12 @@ class Host:
             if spawned is not None and not spawned.done():
                 spawned.set_result(event.pid)
         elif isinstance(event, WorkerExited) and os.WIFSIGNALED(event.status):
-            log.debug("a worker (pid %d) of %s was killed by signal %d", event.pid, self.import_path,
-                      os.WTERMSIG(event.status))
+            log.debug(
+                "a worker (pid %d) of %s was killed by signal %d",
+                event.pid,
+                self.import_path,
+                os.WTERMSIG(event.status),
+            )
 
     def _send(self, command: Any, fds: list[int] | None = None) -> None:
         if self._ctl is None or not self.alive:
@@ -373,8 +384,12 @@ class Host:
         if self.stopping:
             log.debug("the host of runtime %r (pid %d) %s", self.runtime, self.pid, exit_text(status))
         else:
-            log.warning("the host of runtime %r (pid %d) %s; its models load into a new host on their next request",
-                        self.runtime, self.pid, exit_text(status))
+            log.warning(
+                "the host of runtime %r (pid %d) %s; its models load into a new host on their next request",
+                self.runtime,
+                self.pid,
+                exit_text(status),
+            )
 
     def stopped(self) -> bool:
         """The process is stopped (``SIGSTOP``, or traced): it will answer nothing until it is
@@ -418,4 +433,3 @@ class Host:
             while pid_alive(self.pid) and loop.time() < stop_by:
                 await asyncio.sleep(0.02)
             self.kill()
-

@@ -198,10 +198,13 @@ class Placement(ModelPool):
             if pending.future.done():
                 self._inflight -= 1
             else:
-                self._fail(pending, ModelNotReady(
-                    f"model {self.name!r}: it could not be loaded within worker_timeout ({limit:g} s)",
-                    model=self.name,
-                ))
+                self._fail(
+                    pending,
+                    ModelNotReady(
+                        f"model {self.name!r}: it could not be loaded within worker_timeout ({limit:g} s)",
+                        model=self.name,
+                    ),
+                )
 
     def _take_parked(self) -> list[Pending]:
         parked, self._parked = self._parked, []

@@ -407,8 +407,13 @@ class RayPool(ModelPool):
         except Exception:
             return  # a dead actor is the sentinel's to notice
         if not applied and self._priority_applied:
-            log.info("model %r: Ray actor %s could not take nice %d%s (needs CAP_SYS_NICE on its node)",
-                     self.name, actor.name, self._nice, ", SCHED_IDLE" if self._background else "")
+            log.info(
+                "model %r: Ray actor %s could not take nice %d%s (needs CAP_SYS_NICE on its node)",
+                self.name,
+                actor.name,
+                self._nice,
+                ", SCHED_IDLE" if self._background else "",
+            )
         self._priority_applied = bool(applied)
 
     # ------------------------------------------------------------------ requests

@@ -88,8 +88,6 @@ def disconnect() -> bool:
     return True
 
 
-
-
 class ModelActor:
     """The body of one Ray actor: connects back to its pool and serves one runtime instance
     with the local workers' serving loop, on a thread of its own.
@@ -98,9 +96,7 @@ class ModelActor:
     Ray's own methods below (``start``, ``priority``, ``sentinel``, ``where``) run on Ray's
     event loop and are never held up by ``predict``."""
 
-    def __init__(
-        self, spec: WorkerSpec, index: int, address: tuple[str, int], token: bytes, batch_time: float
-    ) -> None:
+    def __init__(self, spec: WorkerSpec, index: int, address: tuple[str, int], token: bytes, batch_time: float) -> None:
         self.spec = spec
         self.index = index
         self.address = address

@@ -174,7 +174,10 @@ class Residency:
                 log.warning(
                     "the host of %s (pid %d) holds %d MiB beyond its start, past what its models take plus"
                     " slack (%d MiB): its models move to a fresh host",
-                    host.import_path, host.pid, grown >> 20, limit >> 20,
+                    host.import_path,
+                    host.pid,
+                    grown >> 20,
+                    limit >> 20,
                 )
             for pool in list(self._lru):
                 pool.move_off(host, "its host is being recycled")
@@ -238,8 +241,9 @@ class Residency:
                     continue
                 oldest = min(conn.pending.values(), key=lambda p: p.sent_at)
                 if now - oldest.sent_at > self.worker_timeout:
-                    log.error("the host of %s gave no answer in %g s; killing it", host.import_path,
-                              self.worker_timeout)
+                    log.error(
+                        "the host of %s gave no answer in %g s; killing it", host.import_path, self.worker_timeout
+                    )
                     conn.timed_out = {id(oldest)}
                     host.kill()
 

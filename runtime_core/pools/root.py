@@ -6,6 +6,7 @@ hosts it forked and reports how each ended (``HostExited``). When it dies, the h
 die with it (parent-death signal); a fork it does not answer fails with
 :class:`~runtime_core.errors.WorkerDied`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -101,8 +102,14 @@ class Root:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "runtime_core.host", "--root",
-                str(child.fileno()), str(os.getpid()), import_path, log_level,
+                sys.executable,
+                "-m",
+                "runtime_core.host",
+                "--root",
+                str(child.fileno()),
+                str(os.getpid()),
+                import_path,
+                log_level,
             ],
             pass_fds=[child.fileno()],
             env=template_env(),

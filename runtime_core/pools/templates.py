@@ -6,6 +6,7 @@ the root early (importing frameworks is the slowest part of start-up) and one :c
 per runtime on first use (siblings while one is stalled, at most ``MAX_HOSTS``), and replaces
 a host that died. ``aclose`` stops the hosts, then the root; no process outlives the server.
 """
+
 from __future__ import annotations
 
 import asyncio

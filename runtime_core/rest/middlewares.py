@@ -86,9 +86,7 @@ async def error_middleware(
             405: "method not allowed",
             408: "the request body stalled for longer than read_timeout",
             413: "request body too large",
-        }.get(
-            exc.status, exc.reason
-        )
+        }.get(exc.status, exc.reason)
         return error_response(exc.status, reason, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
