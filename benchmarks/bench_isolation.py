@@ -6,7 +6,10 @@ each, as in bench_fairness, and ``sleepy`` (every call sleeps 1 s, no CPU; see
 host. Phases, each W s warm-up + D s window, in this order:
 
 1. light alone, open loop at ``--light-rate`` req/s (latency from each request's scheduled
-   start, so a stall is charged to every request queued behind it);
+   start, so a stall is charged to every request queued behind it); then the machine's floor:
+   light beside one busy loop per CPU at ``SCHED_IDLE`` that belongs to no server (pure CPU,
+   no I/O). No server can do better beside a model that keeps every core busy, so the ratio of
+   this phase to light alone is what the machine itself costs the probe;
 2. for each N of ``--sleepy-clients`` (1, 2): light (open loop) + sleepy, closed loop at N
    clients, so that the sleeping model always has a call in flight. These come first, so
    that sleepy's first call finds light on the shared host (``--heavy-first`` swaps 2 and 3);
@@ -17,7 +20,8 @@ The warm-ups are kept (a model moves in the first one after a change of load), a
 light p99 reported beside the window's.
 
 Per phase: light p50/p99, heavy or sleepy req/s and latency, errors, CPU of the server's
-process tree, the machine's load averages. For runtime-core also the state that was
+process tree, the machine's load averages and its steal time (a virtual machine's CPUs taken
+by the hypervisor, from ``/proc/stat``). For runtime-core also the state that was
 measured: the server's processes by kernel name (``/proc/PID/comm``) at the start and at the
 end of each window -- ``rc-h:<runtime>`` hosts, ``rc-w<i>:<model>`` dedicated workers -- the
 CPU of each of those groups, the share of samples (every 0.5 s) in which each group ran at
@@ -41,9 +45,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -200,6 +206,35 @@ class LogFollower:
         return [ln for ln in lines if LOG_WORDS.search(ln)][-60:]
 
 
+#: The floor's CPU hogs: a busy loop at SCHED_IDLE, the lowest priority Linux has.
+_IDLE_HOG = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
+
+
+class IdleHogs:
+    """One busy loop per CPU at ``SCHED_IDLE``, for the machine-floor phase."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> IdleHogs:
+        cmd = [sys.executable, "-c", _IDLE_HOG]
+        self._procs = [subprocess.Popen(cmd) for _ in range(os.cpu_count() or 1)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            proc.kill()
+        for proc in self._procs:
+            proc.wait()
+
+
+def steal_ticks() -> int:
+    """The machine's steal time so far, in clock ticks (0 where the kernel does not count it)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) if len(fields) > 8 else 0
+
+
 def load_averages() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -229,7 +264,11 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
 
     phases: dict[str, Any] = {}
 
-    def run(label: str, loads: list[tuple[str, Any]]) -> dict[str, LoadResult]:
+    def run(label: str, loads: list[tuple[str, Any]], around: Any = None) -> dict[str, LoadResult]:
+        with around or contextlib.nullcontext():
+            return measure(label, loads)
+
+    def measure(label: str, loads: list[tuple[str, Any]]) -> dict[str, LoadResult]:
         start: dict[str, Any] = {}
         sampler = PrioritySampler(root) if runtime_core else None
 
@@ -244,15 +283,18 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
         # worker), the move happens in it, and its light p99 is what the move cost.
         before_warmup = census(root) if runtime_core else None
         warm = run_loads([factory(args.warmup) for _, factory in loads]) if args.warmup > 0 else []
+        steal_before = steal_ticks()
         try:
             results, cpu = windowed(make, root, 0, args.duration)
         finally:
             idle = sampler.stop() if sampler is not None else None
+        steal = (steal_ticks() - steal_before) / os.sysconf("SC_CLK_TCK")
         by_model = {name: r for (name, _), r in zip(loads, results, strict=True)}
         phase: dict[str, Any] = {
             "results": {name: r.as_dict() for name, r in by_model.items()},
             "server_cpu_cores": cpu.seconds / cpu.wall if cpu.wall else float("nan"),
             "machine_busy_cores": cpu.machine_busy / cpu.wall if cpu.wall else float("nan"),
+            "steal_share": steal / (cpu.wall * (os.cpu_count() or 1)) if cpu.wall else float("nan"),
             "loadavg": load_averages(),
             "errors": sum(r.errors for r in results),
             "warmup": {name: r.as_dict() for (name, _), r in zip(loads, warm, strict=False)},
@@ -278,6 +320,7 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
         return by_model
 
     alone = run("light_alone", [("light", light)])["light"]
+    floor = run("light_idle_hogs", [("light", light)], around=IdleHogs())["light"]
     rows: list[dict[str, Any]] = []
 
     def ratio(a: float, b: float) -> float:
@@ -327,12 +370,17 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
         r["state"] = state_text(phase.get("state_end"))
         r["sched_idle"] = idle_text(phase.get("sched_idle_share"))
         r["moves"] = sum("'light' moved to a sibling host" in line for line in phase.get("log", []))
+        r["steal_share"] = phase["steal_share"]
+        r["light_p99_over_floor"] = ratio(r["light_p99"], floor.p99_ms)
     return {
         "phases": phases,
         "rows": rows,
         "light_alone_p50": alone.p50_ms,
         "light_alone_p99": alone.p99_ms,
         "light_alone_state": state_text(phases["light_alone"].get("state_end")),
+        "floor_p50": floor.p50_ms,
+        "floor_p99": floor.p99_ms,
+        "floor_ratio": ratio(floor.p99_ms, alone.p99_ms),
         "errors": sum(p["errors"] for p in phases.values()),
     }
 
@@ -378,6 +426,10 @@ def _ratio(value: float) -> str:
     return fmt(value, 2) + "x" if value == value else "-"
 
 
+def _percent(share: float | None) -> str:
+    return f"{share * 100:.1f} %" if share is not None and share == share else "-"
+
+
 def render(data: dict[str, Any]) -> str:
     a = data["args"]
     env = data["env"]
@@ -395,12 +447,14 @@ def render(data: dict[str, Any]) -> str:
     servers = data["servers"]
     if servers:
         labels = [r["phase"] for r in servers[0]["rows"]]
-        headers = ["server", "light alone p50/p99 ms"] + [f"light p99 ratio, {lb}" for lb in labels]
+        headers = ["server", "light alone p50/p99 ms", "machine floor: p99 beside idle hogs / alone"]
+        headers += [f"light p99 ratio, {lb}" for lb in labels]
         headers += [f"heavy req/s ratio, {r['phase']}" for r in servers[0]["rows"] if r["other"] == "heavy"]
         headers.append("errors")
         summary = []
         for s in servers:
             line: list[Any] = [s["server"], f"{fmt(s['light_alone_p50'], 2)} / {fmt(s['light_alone_p99'], 2)}"]
+            line.append(f"{_ratio(s['floor_ratio'])} ({fmt(s['floor_p99'], 2)} ms)")
             line += [_ratio(r["light_p99_ratio"]) for r in s["rows"]]
             line += [_ratio(r["other_ratio"]) for r in s["rows"] if r["other"] == "heavy"]
             line.append(s["errors"])
@@ -412,6 +466,7 @@ def render(data: dict[str, Any]) -> str:
             "phase",
             "light p50 / p99 ms",
             "p99 / alone",
+            "p99 / floor",
             "light p99 in warm-up ms",
             "other req/s",
             "other p99 ms",
@@ -420,29 +475,37 @@ def render(data: dict[str, Any]) -> str:
             "errors",
             "server cores",
             "load avg 1 min",
+            "steal",
             "runtime-core state at end",
             "SCHED_IDLE share of samples",
         ]
         detail = []
         for s in servers:
-            detail.append(
-                [
-                    s["server"],
-                    "light alone",
-                    f"{fmt(s['light_alone_p50'], 2)} / {fmt(s['light_alone_p99'], 2)}",
-                    "1.00x",
-                    fmt((s["phases"]["light_alone"]["warmup"].get("light") or {}).get("p99_ms"), 2),
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    s["phases"]["light_alone"]["errors"],
-                    fmt(s["phases"]["light_alone"]["server_cpu_cores"], 2),
-                    s["phases"]["light_alone"]["loadavg"][0],
-                    s.get("light_alone_state", "-"),
-                    idle_text(s["phases"]["light_alone"].get("sched_idle_share")),
-                ]
-            )
+            for key, label, p50, p99, vs_alone in (
+                ("light_alone", "light alone", s["light_alone_p50"], s["light_alone_p99"], 1.0),
+                ("light_idle_hogs", "light beside idle hogs (floor)", s["floor_p50"], s["floor_p99"], s["floor_ratio"]),
+            ):
+                phase = s["phases"][key]
+                detail.append(
+                    [
+                        s["server"],
+                        label,
+                        f"{fmt(p50, 2)} / {fmt(p99, 2)}",
+                        _ratio(vs_alone),
+                        "-",
+                        fmt((phase["warmup"].get("light") or {}).get("p99_ms"), 2),
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        phase["errors"],
+                        fmt(phase["server_cpu_cores"], 2),
+                        phase["loadavg"][0],
+                        _percent(phase.get("steal_share")),
+                        state_text(phase.get("state_end")) if s["server"] == "runtime-core" else "-",
+                        idle_text(phase.get("sched_idle_share")),
+                    ]
+                )
             for r in s["rows"]:
                 detail.append(
                     [
@@ -450,6 +513,7 @@ def render(data: dict[str, Any]) -> str:
                         r["phase"],
                         f"{fmt(r['light_p50'], 2)} / {fmt(r['light_p99'], 2)}",
                         _ratio(r["light_p99_ratio"]),
+                        _ratio(r["light_p99_over_floor"]),
                         fmt(r["light_warmup_p99"], 2),
                         f"{r['other']} {fmt(r['other_rps'])}",
                         fmt(r["other_p99"]),
@@ -458,6 +522,7 @@ def render(data: dict[str, Any]) -> str:
                         r["errors"],
                         fmt(r["server_cpu_cores"], 2),
                         r["loadavg"][0],
+                        _percent(r.get("steal_share")),
                         (r["state"] + (f"; light moved {r['moves']}x" if r["moves"] else ""))
                         if s["server"] == "runtime-core"
                         else "-",
