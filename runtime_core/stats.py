@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime_core.envelope import Outcome
-from runtime_core.metrics import OUTCOMES, SUCCESS, outcome_index
+from runtime_core.metricseries import OUTCOMES, SUCCESS, outcome_index
 from runtime_core.repository import ModelRecord, ModelRepository, ModelState
 from runtime_core.scheduler import FairScheduler
 
