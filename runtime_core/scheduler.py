@@ -39,17 +39,13 @@ entry is checked against the model's state when it reaches the top; a model
 found at its pool's capacity leaves the heap until one of those events. A
 dispatch costs O(log a), a the number of active models, and stale entries are
 swept out once they outnumber the active models. The set of active models is
-kept as requests come and go, and CPU priorities are recomputed only for the
-models whose work changed, or for every saturated model when the first modest
-one arrives or the last one leaves.
+kept as requests come and go. Each model's queue, cost estimate and virtual time
+are its lane's (:mod:`runtime_core.lanes`).
 
-On the CPU, while some model has work within its means (no more requests than
-workers), the workers of every saturated model (more requests than workers) run
-at ``SCHED_IDLE`` (see ``cpu_priority``): the kernel then runs the modest model's
-worker the moment it wakes, and the flooded ones get all the rest. They return
-to normal priority when the modest work is done. A pool whose worker count
-changes reports it through ``on_capacity`` (or a request of its model ends);
-the model's priority follows at that point.
+On the CPU, while some model has work within its means, the workers of every
+saturated model yield (``SCHED_IDLE``), and weights become nice values: see
+:mod:`runtime_core.cpupriority`, told after each round of dispatch which models'
+work changed.
 
 Cancel: a caller that goes away (client disconnect) cancels its future; the
 request is dropped from the queue without reaching a worker. Deadlines: a
@@ -68,25 +64,15 @@ import functools
 import heapq
 import itertools
 import logging
-import math
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
+from runtime_core.cpupriority import CpuPriority
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull, ShuttingDown
+from runtime_core.lanes import Lane, LaneStats, QueuedRequest
 from runtime_core.limits import cpu_count
-from runtime_core.pools.base import COSTLY_REQUEST, ModelPool
-
-_EWMA = 0.2
-_INITIAL_COST = 0.001
-
-# A lane's CPU-priority class (see FairScheduler._update_priorities).
-_IDLE, _MODEST, _SATURATED = 0, 1, 2
-#: Seconds a cheap model that went idle still keeps costly models' workers yielding (see
-#: ``_update_priorities``).
-CHEAP_HOLD = 0.2
+from runtime_core.pools.base import ModelPool
 
 log = logging.getLogger("runtime_core.scheduler")
 
@@ -96,67 +82,6 @@ log = logging.getLogger("runtime_core.scheduler")
 #: ``wait`` is the seconds spent queued here, ``compute`` the seconds the worker reported
 #: (0 without an Outcome), ``total`` the seconds from submit to the answer.
 Observer = Callable[[str, Outcome | int, float, float, float], None]
-
-
-@dataclass(slots=True)
-class _Item:
-    future: asyncio.Future[Outcome]
-    envelope: Envelope
-    enqueued: float
-    sent: float = 0.0
-    estimate: float = 0.0
-
-
-@dataclass(slots=True)
-class LaneStats:
-    """Per-model figures for metrics (read through :meth:`FairScheduler.stats`)."""
-
-    queued: int = 0
-    inflight: int = 0
-    rejected: int = 0
-    expired: int = 0
-    cancelled: int = 0
-    cost: float = 0.0
-    background: bool = False
-
-
-#: The queue of every lane with nothing queued, shared: an empty deque takes 760 bytes (7.6 MB
-#: at 10,000 models, issue 23). A lane gets a deque of its own when a request is queued
-#: (:meth:`FairScheduler.submit`, the one place that appends) and gives it back when its
-#: queue empties. Appending to it is a bug, and raises.
-class _NoQueue(deque[_Item]):
-    def append(self, item: _Item) -> None:
-        raise AssertionError("a request was queued in the shared empty queue")
-
-
-_NO_QUEUE: deque[_Item] = _NoQueue()
-
-
-@dataclass(slots=True, eq=False)  # compared and hashed by identity: a re-added key is a new lane
-class Lane:
-    """One model's queue and accounting."""
-
-    key: str
-    pool: ModelPool
-    weight: float
-    max_queue: int
-    #: The queued requests: :data:`_NO_QUEUE` while there are none (see there).
-    queue: deque[_Item] = field(default_factory=lambda: _NO_QUEUE)
-    vtime: float = 0.0
-    cost: float = _INITIAL_COST
-    inflight: int = 0
-    background: bool = False
-    stats: LaneStats = field(default_factory=LaneStats)
-    removed: bool = False
-    #: Sequence number of the lane's live entry in the ready heap (-1: none) and its key.
-    ready_seq: int = -1
-    ready_key: float = 0.0
-    #: The queued request that has the idle pass (always the queue's head), its heap entry.
-    pass_item: _Item | None = None
-    pass_seq: int = -1
-    #: _IDLE, _MODEST or _SATURATED, as last classified for CPU priorities.
-    state: int = _IDLE
-
 
 #: Requests that make one full batch in a worker (see ``pool.BATCH_DEPTH``).
 _BATCH = 8
@@ -171,16 +96,11 @@ def default_budget() -> int:
     return 2 * _BATCH * cpu_count()
 
 
-def _nice(top: float, weight: float) -> int:
-    return min(19, max(0, round(math.log(top / weight) / math.log(1.25))))
-
-
 class FairScheduler:
     """Routes requests to model pools, fairly. See the module docstring for the policy."""
 
     def __init__(self, budget: int | None = None, *, cpu_priority: bool = True) -> None:
         self.budget = budget or default_budget()
-        self.cpu_priority = cpu_priority
         self._lanes: dict[str, Lane] = {}
         self._inflight = 0
         self._queued = 0
@@ -192,22 +112,7 @@ class FairScheduler:
         self._ready: list[tuple[float, int, Lane]] = []
         self._passes: list[tuple[float, int, Lane]] = []
         self._active: set[Lane] = set()  # lanes with work queued or in flight
-        self._saturated: set[Lane] = set()
-        self._background: set[Lane] = set()
-        self._dirty: set[Lane] = set()  # lanes whose work changed since priorities were set
-        self._modest = 0  # lanes classified _MODEST
-        self._modest_on = False
-        self._cheap_modest: set[Lane] = set()  # _MODEST lanes whose requests are cheap
-        self._costly_modest: set[Lane] = set()  # _MODEST lanes whose requests are costly
-        self._cheap_on = False
-        #: Loop time until which a cheap model that just went idle still counts as having work
-        #: (``CHEAP_HOLD``): its next request, a few milliseconds away at a steady rate, finds the
-        #: costly models' workers already yielding, and their priority is not flipped twice per
-        #: request.
-        self._cheap_until = 0.0
-        self._cheap_timer: asyncio.TimerHandle | None = None
-        self._weights: Counter[float] = Counter()
-        self._top_weight = 0.0
+        self._priority = CpuPriority(cpu_priority, self._lanes, self._active)
         self._idle = asyncio.Event()
         self._idle.set()
         #: Called once per request; see :data:`Observer` (the metrics hook).
@@ -221,35 +126,15 @@ class FairScheduler:
         lane = Lane(key, pool, weight, max_queue, vtime=self._clock)
         self._lanes[key] = lane
         pool.on_capacity = functools.partial(self._capacity, lane)
-        self._weights[weight] += 1
-        self._update_weights(lane)
+        self._priority.added(lane)
         return lane
-
-    def _update_weights(self, lane: Lane | None) -> None:
-        """Give each model's workers a nice value from its weight, relative to the heaviest
-        weight: the kernel then shares the CPU among busy models in those proportions (each
-        nice step is a factor of about 1.25), whatever the batching in their workers. Only
-        ``lane`` is set, unless the heaviest weight changed."""
-        if not self.cpu_priority or not self._weights:
-            return
-        top = max(self._weights)
-        lanes: Iterable[Lane]
-        if top != self._top_weight:
-            self._top_weight = top
-            lanes = self._lanes.values()
-        else:
-            lanes = [lane] if lane is not None else []
-        for each in lanes:
-            each.pool.set_nice(_nice(top, each.weight))
 
     def replace_pool(self, key: str, pool: ModelPool) -> ModelPool:
         """Send new requests to ``pool``; returns the old pool (to drain and close)."""
         lane = self._lanes[key]
         old, lane.pool = lane.pool, pool
         pool.on_capacity = functools.partial(self._capacity, lane)
-        self._update_weights(lane)
-        if lane.background:
-            pool.set_background(True)
+        self._priority.pool_replaced(lane)
         self._touch(lane)
         self._schedule(lane)
         self._pump()
@@ -261,25 +146,14 @@ class FairScheduler:
         if lane is None:
             return None
         lane.removed = True
-        self._weights[lane.weight] -= 1
-        if not self._weights[lane.weight]:
-            del self._weights[lane.weight]
         self._active.discard(lane)
-        self._saturated.discard(lane)
-        self._background.discard(lane)
-        self._dirty.discard(lane)
-        self._cheap_modest.discard(lane)
-        self._costly_modest.discard(lane)
-        if lane.state == _MODEST:
-            self._modest -= 1
-        lane.state = _IDLE
+        self._priority.removed(lane)
         lane.pass_item = None
         self._queued -= len(lane.queue)
         while lane.queue:
             item = lane.queue.popleft()
             if not item.future.done():
                 item.future.set_exception(ModelNotReady(f"model {key!r} was unloaded", model=key))
-        self._update_weights(None)
         self._pump()  # the budget, the priorities and drain may depend on this lane
         return lane.pool
 
@@ -324,10 +198,8 @@ class FairScheduler:
             lane.vtime = max(lane.vtime, self._clock)
         if not envelope.arrived:
             envelope.arrived = time.time()
-        item = _Item(future, envelope, time.monotonic())
-        if lane.queue is _NO_QUEUE:
-            lane.queue = deque()
-        lane.queue.append(item)
+        item = QueuedRequest(future, envelope, time.monotonic())
+        lane.push(item)
         if idle:
             lane.pass_item = item
         self._queued += 1
@@ -348,7 +220,7 @@ class FairScheduler:
                 self._pump()  # the lane may have gone idle: budget, priorities, drain
             raise
 
-    def _dequeued(self, lane: Lane, item: _Item) -> None:
+    def _dequeued(self, lane: Lane, item: QueuedRequest) -> None:
         """Account for ``item`` having left ``lane``'s queue (sent, expired or dropped)."""
         self._queued -= 1
         if item is lane.pass_item:
@@ -363,8 +235,7 @@ class FairScheduler:
             self._active.add(lane)
         else:
             self._active.discard(lane)
-        if self.cpu_priority:
-            self._dirty.add(lane)
+        self._priority.touched(lane)
 
     def _schedule(self, lane: Lane) -> None:
         """Put ``lane`` in the heaps if it has queued work (its entries were popped, or its
@@ -435,9 +306,7 @@ class FairScheduler:
             lane = self._pick()
             if lane is None:
                 break
-            item = lane.queue.popleft()
-            if not lane.queue:
-                lane.queue = _NO_QUEUE
+            item = lane.pop()
             self._dequeued(lane, item)
             if item.future.done():  # cancelled by a client that went away
                 pass
@@ -452,14 +321,13 @@ class FairScheduler:
             else:
                 self._send(lane, item)
             self._schedule(lane)
-        self._update_priorities()
+        self._priority.update()
         if not self._inflight and not self._queued:
             self._idle.set()
 
-    def _send(self, lane: Lane, item: _Item) -> None:
+    def _send(self, lane: Lane, item: QueuedRequest) -> None:
         self._clock = max(self._clock, lane.vtime)
-        item.estimate = lane.cost
-        lane.vtime += lane.cost / lane.weight
+        lane.charge(item)
         lane.inflight += 1
         self._inflight += 1
         self._touch(lane)
@@ -467,7 +335,7 @@ class FairScheduler:
         sent = lane.pool.submit(item.envelope)
         sent.add_done_callback(functools.partial(self._finished, lane, item))
 
-    def _finished(self, lane: Lane, item: _Item, done: asyncio.Future[Outcome]) -> None:
+    def _finished(self, lane: Lane, item: QueuedRequest, done: asyncio.Future[Outcome]) -> None:
         lane.inflight -= 1
         self._inflight -= 1
         wait = time.monotonic() - item.enqueued
@@ -478,8 +346,7 @@ class FairScheduler:
         if error is None:
             outcome = done.result()
             used = outcome.cpu or outcome.compute  # service time (less CPU waits) where reported
-            lane.cost += _EWMA * (used - lane.cost)
-            lane.vtime += (used - item.estimate) / lane.weight
+            lane.settle(item, used)
             outcome.queued = item.sent - item.enqueued  # for the front ends' request log
             if self.observers:
                 self._observe(lane.key, outcome, outcome.queued, outcome.compute, wait)
@@ -501,81 +368,8 @@ class FairScheduler:
             except Exception:  # a broken observer must not break request accounting
                 log.exception("scheduler observer %r failed", observer)
 
-    def _update_priorities(self) -> None:
-        if not self.cpu_priority:
-            return
-        changed, self._dirty = self._dirty, set()
-        for lane in changed:
-            if lane not in self._active:
-                state = _IDLE
-            elif lane.inflight + len(lane.queue) > lane.pool.parallelism:
-                # Saturated: more work than the model has workers to run it on at once.
-                state = _SATURATED
-            else:
-                state = _MODEST
-            if lane in self._cheap_modest and state != _MODEST:
-                self._cheap_until = asyncio.get_running_loop().time() + CHEAP_HOLD
-            self._cheap_modest.discard(lane)
-            self._costly_modest.discard(lane)
-            if state == _MODEST:
-                (self._cheap_modest if lane.cost < COSTLY_REQUEST else self._costly_modest).add(lane)
-            if state == lane.state:
-                continue
-            if lane.state == _MODEST:
-                self._modest -= 1
-            elif lane.state == _SATURATED:
-                self._saturated.discard(lane)
-            if state == _MODEST:
-                self._modest += 1
-            elif state == _SATURATED:
-                self._saturated.add(lane)
-            lane.state = state
-        # A model with work that is within its means must not wait for the CPU behind one
-        # that is flooded; while there is none, the flooded ones keep normal priority (so a
-        # lone busy model does not yield to every other process on the host). Likewise a cheap
-        # model's request must not wait behind a costly model's calls even when that model is
-        # within its means (two clients of a forest on two workers fill both cores).
-        modest = self._modest > 0
-        if modest != self._modest_on:
-            self._modest_on = modest
-            changed |= self._saturated | self._background
-        cheap = bool(self._cheap_modest)
-        if not cheap and self._cheap_until:
-            loop = asyncio.get_running_loop()
-            if loop.time() < self._cheap_until:
-                cheap = True
-                if self._cheap_timer is None:
-                    self._cheap_timer = loop.call_at(self._cheap_until, self._cheap_expired)
-            else:
-                self._cheap_until = 0.0
-        if cheap != self._cheap_on:
-            self._cheap_on = cheap
-            changed |= self._costly_modest | self._background
-        for lane in changed:
-            want = not lane.removed and (
-                (modest and lane.state == _SATURATED) or (cheap and lane in self._costly_modest)
-            )
-            if want != lane.background:
-                lane.pool.set_background(want)
-                lane.background = want
-                if want:
-                    self._background.add(lane)
-                else:
-                    self._background.discard(lane)
-
-    def _cheap_expired(self) -> None:
-        self._cheap_timer = None
-        self._update_priorities()
-
     # ------------------------------------------------------------------ visibility
 
     def stats(self) -> dict[str, LaneStats]:
         """Per-model queue depth, in-flight requests, refusals and cancellations."""
-        out = {}
-        for key, lane in self._lanes.items():
-            lane.stats.queued = len(lane.queue)
-            lane.stats.inflight = lane.inflight
-            lane.stats.cost = lane.cost
-            lane.stats.background = lane.background
-            out[key] = lane.stats
-        return out
+        return {key: lane.figures() for key, lane in self._lanes.items()}

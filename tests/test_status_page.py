@@ -215,7 +215,7 @@ def test_the_page_shows_no_server_path(server: ServerProcess, root: Path) -> Non
 
 
 def test_with_many_models_only_the_busy_ones_are_charted(tmp_path: Path, serve: Any, browser: Any) -> None:
-    names = [f"m{i:02d}" for i in range(26)]  # more than stats.MAX_CHARTS (24)
+    names = [f"m{i:02d}" for i in range(26)]  # more than statuspage.MAX_CHARTS (24)
     for name in names:
         write_model(tmp_path / name, name=name, runtime="echo")
     server = serve(tmp_path, workers=0)
@@ -275,7 +275,7 @@ def test_with_more_than_a_page_of_models_the_troubled_and_busy_are_shown_and_a_f
 ) -> None:
     """Issue 23: the page and /status.json show at most STATUS_ROWS models (the troubled and
     the busiest first) and how many there are; ``model`` filters, ``limit``/``offset`` page."""
-    from runtime_core.stats import STATUS_ROWS
+    from runtime_core.statuspage import STATUS_ROWS
 
     names = [f"m{i:03d}" for i in range(STATUS_ROWS + 5)]
     for name in names:
