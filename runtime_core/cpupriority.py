@@ -16,9 +16,10 @@ changes):
   not yield to every other process on the host;
 * likewise, while a cheap model (cost under
   :data:`~runtime_core.pools.base.COSTLY_REQUEST`) has modest work, the workers of every costly
-  modest model run at ``SCHED_IDLE``: a cheap request must not wait behind a costly model's
-  calls even when that model is within its means. A cheap model that goes idle keeps them
-  yielding for :data:`CHEAP_HOLD` seconds more.
+  model with work, modest or saturated, run at ``SCHED_IDLE``: a cheap request must not wait
+  behind a costly model's calls even when that model is within its means. A cheap model that
+  goes idle keeps them yielding for :data:`CHEAP_HOLD` seconds more, so that a costly model
+  beside a cheap one at a steady rate does not change priority twice per cheap request.
 
 Mechanism: the scheduler marks a lane whose work changed (:meth:`CpuPriority.touched`) and
 calls :meth:`CpuPriority.update` after each round of dispatch; only the marked lanes are
@@ -69,7 +70,7 @@ class CpuPriority:
         self._modest = 0  # lanes classified MODEST
         self._modest_on = False
         self._cheap_modest: set[Lane] = set()  # MODEST lanes whose requests are cheap
-        self._costly_modest: set[Lane] = set()  # MODEST lanes whose requests are costly
+        self._costly_busy: set[Lane] = set()  # MODEST or SATURATED lanes whose requests are costly
         self._cheap_on = False
         #: Loop time until which a cheap model that just went idle still counts as having work
         #: (:data:`CHEAP_HOLD`).
@@ -101,7 +102,7 @@ class CpuPriority:
         self._background.discard(lane)
         self._dirty.discard(lane)
         self._cheap_modest.discard(lane)
-        self._costly_modest.discard(lane)
+        self._costly_busy.discard(lane)
         if lane.state == MODEST:
             self._modest -= 1
         lane.state = IDLE
@@ -149,11 +150,9 @@ class CpuPriority:
         cheap = self._cheap_work()
         if cheap != self._cheap_on:
             self._cheap_on = cheap
-            changed |= self._costly_modest | self._background
+            changed |= self._costly_busy | self._background
         for lane in changed:
-            want = not lane.removed and (
-                (modest and lane.state == SATURATED) or (cheap and lane in self._costly_modest)
-            )
+            want = not lane.removed and ((modest and lane.state == SATURATED) or (cheap and lane in self._costly_busy))
             if want != lane.background:
                 lane.pool.set_background(want)
                 lane.background = want
@@ -173,9 +172,12 @@ class CpuPriority:
         if lane in self._cheap_modest and state != MODEST:
             self._cheap_until = asyncio.get_running_loop().time() + CHEAP_HOLD
         self._cheap_modest.discard(lane)
-        self._costly_modest.discard(lane)
-        if state == MODEST:
-            (self._cheap_modest if lane.cost < COSTLY_REQUEST else self._costly_modest).add(lane)
+        self._costly_busy.discard(lane)
+        if lane.cost >= COSTLY_REQUEST:
+            if state != IDLE:
+                self._costly_busy.add(lane)
+        elif state == MODEST:
+            self._cheap_modest.add(lane)
         if state == lane.state:
             return
         if lane.state == MODEST:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from runtime_core.cpupriority import CHEAP_HOLD
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import DeadlineExceeded, ModelNotReady, QueueFull
 from runtime_core.scheduler import FairScheduler
@@ -353,6 +354,53 @@ def test_a_modest_model_puts_saturated_ones_in_the_background_until_it_is_done()
         await probe
         await settle()
         assert not flooded.background
+        while cpu.running:
+            cpu.finish()
+            await settle()
+        assert all(t.done() for t in flood)
+
+    asyncio.run(main())
+
+
+def test_a_flooded_costly_model_yields_to_a_cheap_one_between_its_requests_too() -> None:
+    """A cheap model at a steady rate is idle between its requests: the costly model's workers
+    stay at SCHED_IDLE through those gaps (CHEAP_HOLD) instead of flipping twice per request,
+    and return to normal priority once the cheap model has stopped."""
+
+    async def main() -> None:
+        cpu = Cpu()
+        forest = FakePool("forest", cpu, capacity=4, parallelism=2, cost=0.05)
+        light = FakePool("light", cpu, capacity=4, cost=0.0005)
+        scheduler = FairScheduler()
+        scheduler.add("forest", forest)
+        scheduler.add("light", light)
+        first = start(scheduler, "forest")  # measure both models' costs
+        await settle()
+        cpu.finish()
+        await first
+        probe = start(scheduler, "light")
+        await settle()
+        cpu.finish()
+        await probe
+        await asyncio.sleep(CHEAP_HOLD)
+        flood = [start(scheduler, "forest") for _ in range(4)]  # saturated: 4 > 2 workers
+        await settle()
+        assert not forest.background  # alone, a busy model keeps normal priority
+        calls = forest.priority_calls
+        for _ in range(3):  # light's requests come one at a time, with gaps between them
+            probe = start(scheduler, "light")
+            await settle()
+            assert forest.background
+            while cpu.running[0][0] is not light:
+                cpu.running.append(cpu.running.pop(0))
+            cpu.finish()
+            await probe
+            await settle()
+            assert forest.background  # still yielding in the gap
+        assert forest.priority_calls - calls == 1  # into SCHED_IDLE once, not once per request
+        await asyncio.sleep(CHEAP_HOLD)
+        await settle()
+        assert not forest.background
         while cpu.running:
             cpu.finish()
             await settle()
