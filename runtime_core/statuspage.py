@@ -171,6 +171,8 @@ class StatusPage:
             "state": record.state.value,
             "weight": record.settings.weight if record.settings else None,
             "workers": None if health is None else {"ready": health.ready, "total": health.workers},
+            "placement": None if health is None else health.placement,
+            "decisions": None if health is None else health.decisions,
             "restarts": None if health is None else health.restarts,
             "queued": lane.queued if lane else 0,
             "inflight": lane.inflight if lane else 0,

@@ -54,6 +54,14 @@ def dedicated(server: ServerProcess, model: str) -> list[int]:
     return [proc.pid for name, proc in named_processes(server.pid) if name.startswith("rc-w") and name.endswith(suffix)]
 
 
+def placement(server: ServerProcess, model: str) -> tuple[str, dict[str, int]]:
+    """Where ``model`` runs and the elastic moves its pool made, from ``/status.json``."""
+    status, data = server.get(f"/status.json?model={model}")
+    assert status == 200, data
+    (row,) = [m for m in data["models"] if m["name"] == model]
+    return row["placement"], row["decisions"]
+
+
 def test_a_hung_call_on_the_shared_host_does_not_hold_up_its_other_models(tmp_path: Path, serve: Any) -> None:
     """``stuck`` hangs in the host it shares with ``light``: ``light`` is answered (by a
     sibling host) while that call still runs, instead of waiting for ``worker_timeout``."""
@@ -92,6 +100,9 @@ def test_a_costly_model_gets_a_worker_of_its_own_and_the_host_keeps_the_cheap_on
     assert status == 200, doc
     worker = pid_of(doc)
     assert worker in dedicated(server, "costly")
+    # The move is visible where a benchmark reads the state it measured.
+    assert placement(server, "costly") == ("workers", {"worker_started": 1})
+    assert placement(server, "light") == ("host", {})
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         long_call = ex.submit(infer, server, "costly", 3.0, 300.0, hang=True)
         wait_until(lambda: metric(server, "inflight_requests", "costly") == 1, message="the long call to start")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from runtime_core.envelope import Envelope, Outcome
@@ -44,6 +44,12 @@ class PoolHealth:
     serving: bool = True
     """False while the process that holds the model is known to be stopped or killed and not
     yet replaced: readiness says not ready (issue 20)."""
+    placement: str | None = None
+    """Where the model's requests run now, for pools that choose: ``host`` (its runtime's
+    shared host) or ``workers`` (dedicated workers of its own)."""
+    decisions: Mapping[str, int] | None = None
+    """How many times the pool chose each move so far (``worker_started``, ``worker_retired``,
+    ``moved_host``), so that a steady load can be seen to have settled."""
 
 
 class ModelPool(abc.ABC):

@@ -73,6 +73,7 @@ import contextlib
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -164,6 +165,7 @@ class ProcessPool(Placement, Scaling):
         self._load = 0.0  # time-weighted mean of _inflight (SCALE_UP_TAU), as of _load_at
         self._load_at = 0.0
         self._restarts = 0
+        self._decisions: Counter[str] | None = None  # made at the first decision (density)
         self._closing = False
         self._nice = 0
         self._background_wanted = False
@@ -313,6 +315,12 @@ class ProcessPool(Placement, Scaling):
 
     # ------------------------------------------------------------------ failures
 
+    def _decided(self, decision: str) -> None:
+        """Count one elastic move (see :attr:`PoolHealth.decisions`)."""
+        if self._decisions is None:
+            self._decisions = Counter()
+        self._decisions[decision] += 1
+
     def _worker_lost(self, conn: Connection) -> None:
         retiring = id(conn) in self._retiring
         self._retiring.discard(id(conn))
@@ -356,10 +364,13 @@ class ProcessPool(Placement, Scaling):
         # request, with no timer running on an idle server (issue 20).
         host = self._host
         serving = host is None or not host.kill_if_stopped()
+        ready = len(self._ready())
         return PoolHealth(
             workers=self.max_workers,
-            ready=len(self._ready()),
+            ready=ready,
             restarts=self._restarts,
             residency=self.state,
             serving=serving,
+            placement="workers" if ready else "host",
+            decisions=dict(self._decisions or {}),
         )

@@ -88,6 +88,7 @@ class Scaling(ModelPool):
         def _ready(self) -> list[Connection]: ...
         def _background(self, coro: Coroutine[Any, Any, None]) -> None: ...
         def _worker_lost(self, conn: Connection) -> None: ...
+        def _decided(self, decision: str) -> None: ...
         def _flush_parked(self) -> None: ...
         async def _bring_in(self) -> None: ...
         def evict(self) -> None: ...
@@ -164,6 +165,7 @@ class Scaling(ModelPool):
             if self._background_wanted:
                 self._apply_priority(conn, True)
             self._residency.spawned(self, time.perf_counter() - started)
+            self._decided("worker_started")
             self._held.on_room()  # held while no worker had room: this one may have
         except (RuntimeCoreError, OSError, TimeoutError) as exc:
             log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
@@ -190,6 +192,7 @@ class Scaling(ModelPool):
         self._retiring.add(id(conn))
         conn.write(control_frame(0, Unload()))
         self._residency.retired()
+        self._decided("worker_retired")
 
     @property
     def has_workers(self) -> bool:
