@@ -34,7 +34,8 @@ from typing import Any
 
 import models
 from common import closed_window, environment, fmt, infer_url, median, progress, publish, table, verdict
-from measure import http_status, tree_pss_mib, tree_stats
+from loadgen import ClosedLoop, run_loads
+from measure import http_status, pool_state, state_change, tree_pss_mib, tree_stats
 from servers import MLServerServer, RuntimeCoreServer, mlserver_available
 
 DEFAULT_MLSERVER_WORKERS = {"light": [1, 0, 2, 4], "heavy": [1, 0, 2], "xgb": [1, 0, 2]}
@@ -114,15 +115,15 @@ def _warm_every(url: str, names: list[str]) -> None:
 
 
 def measure_server(server: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One closed-loop window against a started server, plus its memory, size and start time."""
-    row = closed_window(
-        infer_url(server.url, name),
-        models.request_body(name),
-        server.pid,
-        concurrency=args.concurrency,
-        warmup=args.warmup,
-        duration=args.duration,
-    )
+    """One closed-loop window against a started server, plus its memory, size and start time,
+    and for runtime-core the state the window measured (where the model ran, and the elastic
+    moves made during the window: none once a steady load has settled)."""
+    url, body = infer_url(server.url, name), models.request_body(name)
+    if args.warmup > 0:
+        run_loads([ClosedLoop(url, body, concurrency=args.concurrency, duration=args.warmup)])
+    before = pool_state(server.url, name)
+    row = closed_window(url, body, server.pid, concurrency=args.concurrency, warmup=0, duration=args.duration)
+    row["state"] = state_change(before, pool_state(server.url, name)) if before is not None else "-"
     row["pss_mib"] = tree_pss_mib(server.pid)
     row["processes"] = len(tree_stats(server.pid))
     row["ready_s"] = server.ready_seconds
@@ -334,6 +335,7 @@ def render(data: dict[str, Any]) -> str:
         "idle cores",
         "PSS MiB",
         "errors",
+        "runtime-core state (moves in the window)",
     ]
     body = [
         [
@@ -349,6 +351,7 @@ def render(data: dict[str, Any]) -> str:
             r["machine_idle_cores"],
             r["pss_mib"],
             r["errors"],
+            r.get("state", "-"),
         ]
         for r in data["servers"]
     ]

@@ -20,12 +20,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ProcKey = tuple[int, int]  # (pid, starttime in ticks since boot)
@@ -186,6 +188,33 @@ def pss_mib(pids: Iterable[int]) -> float:
 
 def tree_pss_mib(root: int) -> float:
     return pss_mib(tree_pids(root))
+
+
+def pool_state(base_url: str, model: str) -> dict[str, Any] | None:
+    """Where runtime-core runs ``model`` now and its pool's elastic moves so far
+    (``placement``, ``decisions`` of ``/status.json``), or None where the server has no such page."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/status.json?model={model}", timeout=5) as resp:
+            rows = json.loads(resp.read())["models"]
+    except (OSError, ValueError, KeyError):
+        return None
+    row = next((m for m in rows if m.get("name") == model), None)
+    if row is None or "placement" not in row:
+        return None
+    return {"placement": row["placement"], "decisions": row["decisions"] or {}, "workers": row["workers"]}
+
+
+def state_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """One line: the state at the end of a window, and the moves made during it."""
+    if after is None:
+        return "-"
+    workers = after.get("workers") or {}
+    if after["placement"] is None:  # parallel_workers 0: no pool of processes to choose
+        return "main process"
+    text = f"{after['placement']} ({workers.get('ready', 0)}/{workers.get('total', 0)} workers)"
+    old = (before or {}).get("decisions", {})
+    moves = {k: v - old.get(k, 0) for k, v in after["decisions"].items() if v - old.get(k, 0)}
+    return text + ("; " + ", ".join(f"{k} {v}" for k, v in sorted(moves.items())) if moves else "; settled")
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
