@@ -8,7 +8,9 @@ keyed ``name`` or ``name/version`` (:func:`~runtime_core.settings.model_key`) an
 own record, pool (see :mod:`runtime_core.pools`) and lane in the scheduler: to the
 scheduler, the pools, the statistics and the memory budget a version is a model. The
 repository API's load and unload act on every version of a name; a request without a
-version goes to the model's default version (:meth:`ModelRepository.get`).
+version goes to the model's default version (:meth:`ModelRepository.get`). What the folder holds comes from
+:mod:`runtime_core.repository_scan`, which reuses each settings file's parse while the
+file is unchanged.
 
 Operations on one version are serialised by a per-version lock; operations on
 different ones run concurrently, and at most ``max_concurrent_loads``
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,33 +35,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
-from runtime_core.layout import single_model
 from runtime_core.limits import memory_limit
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
 from runtime_core.pools.factory import PoolFactory
+from runtime_core.repository_scan import INDEX_SCAN_SECONDS, RepositoryScan
 from runtime_core.runtime import ModelMetadata
 from runtime_core.sanitize import client_message, quoted
 from runtime_core.scheduler import FairScheduler
-from runtime_core.settings import (
-    MODEL_NAME_RE,
-    MODEL_SETTINGS_FILE,
-    ModelSettings,
-    ServerSettings,
-    find_model_settings,
-    is_version_folder,
-    load_model_settings,
-    model_key,
-    version_order,
-)
+from runtime_core.settings import MODEL_NAME_RE, ModelSettings, ServerSettings, model_key, version_order
 
 if TYPE_CHECKING:
     from runtime_core.pools.base import ModelPool
 
-log = logging.getLogger("runtime_core.repository")
+# INDEX_SCAN_SECONDS lived here before issue 22 split the scan off.
+__all__ = [
+    "INDEX_SCAN_SECONDS",
+    "ModelRecord",
+    "ModelRepository",
+    "ModelState",
+    "Progress",
+    "default_memory_budget",
+    "split_key",
+]
 
-#: Seconds a scan of the repository folder serves the repository index: a model folder
-#: added or removed shows in the index within this (loads and unloads show at once).
-INDEX_SCAN_SECONDS = 2.0
+log = logging.getLogger("runtime_core.repository")
 
 
 def default_memory_budget() -> int:
@@ -135,11 +133,10 @@ class ModelRepository:
         self.progress = progress
         self._records: dict[str, ModelRecord] = {}  # by key
         self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
+        self._scanner = RepositoryScan(self.root, server, registry)
         #: By key: the lock of a version and how many operations hold or wait for it; dropped
-        #: when none does (a lock kept per model was 240 bytes each, 2.4 MB at 10,000 models).
+        #: when none does, so that idle models cost no lock each (issue 23).
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        #: ``(loop time, models found)`` of the last scan the repository index used.
-        self._index_scan: tuple[float, set[str]] | None = None
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
         budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
         self.pools = PoolFactory(server, budget)  # chooses each model's backend (issue 22)
@@ -150,137 +147,13 @@ class ModelRepository:
         #: The scan made before the event loop started (by :meth:`prewarm`), used once by
         #: :meth:`load_all` instead of parsing every settings file a second time.
         self._prescan: tuple[dict[str, ModelSettings], list[SettingsError]] | None = None
-        #: What the last scan read from each settings file, with the file's and its folder's
-        #: stamps (:func:`_stamp`): a file unchanged since is not parsed again. At 10,000
-        #: models a scan (each repository index, each watch pass) went from 1 s to ~0.1 s.
-        self._scan_memo: dict[Path, tuple[tuple[int, ...], list[ModelSettings] | SettingsError]] = {}
 
     # ------------------------------------------------------------------ discovery
 
     def scan(self) -> tuple[dict[str, ModelSettings], list[SettingsError]]:
         """Parse every model settings file; returns the valid ones by key (``name`` or
         ``name/version``) and the errors (``model`` of each: the key it concerns)."""
-        found: dict[str, ModelSettings] = {}
-        errors: list[SettingsError] = []
-        if self.root is None:
-            return found, errors
-        paths = find_model_settings(self.root)
-        if not paths:  # KServe's layout: one model's files, no settings file (issue 11)
-            return single_model(self.root, self.server, self.registry)
-        by_name: dict[str, list[ModelSettings]] = {}
-        memo: dict[Path, tuple[tuple[int, ...], list[ModelSettings] | SettingsError]] = {}
-        for path in paths:
-            stamp = _stamp(path)
-            known = self._scan_memo.get(path)
-            if stamp is not None and known is not None and known[0] == stamp:
-                outcome = known[1]
-            else:
-                outcome = self._read_folder(path)
-            if stamp is not None and _reusable(outcome):
-                memo[path] = (stamp, outcome)
-            if isinstance(outcome, SettingsError):
-                errors.append(outcome)
-                continue
-            for each in outcome:
-                by_name.setdefault(each.name, []).append(each)
-        self._scan_memo = memo
-        for name, group in by_name.items():
-            for settings in self._check_versions(name, group, errors):
-                found[settings.key] = settings
-        return found, errors
-
-    def _read_folder(self, path: Path) -> list[ModelSettings] | SettingsError:
-        """The settings of one ``model-settings.json`` (several for a folder of numbered
-        version folders), or the error that makes it unusable."""
-        assert self.root is not None
-        folder = path.parent
-        in_version_folder = folder.parent != self.root and folder != self.root and is_version_folder(folder.name)
-        try:
-            self._confine_settings_file(path, in_version_folder)
-            settings = load_model_settings(path, in_version_folder=in_version_folder)
-            return self._versions_of_folder(settings)
-        except SettingsError as exc:
-            return exc
-
-    def _confine_settings_file(self, path: Path, in_version_folder: bool) -> None:
-        """Refuse a settings file that is a link out of the repository, before reading it: the
-        same rule as for artifacts (see :meth:`ModelSettings.resolve_uri`)."""
-        assert self.root is not None
-        resolved = path.resolve()
-        if self.root in resolved.parents:
-            return
-        name = path.parent.parent.name if in_version_folder else path.parent.name
-        raise SettingsError(
-            f"{path}: model {name!r}: {path.name} is a link that leaves the model repository; not read",
-            model=name,
-            path=str(path),
-        )
-
-    def _versions_of_folder(self, settings: ModelSettings) -> list[ModelSettings]:
-        """Triton's layout: a model folder whose subfolders named by digits hold one version
-        each, under the model folder's settings (a version folder with its own settings file
-        is read on its own, in place of these). Any other folder: the settings themselves."""
-        folder = settings.folder
-        if folder is None or folder == self.root or settings.path is None or settings.path.parent != folder:
-            return [settings]
-        numbered = sorted(
-            (p for p in folder.iterdir() if p.is_dir() and is_version_folder(p.name)), key=lambda p: int(p.name)
-        )
-        if not numbered:
-            return [settings]
-        if settings.version is not None:
-            raise SettingsError(
-                f"{settings.path}: model {settings.name!r}: parameters.version is set but the folder holds "
-                f"version folders ({', '.join(p.name for p in numbered)}); keep one or the other",
-                model=settings.name,
-                path=str(settings.path),
-            )
-        return [settings.as_version(p.name, p) for p in numbered if not (p / MODEL_SETTINGS_FILE).is_file()]
-
-    @staticmethod
-    def _check_versions(name: str, group: list[ModelSettings], errors: list[SettingsError]) -> list[ModelSettings]:
-        """The versions of ``name`` that can serve: one folder per version, all with a version
-        or none, and a ``default_version`` (if any) that they agree on and that exists."""
-        by_version: dict[str | None, ModelSettings] = {}
-        for settings in group:
-            other = by_version.get(settings.version)
-            if other is not None:
-                what = f"model {name!r}" + (f" version {settings.version!r}" if settings.version else "")
-                errors.append(
-                    SettingsError(
-                        f"{settings.path}: {what} is already defined by {other.path}",
-                        model=settings.key,
-                        path=str(settings.path),
-                    )
-                )
-                continue
-            by_version[settings.version] = settings
-        if None in by_version and len(by_version) > 1:
-            plain = by_version.pop(None)
-            versioned = next(iter(by_version.values()))
-            errors.append(
-                SettingsError(
-                    f"{plain.path}: model {name!r} has no parameters.version, but {versioned.path} gives it "
-                    f"version {versioned.version!r}; give every folder of one model a version",
-                    model=name,
-                    path=str(plain.path),
-                )
-            )
-        defaults = {s.default_version: s for s in by_version.values() if s.default_version is not None}
-        problem = ""
-        if len(defaults) > 1:
-            (first, one), (second, two) = list(defaults.items())[:2]
-            problem = f"default_version {first!r} ({one.path}) and {second!r} ({two.path}) disagree"
-        elif defaults:
-            wanted, where = next(iter(defaults.items()))
-            if wanted not in by_version:
-                have = ", ".join(sorted((v for v in by_version if v), key=version_order)) or "none"
-                problem = f"default_version {wanted!r} ({where.path}) is not one of its versions ({have})"
-        if problem:
-            for settings in by_version.values():
-                errors.append(SettingsError(f"model {name!r}: {problem}", model=settings.key, path=str(settings.path)))
-            return []
-        return list(by_version.values())
+        return self._scanner.scan()
 
     def prewarm(self, found: dict[str, ModelSettings] | None = None) -> None:
         """Start the root template of every runtime the repository uses (``found``: a scan
@@ -474,29 +347,6 @@ class ModelRepository:
 
     # ------------------------------------------------------------------ watching
 
-    def _fingerprints(self, found: dict[str, ModelSettings]) -> dict[str, tuple[Any, ...]]:
-        """Per model: sizes and mtimes of its settings file, the files beside it and its URI."""
-        prints: dict[str, tuple[Any, ...]] = {}
-        for name, settings in found.items():
-            files: set[Path] = {settings.path} if settings.path is not None else set()
-            if settings.folder is not None:
-                files.update(p for p in settings.folder.iterdir() if p.is_file())
-            try:
-                uri = settings.resolve_uri(self.root)
-            except SettingsError:
-                uri = None
-            if uri is not None and uri.is_file():
-                files.add(uri)
-            stamp = []
-            for path in sorted(files):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                stamp.append((str(path), st.st_mtime_ns, st.st_size))
-            prints[name] = tuple(stamp)
-        return prints
-
     def _artifact_or_settings(self, settings: ModelSettings) -> Path | None:
         """The model's artifact, when it can be told, else its settings file: the file a
         failed load most likely failed on."""
@@ -508,12 +358,12 @@ class ModelRepository:
     async def watch(self, interval: float) -> None:
         """Poll the repository folder: load new models, reload changed ones (new workers up,
         then switch, then old ones drained), unload removed ones. Runs until cancelled."""
-        known = self._fingerprints(self.scan()[0])
+        known = self._scanner.fingerprints(self.scan()[0])
         while True:
             await asyncio.sleep(interval)
             try:
                 found, _ = self.scan()
-                current = self._fingerprints(found)
+                current = self._scanner.fingerprints(found)
             except OSError as exc:
                 log.warning("cannot scan the model repository: %s", exc)
                 continue
@@ -590,9 +440,10 @@ class ModelRepository:
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """One row per version of every model found or loaded: name, version (if any), state,
-        reason and, for a loaded one, residency."""
+        reason and, for a loaded one, residency. The folder's models come from a scan at most
+        ``INDEX_SCAN_SECONDS`` old."""
         rows: list[tuple[str, str | None, ModelRecord]] = []
-        for key in self._found_for_index() | set(self._records):
+        for key in self._scanner.found_for_index() | set(self._records):
             name, version = split_key(key)
             record = self._records.get(key) or ModelRecord(name, version)
             rows.append((name, version, record))
@@ -615,38 +466,9 @@ class ModelRepository:
             out.append(item)
         return out
 
-    def _found_for_index(self) -> set[str]:
-        """The models in the repository folder, as the index lists them: a scan made within
-        the last ``INDEX_SCAN_SECONDS`` is reused. A scan costs 0.1-0.3 s of the event loop at
-        10,000 models even when no file changed, and clients poll the index (issue 23)."""
-        now = time.monotonic()
-        if self._index_scan is None or now - self._index_scan[0] >= INDEX_SCAN_SECONDS:
-            self._index_scan = (now, set(self.scan()[0]))
-        return self._index_scan[1]
-
     def records(self) -> list[ModelRecord]:
         """Every version's record, by name then version."""
         return sorted(self._records.values(), key=lambda r: (r.name, version_order(r.version or "")))
-
-
-def _stamp(path: Path) -> tuple[int, ...] | None:
-    """Identity and change time of a settings file (links followed) and of its folder (whose
-    mtime changes when version folders come or go), or ``None`` if either cannot be read."""
-    try:
-        st = os.stat(path)
-        folder = os.stat(path.parent)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, folder.st_ino, folder.st_mtime_ns)
-
-
-def _reusable(outcome: list[ModelSettings] | SettingsError) -> bool:
-    """Whether a scan may reuse what it read from a settings file while the file and its
-    folder are unchanged: not for a folder of numbered version folders, whose versions also
-    depend on what the version folders hold."""
-    if isinstance(outcome, SettingsError):
-        return True
-    return len(outcome) == 1 and outcome[0].path is not None and outcome[0].folder == outcome[0].path.parent
 
 
 def _label(record: ModelRecord) -> str:
