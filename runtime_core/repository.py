@@ -4,13 +4,11 @@ The repository folder is scanned for ``model-settings.json`` files. A model may 
 several versions side by side: several folders with one ``name`` and different
 ``parameters.version`` (MLServer's layout), or numeric version folders ``<model>/1/``,
 ``<model>/2/`` under one settings file (Triton's layout). Each version of each model is
-keyed ``name`` or ``name/version`` (:func:`~runtime_core.settings.model_key`) and gets its
+keyed ``name`` or ``name/version`` (:func:`~runtime_core.model_names.model_key`) and gets its
 own record, pool (see :mod:`runtime_core.pools`) and lane in the scheduler: to the
 scheduler, the pools, the statistics and the memory budget a version is a model. The
 repository API's load and unload act on every version of a name; a request without a
-version goes to the model's default version (:meth:`ModelRepository.get`). What the folder holds comes from
-:mod:`runtime_core.repository_scan`, which reuses each settings file's parse while the
-file is unchanged.
+version goes to the model's default version (:meth:`ModelRepository.get`).
 
 Operations on one version are serialised by a per-version lock; operations on
 different ones run concurrently, and at most ``max_concurrent_loads``
@@ -20,6 +18,11 @@ Reload (a ``load`` of a model that is READY) starts a new pool beside the old
 one, switches the scheduler to it once it is ready, then drains and closes the
 old pool: requests in flight finish on the old workers and none fail. If the
 new pool fails to load, the old one keeps serving and the error is returned.
+
+The repository coordinates; its parts are :mod:`runtime_core.repository_scan` (what the
+folder holds, with each settings file's parse reused while it is unchanged) and
+:mod:`runtime_core.model_records` (each version's record and state, found by name and
+version).
 """
 
 from __future__ import annotations
@@ -29,25 +32,25 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
 from runtime_core.limits import memory_limit
+from runtime_core.model_names import split_key, valid_name
+from runtime_core.model_records import ModelRecord, ModelState, RecordBook, label
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
 from runtime_core.pools.factory import PoolFactory
 from runtime_core.repository_scan import INDEX_SCAN_SECONDS, RepositoryScan
-from runtime_core.runtime import ModelMetadata
 from runtime_core.sanitize import client_message, quoted
 from runtime_core.scheduler import FairScheduler
-from runtime_core.settings import MODEL_NAME_RE, ModelSettings, ServerSettings, model_key, version_order
+from runtime_core.settings import ModelSettings, ServerSettings
 
 if TYPE_CHECKING:
     from runtime_core.pools.base import ModelPool
 
-# INDEX_SCAN_SECONDS lived here before issue 22 split the scan off.
+# The record types, split_key and INDEX_SCAN_SECONDS lived here before issue 22 split them
+# off; the front ends, the statistics, the metrics and the CLI still import them from here.
 __all__ = [
     "INDEX_SCAN_SECONDS",
     "ModelRecord",
@@ -64,46 +67,6 @@ log = logging.getLogger("runtime_core.repository")
 def default_memory_budget() -> int:
     """Half the memory of the machine, or of the container's cgroup limit when that is lower."""
     return max((memory_limit() or 0) // 2, 64 * 1024 * 1024)
-
-
-class ModelState(StrEnum):
-    UNKNOWN = "UNKNOWN"
-    READY = "READY"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-def split_key(key: str) -> tuple[str, str | None]:
-    """``(name, version)`` of a key made by :func:`~runtime_core.settings.model_key`."""
-    name, slash, version = key.partition("/")
-    return name, version if slash else None
-
-
-@dataclass(slots=True)
-class ModelRecord:
-    """One version of one model (or a model without versions)."""
-
-    name: str
-    version: str | None = None
-    state: ModelState = ModelState.UNKNOWN
-    reason: str = ""
-    settings: ModelSettings | None = None
-    pool: ModelPool | None = None
-    runtime: str = ""
-    load_time: float = 0.0
-    error: RuntimeCoreError | None = None
-    raw_requests: bool = False
-    """Its runtime reads requests itself (``Runtime.raw_requests``): they carry their headers."""
-
-    @property
-    def key(self) -> str:
-        """The scheduler's, the pools' and the statistics' name for this version."""
-        return model_key(self.name, self.version)
-
-    @property
-    def metadata(self) -> ModelMetadata | None:
-        return self.pool.metadata if self.pool else None
 
 
 #: ``progress(name, runtime, seconds, error)`` is called once per model load.
@@ -131,8 +94,7 @@ class ModelRepository:
         self.registry = registry
         self.scheduler = scheduler
         self.progress = progress
-        self._records: dict[str, ModelRecord] = {}  # by key
-        self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
+        self._records = RecordBook()
         self._scanner = RepositoryScan(self.root, server, registry)
         #: By key: the lock of a version and how many operations hold or wait for it; dropped
         #: when none does, so that idle models cost no lock each (issue 23).
@@ -210,17 +172,12 @@ class ModelRepository:
 
     def _record(self, name: str, version: str | None) -> ModelRecord:
         """The record of one version of a model, made on first use."""
-        key = model_key(name, version)
-        record = self._records.get(key)
-        if record is None:
-            record = self._records[key] = ModelRecord(name, version)
-            self._by_name.setdefault(name, {})[version] = record
-        return record
+        return self._records.ensure(name, version)
 
     async def load(self, name: str) -> list[ModelRecord]:
         """Load every version of ``name`` from the repository folder (reloading the loaded
         ones, unloading the ones whose folder is gone); errors if any version fails."""
-        if not MODEL_NAME_RE.match(name) or ".." in name:
+        if not valid_name(name):
             raise ModelNotFound(f"invalid model name {quoted(name)}")
         found, errors = self.scan()
         wanted = [s for s in found.values() if s.name == name]
@@ -231,7 +188,7 @@ class ModelRepository:
             raise ModelNotFound(f"model {quoted(name)} is not in the model repository", model=name)
         results = await asyncio.gather(*(self._load(s) for s in wanted), return_exceptions=True)
         keys = {s.key for s in wanted}
-        for record in list(self._by_name.get(name, {}).values()):
+        for record in self._records.of_name(name):
             if record.key not in keys and record.state is ModelState.READY:
                 await self._unload(record.key)
         records: list[ModelRecord] = []
@@ -243,7 +200,7 @@ class ModelRepository:
             if record.state is not ModelState.READY:
                 # Settings problems (a runtime not installed, ...) are the caller's to fix: 400.
                 kind = SettingsError if isinstance(record.error, SettingsError) else ModelLoadError
-                raise kind(f"model {_label(record)} failed to load: {record.reason}", model=name)
+                raise kind(f"model {label(record)} failed to load: {record.reason}", model=name)
         return records
 
     def _entry(self, settings: ModelSettings) -> RuntimeEntry:
@@ -324,7 +281,7 @@ class ModelRepository:
 
     async def unload(self, name: str) -> None:
         """Unload every loaded version of ``name``."""
-        loaded = [r for r in self._by_name.get(name, {}).values() if r.state is ModelState.READY]
+        loaded = [r for r in self._records.of_name(name) if r.state is ModelState.READY]
         if not loaded:
             raise ModelNotFound(f"model {quoted(name)} is not loaded", model=name)
         await asyncio.gather(*(self._unload(r.key) for r in loaded))
@@ -383,13 +340,13 @@ class ModelRepository:
             known = current
 
     async def aclose(self, grace: float = 30.0) -> None:
-        names = [n for n, r in self._records.items() if r.pool is not None]
-        pools = [self.scheduler.remove(n) for n in names]
+        loaded = [r for r in self._records if r.pool is not None]
+        pools = [self.scheduler.remove(r.key) for r in loaded]
         await asyncio.gather(*(p.aclose(grace) for p in pools if p is not None), return_exceptions=True)
-        for name in names:
-            self._records[name].pool = None
-            self._records[name].state = ModelState.UNAVAILABLE
-            self._records[name].reason = "server stopped"
+        for record in loaded:
+            record.pool = None
+            record.state = ModelState.UNAVAILABLE
+            record.reason = "server stopped"
         await self.pools.aclose()
 
     # ------------------------------------------------------------------ queries
@@ -397,42 +354,12 @@ class ModelRepository:
     def get(self, name: str, version: str | None = None) -> ModelRecord:
         """The record of ``version`` of ``name`` or, without a version, of its default version:
         ``default_version`` from its settings, else its highest ready version, else its highest
-        version (see :func:`~runtime_core.settings.version_order`)."""
-        versions = self._by_name.get(name)
-        if not versions:
-            # Triton's wording, which Triton clients' examples look for (issue 21)
-            raise ModelNotFound(f"Request for unknown model: {quoted(name)} is not found", model=name)
-        if version is None:
-            if len(versions) == 1:  # the common case, on every request: nothing to choose
-                return next(iter(versions.values()))
-            return self._default(versions)
-        record = versions.get(version)
-        if record is not None:
-            return record
-        for each in versions.values():  # MLServer's ``versions`` list, accepted as aliases
-            if each.settings is not None and version in each.settings.versions:
-                return each
-        raise ModelNotFound(
-            f"Request for unknown model: {quoted(name)} version {quoted(version)} is not found", model=name
-        )
-
-    @staticmethod
-    def _default(versions: dict[str | None, ModelRecord]) -> ModelRecord:
-        named = sorted((r for v, r in versions.items() if v is not None), key=lambda r: version_order(r.version or ""))
-        if not named:
-            return versions[None]
-        for record in reversed(named):
-            wanted = record.settings.default_version if record.settings is not None else None
-            if wanted is not None and wanted in versions:
-                return versions[wanted]
-        ready = [r for r in named if r.state is ModelState.READY]
-        return (ready or named)[-1]
+        version (see :func:`~runtime_core.model_names.version_order`)."""
+        return self._records.find(name, version)
 
     def versions(self, name: str, ready_only: bool = True) -> list[str]:
         """The versions of ``name`` (the READY ones, by default), lowest first."""
-        records = self._by_name.get(name, {}).values()
-        chosen = [r.version for r in records if r.state is ModelState.READY or not ready_only]
-        return sorted((v for v in chosen if v is not None), key=version_order)
+        return self._records.versions(name, ready_only)
 
     def record(self, key: str) -> ModelRecord | None:
         """The record of one version by its key (``name`` or ``name/version``)."""
@@ -442,35 +369,8 @@ class ModelRepository:
         """One row per version of every model found or loaded: name, version (if any), state,
         reason and, for a loaded one, residency. The folder's models come from a scan at most
         ``INDEX_SCAN_SECONDS`` old."""
-        rows: list[tuple[str, str | None, ModelRecord]] = []
-        for key in self._scanner.found_for_index() | set(self._records):
-            name, version = split_key(key)
-            record = self._records.get(key) or ModelRecord(name, version)
-            rows.append((name, version, record))
-        rows.sort(key=lambda row: (row[0], version_order(row[1] or "")))
-        out = []
-        for name, version, record in rows:
-            if ready_only and record.state is not ModelState.READY:
-                continue
-            item: dict[str, Any] = {"name": name}
-            if version:
-                item["version"] = version
-            item["state"] = record.state.value
-            item["reason"] = record.reason
-            if record.pool is not None:
-                health = record.pool.health()
-                item["residency"] = health.residency
-                if record.state is ModelState.READY and not health.serving:
-                    item["state"] = ModelState.UNAVAILABLE.value
-                    item["reason"] = "its host process stopped; the model loads into a new host on its next request"
-            out.append(item)
-        return out
+        return self._records.index(self._scanner.found_for_index(), ready_only)
 
     def records(self) -> list[ModelRecord]:
         """Every version's record, by name then version."""
-        return sorted(self._records.values(), key=lambda r: (r.name, version_order(r.version or "")))
-
-
-def _label(record: ModelRecord) -> str:
-    """``'name'``, or ``'name' version 'v'``, for messages."""
-    return repr(record.name) + (f" version {record.version!r}" if record.version else "")
+        return self._records.ordered()
