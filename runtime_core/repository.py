@@ -4,7 +4,7 @@ The repository folder is scanned for ``model-settings.json`` files. A model may 
 several versions side by side: several folders with one ``name`` and different
 ``parameters.version`` (MLServer's layout), or numeric version folders ``<model>/1/``,
 ``<model>/2/`` under one settings file (Triton's layout). Each version of each model is
-keyed ``name`` or ``name/version`` (:func:`~runtime_core.settings.model_key`) and gets its
+keyed ``name`` or ``name/version`` (:func:`~runtime_core.model_names.model_key`) and gets its
 own record, pool (see :mod:`runtime_core.pools`) and lane in the scheduler: to the
 scheduler, the pools, the statistics and the memory budget a version is a model. The
 repository API's load and unload act on every version of a name; a request without a
@@ -18,6 +18,11 @@ Reload (a ``load`` of a model that is READY) starts a new pool beside the old
 one, switches the scheduler to it once it is ready, then drains and closes the
 old pool: requests in flight finish on the old workers and none fail. If the
 new pool fails to load, the old one keeps serving and the error is returned.
+
+The repository coordinates; its parts are :mod:`runtime_core.repository_scan` (what the
+folder holds, with each settings file's parse reused while it is unchanged) and
+:mod:`runtime_core.model_records` (each version's record and state, found by name and
+version).
 """
 
 from __future__ import annotations
@@ -25,87 +30,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
-from runtime_core.layout import single_model
 from runtime_core.limits import memory_limit
+from runtime_core.model_names import split_key, valid_name
+from runtime_core.model_records import ModelRecord, ModelState, RecordBook, label
 from runtime_core.plugins import RuntimeEntry, RuntimeRegistry
 from runtime_core.pools.factory import PoolFactory
-from runtime_core.runtime import ModelMetadata
+from runtime_core.repository_scan import INDEX_SCAN_SECONDS, RepositoryScan
 from runtime_core.sanitize import client_message, quoted
 from runtime_core.scheduler import FairScheduler
-from runtime_core.settings import (
-    MODEL_NAME_RE,
-    MODEL_SETTINGS_FILE,
-    ModelSettings,
-    ServerSettings,
-    find_model_settings,
-    is_version_folder,
-    load_model_settings,
-    model_key,
-    version_order,
-)
+from runtime_core.settings import ModelSettings, ServerSettings
 
 if TYPE_CHECKING:
     from runtime_core.pools.base import ModelPool
 
-log = logging.getLogger("runtime_core.repository")
+# The record types, split_key and INDEX_SCAN_SECONDS lived here before issue 22 split them
+# off; the front ends, the statistics, the metrics and the CLI still import them from here.
+__all__ = [
+    "INDEX_SCAN_SECONDS",
+    "ModelRecord",
+    "ModelRepository",
+    "ModelState",
+    "Progress",
+    "default_memory_budget",
+    "split_key",
+]
 
-#: Seconds a scan of the repository folder serves the repository index: a model folder
-#: added or removed shows in the index within this (loads and unloads show at once).
-INDEX_SCAN_SECONDS = 2.0
+log = logging.getLogger("runtime_core.repository")
 
 
 def default_memory_budget() -> int:
     """Half the memory of the machine, or of the container's cgroup limit when that is lower."""
     return max((memory_limit() or 0) // 2, 64 * 1024 * 1024)
-
-
-class ModelState(StrEnum):
-    UNKNOWN = "UNKNOWN"
-    READY = "READY"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-def split_key(key: str) -> tuple[str, str | None]:
-    """``(name, version)`` of a key made by :func:`~runtime_core.settings.model_key`."""
-    name, slash, version = key.partition("/")
-    return name, version if slash else None
-
-
-@dataclass(slots=True)
-class ModelRecord:
-    """One version of one model (or a model without versions)."""
-
-    name: str
-    version: str | None = None
-    state: ModelState = ModelState.UNKNOWN
-    reason: str = ""
-    settings: ModelSettings | None = None
-    pool: ModelPool | None = None
-    runtime: str = ""
-    load_time: float = 0.0
-    error: RuntimeCoreError | None = None
-    raw_requests: bool = False
-    """Its runtime reads requests itself (``Runtime.raw_requests``): they carry their headers."""
-
-    @property
-    def key(self) -> str:
-        """The scheduler's, the pools' and the statistics' name for this version."""
-        return model_key(self.name, self.version)
-
-    @property
-    def metadata(self) -> ModelMetadata | None:
-        return self.pool.metadata if self.pool else None
 
 
 #: ``progress(name, runtime, seconds, error)`` is called once per model load.
@@ -133,13 +94,11 @@ class ModelRepository:
         self.registry = registry
         self.scheduler = scheduler
         self.progress = progress
-        self._records: dict[str, ModelRecord] = {}  # by key
-        self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
+        self._records = RecordBook()
+        self._scanner = RepositoryScan(self.root, server, registry)
         #: By key: the lock of a version and how many operations hold or wait for it; dropped
-        #: when none does (a lock kept per model was 240 bytes each, 2.4 MB at 10,000 models).
+        #: when none does, so that idle models cost no lock each (issue 23).
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        #: ``(loop time, models found)`` of the last scan the repository index used.
-        self._index_scan: tuple[float, set[str]] | None = None
         self._limiter = asyncio.Semaphore(server.max_concurrent_loads)
         budget = server.memory_budget if server.memory_budget is not None else default_memory_budget()
         self.pools = PoolFactory(server, budget)  # chooses each model's backend (issue 22)
@@ -150,137 +109,13 @@ class ModelRepository:
         #: The scan made before the event loop started (by :meth:`prewarm`), used once by
         #: :meth:`load_all` instead of parsing every settings file a second time.
         self._prescan: tuple[dict[str, ModelSettings], list[SettingsError]] | None = None
-        #: What the last scan read from each settings file, with the file's and its folder's
-        #: stamps (:func:`_stamp`): a file unchanged since is not parsed again. At 10,000
-        #: models a scan (each repository index, each watch pass) went from 1 s to ~0.1 s.
-        self._scan_memo: dict[Path, tuple[tuple[int, ...], list[ModelSettings] | SettingsError]] = {}
 
     # ------------------------------------------------------------------ discovery
 
     def scan(self) -> tuple[dict[str, ModelSettings], list[SettingsError]]:
         """Parse every model settings file; returns the valid ones by key (``name`` or
         ``name/version``) and the errors (``model`` of each: the key it concerns)."""
-        found: dict[str, ModelSettings] = {}
-        errors: list[SettingsError] = []
-        if self.root is None:
-            return found, errors
-        paths = find_model_settings(self.root)
-        if not paths:  # KServe's layout: one model's files, no settings file (issue 11)
-            return single_model(self.root, self.server, self.registry)
-        by_name: dict[str, list[ModelSettings]] = {}
-        memo: dict[Path, tuple[tuple[int, ...], list[ModelSettings] | SettingsError]] = {}
-        for path in paths:
-            stamp = _stamp(path)
-            known = self._scan_memo.get(path)
-            if stamp is not None and known is not None and known[0] == stamp:
-                outcome = known[1]
-            else:
-                outcome = self._read_folder(path)
-            if stamp is not None and _reusable(outcome):
-                memo[path] = (stamp, outcome)
-            if isinstance(outcome, SettingsError):
-                errors.append(outcome)
-                continue
-            for each in outcome:
-                by_name.setdefault(each.name, []).append(each)
-        self._scan_memo = memo
-        for name, group in by_name.items():
-            for settings in self._check_versions(name, group, errors):
-                found[settings.key] = settings
-        return found, errors
-
-    def _read_folder(self, path: Path) -> list[ModelSettings] | SettingsError:
-        """The settings of one ``model-settings.json`` (several for a folder of numbered
-        version folders), or the error that makes it unusable."""
-        assert self.root is not None
-        folder = path.parent
-        in_version_folder = folder.parent != self.root and folder != self.root and is_version_folder(folder.name)
-        try:
-            self._confine_settings_file(path, in_version_folder)
-            settings = load_model_settings(path, in_version_folder=in_version_folder)
-            return self._versions_of_folder(settings)
-        except SettingsError as exc:
-            return exc
-
-    def _confine_settings_file(self, path: Path, in_version_folder: bool) -> None:
-        """Refuse a settings file that is a link out of the repository, before reading it: the
-        same rule as for artifacts (see :meth:`ModelSettings.resolve_uri`)."""
-        assert self.root is not None
-        resolved = path.resolve()
-        if self.root in resolved.parents:
-            return
-        name = path.parent.parent.name if in_version_folder else path.parent.name
-        raise SettingsError(
-            f"{path}: model {name!r}: {path.name} is a link that leaves the model repository; not read",
-            model=name,
-            path=str(path),
-        )
-
-    def _versions_of_folder(self, settings: ModelSettings) -> list[ModelSettings]:
-        """Triton's layout: a model folder whose subfolders named by digits hold one version
-        each, under the model folder's settings (a version folder with its own settings file
-        is read on its own, in place of these). Any other folder: the settings themselves."""
-        folder = settings.folder
-        if folder is None or folder == self.root or settings.path is None or settings.path.parent != folder:
-            return [settings]
-        numbered = sorted(
-            (p for p in folder.iterdir() if p.is_dir() and is_version_folder(p.name)), key=lambda p: int(p.name)
-        )
-        if not numbered:
-            return [settings]
-        if settings.version is not None:
-            raise SettingsError(
-                f"{settings.path}: model {settings.name!r}: parameters.version is set but the folder holds "
-                f"version folders ({', '.join(p.name for p in numbered)}); keep one or the other",
-                model=settings.name,
-                path=str(settings.path),
-            )
-        return [settings.as_version(p.name, p) for p in numbered if not (p / MODEL_SETTINGS_FILE).is_file()]
-
-    @staticmethod
-    def _check_versions(name: str, group: list[ModelSettings], errors: list[SettingsError]) -> list[ModelSettings]:
-        """The versions of ``name`` that can serve: one folder per version, all with a version
-        or none, and a ``default_version`` (if any) that they agree on and that exists."""
-        by_version: dict[str | None, ModelSettings] = {}
-        for settings in group:
-            other = by_version.get(settings.version)
-            if other is not None:
-                what = f"model {name!r}" + (f" version {settings.version!r}" if settings.version else "")
-                errors.append(
-                    SettingsError(
-                        f"{settings.path}: {what} is already defined by {other.path}",
-                        model=settings.key,
-                        path=str(settings.path),
-                    )
-                )
-                continue
-            by_version[settings.version] = settings
-        if None in by_version and len(by_version) > 1:
-            plain = by_version.pop(None)
-            versioned = next(iter(by_version.values()))
-            errors.append(
-                SettingsError(
-                    f"{plain.path}: model {name!r} has no parameters.version, but {versioned.path} gives it "
-                    f"version {versioned.version!r}; give every folder of one model a version",
-                    model=name,
-                    path=str(plain.path),
-                )
-            )
-        defaults = {s.default_version: s for s in by_version.values() if s.default_version is not None}
-        problem = ""
-        if len(defaults) > 1:
-            (first, one), (second, two) = list(defaults.items())[:2]
-            problem = f"default_version {first!r} ({one.path}) and {second!r} ({two.path}) disagree"
-        elif defaults:
-            wanted, where = next(iter(defaults.items()))
-            if wanted not in by_version:
-                have = ", ".join(sorted((v for v in by_version if v), key=version_order)) or "none"
-                problem = f"default_version {wanted!r} ({where.path}) is not one of its versions ({have})"
-        if problem:
-            for settings in by_version.values():
-                errors.append(SettingsError(f"model {name!r}: {problem}", model=settings.key, path=str(settings.path)))
-            return []
-        return list(by_version.values())
+        return self._scanner.scan()
 
     def prewarm(self, found: dict[str, ModelSettings] | None = None) -> None:
         """Start the root template of every runtime the repository uses (``found``: a scan
@@ -337,17 +172,12 @@ class ModelRepository:
 
     def _record(self, name: str, version: str | None) -> ModelRecord:
         """The record of one version of a model, made on first use."""
-        key = model_key(name, version)
-        record = self._records.get(key)
-        if record is None:
-            record = self._records[key] = ModelRecord(name, version)
-            self._by_name.setdefault(name, {})[version] = record
-        return record
+        return self._records.ensure(name, version)
 
     async def load(self, name: str) -> list[ModelRecord]:
         """Load every version of ``name`` from the repository folder (reloading the loaded
         ones, unloading the ones whose folder is gone); errors if any version fails."""
-        if not MODEL_NAME_RE.match(name) or ".." in name:
+        if not valid_name(name):
             raise ModelNotFound(f"invalid model name {quoted(name)}")
         found, errors = self.scan()
         wanted = [s for s in found.values() if s.name == name]
@@ -358,7 +188,7 @@ class ModelRepository:
             raise ModelNotFound(f"model {quoted(name)} is not in the model repository", model=name)
         results = await asyncio.gather(*(self._load(s) for s in wanted), return_exceptions=True)
         keys = {s.key for s in wanted}
-        for record in list(self._by_name.get(name, {}).values()):
+        for record in self._records.of_name(name):
             if record.key not in keys and record.state is ModelState.READY:
                 await self._unload(record.key)
         records: list[ModelRecord] = []
@@ -370,7 +200,7 @@ class ModelRepository:
             if record.state is not ModelState.READY:
                 # Settings problems (a runtime not installed, ...) are the caller's to fix: 400.
                 kind = SettingsError if isinstance(record.error, SettingsError) else ModelLoadError
-                raise kind(f"model {_label(record)} failed to load: {record.reason}", model=name)
+                raise kind(f"model {label(record)} failed to load: {record.reason}", model=name)
         return records
 
     def _entry(self, settings: ModelSettings) -> RuntimeEntry:
@@ -451,7 +281,7 @@ class ModelRepository:
 
     async def unload(self, name: str) -> None:
         """Unload every loaded version of ``name``."""
-        loaded = [r for r in self._by_name.get(name, {}).values() if r.state is ModelState.READY]
+        loaded = [r for r in self._records.of_name(name) if r.state is ModelState.READY]
         if not loaded:
             raise ModelNotFound(f"model {quoted(name)} is not loaded", model=name)
         await asyncio.gather(*(self._unload(r.key) for r in loaded))
@@ -474,29 +304,6 @@ class ModelRepository:
 
     # ------------------------------------------------------------------ watching
 
-    def _fingerprints(self, found: dict[str, ModelSettings]) -> dict[str, tuple[Any, ...]]:
-        """Per model: sizes and mtimes of its settings file, the files beside it and its URI."""
-        prints: dict[str, tuple[Any, ...]] = {}
-        for name, settings in found.items():
-            files: set[Path] = {settings.path} if settings.path is not None else set()
-            if settings.folder is not None:
-                files.update(p for p in settings.folder.iterdir() if p.is_file())
-            try:
-                uri = settings.resolve_uri(self.root)
-            except SettingsError:
-                uri = None
-            if uri is not None and uri.is_file():
-                files.add(uri)
-            stamp = []
-            for path in sorted(files):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                stamp.append((str(path), st.st_mtime_ns, st.st_size))
-            prints[name] = tuple(stamp)
-        return prints
-
     def _artifact_or_settings(self, settings: ModelSettings) -> Path | None:
         """The model's artifact, when it can be told, else its settings file: the file a
         failed load most likely failed on."""
@@ -508,12 +315,12 @@ class ModelRepository:
     async def watch(self, interval: float) -> None:
         """Poll the repository folder: load new models, reload changed ones (new workers up,
         then switch, then old ones drained), unload removed ones. Runs until cancelled."""
-        known = self._fingerprints(self.scan()[0])
+        known = self._scanner.fingerprints(self.scan()[0])
         while True:
             await asyncio.sleep(interval)
             try:
                 found, _ = self.scan()
-                current = self._fingerprints(found)
+                current = self._scanner.fingerprints(found)
             except OSError as exc:
                 log.warning("cannot scan the model repository: %s", exc)
                 continue
@@ -533,13 +340,13 @@ class ModelRepository:
             known = current
 
     async def aclose(self, grace: float = 30.0) -> None:
-        names = [n for n, r in self._records.items() if r.pool is not None]
-        pools = [self.scheduler.remove(n) for n in names]
+        loaded = [r for r in self._records if r.pool is not None]
+        pools = [self.scheduler.remove(r.key) for r in loaded]
         await asyncio.gather(*(p.aclose(grace) for p in pools if p is not None), return_exceptions=True)
-        for name in names:
-            self._records[name].pool = None
-            self._records[name].state = ModelState.UNAVAILABLE
-            self._records[name].reason = "server stopped"
+        for record in loaded:
+            record.pool = None
+            record.state = ModelState.UNAVAILABLE
+            record.reason = "server stopped"
         await self.pools.aclose()
 
     # ------------------------------------------------------------------ queries
@@ -547,42 +354,12 @@ class ModelRepository:
     def get(self, name: str, version: str | None = None) -> ModelRecord:
         """The record of ``version`` of ``name`` or, without a version, of its default version:
         ``default_version`` from its settings, else its highest ready version, else its highest
-        version (see :func:`~runtime_core.settings.version_order`)."""
-        versions = self._by_name.get(name)
-        if not versions:
-            # Triton's wording, which Triton clients' examples look for (issue 21)
-            raise ModelNotFound(f"Request for unknown model: {quoted(name)} is not found", model=name)
-        if version is None:
-            if len(versions) == 1:  # the common case, on every request: nothing to choose
-                return next(iter(versions.values()))
-            return self._default(versions)
-        record = versions.get(version)
-        if record is not None:
-            return record
-        for each in versions.values():  # MLServer's ``versions`` list, accepted as aliases
-            if each.settings is not None and version in each.settings.versions:
-                return each
-        raise ModelNotFound(
-            f"Request for unknown model: {quoted(name)} version {quoted(version)} is not found", model=name
-        )
-
-    @staticmethod
-    def _default(versions: dict[str | None, ModelRecord]) -> ModelRecord:
-        named = sorted((r for v, r in versions.items() if v is not None), key=lambda r: version_order(r.version or ""))
-        if not named:
-            return versions[None]
-        for record in reversed(named):
-            wanted = record.settings.default_version if record.settings is not None else None
-            if wanted is not None and wanted in versions:
-                return versions[wanted]
-        ready = [r for r in named if r.state is ModelState.READY]
-        return (ready or named)[-1]
+        version (see :func:`~runtime_core.model_names.version_order`)."""
+        return self._records.find(name, version)
 
     def versions(self, name: str, ready_only: bool = True) -> list[str]:
         """The versions of ``name`` (the READY ones, by default), lowest first."""
-        records = self._by_name.get(name, {}).values()
-        chosen = [r.version for r in records if r.state is ModelState.READY or not ready_only]
-        return sorted((v for v in chosen if v is not None), key=version_order)
+        return self._records.versions(name, ready_only)
 
     def record(self, key: str) -> ModelRecord | None:
         """The record of one version by its key (``name`` or ``name/version``)."""
@@ -590,65 +367,10 @@ class ModelRepository:
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """One row per version of every model found or loaded: name, version (if any), state,
-        reason and, for a loaded one, residency."""
-        rows: list[tuple[str, str | None, ModelRecord]] = []
-        for key in self._found_for_index() | set(self._records):
-            name, version = split_key(key)
-            record = self._records.get(key) or ModelRecord(name, version)
-            rows.append((name, version, record))
-        rows.sort(key=lambda row: (row[0], version_order(row[1] or "")))
-        out = []
-        for name, version, record in rows:
-            if ready_only and record.state is not ModelState.READY:
-                continue
-            item: dict[str, Any] = {"name": name}
-            if version:
-                item["version"] = version
-            item["state"] = record.state.value
-            item["reason"] = record.reason
-            if record.pool is not None:
-                health = record.pool.health()
-                item["residency"] = health.residency
-                if record.state is ModelState.READY and not health.serving:
-                    item["state"] = ModelState.UNAVAILABLE.value
-                    item["reason"] = "its host process stopped; the model loads into a new host on its next request"
-            out.append(item)
-        return out
-
-    def _found_for_index(self) -> set[str]:
-        """The models in the repository folder, as the index lists them: a scan made within
-        the last ``INDEX_SCAN_SECONDS`` is reused. A scan costs 0.1-0.3 s of the event loop at
-        10,000 models even when no file changed, and clients poll the index (issue 23)."""
-        now = time.monotonic()
-        if self._index_scan is None or now - self._index_scan[0] >= INDEX_SCAN_SECONDS:
-            self._index_scan = (now, set(self.scan()[0]))
-        return self._index_scan[1]
+        reason and, for a loaded one, residency. The folder's models come from a scan at most
+        ``INDEX_SCAN_SECONDS`` old."""
+        return self._records.index(self._scanner.found_for_index(), ready_only)
 
     def records(self) -> list[ModelRecord]:
         """Every version's record, by name then version."""
-        return sorted(self._records.values(), key=lambda r: (r.name, version_order(r.version or "")))
-
-
-def _stamp(path: Path) -> tuple[int, ...] | None:
-    """Identity and change time of a settings file (links followed) and of its folder (whose
-    mtime changes when version folders come or go), or ``None`` if either cannot be read."""
-    try:
-        st = os.stat(path)
-        folder = os.stat(path.parent)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, folder.st_ino, folder.st_mtime_ns)
-
-
-def _reusable(outcome: list[ModelSettings] | SettingsError) -> bool:
-    """Whether a scan may reuse what it read from a settings file while the file and its
-    folder are unchanged: not for a folder of numbered version folders, whose versions also
-    depend on what the version folders hold."""
-    if isinstance(outcome, SettingsError):
-        return True
-    return len(outcome) == 1 and outcome[0].path is not None and outcome[0].folder == outcome[0].path.parent
-
-
-def _label(record: ModelRecord) -> str:
-    """``'name'``, or ``'name' version 'v'``, for messages."""
-    return repr(record.name) + (f" version {record.version!r}" if record.version else "")
+        return self._records.ordered()

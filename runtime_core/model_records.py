@@ -1,0 +1,168 @@
+"""The repository's records of model versions: each one's state, and the book that finds them.
+
+A record is made on the first operation on a version (a load, or a settings error that
+concerns it) and kept for the server's life, so that a model that failed or was unloaded
+still answers with its state and reason. The book finds a record by its key (``name`` or
+``name/version``, :func:`~runtime_core.model_names.model_key`), or by name and version,
+where a request without a version goes to the model's default version
+(:meth:`RecordBook.find`). Records change only in the repository, under its lock of the
+version; the book itself holds no lock and starts no task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from runtime_core.errors import ModelNotFound, RuntimeCoreError
+from runtime_core.model_names import model_key, split_key, version_order
+from runtime_core.runtime import ModelMetadata
+from runtime_core.sanitize import quoted
+from runtime_core.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from runtime_core.pools.base import ModelPool
+
+__all__ = ["ModelRecord", "ModelState", "RecordBook", "label"]
+
+
+class ModelState(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """One version of one model (or a model without versions)."""
+
+    name: str
+    version: str | None = None
+    state: ModelState = ModelState.UNKNOWN
+    reason: str = ""
+    settings: ModelSettings | None = None
+    pool: ModelPool | None = None
+    runtime: str = ""
+    load_time: float = 0.0
+    error: RuntimeCoreError | None = None
+    raw_requests: bool = False
+    """Its runtime reads requests itself (``Runtime.raw_requests``): they carry their headers."""
+
+    @property
+    def key(self) -> str:
+        """The scheduler's, the pools' and the statistics' name for this version."""
+        return model_key(self.name, self.version)
+
+    @property
+    def metadata(self) -> ModelMetadata | None:
+        return self.pool.metadata if self.pool else None
+
+
+def label(record: ModelRecord) -> str:
+    """``'name'``, or ``'name' version 'v'``, for messages."""
+    return repr(record.name) + (f" version {record.version!r}" if record.version else "")
+
+
+class RecordBook:
+    """Every version's record, by key and by name then version."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, ModelRecord] = {}
+        self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
+
+    def ensure(self, name: str, version: str | None) -> ModelRecord:
+        """The record of one version of a model, made on first use."""
+        key = model_key(name, version)
+        record = self._by_key.get(key)
+        if record is None:
+            record = self._by_key[key] = ModelRecord(name, version)
+            self._by_name.setdefault(name, {})[version] = record
+        return record
+
+    def get(self, key: str) -> ModelRecord | None:
+        """The record of one version by its key, if it has one."""
+        return self._by_key.get(key)
+
+    def of_name(self, name: str) -> list[ModelRecord]:
+        """The records of every version of ``name`` that has one."""
+        return list(self._by_name.get(name, {}).values())
+
+    def __iter__(self) -> Iterator[ModelRecord]:
+        return iter(self._by_key.values())
+
+    def find(self, name: str, version: str | None = None) -> ModelRecord:
+        """The record of ``version`` of ``name`` or, without a version, of its default version:
+        ``default_version`` from its settings, else its highest ready version, else its highest
+        version (see :func:`~runtime_core.model_names.version_order`)."""
+        versions = self._by_name.get(name)
+        if not versions:
+            # Triton's wording, which Triton clients' examples look for (issue 21)
+            raise ModelNotFound(f"Request for unknown model: {quoted(name)} is not found", model=name)
+        if version is None:
+            if len(versions) == 1:  # the common case, on every request: nothing to choose
+                return next(iter(versions.values()))
+            return _default(versions)
+        record = versions.get(version)
+        if record is not None:
+            return record
+        for each in versions.values():  # MLServer's ``versions`` list, accepted as aliases
+            if each.settings is not None and version in each.settings.versions:
+                return each
+        raise ModelNotFound(
+            f"Request for unknown model: {quoted(name)} version {quoted(version)} is not found", model=name
+        )
+
+    def versions(self, name: str, ready_only: bool = True) -> list[str]:
+        """The versions of ``name`` (the READY ones, by default), lowest first."""
+        records = self._by_name.get(name, {}).values()
+        chosen = [r.version for r in records if r.state is ModelState.READY or not ready_only]
+        return sorted((v for v in chosen if v is not None), key=version_order)
+
+    def ordered(self) -> list[ModelRecord]:
+        """Every version's record, by name then version."""
+        return sorted(self._by_key.values(), key=lambda r: (r.name, version_order(r.version or "")))
+
+    def index(self, found: set[str], ready_only: bool = False) -> list[dict[str, Any]]:
+        """One row per version that is in ``found`` (keys of a scan) or has a record: name,
+        version (if any), state, reason and, for a loaded one, residency."""
+        rows: list[tuple[str, str | None, ModelRecord]] = []
+        for key in found | set(self._by_key):
+            name, version = split_key(key)
+            record = self._by_key.get(key) or ModelRecord(name, version)
+            rows.append((name, version, record))
+        rows.sort(key=lambda row: (row[0], version_order(row[1] or "")))
+        out = []
+        for name, version, record in rows:
+            if ready_only and record.state is not ModelState.READY:
+                continue
+            item: dict[str, Any] = {"name": name}
+            if version:
+                item["version"] = version
+            item["state"] = record.state.value
+            item["reason"] = record.reason
+            if record.pool is not None:
+                health = record.pool.health()
+                item["residency"] = health.residency
+                if record.state is ModelState.READY and not health.serving:
+                    item["state"] = ModelState.UNAVAILABLE.value
+                    item["reason"] = "its host process stopped; the model loads into a new host on its next request"
+            out.append(item)
+        return out
+
+
+def _default(versions: dict[str | None, ModelRecord]) -> ModelRecord:
+    """The default of several versions: the ``default_version`` its settings name (the
+    highest version's say wins), else the highest ready version, else the highest."""
+    named = sorted((r for v, r in versions.items() if v is not None), key=lambda r: version_order(r.version or ""))
+    if not named:
+        return versions[None]
+    for record in reversed(named):
+        wanted = record.settings.default_version if record.settings is not None else None
+        if wanted is not None and wanted in versions:
+            return versions[wanted]
+    ready = [r for r in named if r.state is ModelState.READY]
+    return (ready or named)[-1]

@@ -1,0 +1,236 @@
+"""Scanning the model repository folder: which model versions its settings files define.
+
+:meth:`RepositoryScan.scan` finds every ``model-settings.json`` and returns the versions
+that can serve, keyed ``name`` or ``name/version``, with the errors of the others: a
+settings file that is a link out of the repository, a version defined twice, a model
+with and without versions, a ``default_version`` that its folders disagree on. With no
+settings file at all, the folder may be KServe's single-model layout
+(:mod:`runtime_core.layout`).
+
+Scans are frequent (every load by name, every repository index, every watch pass) and
+repositories may hold many thousand models, so a scan reuses what the previous one read
+from each settings file while the file and its folder are unchanged (:func:`_stamp`), and
+the repository index reuses a whole scan for ``INDEX_SCAN_SECONDS``. Scanning runs in the
+caller's thread and starts no task; it reads the folder, never the models' artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime_core.errors import SettingsError
+from runtime_core.layout import single_model
+from runtime_core.model_names import is_version_folder, version_order
+from runtime_core.plugins import RuntimeRegistry
+from runtime_core.settings import (
+    MODEL_SETTINGS_FILE,
+    ModelSettings,
+    ServerSettings,
+    find_model_settings,
+    load_model_settings,
+)
+
+__all__ = ["INDEX_SCAN_SECONDS", "RepositoryScan"]
+
+#: Seconds a scan of the repository folder serves the repository index: a model folder
+#: added or removed shows in the index within this (loads and unloads show at once).
+INDEX_SCAN_SECONDS = 2.0
+
+#: What a scan read from one settings file: the file's stamp, and its settings or error.
+_Memo = dict[Path, tuple[tuple[int, ...], list[ModelSettings] | SettingsError]]
+
+
+class RepositoryScan:
+    """Scans one repository folder, remembering what earlier scans read."""
+
+    def __init__(self, root: Path | None, server: ServerSettings, registry: RuntimeRegistry) -> None:
+        self.root = root
+        self.server = server
+        self.registry = registry
+        #: What the last scan read from each settings file, with the file's and its folder's
+        #: stamps (:func:`_stamp`): a file unchanged since is not parsed again, so a scan of
+        #: an unchanged repository costs little more than listing it (issue 23).
+        self._memo: _Memo = {}
+        #: ``(monotonic time, models found)`` of the last scan the repository index used.
+        self._for_index: tuple[float, set[str]] | None = None
+
+    def scan(self) -> tuple[dict[str, ModelSettings], list[SettingsError]]:
+        """Parse every model settings file; returns the valid ones by key (``name`` or
+        ``name/version``) and the errors (``model`` of each: the key it concerns)."""
+        found: dict[str, ModelSettings] = {}
+        errors: list[SettingsError] = []
+        if self.root is None:
+            return found, errors
+        paths = find_model_settings(self.root)
+        if not paths:  # KServe's layout: one model's files, no settings file (issue 11)
+            return single_model(self.root, self.server, self.registry)
+        by_name: dict[str, list[ModelSettings]] = {}
+        memo: _Memo = {}
+        for path in paths:
+            stamp = _stamp(path)
+            known = self._memo.get(path)
+            if stamp is not None and known is not None and known[0] == stamp:
+                outcome = known[1]
+            else:
+                outcome = self._read_folder(path)
+            if stamp is not None and _reusable(outcome):
+                memo[path] = (stamp, outcome)
+            if isinstance(outcome, SettingsError):
+                errors.append(outcome)
+                continue
+            for each in outcome:
+                by_name.setdefault(each.name, []).append(each)
+        self._memo = memo
+        for name, group in by_name.items():
+            for settings in _check_versions(name, group, errors):
+                found[settings.key] = settings
+        return found, errors
+
+    def _read_folder(self, path: Path) -> list[ModelSettings] | SettingsError:
+        """The settings of one ``model-settings.json`` (several for a folder of numbered
+        version folders), or the error that makes it unusable."""
+        assert self.root is not None
+        folder = path.parent
+        in_version_folder = folder.parent != self.root and folder != self.root and is_version_folder(folder.name)
+        try:
+            self._confine_settings_file(path, in_version_folder)
+            settings = load_model_settings(path, in_version_folder=in_version_folder)
+            return self._versions_of_folder(settings)
+        except SettingsError as exc:
+            return exc
+
+    def _confine_settings_file(self, path: Path, in_version_folder: bool) -> None:
+        """Refuse a settings file that is a link out of the repository, before reading it: the
+        same rule as for artifacts (see :meth:`ModelSettings.resolve_uri`)."""
+        assert self.root is not None
+        resolved = path.resolve()
+        if self.root in resolved.parents:
+            return
+        name = path.parent.parent.name if in_version_folder else path.parent.name
+        raise SettingsError(
+            f"{path}: model {name!r}: {path.name} is a link that leaves the model repository; not read",
+            model=name,
+            path=str(path),
+        )
+
+    def _versions_of_folder(self, settings: ModelSettings) -> list[ModelSettings]:
+        """Triton's layout: a model folder whose subfolders named by digits hold one version
+        each, under the model folder's settings (a version folder with its own settings file
+        is read on its own, in place of these). Any other folder: the settings themselves."""
+        folder = settings.folder
+        if folder is None or folder == self.root or settings.path is None or settings.path.parent != folder:
+            return [settings]
+        numbered = sorted(
+            (p for p in folder.iterdir() if p.is_dir() and is_version_folder(p.name)), key=lambda p: int(p.name)
+        )
+        if not numbered:
+            return [settings]
+        if settings.version is not None:
+            raise SettingsError(
+                f"{settings.path}: model {settings.name!r}: parameters.version is set but the folder holds "
+                f"version folders ({', '.join(p.name for p in numbered)}); keep one or the other",
+                model=settings.name,
+                path=str(settings.path),
+            )
+        return [settings.as_version(p.name, p) for p in numbered if not (p / MODEL_SETTINGS_FILE).is_file()]
+
+    def found_for_index(self) -> set[str]:
+        """The models in the repository folder, as the index lists them: a scan made within
+        the last ``INDEX_SCAN_SECONDS`` is reused. A scan of many thousand models holds the
+        event loop even when no file changed, and clients poll the index (issue 23)."""
+        now = time.monotonic()
+        if self._for_index is None or now - self._for_index[0] >= INDEX_SCAN_SECONDS:
+            self._for_index = (now, set(self.scan()[0]))
+        return self._for_index[1]
+
+    def fingerprints(self, found: dict[str, ModelSettings]) -> dict[str, tuple[Any, ...]]:
+        """Per model: sizes and mtimes of its settings file, the files beside it and its URI
+        (what the watcher compares between two passes)."""
+        prints: dict[str, tuple[Any, ...]] = {}
+        for name, settings in found.items():
+            files: set[Path] = {settings.path} if settings.path is not None else set()
+            if settings.folder is not None:
+                files.update(p for p in settings.folder.iterdir() if p.is_file())
+            try:
+                uri = settings.resolve_uri(self.root)
+            except SettingsError:
+                uri = None
+            if uri is not None and uri.is_file():
+                files.add(uri)
+            stamp = []
+            for path in sorted(files):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                stamp.append((str(path), st.st_mtime_ns, st.st_size))
+            prints[name] = tuple(stamp)
+        return prints
+
+
+def _check_versions(name: str, group: list[ModelSettings], errors: list[SettingsError]) -> list[ModelSettings]:
+    """The versions of ``name`` that can serve: one folder per version, all with a version
+    or none, and a ``default_version`` (if any) that they agree on and that exists."""
+    by_version: dict[str | None, ModelSettings] = {}
+    for settings in group:
+        other = by_version.get(settings.version)
+        if other is not None:
+            what = f"model {name!r}" + (f" version {settings.version!r}" if settings.version else "")
+            errors.append(
+                SettingsError(
+                    f"{settings.path}: {what} is already defined by {other.path}",
+                    model=settings.key,
+                    path=str(settings.path),
+                )
+            )
+            continue
+        by_version[settings.version] = settings
+    if None in by_version and len(by_version) > 1:
+        plain = by_version.pop(None)
+        versioned = next(iter(by_version.values()))
+        errors.append(
+            SettingsError(
+                f"{plain.path}: model {name!r} has no parameters.version, but {versioned.path} gives it "
+                f"version {versioned.version!r}; give every folder of one model a version",
+                model=name,
+                path=str(plain.path),
+            )
+        )
+    defaults = {s.default_version: s for s in by_version.values() if s.default_version is not None}
+    problem = ""
+    if len(defaults) > 1:
+        (first, one), (second, two) = list(defaults.items())[:2]
+        problem = f"default_version {first!r} ({one.path}) and {second!r} ({two.path}) disagree"
+    elif defaults:
+        wanted, where = next(iter(defaults.items()))
+        if wanted not in by_version:
+            have = ", ".join(sorted((v for v in by_version if v), key=version_order)) or "none"
+            problem = f"default_version {wanted!r} ({where.path}) is not one of its versions ({have})"
+    if problem:
+        for settings in by_version.values():
+            errors.append(SettingsError(f"model {name!r}: {problem}", model=settings.key, path=str(settings.path)))
+        return []
+    return list(by_version.values())
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """Identity and change time of a settings file (links followed) and of its folder (whose
+    mtime changes when version folders come or go), or ``None`` if either cannot be read."""
+    try:
+        st = os.stat(path)
+        folder = os.stat(path.parent)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, folder.st_ino, folder.st_mtime_ns)
+
+
+def _reusable(outcome: list[ModelSettings] | SettingsError) -> bool:
+    """Whether a scan may reuse what it read from a settings file while the file and its
+    folder are unchanged: not for a folder of numbered version folders, whose versions also
+    depend on what the version folders hold."""
+    if isinstance(outcome, SettingsError):
+        return True
+    return len(outcome) == 1 and outcome[0].path is not None and outcome[0].folder == outcome[0].path.parent
