@@ -19,6 +19,16 @@ one, switches the scheduler to it once it is ready, then drains and closes the
 old pool: requests in flight finish on the old workers and none fail. If the
 new pool fails to load, the old one keeps serving and the error is returned.
 
+Bounds and endings. At most ``max_concurrent_loads`` pools start at once; each start is
+bounded by ``startup_timeout`` in the pool. A caller that goes away does not stop an
+operation it asked for: :meth:`ModelRepository.load` and :meth:`ModelRepository.unload` run
+as tasks of their own that the caller only awaits (a gRPC call past its deadline is cancelled
+on the server side; cancelling a load half-way would leave the version LOADING with a pool
+half started). A load whose worker or host dies fails with that error: a first load leaves
+the version UNAVAILABLE with the reason, a reload leaves the previous version serving. At
+shutdown (:meth:`ModelRepository.aclose`) operations still running are cancelled, then
+every pool is drained and closed.
+
 The repository coordinates; its parts are :mod:`runtime_core.repository_scan` (what the
 folder holds, with each settings file's parse reused while it is unchanged) and
 :mod:`runtime_core.model_records` (each version's record and state, found by name and
@@ -31,9 +41,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runtime_core.errors import ModelLoadError, ModelNotFound, RuntimeCoreError, SettingsError
 from runtime_core.limits import memory_limit
@@ -48,6 +58,8 @@ from runtime_core.settings import ModelSettings, ServerSettings
 
 if TYPE_CHECKING:
     from runtime_core.pools.base import ModelPool
+
+T = TypeVar("T")
 
 # The record types, split_key and INDEX_SCAN_SECONDS lived here before issue 22 split them
 # off; the front ends, the statistics, the metrics and the CLI still import them from here.
@@ -109,6 +121,8 @@ class ModelRepository:
         #: The scan made before the event loop started (by :meth:`prewarm`), used once by
         #: :meth:`load_all` instead of parsing every settings file a second time.
         self._prescan: tuple[dict[str, ModelSettings], list[SettingsError]] | None = None
+        #: Loads and unloads under way for callers (see :meth:`_detached`).
+        self._operations: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ discovery
 
@@ -174,9 +188,25 @@ class ModelRepository:
         """The record of one version of a model, made on first use."""
         return self._records.ensure(name, version)
 
+    def _detached(self, coro: Coroutine[Any, Any, T] | asyncio.Future[T]) -> Awaitable[T]:
+        """Run ``coro`` as a task of its own, which goes on if the caller is cancelled."""
+        task = asyncio.ensure_future(coro)
+        self._operations.add(task)
+        task.add_done_callback(self._operation_done)
+        return asyncio.shield(task)
+
+    def _operation_done(self, task: asyncio.Task[Any]) -> None:
+        self._operations.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left is not told, and need not be
+
     async def load(self, name: str) -> list[ModelRecord]:
         """Load every version of ``name`` from the repository folder (reloading the loaded
-        ones, unloading the ones whose folder is gone); errors if any version fails."""
+        ones, unloading the ones whose folder is gone); errors if any version fails. Runs to
+        its end even if the caller is cancelled."""
+        return await self._detached(self._load_name(name))
+
+    async def _load_name(self, name: str) -> list[ModelRecord]:
         if not valid_name(name):
             raise ModelNotFound(f"invalid model name {quoted(name)}")
         found, errors = self.scan()
@@ -280,11 +310,12 @@ class ModelRepository:
             return record
 
     async def unload(self, name: str) -> None:
-        """Unload every loaded version of ``name``."""
+        """Unload every loaded version of ``name``; runs to its end even if the caller is
+        cancelled."""
         loaded = [r for r in self._records.of_name(name) if r.state is ModelState.READY]
         if not loaded:
             raise ModelNotFound(f"model {quoted(name)} is not loaded", model=name)
-        await asyncio.gather(*(self._unload(r.key) for r in loaded))
+        await self._detached(asyncio.gather(*(self._unload(r.key) for r in loaded)))
 
     async def _unload(self, key: str) -> None:
         record = self._records.get(key)
@@ -340,6 +371,9 @@ class ModelRepository:
             known = current
 
     async def aclose(self, grace: float = 30.0) -> None:
+        for task in list(self._operations):
+            task.cancel()
+        await asyncio.gather(*self._operations, return_exceptions=True)
         loaded = [r for r in self._records if r.pool is not None]
         pools = [self.scheduler.remove(r.key) for r in loaded]
         await asyncio.gather(*(p.aclose(grace) for p in pools if p is not None), return_exceptions=True)

@@ -77,3 +77,38 @@ def test_watch_loads_reloads_and_unloads_without_failing_requests(tmp_path: Path
     shutil.rmtree(repo / "fresh")
     wait_until(lambda: infer(server, "fresh")[0] in (404, 503), 20, "the removed model to go")
     assert infer(server, "kept")[0] == 200
+
+
+def test_a_load_whose_grpc_caller_gave_up_still_finishes(tmp_path: Path, serve: Any) -> None:
+    """A gRPC ``RepositoryModelLoad`` past its deadline is cancelled on the server side; the
+    load itself runs on (as Triton's does), so the model ends READY and answers, instead of
+    staying LOADING with a half-started pool."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    repo = tmp_path / "repo"
+    toy_model(repo, "b")
+    server = serve(repo)
+    gate = tmp_path / "load-gate"
+    toy_model(repo, "a", parameters={"extra": {"load_gate": str(gate)}})
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="a"), timeout=1.0)
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert list(tmp_path.glob("load-gate.*")), "the load was under way when the caller gave up"
+    gate.touch()
+
+    def state() -> str:
+        status, doc = server.post_json("/v2/repository/index", {})
+        assert status == 200, doc
+        return next(item["state"] for item in doc if item["name"] == "a")
+
+    wait_until(lambda: state() == "READY", message="a's load to finish after its caller left")
+    status, body, _ = server.request(
+        "POST",
+        "/v2/models/a/infer",
+        json.dumps(infer_body([3.0])).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert status == 200 and output(json.loads(body), "y") == [3.0]
