@@ -118,6 +118,24 @@ def _send(ctl: socket.socket, message: Any, fds: list[int] | None = None) -> Non
             ctl.send(data)
 
 
+def _reaper(ctl: socket.socket, event: Callable[[int, int], Any]) -> Callable[[int, object], None]:
+    """A SIGCHLD handler that reaps every child that has exited and reports each on ``ctl``
+    as ``event(pid, wait status)``: a host's workers (``WorkerExited``), the root's hosts
+    (``HostExited``). One signal may stand for several exits, so it reaps until none is left."""
+
+    def reap(signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _send(ctl, event(pid, status))
+
+    return reap
+
+
 @dataclass(slots=True)
 class _Loaded:
     """One model a host holds: what it was loaded from, the loaded runtime, its request handler."""
@@ -136,16 +154,6 @@ class _Host:
         self.models: dict[int, _Loaded] = {}
         self.loop = asyncio.new_event_loop()  # never running between batches, so forks are clean
         self.reader = FrameReader()
-
-    def _reap(self, signum: int, frame: object) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            _send(self.ctl, WorkerExited(pid, status))
 
     # ------------------------------------------------------------------ commands
 
@@ -244,7 +252,7 @@ class _Host:
             self.data.sendall(b"".join(out))
 
     def run(self) -> None:
-        signal.signal(signal.SIGCHLD, self._reap)
+        signal.signal(signal.SIGCHLD, _reaper(self.ctl, WorkerExited))
         selector = selectors.DefaultSelector()
         selector.register(self.ctl, selectors.EVENT_READ, "ctl")
         selector.register(self.data, selectors.EVENT_READ, "data")
@@ -329,20 +337,9 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
     _send(ctl, RootReady(fork_safe))
     if not fork_safe:
         os._exit(0)
-
-    def reap(signum: int, frame: object) -> None:
-        # The root reaps its hosts and tells the main process how each ended: a host is not
-        # the main process's child, so nothing else can learn its exit status (issue 20).
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            _send(ctl, HostExited(pid, status))
-
-    signal.signal(signal.SIGCHLD, reap)
+    # The root reaps its hosts and tells the main process how each ended: a host is not the
+    # main process's child, so nothing else can learn its exit status (issue 20).
+    signal.signal(signal.SIGCHLD, _reaper(ctl, HostExited))
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
