@@ -67,8 +67,9 @@ from runtime_core.control import (
     WorkerSpawned,
 )
 from runtime_core.errors import ModelNotReady
+from runtime_core.framing import FrameReader
 from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, run_groups
-from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, reply_frame
+from runtime_core.messages import INFER, Outcome, parse_infer, reply_frame
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
 from runtime_core.runtime import Runtime
