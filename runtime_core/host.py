@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime_core.batchloop import DEFAULT_COALESCE, run_groups
 from runtime_core.control import (
     ForkHost,
     HostExited,
@@ -68,7 +69,7 @@ from runtime_core.control import (
 )
 from runtime_core.errors import ModelNotReady
 from runtime_core.framing import FrameReader
-from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, run_groups
+from runtime_core.inference import ModelHandler
 from runtime_core.messages import INFER, Outcome, parse_infer, reply_frame
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count

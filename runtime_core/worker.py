@@ -11,7 +11,7 @@ The main process owns the worker's data socket. The worker answers ``WorkerReady
 (or ``WorkerLoadFailed``) in a control frame, and each ``Ping`` with a ``Pong`` (the
 heartbeat by which a stalled idle worker is found), then serves INFER frames with an asyncio
 loop: requests that arrive while it computes wait in the socket and are read together
-afterwards, and run as one batch (:class:`~runtime_core.inference.BatchLoop`). Replies of
+afterwards, and run as one batch (:class:`~runtime_core.batchloop.BatchLoop`). Replies of
 one batch leave in one write.
 
 Lifetimes: a worker watches the main process through a pidfd and exits when it dies,
@@ -38,9 +38,10 @@ import time
 
 from threadpoolctl import threadpool_limits
 
+from runtime_core.batchloop import BatchLoop
 from runtime_core.control import Ping, Pong, Unload, WorkerLoadFailed, WorkerReady
 from runtime_core.framing import FramedProtocol
-from runtime_core.inference import BatchLoop, ModelHandler
+from runtime_core.inference import ModelHandler
 from runtime_core.messages import CONTROL, INFER, Outcome, control_frame, parse_control, parse_infer, reply_frame
 from runtime_core.processes import configure_logging, new_loop, set_process_name, watch_main_process
 from runtime_core.runtime import Runtime
