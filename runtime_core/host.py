@@ -120,6 +120,19 @@ def _send(ctl: socket.socket, message: Any, fds: list[int] | None = None) -> Non
             ctl.send(data)
 
 
+def _next_command(ctl: socket.socket) -> tuple[Any, list[int]]:
+    """The next command from the main process on ``ctl`` (blocking), with the descriptors
+    that came with it. When the main process has closed the socket (or it failed), this
+    process has no one left to serve: it exits."""
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
+    except OSError:
+        message, fds = b"", []
+    if not message:
+        os._exit(0)
+    return pickle.loads(message), fds
+
+
 def _reaper(ctl: socket.socket, event: Callable[[int, int], Any]) -> Callable[[int, object], None]:
     """A SIGCHLD handler that reaps every child that has exited and reports each on ``ctl``
     as ``event(pid, wait status)``: a host's workers (``WorkerExited``), the root's hosts
@@ -268,13 +281,7 @@ class _Host:
                     self._read()
 
     def _command(self) -> None:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 20, 4)
-        except OSError:
-            message, fds = b"", []
-        if not message:
-            os._exit(0)
-        command = pickle.loads(message)
+        command, fds = _next_command(self.ctl)
         if isinstance(command, LoadModel):
             self.load(command)
         elif isinstance(command, UnloadModel):
@@ -343,13 +350,7 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
     # main process's child, so nothing else can learn its exit status (issue 20).
     signal.signal(signal.SIGCHLD, _reaper(ctl, HostExited))
     while True:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
-        except OSError:
-            message, fds = b"", []
-        if not message:
-            os._exit(0)
-        command = pickle.loads(message)
+        command, fds = _next_command(ctl)
         if not isinstance(command, ForkHost) or len(fds) != 2:
             os._exit(0)
         pid = os.fork()
