@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime_core.batchloop import DEFAULT_COALESCE, run_groups
 from runtime_core.control import (
     ForkHost,
     HostExited,
@@ -67,8 +68,9 @@ from runtime_core.control import (
     WorkerSpawned,
 )
 from runtime_core.errors import ModelNotReady
-from runtime_core.inference import DEFAULT_COALESCE, ModelHandler, run_groups
-from runtime_core.messages import INFER, FrameReader, Outcome, parse_infer, reply_frame
+from runtime_core.framing import FrameReader
+from runtime_core.inference import ModelHandler
+from runtime_core.messages import INFER, Outcome, parse_infer, reply_frame
 from runtime_core.plugins import import_runtime
 from runtime_core.processes import configure_logging, set_parent_death_signal, set_process_name, thread_count
 from runtime_core.runtime import Runtime
@@ -118,6 +120,37 @@ def _send(ctl: socket.socket, message: Any, fds: list[int] | None = None) -> Non
             ctl.send(data)
 
 
+def _next_command(ctl: socket.socket) -> tuple[Any, list[int]]:
+    """The next command from the main process on ``ctl`` (blocking), with the descriptors
+    that came with it. When the main process has closed the socket (or it failed), this
+    process has no one left to serve: it exits."""
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
+    except OSError:
+        message, fds = b"", []
+    if not message:
+        os._exit(0)
+    return pickle.loads(message), fds
+
+
+def _reaper(ctl: socket.socket, event: Callable[[int, int], Any]) -> Callable[[int, object], None]:
+    """A SIGCHLD handler that reaps every child that has exited and reports each on ``ctl``
+    as ``event(pid, wait status)``: a host's workers (``WorkerExited``), the root's hosts
+    (``HostExited``). One signal may stand for several exits, so it reaps until none is left."""
+
+    def reap(signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _send(ctl, event(pid, status))
+
+    return reap
+
+
 @dataclass(slots=True)
 class _Loaded:
     """One model a host holds: what it was loaded from, the loaded runtime, its request handler."""
@@ -136,16 +169,6 @@ class _Host:
         self.models: dict[int, _Loaded] = {}
         self.loop = asyncio.new_event_loop()  # never running between batches, so forks are clean
         self.reader = FrameReader()
-
-    def _reap(self, signum: int, frame: object) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            _send(self.ctl, WorkerExited(pid, status))
 
     # ------------------------------------------------------------------ commands
 
@@ -244,7 +267,7 @@ class _Host:
             self.data.sendall(b"".join(out))
 
     def run(self) -> None:
-        signal.signal(signal.SIGCHLD, self._reap)
+        signal.signal(signal.SIGCHLD, _reaper(self.ctl, WorkerExited))
         selector = selectors.DefaultSelector()
         selector.register(self.ctl, selectors.EVENT_READ, "ctl")
         selector.register(self.data, selectors.EVENT_READ, "data")
@@ -258,13 +281,7 @@ class _Host:
                     self._read()
 
     def _command(self) -> None:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 20, 4)
-        except OSError:
-            message, fds = b"", []
-        if not message:
-            os._exit(0)
-        command = pickle.loads(message)
+        command, fds = _next_command(self.ctl)
         if isinstance(command, LoadModel):
             self.load(command)
         elif isinstance(command, UnloadModel):
@@ -329,28 +346,11 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
     _send(ctl, RootReady(fork_safe))
     if not fork_safe:
         os._exit(0)
-
-    def reap(signum: int, frame: object) -> None:
-        # The root reaps its hosts and tells the main process how each ended: a host is not
-        # the main process's child, so nothing else can learn its exit status (issue 20).
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            _send(ctl, HostExited(pid, status))
-
-    signal.signal(signal.SIGCHLD, reap)
+    # The root reaps its hosts and tells the main process how each ended: a host is not the
+    # main process's child, so nothing else can learn its exit status (issue 20).
+    signal.signal(signal.SIGCHLD, _reaper(ctl, HostExited))
     while True:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
-        except OSError:
-            message, fds = b"", []
-        if not message:
-            os._exit(0)
-        command = pickle.loads(message)
+        command, fds = _next_command(ctl)
         if not isinstance(command, ForkHost) or len(fds) != 2:
             os._exit(0)
         pid = os.fork()

@@ -6,18 +6,11 @@ becomes an :class:`~runtime_core.messages.Outcome` with an error code and a
 message fit for the client (no traceback, no server path). Tracebacks of
 runtime failures go to the worker's log, naming the model.
 
-:class:`BatchLoop` feeds the handler. Requests wait in an unbounded deque
-here, but the pool never sends a worker more than its pipeline depth, so at
-most that many wait. When the runtime says its outputs are row-wise
-(``Runtime.supports_batching``), the requests found waiting when the loop
-wakes are merged along the first axis into one ``predict`` call (coalescing,
-on by default: it costs no waiting). With ``max_batch_time`` > 0 the loop also
-waits, at most that long after the first request of a batch arrived, for up to
-``max_batch_size`` requests (adaptive batching); dedicated workers are built with
-no wait, because their pool holds batches in the main process
-(:mod:`runtime_core.pools.process`). Only compatible requests are
-merged: same input names, datatypes and trailing shapes, same requested
-outputs and same request parameters. Each request is decoded and validated on
+The handler is fed the requests of a wake-up together (:mod:`runtime_core.batchloop`).
+When the runtime says its outputs are row-wise (``Runtime.supports_batching``), those
+requests are merged along the first axis into one ``predict`` call (coalescing). Only
+compatible requests are merged: same input names, datatypes and trailing shapes, same
+requested outputs and same request parameters. Each request is decoded and validated on
 its own first, so a malformed request fails alone; if the merged call fails,
 every request of the batch is run again on its own, so a request that makes the
 model fail fails alone too.
@@ -34,15 +27,10 @@ decoded (:attr:`~runtime_core.envelope.Outcome.rows`, Triton's ``inference_count
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
-import os
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -57,7 +45,7 @@ from runtime_core.sanitize import client_message, error_id, quoted
 from runtime_core.tracing import attach, detach
 from runtime_core.types import InferenceRequest, InferenceResponse, Tensor
 
-__all__ = ["DEFAULT_COALESCE", "BatchLoop", "ModelHandler"]
+__all__ = ["ModelHandler"]
 
 log = logging.getLogger("runtime_core.inference")
 
@@ -122,41 +110,6 @@ class _Call:
     """Requests merged into the call."""
     rows: int = 1
     """Rows of the call, all its requests together."""
-
-
-#: Most requests merged by coalescing when the model sets no ``max_batch_size``.
-DEFAULT_COALESCE = 32
-
-
-#: Open schedstat files of this process's threads, by thread id (at most ``_SCHEDSTAT_FILES``),
-#: and the process they were opened in (a forked child inherits the descriptors, which name
-#: its parent's threads).
-_schedstat: dict[int, int] = {}
-_schedstat_pid = 0
-_SCHEDSTAT_FILES = 16
-
-
-def _cpu_wait() -> float:
-    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat).
-
-    Read twice per batch, so it must be cheap: the file stays open and is read with
-    ``pread``, rather than opened on every read (issue 9)."""
-    global _schedstat_pid
-    try:
-        if _schedstat_pid != os.getpid():  # forked: the inherited descriptors are left alone
-            _schedstat.clear()
-            _schedstat_pid = os.getpid()
-        tid = threading.get_native_id()
-        fd = _schedstat.get(tid)
-        if fd is None:
-            path = f"/proc/self/task/{tid}/schedstat"
-            if len(_schedstat) >= _SCHEDSTAT_FILES:  # threads came and went: no more kept open
-                with open(path, "rb") as f:
-                    return int(f.read().split()[1]) / 1e9
-            fd = _schedstat[tid] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
-        return 0.0
 
 
 def _batch_key(request: InferenceRequest) -> tuple[Any, ...] | None:
@@ -296,6 +249,27 @@ class ModelHandler:
 
     # ------------------------------------------------------------------ entry points
 
+    async def handle(self, envelopes: list[Envelope], started: float) -> list[Outcome]:
+        """Decode each request on its own, run the decoded ones (merged where the runtime
+        allows) and return one outcome per envelope, in order; a raw runtime gets them as
+        they came (:mod:`runtime_core.rawpath`). ``started``: when work on them began. Never
+        raises."""
+        if self.raw:
+            return await run_raw(self, envelopes, started)
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
+        decoded: list[Decoded] = []
+        places: list[int] = []
+        for i, envelope in enumerate(envelopes):
+            try:
+                decoded.append(self.decode(envelope))
+                places.append(i)
+            except Exception as exc:
+                outcomes[i] = self._error(exc, started)
+        if decoded:
+            for i, outcome in zip(places, await self.run_batch(decoded, started), strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
     async def run(self, item: Decoded, started: float) -> Outcome:
         try:
             predicting = time.perf_counter()
@@ -368,108 +342,3 @@ class ModelHandler:
         except Exception:
             # One request may be the cause: run each alone so that only it fails.
             return [await self.run(item, time.perf_counter()) for item in group]
-
-
-async def run_envelopes(handler: ModelHandler, envelopes: list[Envelope]) -> list[Outcome]:
-    """Decode each request on its own, run the decoded ones (merged where the runtime allows),
-    and return one outcome per envelope, in order. Never raises."""
-    return (await run_groups([(handler, envelopes)]))[0]
-
-
-async def run_groups(
-    groups: list[tuple[ModelHandler, list[Envelope]]],
-    done: Callable[[int, list[Outcome]], None] | None = None,
-) -> list[list[Outcome]]:
-    """:func:`run_envelopes` for several models' requests at once (a host's wake-up): one
-    outcome list per group, in order. ``done(i, outcomes)`` is called as each group
-    finishes, so a host can answer it while the next group runs. Never raises."""
-    results: list[list[Outcome]] = []
-    for i, (handler, envelopes) in enumerate(groups):
-        waited = _cpu_wait()
-        started = time.perf_counter()
-        outcomes = await _run_one(handler, envelopes, started)
-        wall = time.perf_counter() - started
-        # Service time: wall time less the time this thread sat runnable waiting for a CPU,
-        # so a worker at low priority is not charged for being made to wait.
-        service = max(0.0, wall - (_cpu_wait() - waited)) / max(1, len(outcomes))
-        for outcome in outcomes:
-            outcome.cpu = service
-        results.append(outcomes)
-        if done is not None:
-            done(i, outcomes)
-    return results
-
-
-async def _run_one(handler: ModelHandler, envelopes: list[Envelope], started: float) -> list[Outcome]:
-    if handler.raw:
-        return await run_raw(handler, envelopes, started)
-    outcomes: list[Outcome | None] = [None] * len(envelopes)
-    decoded: list[Decoded] = []
-    places: list[int] = []
-    for i, envelope in enumerate(envelopes):
-        try:
-            decoded.append(handler.decode(envelope))
-            places.append(i)
-        except Exception as exc:
-            outcomes[i] = handler._error(exc, started)
-    if decoded:
-        for i, outcome in zip(places, await handler.run_batch(decoded, started), strict=True):
-            outcomes[i] = outcome
-    return [o for o in outcomes if o is not None]
-
-
-class BatchLoop:
-    """Feeds a :class:`ModelHandler` from submitted request bytes; see the module docstring.
-
-    Bounded by the caller (the pool's pipeline depth). On close, requests not
-    started are answered with an error; the one running finishes.
-    """
-
-    def __init__(self, handler: ModelHandler, max_batch_size: int = 0, max_batch_time: float = 0.0) -> None:
-        self.handler = handler
-        self.limit = max_batch_size if max_batch_size > 1 else DEFAULT_COALESCE
-        self.wait = max_batch_time if max_batch_size > 1 else 0.0
-        self._pending: deque[tuple[asyncio.Future[Outcome], Envelope, float]] = deque()
-        self._wakeup = asyncio.Event()
-        self._closed = False
-
-    def submit(self, envelope: Envelope) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((future, envelope, time.monotonic()))
-        self._wakeup.set()
-        return future
-
-    def close(self) -> None:
-        self._closed = True
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        handler = self.handler
-        while not self._closed:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending and not self._closed:
-                if self.wait and len(self._pending) < self.limit:
-                    await self._fill()
-                take = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
-                outcomes = await run_envelopes(handler, [envelope for _, envelope, _ in take])
-                for (future, _, _), outcome in zip(take, outcomes, strict=True):
-                    if not future.done():
-                        future.set_result(outcome)
-        while self._pending:
-            future = self._pending.popleft()[0]
-            if not future.done():
-                future.set_result(Outcome(code=InferenceFailed.code, body=b"the model was unloaded"))
-
-    async def _fill(self) -> None:
-        """Wait until ``limit`` requests are pending or the oldest has waited ``wait`` seconds."""
-        until = self._pending[0][2] + self.wait
-        while len(self._pending) < self.limit and not self._closed:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return

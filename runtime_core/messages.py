@@ -1,8 +1,7 @@
 """Frames that cross the process boundary between the main process and a worker.
 
-A frame on a worker's data socket (a stream socket) is::
-
-    u32 length | u8 kind | u64 request id | payload (length - 9 bytes)
+A frame's header (length, kind, request id) and the reading of frames off a stream are
+:mod:`runtime_core.framing`'s; this module says what each kind's payload holds.
 
 ``INFER`` payloads are ``u8 wire | i64 header length | f64 deadline | f64 arrived |
 u32 model slot | u8 trace length | u32 headers length | trace | headers | request bytes`` (see
@@ -12,22 +11,17 @@ several; the trace is the request's W3C ``traceparent``, ASCII, empty when traci
 bytes go through untouched: the main process never parses them. ``CONTROL`` frames carry
 small pickled typed messages (see :mod:`runtime_core.control`), which are rare. Errors
 cross as ``(code, message)``, never as pickled exceptions.
-
-:class:`FrameReader` costs time linear in the bytes fed, however the stream is split:
-a frame that spans chunks is gathered as a list of chunks and joined once, when its
-last byte arrives.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 from runtime_core.envelope import Envelope, Outcome, Wire
+from runtime_core.framing import FRAME
 
-FRAME = struct.Struct("<IBQ")  # length of (kind + id + payload), kind, request id
 # wire, header length, deadline (0: none), arrival time, model slot, length of the trace and of
 # the forwarded headers that follow
 INFER_HEAD = struct.Struct("<BqddIBI")
@@ -38,19 +32,13 @@ INFER = 1
 REPLY = 2
 CONTROL = 3
 
-#: Largest frame accepted from the other side; the server's body limit is far below.
-MAX_FRAME = 1 << 31
-
 __all__ = [
     "CONTROL",
-    "FRAME",
     "INFER",
     "INFER_HEAD",
-    "MAX_FRAME",
     "REPLY",
     "REPLY_HEAD",
     "Envelope",
-    "FrameReader",
     "Outcome",
     "Wire",
     "control_frame",
@@ -139,57 +127,3 @@ def control_frame(request_id: int, message: Any) -> bytes:
 
 def parse_control(payload: memoryview | bytes) -> Any:
     return pickle.loads(payload)
-
-
-class FrameReader:
-    """Splits a byte stream into frames.
-
-    Frames that arrive whole in one chunk are returned as views on that chunk. A frame
-    split over chunks is gathered as a list of chunks (no copy per chunk) and joined once
-    when complete, so the cost is linear in the frame size however finely it was split.
-    """
-
-    __slots__ = ("_have", "_need", "_parts")
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._have = 0  # bytes held in _parts
-        self._need = 0  # total bytes of the frame being gathered (0: its header is incomplete)
-
-    def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
-        if self._parts:
-            self._parts.append(data)
-            self._have += len(data)
-            if not self._need and self._have >= FRAME.size:
-                head = b"".join(self._parts)
-                self._parts = [head]
-                self._need = self._frame_size(head, 0)
-            if not self._need or self._have < self._need:
-                return
-            view = memoryview(b"".join(self._parts))
-            self._parts = []
-            self._have = 0
-            self._need = 0
-        else:
-            view = memoryview(data)
-        pos = 0
-        end = len(view)
-        while end - pos >= FRAME.size:
-            stop = pos + self._frame_size(view, pos)
-            if stop > end:
-                break
-            _length, kind, request_id = FRAME.unpack_from(view, pos)
-            yield kind, request_id, view[pos + FRAME.size : stop]
-            pos = stop
-        if pos < end:
-            rest = bytes(view[pos:])
-            self._parts = [rest]
-            self._have = len(rest)
-            self._need = self._frame_size(rest, 0) if len(rest) >= FRAME.size else 0
-
-    @staticmethod
-    def _frame_size(buffer: bytes | memoryview, pos: int) -> int:
-        length, _kind, _id = FRAME.unpack_from(buffer, pos)
-        if length > MAX_FRAME:
-            raise ValueError("frame too large")
-        return 4 + int(length)

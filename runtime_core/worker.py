@@ -11,7 +11,7 @@ The main process owns the worker's data socket. The worker answers ``WorkerReady
 (or ``WorkerLoadFailed``) in a control frame, and each ``Ping`` with a ``Pong`` (the
 heartbeat by which a stalled idle worker is found), then serves INFER frames with an asyncio
 loop: requests that arrive while it computes wait in the socket and are read together
-afterwards, and run as one batch (:class:`~runtime_core.inference.BatchLoop`). Replies of
+afterwards, and run as one batch (:class:`~runtime_core.batchloop.BatchLoop`). Replies of
 one batch leave in one write.
 
 Lifetimes: a worker watches the main process through a pidfd and exits when it dies,
@@ -38,18 +38,11 @@ import time
 
 from threadpoolctl import threadpool_limits
 
+from runtime_core.batchloop import BatchLoop
 from runtime_core.control import Ping, Pong, Unload, WorkerLoadFailed, WorkerReady
-from runtime_core.inference import BatchLoop, ModelHandler
-from runtime_core.messages import (
-    CONTROL,
-    INFER,
-    FrameReader,
-    Outcome,
-    control_frame,
-    parse_control,
-    parse_infer,
-    reply_frame,
-)
+from runtime_core.framing import FramedProtocol
+from runtime_core.inference import ModelHandler
+from runtime_core.messages import CONTROL, INFER, Outcome, control_frame, parse_control, parse_infer, reply_frame
 from runtime_core.processes import configure_logging, new_loop, set_process_name, watch_main_process
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message
@@ -58,47 +51,32 @@ from runtime_core.spec import WorkerSpec, metadata_of
 log = logging.getLogger("runtime_core.worker")
 
 
-class _WorkerProtocol(asyncio.Protocol):
+class _WorkerProtocol(FramedProtocol):
     """Reads frames from the main process, hands requests to the batch loop, writes replies."""
 
     def __init__(self, batcher: BatchLoop) -> None:
+        super().__init__()
         self.batcher = batcher
-        self.reader = FrameReader()
-        self.transport: asyncio.Transport | None = None
-        self.outbox: list[bytes] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def corrupt(self) -> None:
+        self._finish()
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = list(self.reader.feed(data))
-        except ValueError:
-            self._finish()
-            return
-        for kind, request_id, payload in frames:
-            if kind == INFER:
-                _slot, envelope = parse_infer(payload)
-                future = self.batcher.submit(envelope)
-                future.add_done_callback(functools.partial(self._reply, request_id))
-            elif kind == CONTROL:
-                message = parse_control(payload)
-                if isinstance(message, Unload):
-                    self._finish()
-                elif isinstance(message, Ping) and self.transport is not None:
-                    self.transport.write(control_frame(0, Pong(message.sent)))
+    def frame_received(self, kind: int, request_id: int, payload: memoryview) -> None:
+        if kind == INFER:
+            _slot, envelope = parse_infer(payload)
+            future = self.batcher.submit(envelope)
+            future.add_done_callback(functools.partial(self._reply, request_id))
+        elif kind == CONTROL:
+            message = parse_control(payload)
+            if isinstance(message, Unload):
+                self._finish()
+            elif isinstance(message, Ping):
+                self.write(control_frame(0, Pong(message.sent)))
 
     def _reply(self, request_id: int, future: asyncio.Future[Outcome]) -> None:
-        if not self.outbox:
-            # The replies of one batch leave in one write (one wake-up of the main process).
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.outbox.extend(reply_frame(request_id, future.result()))
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(self.outbox)
-        self.outbox = []
+        # The replies of one batch leave in one write (one wake-up of the main process).
+        self.queue(reply_frame(request_id, future.result()))
 
     def _finish(self) -> None:
         if not self.done.done():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -102,3 +103,30 @@ def serve(toy_env: dict[str, str]) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
+
+
+#: Flags for the headless Chromium of the browser tests: nothing that reaches beyond the machine.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (Debian's ``chromium``, or ``RUNTIME_CORE_CHROMIUM``) driven by
+    Playwright, one per test module."""
+    chromium_path = os.environ.get("RUNTIME_CORE_CHROMIUM", "/usr/bin/chromium")
+    if shutil.which(chromium_path) is None:
+        pytest.fail(f"{chromium_path} is missing: install Debian's chromium package (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime_core.envelope import Envelope, Outcome, Wire
-from runtime_core.messages import INFER, REPLY, FrameReader, infer_frame, parse_infer, parse_reply, reply_frame
+from runtime_core.framing import FrameReader
+from runtime_core.messages import INFER, REPLY, infer_frame, parse_infer, parse_reply, reply_frame
 
 
 def _stream() -> tuple[bytes, list[tuple[int, int, bytes]]]:

@@ -31,7 +31,8 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from support import infer_body, toy_model
 
-from runtime_core.pools.ray import _PREAMBLE, _TOKEN_BYTES, NAMESPACE
+from runtime_core.pools.ray import NAMESPACE
+from runtime_core.pools.ray_actor import _PREAMBLE, _TOKEN_BYTES
 from runtime_core.testing import ServerProcess, wait_until, write_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]

@@ -1,5 +1,5 @@
 """Swagger UI at ``/v2/docs`` and ``/v2/models/{m}/docs`` in a real headless Chromium (Debian's
-``chromium``, driven by Playwright, as in test_status_page.py).
+``chromium``, driven by Playwright: the ``browser`` fixture of conftest.py).
 
 The pages render every operation of their document, the per-model page shows that model's
 paths with its name written in and runs a request from "Try it out", no JavaScript error is
@@ -10,14 +10,12 @@ to another host is refused and fails the test.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_status_page import ARGS, CHROMIUM
 
 from runtime_core.testing import ServerProcess, write_model
 
@@ -39,18 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(root)
     yield proc
     proc.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -299,7 +299,8 @@ class NoOpenTelemetry(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NoOpenTelemetry())
 from runtime_core.envelope import Envelope
-from runtime_core.inference import ModelHandler, run_envelopes
+from runtime_core.batchloop import run_envelopes
+from runtime_core.inference import ModelHandler
 from runtime_core.testing import make_runtime
 
 handler = ModelHandler(make_runtime(Path(sys.argv[1]), {"runtime": "echo"}))

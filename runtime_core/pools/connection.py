@@ -21,7 +21,8 @@ from typing import Any, Literal, Protocol
 from runtime_core.control import Ping, Pong
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import WorkerDied
-from runtime_core.messages import CONTROL, REPLY, FrameReader, control_frame, infer_frame, parse_control, parse_reply
+from runtime_core.framing import FramedProtocol
+from runtime_core.messages import CONTROL, REPLY, control_frame, infer_frame, parse_control, parse_reply
 
 #: Seconds of silence after which an idle worker is sent a heartbeat (a ``Ping`` frame), and
 #: the most it may take to answer (at most ``worker_timeout``) before it counts as stalled.
@@ -42,20 +43,18 @@ class Pending:
     retried: bool = False
 
 
-class Connection(asyncio.Protocol):
+class Connection(FramedProtocol):
     """One data socket (see the module docstring)."""
 
     def __init__(self, index: int, on_lost: Callable[[Connection], None]) -> None:
+        super().__init__()
         self.index = index
         self.pid = 0
         self.ready = False
         self.alive = True
         self.background = False
-        self.reader = FrameReader()
         self.pending: dict[int, Pending] = {}
         self.hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-        self.outbox: list[bytes] = []
         self.timed_out: set[int] = set()  # ids of Pending that ran past worker_timeout
         self.last_used = 0.0  # loop time of the last request sent
         self.last_heard = 0.0  # loop time of the last bytes received
@@ -71,38 +70,35 @@ class Connection(asyncio.Protocol):
 
     overdue = False  # set by the pool's watchdog while the oldest request is overdue; a reply clears it
 
-    # --------------------------------------------------------------- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    # --------------------------------------------------------------- frames in
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = asyncio.get_running_loop().time()
-        try:
-            frames = list(self.reader.feed(data))
-        except ValueError:
-            self.kill()
-            return
-        for kind, request_id, payload in frames:
-            if kind == REPLY:
-                pending = self.pending.pop(request_id, None)
-                if pending is None:
-                    continue
-                # A worker that answers is making progress: no longer passed over as possibly
-                # hung (the watchdog marks it again if its next oldest request is overdue).
-                # Left set until the next watchdog pass, it kept held requests from this
-                # worker after its slow request ended, until max_batch_time.
-                self.overdue = False
-                outcome = parse_reply(payload)
-                if not pending.future.done():
-                    pending.future.set_result(outcome)
-                pending.owner.request_done(outcome)
-            elif kind == CONTROL:
-                message = parse_control(payload)
-                if not self.hello.done():
-                    self.hello.set_result(message)
-                elif isinstance(message, Pong):
-                    self.ping_sent = 0.0
+        super().data_received(data)
+
+    def corrupt(self) -> None:
+        self.kill()
+
+    def frame_received(self, kind: int, request_id: int, payload: memoryview) -> None:
+        if kind == REPLY:
+            pending = self.pending.pop(request_id, None)
+            if pending is None:
+                return
+            # A worker that answers is making progress: no longer passed over as possibly
+            # hung (the watchdog marks it again if its next oldest request is overdue).
+            # Left set until the next watchdog pass, it kept held requests from this
+            # worker after its slow request ended, until max_batch_time.
+            self.overdue = False
+            outcome = parse_reply(payload)
+            if not pending.future.done():
+                pending.future.set_result(outcome)
+            pending.owner.request_done(outcome)
+        elif kind == CONTROL:
+            message = parse_control(payload)
+            if not self.hello.done():
+                self.hello.set_result(message)
+            elif isinstance(message, Pong):
+                self.ping_sent = 0.0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
@@ -146,18 +142,7 @@ class Connection(asyncio.Protocol):
         # From now: a request retried after its host died must not count its first run and
         # its wait for the reload against worker_timeout on the new host (issue 20).
         pending.sent_at = self.last_used = asyncio.get_running_loop().time()
-        if not self.outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.outbox.extend(infer_frame(self._next_id, pending.envelope, pending.slot))
-
-    def write(self, frame: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame)
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(self.outbox)
-        self.outbox = []
+        self.queue(infer_frame(self._next_id, pending.envelope, pending.slot))
 
     def kill(self) -> None:
         if self.pid:

@@ -56,7 +56,17 @@ from runtime_core.control import (
 from runtime_core.errors import ModelLoadError, WorkerDied
 from runtime_core.plugins import import_runtime
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.root import Root, cpu_wait_ns, exit_text, is_stopped, pid_alive, resident_bytes, template_env
+from runtime_core.pools.root import (
+    CLOSED,
+    Root,
+    cpu_wait_ns,
+    exit_text,
+    is_stopped,
+    pid_alive,
+    read_event,
+    resident_bytes,
+    template_env,
+)
 from runtime_core.spec import WorkerSpec
 
 log = logging.getLogger("runtime_core.pools")
@@ -173,16 +183,12 @@ class Host:
 
     def _read_control(self) -> None:
         assert self._ctl is not None
-        try:
-            message = self._ctl.recv(1 << 20)
-        except BlockingIOError:
+        event = read_event(self._ctl, 1 << 20)
+        if event is None:
             return
-        except OSError:
-            message = b""
-        if not message:
+        if event is CLOSED:
             self._died()
             return
-        event = pickle.loads(message)
         if isinstance(event, HostReady):
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(event)

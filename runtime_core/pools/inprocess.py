@@ -12,9 +12,10 @@ import contextlib
 import logging
 import time
 
+from runtime_core.batchloop import BatchLoop
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import ModelLoadError
-from runtime_core.inference import BatchLoop, ModelHandler
+from runtime_core.inference import ModelHandler
 from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.pools.dispatch import BATCH_DEPTH
 from runtime_core.runtime import Runtime

@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from runtime_core.control import ModelLoaded
 from runtime_core.envelope import Outcome
 from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, RuntimeCoreError, WorkerDied
 from runtime_core.pools.base import COSTLY_REQUEST, ModelPool
@@ -121,9 +122,14 @@ class Placement(ModelPool):
             return
         self._host, self._slot = host, slot
         self.metadata = loaded.metadata
-        self.memory = max(loaded.memory, self.uri_size, MIN_MODEL_BYTES)
+        self.memory = self._memory_of(loaded)
         self.state = RESIDENT
         self._residency.loaded(self, time.perf_counter() - started)
+
+    def _memory_of(self, loaded: ModelLoaded) -> int:
+        """What the model counts against ``memory_budget`` once ``loaded``: what its host grew
+        by, but never less than its files' size or ``MIN_MODEL_BYTES``."""
+        return max(loaded.memory, self.uri_size, MIN_MODEL_BYTES)
 
     def _start_bring_in(self) -> None:
         loop = asyncio.get_running_loop()
@@ -312,7 +318,7 @@ class Placement(ModelPool):
         old_slot = self._slot
         self._host, self._slot = host, slot
         self.metadata = loaded.metadata
-        self._residency.resized(self, max(loaded.memory, self.uri_size, MIN_MODEL_BYTES))
+        self._residency.resized(self, self._memory_of(loaded))
         stalled.forget(old_slot)
         if stalled.conn is not None:
             waiting = [(rid, p) for rid, p in stalled.conn.pending.items() if p.owner is self]

@@ -13,14 +13,13 @@ workers serve (:mod:`runtime_core.worker`'s serving loop), so requests take the 
     Ray: actor placement (num_cpus, resources, strategy), ray.kill, a sentinel call per actor
 
 The pool listens on the driver node's IP (as Ray gives it) on an ephemeral port, one
-listener per pool. An actor, once placed, connects to it and first sends a preamble with a
-random token of its own (made by the pool, handed to the actor in its constructor); a
-connection whose first bytes are not a waiting actor's token within ``_GREETING_WAIT`` is
-closed, so no stranger can attach (the frames include pickled control messages). Then the
-actor loads the model and says ``WorkerReady`` as a local worker does. A request is one
-socket write and one frame read; requests that arrive while an actor computes wait in its
-socket and run as one batch; a large body crosses the network once, by TCP, with no copy
-into Ray's object store.
+listener per pool (:mod:`runtime_core.pools.ray_listener`). An actor, once placed, connects
+to it and first sends a preamble with a random token of its own (made by the pool, handed to
+the actor in its constructor); a connection that sends no waiting actor's token is closed,
+so no stranger can attach. Then the actor loads the model and says ``WorkerReady`` as a
+local worker does. A request is one socket write and one frame read; requests that arrive
+while an actor computes wait in its socket and run as one batch; a large body crosses the
+network once, by TCP, with no copy into Ray's object store.
 
 CPU priority: the threads that run the model in an actor get the nice value (by the model's
 weight) and SCHED_IDLE state that a local worker of the model would get, on the actor's own
@@ -32,8 +31,8 @@ as a local worker's: the warning filters Ray installed are dropped before the mo
 freezes the heap after the load (``gc.freeze``, as a host does before it forks).
 
 Bounds: the dispatch policy's depth per ready actor (``capacity``); the scheduler never
-submits past it. At most ``_GREETERS`` connections wait for their preamble at a time; more
-are closed at once. Nothing else queues here.
+submits past it. The listener bounds the connections that wait for their preamble. Nothing
+else queues here.
 
 Ordering: none between requests; each future completes when its actor answers.
 
@@ -63,10 +62,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import secrets
-import socket
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -76,7 +73,8 @@ from runtime_core.errors import ModelLoadError, RuntimeCoreError
 from runtime_core.plugins import RuntimeEntry
 from runtime_core.pools.base import ModelPool, PoolHealth
 from runtime_core.pools.connection import Connection, Pending
-from runtime_core.pools.ray_actor import _PREAMBLE, _TOKEN_BYTES, NAMESPACE, ModelActor, connect, disconnect
+from runtime_core.pools.ray_actor import _TOKEN_BYTES, NAMESPACE, ModelActor, connect, disconnect
+from runtime_core.pools.ray_listener import ActorListener
 from runtime_core.pools.workers import WorkerGroup, dispatch_for
 from runtime_core.settings import ModelSettings, ServerSettings
 from runtime_core.spec import worker_spec
@@ -84,12 +82,6 @@ from runtime_core.spec import worker_spec
 __all__ = ["NAMESPACE", "ModelActor", "RayPool", "connect", "disconnect"]
 
 log = logging.getLogger("runtime_core.pools.ray")
-
-#: Seconds a new connection has to send its preamble and token before it is closed.
-_GREETING_WAIT = 10.0
-
-#: Connections that may wait for their preamble at the same time; more are closed at once.
-_GREETERS = 64
 
 #: Seconds an actor may take to unload when its model is unloaded, before it is killed.
 _UNLOAD_WAIT = 5.0
@@ -130,10 +122,7 @@ class RayPool(ModelPool):
         self._restarts = 0
         self._closing = False
         self._ray: Any = None
-        self._listener: socket.socket | None = None
-        self._address: tuple[str, int] = ("", 0)
-        self._greeters = 0
-        self._waiting: dict[bytes, asyncio.Future[socket.socket]] = {}  # token -> its actor's socket
+        self._listener = ActorListener(self.name, self._background_task)
         self._nice = 0
         self._background = False
         self._priority_applied = True
@@ -155,12 +144,13 @@ class RayPool(ModelPool):
         token = secrets.token_bytes(_TOKEN_BYTES)
         batch_time = self.settings.max_batch_time if self.settings.max_batch_size > 1 else 0.0
         remote = self._ray.remote(ModelActor).options(**options)
-        handle = remote.remote(self.spec, index, self._address, token, batch_time)
+        handle = remote.remote(self.spec, index, self._listener.address, token, batch_time)
         return _Actor(handle, name, index, token)
 
     async def start(self) -> None:
         self._ray = await asyncio.to_thread(connect, self.server.ray_address)
-        await self._listen()
+        # This node's IP as Ray knows it: where the actors on other nodes reach it.
+        self._listener.open(await asyncio.to_thread(self._ray.util.get_node_ip_address))
         self._actors = [self._new_actor(i) for i in range(self.size)]
         loading = asyncio.gather(*(self._bring_up(a) for a in self._actors), return_exceptions=True)
         try:
@@ -190,13 +180,9 @@ class RayPool(ModelPool):
     async def _bring_up(self, actor: _Actor) -> None:
         """Wait for ``actor`` to be placed, connect back with its token and load the model."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[socket.socket] = loop.create_future()
-        self._waiting[actor.token] = waiter
-        try:
+        with self._listener.expecting(actor.token) as connected:
             await actor.handle.start.remote()
-            sock = await waiter
-        finally:
-            self._waiting.pop(actor.token, None)
+            sock = await connected
         conn = Connection(actor.index, lambda lost: self._lost(actor, lost))
         await loop.connect_accepted_socket(lambda: conn, sock)
         actor.conn = conn
@@ -217,69 +203,6 @@ class RayPool(ModelPool):
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
         self._group.background(coro)
-
-    # ------------------------------------------------------------------ the listener
-
-    async def _listen(self) -> None:
-        """Listen on this node's IP as Ray knows it (where other nodes reach it)."""
-        host = await asyncio.to_thread(self._ray.util.get_node_ip_address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.bind((host, 0))
-        listener.listen(128)
-        listener.setblocking(False)
-        self._listener = listener
-        self._address = (host, listener.getsockname()[1])
-        log.info("model %r: listening for its Ray actors on %s port %d", self.name, *self._address)
-        self._background_task(self._accept(listener))
-
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _peer = await loop.sock_accept(listener)
-            except OSError:
-                return  # the listener was closed
-            if self._greeters >= _GREETERS:
-                sock.close()
-                continue
-            self._greeters += 1
-            self._background_task(self._greet(sock))
-
-    async def _greet(self, sock: socket.socket) -> None:
-        """Hand ``sock`` to the actor whose token it sends first; close it otherwise."""
-        try:
-            peer = sock.getpeername()
-            wanted = len(_PREAMBLE) + _TOKEN_BYTES
-            try:
-                first = await asyncio.wait_for(self._read(sock, wanted), _GREETING_WAIT)
-            except (TimeoutError, OSError):
-                first = b""
-            preamble, token = first[: len(_PREAMBLE)], first[len(_PREAMBLE) :]
-            waiter = None
-            if len(first) == wanted and preamble == _PREAMBLE:
-                waiter = next((w for t, w in self._waiting.items() if hmac.compare_digest(t, token)), None)
-            if waiter is None or waiter.done():
-                log.warning("model %r: closed a connection from %s that sent no actor's token", self.name, peer[0])
-                sock.close()
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            waiter.set_result(sock)
-        finally:
-            self._greeters -= 1
-
-    @staticmethod
-    async def _read(sock: socket.socket, size: int) -> bytes:
-        """Exactly ``size`` bytes (never more: what follows is the actor's frames), or fewer
-        if the peer closed."""
-        loop = asyncio.get_running_loop()
-        data = b""
-        while len(data) < size:
-            chunk = await loop.sock_recv(sock, size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
 
     # ------------------------------------------------------------------ deaths
 
@@ -354,8 +277,7 @@ class RayPool(ModelPool):
         self._closing = True
         for actor in self._actors:
             self._stop(actor)
-        if self._listener is not None:
-            self._listener.close()
+        self._listener.close()
         self._group.cancel_background()
 
     async def aclose(self, grace: float = 30.0) -> None:

@@ -95,6 +95,23 @@ def is_stopped(pid: int) -> bool:
     return state in (b"T", b"t")
 
 
+#: What :func:`read_event` returns once the other end has closed the control socket.
+CLOSED = object()
+
+
+def read_event(ctl: socket.socket, size: int) -> Any:
+    """The next event on a non-blocking control socket of a template (one pickled message per
+    packet): ``None`` when none has arrived yet, :data:`CLOSED` when the other end is gone (a
+    failed read counts as gone: nothing more will come from it)."""
+    try:
+        message = ctl.recv(size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return CLOSED
+    return pickle.loads(message) if message else CLOSED
+
+
 class Root:
     """The root template process (``python -m runtime_core.host --root``)."""
 
@@ -133,14 +150,11 @@ class Root:
         return self.ready
 
     def _read(self) -> None:
-        try:
-            message = self.ctl.recv(1 << 16)
-        except BlockingIOError:
+        event = read_event(self.ctl, 1 << 16)
+        if event is None:
             return
-        except OSError:
-            message = b""
         assert self.ready is not None
-        if not message:
+        if event is CLOSED:
             self.alive = False
             asyncio.get_running_loop().remove_reader(self.ctl.fileno())
             if not self.ready.done():
@@ -150,7 +164,6 @@ class Root:
                     fut.set_exception(WorkerDied("the runtime template exited"))
             self.waiting.clear()
             return
-        event = pickle.loads(message)
         if not self.ready.done():
             self.ready.set_result(event)
         elif isinstance(event, HostForked) and self.waiting:
