@@ -38,12 +38,11 @@ def room(ready: Sequence[W], cheap: bool, cores: int) -> W | None:
     dispatch policy packs): the busiest ready worker with fewer than ``BATCH_DEPTH`` in
     flight, exactly where coalescing alone would send them, so that they run in that
     worker's next call; once every worker is that full, they wait in the scheduler's queue
-    (the pool's ``capacity``), as with batching off. When cheap
-    requests went only to the first ``cores`` workers, idle ones first, batching on was
-    0.96x coalescing's requests per second with 4 workers (median of 7 paired windows,
-    0.87-0.98x; 2 cores, 32 connections): nearly half the requests were held here while
-    the other two workers idled. Idle workers first among all of them split the batches
-    instead (4.5 requests per call against 6.3, more CPU per request).
+    (the pool's ``capacity``), as with batching off. Sending cheap requests only to the
+    first ``cores`` workers, idle ones first, held many of them here while the other
+    workers idled; idle workers first among all of them split the batches into smaller
+    calls instead, each paying the per-call cost (measured in ``docs/benchmarks.md``,
+    "Adaptive batching").
 
     Costlier requests, and those of unknown cost (none has finished yet): an idle worker
     among the first ``cores`` ready ones (at least two), so that one slow request never

@@ -219,8 +219,8 @@ class ProcessPool(Placement, Scaling):
             if self.hold and self._cheap:
                 # Cheap requests past what every worker can take wait in the scheduler's queue,
                 # as with batching off, not held here: the same queue, the same moment they
-                # leave it, the same worker (``batching.room``). Held here, at 32 connections on
-                # 2 workers, they had 1.04x coalescing's p99 (median of 15 paired windows).
+                # leave it, the same worker (``batching.room``). Held here, they waited longer
+                # than with coalescing alone at high concurrency (docs/benchmarks.md).
                 return ready * BATCH_DEPTH
             return ready * self.dispatch.per_worker
         if self.state is RESIDENT:

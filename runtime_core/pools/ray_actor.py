@@ -202,8 +202,8 @@ def _drop_foreign_warning_filters() -> None:
     ``warnings.filterwarnings`` call each, around every tree of every ``predict`` (to carry
     them into joblib's workers), at a cost that grows faster than the number of filters. A
     Ray worker process starts with 7 filters more than a plain interpreter (Ray's own warning
-    classes, urllib3's, requests'): 18 against 11 once scikit-learn is imported, which made a
-    300-tree forest's ``predict`` about 15-20% dearer in an actor than in a local worker. Ray's
+    classes, urllib3's, requests'), which made a forest's ``predict`` measurably dearer in
+    an actor than in a local worker (docs/benchmarks.md, "Ray backend"). Ray's
     warnings in this process then show as Python shows any warning (once per place)."""
     kept = [f for f in warnings.filters if f[2].__module__ == "builtins"]
     if len(kept) == len(warnings.filters):

@@ -43,10 +43,9 @@ log = logging.getLogger("runtime_core.pools")
 SCALE_UP_AT = 8
 #: ...once its average in flight (an exponentially weighted mean over time, with this time
 #: constant in seconds) has also reached ``SCALE_UP_SHARE`` of that threshold: requests that
-#: pile up for a while, not a moment's coincidence. With spread traffic the busiest model
-#: (a quarter of the requests of a Zipf mix over 1,000 models, about two in flight at
-#: concurrency 8) reaches 8 in flight now and then by chance; a worker of its own then cost
-#: 20-35 % more CPU per request and fewer requests per second (issue 9).
+#: pile up for a while, not a moment's coincidence. With traffic spread over many models the
+#: busiest one reaches the threshold now and then by chance; a worker of its own then costs
+#: more CPU per request than the host's batches, for no gain (issue 9).
 SCALE_UP_TAU = 0.5
 SCALE_UP_SHARE = 0.75
 
