@@ -177,7 +177,8 @@ async def _run(target: str, body: bytes, concurrency: int, duration: float, rate
 
 def main() -> None:
     if sys.argv[1:2] == ["bare-server"]:
-        bare_server(int(sys.argv[2]))
+        reply = open(sys.argv[3], "rb").read() if len(sys.argv) > 3 else b"\n\x05light"
+        bare_server(int(sys.argv[2]), reply)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="127.0.0.1:PORT")
@@ -202,13 +203,14 @@ def main() -> None:
 # --------------------------------------------------------------------------- the floor
 
 
-async def _bare_server(port: int) -> None:
-    """grpcio's asyncio server on uvloop answering every ModelInfer with the same bytes: the cost
-    of the gRPC stack alone, which any grpc.aio front end pays per call."""
+async def _bare_server(port: int, reply: bytes) -> None:
+    """grpcio's asyncio server on uvloop answering every ModelInfer with the same bytes (``reply``;
+    ``bare-server PORT [REPLY_FILE]``): the cost of the gRPC stack alone, which any grpc.aio
+    front end pays per call."""
     import grpc
 
     async def answer(request: bytes, context: object) -> bytes:
-        return b"\n\x05light"
+        return reply
 
     server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(answer)
@@ -221,11 +223,11 @@ async def _bare_server(port: int) -> None:
     await server.wait_for_termination()
 
 
-def bare_server(port: int) -> None:
+def bare_server(port: int, reply: bytes) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_bare_server(port))
+        runner.run(_bare_server(port, reply))
 
 
 if __name__ == "__main__":
