@@ -13,7 +13,11 @@ from runtime_core.rest.swagger import setup_swagger_routes
 def setup_routes(app: web.Application) -> None:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
-    setup_status_routes(app)  # first: /v2/models/stats is not a model's metadata
+    # Inference first: aiohttp tries the routes under /v2/models one regular expression at a
+    # time, in the order they were added, and no other route matches a path ending in /infer.
+    for base in (model, versioned):
+        app.router.add_post(base + "/infer", handlers.infer)
+    setup_status_routes(app)  # before the model routes: /v2/models/stats is not a model's metadata
     app.router.add_get("/v2/health/live", handlers.live)
     app.router.add_get("/v2/health/ready", handlers.ready)
     app.router.add_get("/v2", handlers.server_metadata)
@@ -21,7 +25,6 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_get(base, handlers.model_metadata)
         app.router.add_get(base + "/ready", handlers.model_ready)
         app.router.add_get(base + "/config", handlers.model_config)
-        app.router.add_post(base + "/infer", handlers.infer)
     app.router.add_post("/v2/repository/index", handlers.repository_index)
     app.router.add_post("/v2/repository/models/{model}/load", handlers.repository_load)
     app.router.add_post("/v2/repository/models/{model}/unload", handlers.repository_unload)
