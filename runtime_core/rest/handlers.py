@@ -123,10 +123,12 @@ def _header_length(request: web.Request) -> int:
 
 async def infer(request: web.Request) -> web.Response:
     plane = request.app[DATAPLANE]
-    observation = request.get(OBSERVATION)
+    # Looked up only when set: a missing key costs the request mapping a KeyError.
+    observation = request.get(OBSERVATION) if plane.observing else None
     record = plane.ready_model(*_model(request), observation)
-    if request.content_length is not None:
-        plane.check_size(request.content_length)
+    declared = request.content_length
+    if declared is not None:
+        plane.check_size(declared)
     arrived = time.time()
     header_length, deadline = _header_length(request), _deadline(request)
     body = await _body(request)
