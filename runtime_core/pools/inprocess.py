@@ -62,8 +62,10 @@ class InProcessPool(ModelPool):
         return future
 
     def _done(self, _future: object) -> None:
+        # No on_capacity() here: room frees only when one of the pool's requests ends, which the
+        # scheduler sees itself (the future it got from submit); telling it again would run its
+        # dispatch a second time per request, before its own accounting of the request.
         self._inflight -= 1
-        self.on_capacity()
 
     def health(self) -> PoolHealth:
         return PoolHealth(workers=0, ready=0 if self._closing else 1, restarts=0)
