@@ -41,7 +41,7 @@ from bench_request_path import Bare, grpc_reply, rest_reply
 from common import HERE, infer_url, windowed
 from grpc_load import GrpcClosedLoop
 from loadgen import ClosedLoop
-from measure import cmdline, cpu_delta, cpu_snapshot, tree_pids
+from measure import cpu_delta, cpu_snapshot, tree_pids
 from servers import RuntimeCoreServer, free_port
 
 #: (stage, pattern over one frame ``function (file:line)``), most specific first.
@@ -80,6 +80,13 @@ CASES = {
     "grpc-inproc": ("grpc", "light-inproc"),
     "grpc-pool": ("grpc", "light"),
 }
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def stage_of(frames: list[str]) -> str:
@@ -143,7 +150,7 @@ def profile(args: argparse.Namespace) -> None:
                 before = cpu_snapshot(server.pid)
                 windowed(loads, server.pid, 0, 1)
                 after = cpu_snapshot(server.pid)
-                workers = [p for p in tree_pids(server.pid) if any("rc-w" in part for part in cmdline(p))]
+                workers = [p for p in tree_pids(server.pid) if _name(p).startswith("rc-w")]
                 if workers:
                     busiest = max(workers, key=lambda p: cpu_delta(before, after, only=[p]))
                     targets["worker"] = busiest
