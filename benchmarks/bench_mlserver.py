@@ -94,19 +94,6 @@ def native_plugin(site: Path) -> None:
     (info / "entry_points.txt").write_text("[runtime_core]\nbench_sum = rc_bench_sum\n")
 
 
-class WithPlugin(RuntimeCoreServer):
-    """runtime-core with the native plugin's folder on its ``PYTHONPATH``."""
-
-    def __init__(self, repo: Path, site: Path) -> None:
-        super().__init__(repo)
-        self.site = site
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        env["PYTHONPATH"] = str(self.site)
-        return env
-
-
 def write_sum_model(root: Path, name: str) -> None:
     folder = root / name
     folder.mkdir(parents=True)
@@ -211,7 +198,7 @@ def main() -> None:
         (rc_repo / "native" / "model-settings.json").write_text(json.dumps({"name": "native", "runtime": "bench-sum"}))
 
         progress("runtime-core: sum (adapter), native sum, lightgbm")
-        with WithPlugin(rc_repo, site) as server:
+        with RuntimeCoreServer(rc_repo, python_path=site) as server:
             index_ready(server.url, 3)
             rows += throughput(server, ["sum", "native", "gbm"], args, "runtime-core")
         if with_mlserver:

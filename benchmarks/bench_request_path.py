@@ -38,7 +38,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -85,19 +84,6 @@ class Bare:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-
-
-class _SourceServer(RuntimeCoreServer):
-    """runtime-core from another source tree (``PYTHONPATH`` first), for ``--baseline``."""
-
-    def __init__(self, repo: Path, source: Path) -> None:
-        super().__init__(repo)
-        self.source = source
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.source), env.get("PYTHONPATH", "")) if p)
-        return env
 
 
 def extract(ref: str, into: Path) -> Path:
@@ -147,12 +133,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         models.write_model(repo, "light")  # the default pool settings
         models.write_model(repo, "light", model_name="light-inproc", workers=0)
         current = extract(args.ref, Path(tmp) / "current") if args.ref else None
-        with RuntimeCoreServer(repo) if current is None else _SourceServer(repo, current) as server:
+        with RuntimeCoreServer(repo, python_path=current) as server:
             servers: dict[str, Any] = {"": server}
             progress(f"runtime-core ready in {server.ready_seconds:.2f} s")
             baseline = None
             if args.baseline:
-                baseline = _SourceServer(repo, extract(args.baseline, Path(tmp) / "baseline")).start()
+                source = extract(args.baseline, Path(tmp) / "baseline")
+                baseline = RuntimeCoreServer(repo, python_path=source).start()
                 servers["@" + args.baseline] = baseline
                 progress(f"runtime-core {args.baseline} ready in {baseline.ready_seconds:.2f} s")
             try:

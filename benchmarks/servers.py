@@ -137,14 +137,31 @@ class _Server:
 
 
 class RuntimeCoreServer(_Server):
-    """``runtime-core start REPO`` with this interpreter (the benchmark's own venv)."""
+    """``runtime-core start REPO`` with this interpreter (the benchmark's own venv); with
+    ``python_path``, that folder is the server's ``PYTHONPATH`` (a plugin's site, or another
+    revision's ``runtime_core``, which is then imported instead of this tree's)."""
 
     name = "runtime-core"
 
-    def __init__(self, repo: Path, *, workers: int | None = None, extra_args: list[str] | None = None, **kw: float):
+    def __init__(
+        self,
+        repo: Path,
+        *,
+        workers: int | None = None,
+        extra_args: list[str] | None = None,
+        python_path: Path | None = None,
+        **kw: float,
+    ):
         super().__init__(repo, **kw)
         self.workers = workers
         self.extra_args = extra_args or []
+        self.python_path = python_path
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        if self.python_path is not None:
+            env["PYTHONPATH"] = str(self.python_path)
+        return env
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "runtime_core.cli", "start", str(self.repo), "--host", HOST]
