@@ -43,7 +43,7 @@ from runtime_core.codecs.validation import (
     check_requested_output,
     decode_raw_tensor,
     raw_bytes,
-    wire_output,
+    wire_outputs,
 )
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
@@ -223,12 +223,9 @@ def encode_grpc_response(
     message = ModelInferResponse(model_name=model_name, model_version=model_version or "", id=request.id or "")
     if response.parameters:
         _fill_parameters(message.parameters, response.parameters)
-    default_content = request.parameters.get("content_type") if request.parameters else None
-    wanted = {o.name: o.parameters for o in request.outputs}
     raw = message.raw_output_contents
-    for tensor in response.outputs:
+    for tensor, data, params, _ in wire_outputs(response, request, model_name):
         out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        data, params, _ = wire_output(tensor, wanted, default_content, model_name)
         if params:
             _fill_parameters(out.parameters, params)
         raw.append(raw_bytes(tensor.datatype, data))

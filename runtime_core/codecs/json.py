@@ -29,7 +29,7 @@ from runtime_core.codecs.validation import (
     check_requested_output,
     decode_raw_tensor,
     raw_bytes,
-    wire_output,
+    wire_outputs,
 )
 from runtime_core.envelope import Envelope, Wire
 from runtime_core.errors import InvalidRequest
@@ -239,17 +239,11 @@ def encode_response(
     ``json_length`` is ``None`` for a pure JSON body, or the length of the JSON
     header when some outputs were asked for in binary (Triton's extension).
     """
-    binary_all = False
-    default_content = None
-    if request.parameters:
-        binary_all = bool(request.parameters.get("binary_data_output", False))
-        default_content = request.parameters.get("content_type")
-    wanted = {o.name: o.parameters for o in request.outputs}
+    binary_all = bool(request.parameters.get("binary_data_output", False)) if request.parameters else False
     outputs = []
     tails: list[bytes] = []
-    for tensor in response.outputs:
+    for tensor, data, params, asked in wire_outputs(response, request, model_name):
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-        data, params, asked = wire_output(tensor, wanted, default_content, model_name)
         if asked.get("binary_data", binary_all):
             blob = raw_bytes(tensor.datatype, data)
             params["binary_data_size"] = len(blob)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from runtime_core.content import (
 )
 from runtime_core.errors import InferenceFailed, InvalidRequest, PayloadTooLarge
 from runtime_core.sanitize import quoted
-from runtime_core.types import DATATYPES, Tensor
+from runtime_core.types import DATATYPES, InferenceRequest, InferenceResponse, Tensor
 
 __all__ = [
     "SHARED_MEMORY_PARAMETERS",
@@ -39,7 +40,7 @@ __all__ = [
     "decode_raw_tensor",
     "raw_bytes",
     "refuse_shared_memory",
-    "wire_output",
+    "wire_outputs",
 ]
 
 _LENGTH = struct.Struct("<I")
@@ -255,16 +256,20 @@ def checked_output(tensor: Tensor, model_name: str) -> np.ndarray[Any, Any]:
     return converted
 
 
-def wire_output(
-    tensor: Tensor, wanted: dict[str, dict[str, Any]], default_content: Any, model_name: str
-) -> tuple[np.ndarray[Any, Any], dict[str, Any], dict[str, Any]]:
-    """``(data, parameters, asked)`` of one produced output as a codec writes it: the data
-    checked against the declared datatype (the same rule on every wire, issue 13) and put
-    under its content type; ``parameters`` the tensor's own plus the content type echoed;
-    ``asked`` what the request asked of this output (``wanted`` by output name)."""
-    params = dict(tensor.parameters)
-    asked = wanted.get(tensor.name) or _NO_PARAMETERS
-    data = checked_output(tensor, model_name)
-    if asked or params or default_content is not None:
-        data = encode_content(tensor.name, tensor.datatype, data, asked, default_content, params)
-    return data, params, asked
+def wire_outputs(
+    response: InferenceResponse, request: InferenceRequest, model_name: str
+) -> Iterator[tuple[Tensor, np.ndarray[Any, Any], dict[str, Any], dict[str, Any]]]:
+    """``(tensor, data, parameters, asked)`` of each produced output, in order, as a codec
+    writes it: the data checked against the declared datatype (the same rule on every wire,
+    issue 13) and put under its content type (the output's own, else the request's);
+    ``parameters`` the tensor's own plus the content type echoed; ``asked`` what the request
+    asked of this output."""
+    default_content = request.parameters.get("content_type") if request.parameters else None
+    wanted = {o.name: o.parameters for o in request.outputs}
+    for tensor in response.outputs:
+        params = dict(tensor.parameters)
+        asked = wanted.get(tensor.name) or _NO_PARAMETERS
+        data = checked_output(tensor, model_name)
+        if asked or params or default_content is not None:
+            data = encode_content(tensor.name, tensor.datatype, data, asked, default_content, params)
+        yield tensor, data, params, asked
