@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/profile_request_path.py rest-inproc    # or rest-pool, grpc-inproc, grpc-pool
     python benchmarks/profile_request_path.py rest-inproc -d 20 --raw /tmp/inproc.raw
+    python benchmarks/profile_request_path.py rest-pool --ref main   # another revision
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import models
 from bench_grpc import grpc_body
-from bench_request_path import Bare, grpc_reply, rest_reply
+from bench_request_path import Bare, extract, grpc_reply, rest_reply
 from common import HERE, infer_url, windowed
 from grpc_load import GrpcClosedLoop
 from loadgen import ClosedLoop
@@ -120,7 +121,8 @@ def profile(args: argparse.Namespace) -> None:
         repo = Path(tmp) / "repo"
         models.write_model(repo, "light")
         models.write_model(repo, "light", model_name="light-inproc", workers=0)
-        with RuntimeCoreServer(repo) as server, contextlib.ExitStack() as floors:
+        source = extract(args.ref, Path(tmp) / "source") if args.ref else None
+        with RuntimeCoreServer(repo, python_path=source) as server, contextlib.ExitStack() as floors:
             url, body = infer_url(server.url, model or "light"), models.request_body("light")
             target, message = server.grpc_target, grpc_body(model or "light", models.request_array("light"))
             pid = server.pid
@@ -190,6 +192,7 @@ def main() -> None:
     parser.add_argument("-w", "--warmup", type=float, default=3.0)
     parser.add_argument("-r", "--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--raw", help="keep the collapsed stacks as RAW.<process>")
+    parser.add_argument("--ref", help="profile runtime-core from this git revision, not the work tree")
     profile(parser.parse_args())
 
 
