@@ -58,10 +58,10 @@ STAGES: list[tuple[str, str]] = [
      r"_answering_errors|route \(runtime_core"),
     ("observation (request log, tracing)", r"runtime_core/requestlog\.py|runtime_core/tracing\.py|Observation\."),
     ("data plane", r"runtime_core/dataplane\.py|runtime_core/repository\.py"),
-    ("metrics and statistics", r"runtime_core/stats\.py|runtime_core/metrics\.py"),
-    ("scheduler", r"runtime_core/scheduler\.py"),
-    ("pool dispatch", r"runtime_core/pools/|runtime_core/messages\.py|BatchLoop|run_envelopes|run_groups|_cpu_wait|"
-     r"_WorkerProtocol|runtime_core/worker\.py|runtime_core/host\.py"),
+    ("metrics and statistics", r"runtime_core/(stats|metrics|modelfigures|metricseries|metricfamilies)\.py"),
+    ("scheduler", r"runtime_core/(scheduler|lanes|cpupriority)\.py"),
+    ("pool dispatch", r"runtime_core/pools/|runtime_core/(messages|framing|batchloop|worker|host)\.py|BatchLoop|"
+     r"run_envelopes|run_groups|_cpu_wait|_WorkerProtocol"),
     ("batch merge and split", r"_run_group|run_batch|_batch_key|concatenate|array_split|split \(numpy"),
     ("decode", r"ModelHandler\.decode|ModelHandler\.rows|decode \(runtime_core/codecs|decode_request|"
      r"decode_grpc_request|_from_json_data|_from_typed|runtime_core/codecs/validation\.py:(1[0-3][0-9]|[0-9][0-9]) |"
