@@ -23,7 +23,11 @@ medians.
 ``--baseline REF`` also runs runtime-core from the git revision REF (its ``runtime_core``
 package, extracted to a temporary folder and put first on ``PYTHONPATH``) with the same
 models, and adds its cases (``rest-inproc@REF``...) to every round: the paired comparison a
-change's saving is measured by. ``--cases`` keeps only some cases (floors are kept); ``--ref REF`` runs the
+change's saving is measured by. ``--rate R`` adds the REST cases, floor included, at one fixed rate (open loop,
+``loadgen.OpenLoop``; cases ``...-rate``): CPU per request falls as the rate rises (fewer
+wake-ups per request, more work per system call), and in the closed loop the floor runs at
+several times runtime-core's rate, so this is the comparison that leaves the rate out.
+``--cases`` keeps only some cases (floors are kept); ``--ref REF`` runs the
 main runtime-core from a revision too (the work tree can then change while it runs).
 
 Results: ``benchmarks/results/request-path-*.{json,md}``.
@@ -51,7 +55,7 @@ import models
 from bench_grpc import grpc_body
 from common import HERE, environment, infer_url, median, progress, publish, table, verdict, windowed
 from grpc_load import METHOD, GrpcClosedLoop
-from loadgen import ClosedLoop
+from loadgen import ClosedLoop, OpenLoop
 from servers import RuntimeCoreServer, free_port
 
 #: What each runtime-core case loads: protocol and model name.
@@ -62,6 +66,8 @@ RC_CASES = {
     "grpc-pool": ("grpc", "light"),
 }
 FLOORS = {"rest": "rest-floor", "grpc": "grpc-floor"}
+#: Ends the name of a REST case loaded at ``--rate`` (open loop) rather than closed loop.
+RATE_SUFFIX = "-rate"
 #: The ratio to the floor each runtime-core case is held to (issue 23).
 TARGET = 1.5
 
@@ -135,12 +141,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         current = extract(args.ref, Path(tmp) / "current") if args.ref else None
         with RuntimeCoreServer(repo, python_path=current) as server:
             servers: dict[str, Any] = {"": server}
+            rc_of = {"": server}
             progress(f"runtime-core ready in {server.ready_seconds:.2f} s")
             baseline = None
             if args.baseline:
                 source = extract(args.baseline, Path(tmp) / "baseline")
                 baseline = RuntimeCoreServer(repo, python_path=source).start()
                 servers["@" + args.baseline] = baseline
+                rc_of[args.baseline] = baseline
                 progress(f"runtime-core {args.baseline} ready in {baseline.ready_seconds:.2f} s")
             try:
                 reply = rest_reply(infer_url(server.url, "light"), rest_body)
@@ -160,6 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                     def rest(url: str) -> Callable[[float], list[Any]]:
                         return lambda d: [ClosedLoop(url, rest_body, concurrency=args.concurrency, duration=d)]
+
+                    def open_loop(url: str) -> Callable[[float], list[Any]]:
+                        return lambda d: [OpenLoop(url, rest_body, rate=args.rate, duration=d)]
 
                     def grpc_load(target: str, body: bytes) -> Callable[[float], list[Any]]:
                         return lambda d: [
@@ -184,6 +195,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             cases[case + suffix] = (load, rc.pid)
                     if args.no_grpc:
                         cases = {k: v for k, v in cases.items() if not k.startswith("grpc")}
+                    if args.rate:  # the REST cases again at one fixed rate, the floor's too
+                        for name, (_, pid) in list(cases.items()):
+                            if name.startswith("rest"):
+                                base, _, suffix = name.partition("@")
+                                url = (
+                                    floor_url
+                                    if base == "rest-floor"
+                                    else infer_url(rc_of[suffix].url, RC_CASES[base][1])
+                                )
+                                cases[base + RATE_SUFFIX + (f"@{suffix}" if suffix else "")] = (open_loop(url), pid)
                     names = list(cases)
                     for round_ in range(args.rounds):
                         shift = round_ % len(names)
@@ -222,7 +243,7 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]
-        floor = FLOORS[case.split("-", 1)[0]]
+        floor = FLOORS[case.split("-", 1)[0]] + (RATE_SUFFIX if RATE_SUFFIX in case else "")
         base = case.split("@", 1)[0]
         entry = {
             "case": case,
@@ -306,6 +327,9 @@ def main() -> None:
     parser.add_argument("--baseline", help="also run runtime-core from this git revision")
     parser.add_argument("--ref", help="run runtime-core from this git revision, not the work tree")
     parser.add_argument("--no-grpc", action="store_true")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="also load the REST cases at this many req/s, open loop (0: not)"
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 2 s windows")
     args = parser.parse_args()
     if args.quick:

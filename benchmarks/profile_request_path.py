@@ -152,10 +152,11 @@ def profile(args: argparse.Namespace) -> None:
                 before = cpu_snapshot(server.pid)
                 windowed(loads, server.pid, 0, 1)
                 after = cpu_snapshot(server.pid)
-                workers = [p for p in tree_pids(server.pid) if _name(p).startswith("rc-w")]
+                # Dedicated workers, or the runtime's host when it serves the requests itself.
+                workers = [p for p in tree_pids(server.pid) if _name(p).startswith(("rc-w", "rc-h"))]
                 if workers:
                     busiest = max(workers, key=lambda p: cpu_delta(before, after, only=[p]))
-                    targets["worker"] = busiest
+                    targets[f"worker ({_name(busiest)})"] = busiest
             raws = {name: Path(tmp) / f"{name.replace(' ', '-')}.raw" for name in targets}
             spies = [
                 subprocess.Popen(
