@@ -42,6 +42,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -129,100 +130,100 @@ def uptime() -> str:
         return " ".join(f.read().split()[:3])
 
 
+Load = Callable[[float], list[Any]]
+#: Name -> (the load of one window, given its seconds; the pid of the server's process tree).
+Cases = dict[str, tuple[Load, int]]
+REST_BODY = models.request_body("light")
+#: The gRPC request for each model name (the same row).
+GRPC_BODIES = {m: grpc_body(m, models.request_array("light")) for m in ("light", "light-inproc")}
+
+
+def start_floors(server: Any, folder: Path, stack: contextlib.ExitStack) -> dict[str, tuple[str, int]]:
+    """Start the two floors answering ``server``'s own replies; ``{"rest": (url, pid), "grpc":
+    (target, pid)}``, stopped by ``stack``."""
+    reply = rest_reply(infer_url(server.url, "light"), REST_BODY)
+    (folder / "reply.json").write_bytes(reply)
+    (folder / "reply.pb").write_bytes(grpc_reply(server.grpc_target, GRPC_BODIES["light"]))
+    http_port, grpc_port = free_port(), free_port()
+    bare_http = Bare([sys.executable, str(HERE / "bare_http.py"), str(http_port), str(folder / "reply.json")])
+    stack.callback(bare_http.stop)
+    bare_grpc = Bare(
+        [sys.executable, str(HERE / "grpc_load.py"), "bare-server", str(grpc_port), str(folder / "reply.pb")]
+    )
+    stack.callback(bare_grpc.stop)
+    url = f"http://127.0.0.1:{http_port}/v2/models/light/infer"
+    if rest_reply(url, REST_BODY) != reply:
+        raise RuntimeError("the bare aiohttp server does not answer runtime-core's reply")
+    return {"rest": (url, bare_http.pid), "grpc": (f"127.0.0.1:{grpc_port}", bare_grpc.pid)}
+
+
+def make_cases(args: argparse.Namespace, servers: dict[str, Any], floors: dict[str, tuple[str, int]]) -> Cases:
+    """Every case of a round: the floors, then each runtime-core (``servers`` by revision, ""
+    for the main one) per :data:`RC_CASES`, then with ``--rate`` the REST ones at that rate."""
+
+    def closed(url: str) -> Load:
+        return lambda d: [ClosedLoop(url, REST_BODY, concurrency=args.concurrency, duration=d)]
+
+    def grpc_calls(target: str, body: bytes) -> Load:
+        return lambda d: [
+            GrpcClosedLoop(target, body, concurrency=args.concurrency, duration=d, processes=args.clients)
+        ]
+
+    (floor_url, http_pid), (floor_target, grpc_pid) = floors["rest"], floors["grpc"]
+    cases: Cases = {"rest-floor": (closed(floor_url), http_pid)}
+    if not args.no_grpc:
+        cases["grpc-floor"] = (grpc_calls(floor_target, GRPC_BODIES["light"]), grpc_pid)
+    for ref, server in servers.items():
+        for case, (protocol, model) in RC_CASES.items():
+            if case not in args.cases or (protocol == "grpc" and args.no_grpc):
+                continue
+            load = (
+                closed(infer_url(server.url, model))
+                if protocol == "rest"
+                else grpc_calls(server.grpc_target, GRPC_BODIES[model])
+            )
+            cases[case + (f"@{ref}" if ref else "")] = (load, server.pid)
+    if args.rate:  # the REST cases again at one fixed rate, the floor's too
+        for name, (_, pid) in list(cases.items()):
+            base, _, ref = name.partition("@")
+            if base.startswith("rest"):
+                url = floor_url if base == "rest-floor" else infer_url(servers[ref].url, RC_CASES[base][1])
+                load = (lambda u: lambda d: [OpenLoop(u, REST_BODY, rate=args.rate, duration=d)])(url)
+                cases[base + RATE_SUFFIX + (f"@{ref}" if ref else "")] = (load, pid)
+    return cases
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    rest_body = models.request_body("light")
-    grpc_request = grpc_body("light", models.request_array("light"))
-    grpc_inproc_request = grpc_body("light-inproc", models.request_array("light"))
     out: dict[str, Any] = {"load_start": uptime(), "windows": []}
-    with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmp:
-        repo = Path(tmp) / "repo"
+    with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmp, contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        repo = folder / "repo"
         models.write_model(repo, "light")  # the default pool settings
         models.write_model(repo, "light", model_name="light-inproc", workers=0)
-        current = extract(args.ref, Path(tmp) / "current") if args.ref else None
-        with RuntimeCoreServer(repo, python_path=current) as server:
-            servers: dict[str, Any] = {"": server}
-            rc_of = {"": server}
-            progress(f"runtime-core ready in {server.ready_seconds:.2f} s")
-            baseline = None
-            if args.baseline:
-                source = extract(args.baseline, Path(tmp) / "baseline")
-                baseline = RuntimeCoreServer(repo, python_path=source).start()
-                servers["@" + args.baseline] = baseline
-                rc_of[args.baseline] = baseline
-                progress(f"runtime-core {args.baseline} ready in {baseline.ready_seconds:.2f} s")
-            try:
-                reply = rest_reply(infer_url(server.url, "light"), rest_body)
-                grpc_answer = grpc_reply(server.grpc_target, grpc_request)
-                (Path(tmp) / "reply.json").write_bytes(reply)
-                (Path(tmp) / "reply.pb").write_bytes(grpc_answer)
-                out["reply_bytes"] = {"rest": len(reply), "grpc": len(grpc_answer)}
-                http_port, grpc_port = free_port(), free_port()
-                bare_http = Bare([sys.executable, str(HERE / "bare_http.py"), str(http_port), f"{tmp}/reply.json"])
-                bare_grpc = Bare(
-                    [sys.executable, str(HERE / "grpc_load.py"), "bare-server", str(grpc_port), f"{tmp}/reply.pb"]
+        source = extract(args.ref, folder / "current") if args.ref else None
+        servers = {"": stack.enter_context(RuntimeCoreServer(repo, python_path=source))}
+        progress(f"runtime-core ready in {servers[''].ready_seconds:.2f} s")
+        if args.baseline:
+            source = extract(args.baseline, folder / "baseline")
+            servers[args.baseline] = stack.enter_context(RuntimeCoreServer(repo, python_path=source))
+            progress(f"runtime-core {args.baseline} ready in {servers[args.baseline].ready_seconds:.2f} s")
+        cases = make_cases(args, servers, start_floors(servers[""], folder, stack))
+        out["reply_bytes"] = {
+            "rest": (folder / "reply.json").stat().st_size,
+            "grpc": (folder / "reply.pb").stat().st_size,
+        }
+        names = list(cases)
+        for round_ in range(args.rounds):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                load, pid = cases[name]
+                row = {"case": name, "round": round_, **window(load, pid, args)}
+                out["windows"].append(row)
+                progress(
+                    f"round {round_} {name}: {row['rps']:.0f} req/s, "
+                    f"CPU {row['cpu_ms_per_req']:.4f} ms/req (main {row['cpu_main_ms_per_req']:.4f}), "
+                    f"errors {row['errors']}"
                 )
-                try:
-                    floor_url = f"http://127.0.0.1:{http_port}/v2/models/light/infer"
-                    if rest_reply(floor_url, rest_body) != reply:
-                        raise RuntimeError("the bare aiohttp server does not answer runtime-core's reply")
-
-                    def rest(url: str) -> Callable[[float], list[Any]]:
-                        return lambda d: [ClosedLoop(url, rest_body, concurrency=args.concurrency, duration=d)]
-
-                    def open_loop(url: str) -> Callable[[float], list[Any]]:
-                        return lambda d: [OpenLoop(url, rest_body, rate=args.rate, duration=d)]
-
-                    def grpc_load(target: str, body: bytes) -> Callable[[float], list[Any]]:
-                        return lambda d: [
-                            GrpcClosedLoop(
-                                target, body, concurrency=args.concurrency, duration=d, processes=args.clients
-                            )
-                        ]
-
-                    cases: dict[str, tuple[Callable[[float], list[Any]], int]] = {
-                        "rest-floor": (rest(floor_url), bare_http.pid),
-                        "grpc-floor": (grpc_load(f"127.0.0.1:{grpc_port}", grpc_request), bare_grpc.pid),
-                    }
-                    for suffix, rc in servers.items():
-                        for case, (protocol, model) in RC_CASES.items():
-                            if case not in args.cases:
-                                continue
-                            if protocol == "rest":
-                                load = rest(infer_url(rc.url, model))
-                            else:
-                                body = grpc_inproc_request if model == "light-inproc" else grpc_request
-                                load = grpc_load(rc.grpc_target, body)
-                            cases[case + suffix] = (load, rc.pid)
-                    if args.no_grpc:
-                        cases = {k: v for k, v in cases.items() if not k.startswith("grpc")}
-                    if args.rate:  # the REST cases again at one fixed rate, the floor's too
-                        for name, (_, pid) in list(cases.items()):
-                            if name.startswith("rest"):
-                                base, _, suffix = name.partition("@")
-                                url = (
-                                    floor_url
-                                    if base == "rest-floor"
-                                    else infer_url(rc_of[suffix].url, RC_CASES[base][1])
-                                )
-                                cases[base + RATE_SUFFIX + (f"@{suffix}" if suffix else "")] = (open_loop(url), pid)
-                    names = list(cases)
-                    for round_ in range(args.rounds):
-                        shift = round_ % len(names)
-                        for name in names[shift:] + names[:shift]:
-                            load, pid = cases[name]
-                            row = {"case": name, "round": round_, **window(load, pid, args)}
-                            out["windows"].append(row)
-                            progress(
-                                f"round {round_} {name}: {row['rps']:.0f} req/s, "
-                                f"CPU {row['cpu_ms_per_req']:.4f} ms/req (main {row['cpu_main_ms_per_req']:.4f}), "
-                                f"errors {row['errors']}"
-                            )
-                finally:
-                    bare_http.stop()
-                    bare_grpc.stop()
-            finally:
-                if baseline is not None:
-                    baseline.stop()
     out["load_end"] = uptime()
     return out
 
