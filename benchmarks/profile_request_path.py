@@ -63,12 +63,12 @@ STAGES: list[tuple[str, str]] = [
     ("pool dispatch", r"runtime_core/pools/|runtime_core/(messages|framing|batchloop|worker|host)\.py|BatchLoop|"
      r"run_envelopes|run_groups|_cpu_wait|_WorkerProtocol"),
     ("batch merge and split", r"_run_group|run_batch|_batch_key|concatenate|array_split|split \(numpy"),
+    ("validation (inputs, outputs)", r"runtime_core/codecs/validation\.py|runtime_core/content\.py|"
+     r"check_requested_outputs"),
     ("decode", r"ModelHandler\.decode|ModelHandler\.rows|decode \(runtime_core/codecs|decode_request|"
-     r"decode_grpc_request|_from_json_data|_from_typed|runtime_core/codecs/validation\.py:(1[0-3][0-9]|[0-9][0-9]) |"
-     r"decode_raw_tensor|InputChecker"),
+     r"decode_grpc_request|_from_json_data|_from_typed"),
     ("predict", r"ModelHandler\._predict|runtime_core_sklearn|sklearn/"),
-    ("encode", r"ModelHandler\._encode|encode \(runtime_core/codecs|encode_response|encode_grpc_response|_json_data|"
-     r"wire_output|checked_output|raw_bytes"),
+    ("encode", r"ModelHandler\._encode|encode \(runtime_core/codecs|encode_response|encode_grpc_response|_json_data"),
     ("gRPC (grpcio)", r"grpc/_cython|grpc/aio|grpc/_|_Arrivals"),
     ("event loop (uvloop, C)", r"Runner\.run|run_until_complete|run_forever"),
 ]  # fmt: skip
