@@ -20,16 +20,9 @@ from common import infer_url, progress
 from loadgen import OpenLoop, run_loads
 from servers import RuntimeCoreServer
 
+from runtime_core.testing import CHROMIUM_ARGS
+
 CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 RATES = {"light": 60.0, "xgb": 25.0, "heavy": 4.0}
 
 
@@ -55,7 +48,7 @@ def main() -> None:
             ]
             run_loads(loads)
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1440, "height": 900})
                 page.goto(server.url + "/")
                 page.wait_for_selector('#models tr[data-model="light"]')

@@ -36,6 +36,18 @@ from runtime_core.types import InferenceRequest, Tensor
 
 T = TypeVar("T")
 
+#: Flags for a headless Chromium that drives the status page (the browser tests, the
+#: screenshot in the docs): nothing that reaches beyond the machine.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one coroutine of a runtime (``load``, ``predict``) to completion."""

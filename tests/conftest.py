@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runtime_core.testing import ServerProcess
+from runtime_core.testing import CHROMIUM_ARGS, ServerProcess
 
 HERE = Path(__file__).parent
 
@@ -103,18 +103,6 @@ def serve(toy_env: dict[str, str]) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
-
-
-#: Flags for the headless Chromium of the browser tests: nothing that reaches beyond the machine.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
