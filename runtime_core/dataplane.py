@@ -40,6 +40,7 @@ from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from runtime_core.runtime import ModelMetadata
     from runtime_core.tracing import RequestSpan, RequestTracer
 
 SERVER_NAME = "runtime-core"
@@ -178,10 +179,7 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """``{"name", "versions"?, "platform", "inputs", "outputs"}``, tensors as ``{"name", "datatype", "shape"}``."""
-        record = self.ready_model(name, version)
-        meta = record.metadata
-        if meta is None:
-            raise ModelNotReady(f"model {record.name!r} is not ready ({record.state.value})", model=record.name)
+        record, meta = self._described(name, version)
         body: dict[str, Any] = {"name": record.name, "platform": meta.platform or record.runtime}
         if record.version:  # every version that can be asked for by name, as Triton and KServe list them
             body["versions"] = self.repository.versions(record.name)
@@ -191,11 +189,15 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The ready model's configuration in Triton's shape (see :mod:`runtime_core.modelconfig`)."""
+        return triton_config(*self._described(name, version))
+
+    def _described(self, name: str, version: str | None) -> tuple[ModelRecord, ModelMetadata]:
+        """The ready model and what it says of its tensors (not ready until it has said)."""
         record = self.ready_model(name, version)
         meta = record.metadata
         if meta is None:
             raise ModelNotReady(f"model {record.name!r} is not ready ({record.state.value})", model=record.name)
-        return triton_config(record, meta)
+        return record, meta
 
     # ------------------------------------------------------------------ inference
 
