@@ -72,7 +72,11 @@ class _Server:
             stderr=subprocess.STDOUT,
             env=self.environment(),
             cwd=self.repo,
-            start_new_session=True,  # own process group: killpg reaches every child
+            # Its own process group, so that killpg reaches every child; but the benchmark's
+            # session, so that the server and the load generators share one autogroup as the
+            # server's own processes do (a client on another machine does not compete with
+            # the server's processes as a group of its own).
+            process_group=0,
         )
         try:
             self.ready_seconds = wait_ready(

@@ -312,9 +312,18 @@ class _Host:
             self.data.setblocking(False)
 
 
+def _quiet_signals() -> None:
+    """A template and everything it forks ignore the terminal's signals. Ctrl-C is the main
+    process's to handle (it drains). The templates run in a background process group of the
+    main process's session (see ``TEMPLATE_POPEN_ARGS``), where a log line written to the
+    terminal under ``stty tostop`` would otherwise stop the process."""
+    for sig in (signal.SIGINT, signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _run_host(ctl: socket.socket, data: socket.socket, import_path: str, log_level: str) -> None:
     """Body of a host, however it was started. Never returns."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet_signals()
     configure_logging(log_level)
     name = import_runtime(import_path).name if import_path else "host"
     set_process_name(f"rc-h:{name}")
@@ -331,7 +340,7 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
     set_parent_death_signal()
     if os.getppid() != expected_parent:
         os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet_signals()
     configure_logging(log_level)
     ctl = socket.socket(fileno=ctl_fd)
     set_process_name("rc-root")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,34 @@ def test_a_costly_model_gets_a_worker_of_its_own_and_the_host_keeps_the_cheap_on
             assert status == 200 and pid_of(doc) == host, doc
         assert not long_call.done()
         server.stop(signal.SIGKILL)
+
+
+def test_the_server_processes_share_one_session_and_leave_ctrl_c_to_the_main_process(
+    tmp_path: Path, serve: Any
+) -> None:
+    """A worker demoted to ``SCHED_IDLE`` yields to the main process only if the kernel
+    compares the two as tasks. Where it groups processes by session (autogroup), a template
+    in a session of its own made the main process and the workers two groups of equal weight,
+    and the main process waited up to a scheduler tick behind a demoted worker. Every process
+    of the server stays in the main process's session; the templates and what they fork sit in
+    their own process groups, so that a terminal's Ctrl-C reaches only the main process."""
+    repo = tmp_path / "repo"
+    toy_model(repo, "costly", parameters={"extra": {"sleep": 0.02}})
+    toy_model(repo, "light")
+    server = serve(repo)
+    for value in (1.0, 2.0):
+        status, doc = infer(server, "costly", value)
+        assert status == 200, doc
+    assert pid_of(doc) in dedicated(server, "costly")
+    status, doc = infer(server, "light", 3.0)
+    assert status == 200, doc
+    kinds = {name.split(":")[0] for name, _ in named_processes(server.pid)}
+    assert {"rc-root", "rc-h", "rc-w0"} <= kinds, kinds
+    session, group = os.getsid(server.pid), os.getpgid(server.pid)
+    for name, proc in named_processes(server.pid):
+        if name.startswith("rc-"):
+            assert os.getsid(proc.pid) == session, name
+            assert os.getpgid(proc.pid) != group, name
 
 
 def test_a_costly_model_back_from_idle_runs_on_a_new_worker_not_on_the_host(tmp_path: Path, serve: Any) -> None:

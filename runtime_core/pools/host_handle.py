@@ -58,6 +58,7 @@ from runtime_core.plugins import import_runtime
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.root import (
     CLOSED,
+    TEMPLATE_POPEN_ARGS,
     Root,
     cpu_wait_ns,
     exit_text,
@@ -151,7 +152,7 @@ class Host:
                     ],
                     pass_fds=fds,
                     env=template_env(),
-                    start_new_session=True,
+                    **TEMPLATE_POPEN_ARGS,
                 )
                 self.pid = self._proc.pid
         finally:

@@ -33,6 +33,15 @@ from runtime_core.processes import THREAD_ENV_VARS
 log = logging.getLogger("runtime_core.pools")
 
 
+#: How the templates are started. In their own process group, so that a terminal's Ctrl-C
+#: reaches only the main process, which drains; but in the main process's session, not a new
+#: one: where the kernel groups processes by session for CPU fairness (autogroup, on when the
+#: server is not in a CPU cgroup of its own), a new session would put the main process and the
+#: workers in separate groups, and a worker demoted to SCHED_IDLE would compete with the main
+#: process's wake-ups as a group, at full weight, instead of yielding at once.
+TEMPLATE_POPEN_ARGS: dict[str, Any] = {"process_group": 0, "stdin": subprocess.DEVNULL}
+
+
 def template_env() -> dict[str, str]:
     env = dict(os.environ)
     for var in THREAD_ENV_VARS:
@@ -130,7 +139,7 @@ class Root:
             ],
             pass_fds=[child.fileno()],
             env=template_env(),
-            start_new_session=True,
+            **TEMPLATE_POPEN_ARGS,
         )
         child.close()
         parent.setblocking(False)
