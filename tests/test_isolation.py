@@ -133,10 +133,11 @@ def test_the_server_processes_share_one_session_and_leave_ctrl_c_to_the_main_pro
     assert pid_of(doc) in dedicated(server, "costly")
     status, doc = infer(server, "light", 3.0)
     assert status == 200, doc
-    kinds = {name.split(":")[0] for name, _ in named_processes(server.pid)}
+    processes = named_processes(server.pid)
+    kinds = {name.split(":")[0] for name, _ in processes}
     assert {"rc-root", "rc-h", "rc-w0"} <= kinds, kinds
     session, group = os.getsid(server.pid), os.getpgid(server.pid)
-    for name, proc in named_processes(server.pid):
+    for name, proc in processes:
         if name.startswith("rc-"):
             assert os.getsid(proc.pid) == session, name
             assert os.getpgid(proc.pid) != group, name
