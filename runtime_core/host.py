@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_core.batchloop import DEFAULT_COALESCE, run_groups
+from runtime_core.batchloop import DEFAULT_COALESCE, run_wakeup
 from runtime_core.control import (
     ForkHost,
     HostExited,
@@ -79,6 +79,12 @@ from runtime_core.spec import WorkerSpec, metadata_of
 from runtime_core.worker import run_worker
 
 log = logging.getLogger("runtime_core.host")
+
+#: Seconds after which a wake-up's replies done so far are sent while more groups remain.
+FLUSH_AFTER = 0.0002
+#: Bytes of a wake-up's first read of the data socket, below the allocator's threshold for a
+#: mapping of its own, and of each further read once one came back full.
+_FIRST_READ, _LARGE_READ = 64 << 10, 1 << 20
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -251,18 +257,24 @@ class _Host:
                 groups.append((entry.handler, [envelope for _, envelope in chunk]))
         if groups:
             # One run of the event loop for the whole wake-up, whatever the number of models
-            # in it: with traffic spread over many models, most groups hold one request, and a
-            # loop run per group cost more than the group's own decoding (issue 9). Each group
-            # is answered as soon as it is done, so the main process returns it, and its client
-            # sends the next request, while the later groups run.
+            # in it (see run_wakeup): with traffic spread over many models, most groups hold
+            # one request, and a loop run per group cost more than the group's own decoding
+            # (issue 9). Replies are sent once ``FLUSH_AFTER``
+            # has passed since the last were, so that the main process returns them, and their
+            # clients send the next requests, while later groups run; cheap groups' replies go
+            # together, one write and one wake-up of the main process for several (issue 20).
+            flushed = time.perf_counter()
+
             def answer(i: int, outcomes: list[Outcome]) -> None:
+                nonlocal flushed
                 for request_id, outcome in zip(ids[i], outcomes, strict=True):
                     out.extend(reply_frame(request_id, outcome))
-                if i < len(groups) - 1:
+                if i < len(groups) - 1 and time.perf_counter() - flushed >= FLUSH_AFTER:
                     self.data.sendall(b"".join(out))
                     out.clear()
+                    flushed = time.perf_counter()
 
-            self.loop.run_until_complete(run_groups(groups, answer))
+            run_wakeup(self.loop, groups, answer)
         if out:
             self.data.sendall(b"".join(out))
 
@@ -271,7 +283,7 @@ class _Host:
         selector = selectors.DefaultSelector()
         selector.register(self.ctl, selectors.EVENT_READ, "ctl")
         selector.register(self.data, selectors.EVENT_READ, "data")
-        self.data.setblocking(False)
+        self.data.setblocking(True)  # replies are written whole; reads do not wait (see _read)
         _send(self.ctl, HostReady(os.getpid()))
         while True:
             for key, _ in selector.select():
@@ -292,10 +304,13 @@ class _Host:
             os._exit(0)
 
     def _read(self) -> None:
+        # A small first read: a 1 MiB one was a fresh mapping of memory, resized and unmapped,
+        # three system calls per wake-up more than the read itself (issue 20).
         frames: list[tuple[int, int, memoryview]] = []
+        size = _FIRST_READ
         while True:
             try:
-                chunk = self.data.recv(1 << 20)
+                chunk = self.data.recv(size, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
             except OSError:
@@ -303,13 +318,10 @@ class _Host:
             if not chunk:
                 os._exit(0)
             frames.extend(self.reader.feed(chunk))
-            if len(chunk) < 1 << 20:
+            if len(chunk) < size:
                 break
-        self.data.setblocking(True)  # replies are written whole
-        try:
-            self.serve(frames)
-        finally:
-            self.data.setblocking(False)
+            size = _LARGE_READ
+        self.serve(frames)
 
 
 def _quiet_signals() -> None:

@@ -139,6 +139,7 @@ class ModelHandler:
         self.batchable = bool(getattr(runtime, "supports_batching", False))
         self.mlserver_envelope = bool(getattr(runtime, "mlserver_envelope", False))
         self.raw = bool(getattr(runtime, "raw_requests", False))
+        self.never_waits = bool(getattr(runtime, "predict_never_waits", False))
 
     # ------------------------------------------------------------------ pieces
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from typing import Any
 import pluggy
 import pytest
 from conftest import pip_install_target
-from support import infer_body, output, toy_model
+from support import infer_body, named_processes, output, toy_model
 
 from runtime_core import InferenceRequest, InferenceResponse, Runtime, hookimpl, hookspecs
 from runtime_core.errors import PluginError, RuntimeNotFound
@@ -233,3 +234,30 @@ def test_hook_rc_runtime_for_implementation() -> None:
     with pytest.raises(PluginError, match="cannot decide"):
         registry.get("pkg.Broken", model="m")
     assert registry.get("pkg.Model").cls is claimer  # a failed claim changed nothing
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("runtime", ["toy-waits", "toy-says-never-waits"])
+def test_a_runtime_that_awaits_in_predict_is_answered_on_the_shared_host(
+    tmp_path: Path, serve: Any, runtime: str
+) -> None:
+    """A host runs a wake-up of ``predict_never_waits`` runtimes without its event loop: one
+    that says so and waits all the same is still answered, in one context from start to end,
+    and one that does not say so gets a current task (``asyncio.timeout`` works)."""
+    toy_model(tmp_path, "m", runtime)
+    server = serve(tmp_path)
+    (host,) = [proc for name, proc in named_processes(server.pid) if name.startswith("rc-h:")]
+    for wait in (None, 0, 0.0005):  # no wait, a bare yield, a future
+        parameters = {} if wait is None else {"await_sleep": wait}
+        status, body, _ = server.request(
+            "POST",
+            "/v2/models/m/infer",
+            json.dumps(infer_body([1.0, 2.0], **parameters)).encode(),
+            {"Content-Type": "application/json"},
+        )
+        doc = json.loads(body)
+        assert status == 200, doc
+        assert output(doc, "y") == [1.0, 2.0]
+        assert output(doc, "pid") == [host.pid]  # run by the shared host, not a worker of its own
+        if wait is not None:
+            assert output(doc, "waited") == [1]

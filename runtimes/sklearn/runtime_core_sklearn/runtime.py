@@ -139,6 +139,7 @@ class SKLearnRuntime(Runtime):
     artifact_names = ("model.joblib", "model.pkl", "model.pickle")
     share_loaded_model = True
     supports_batching = True
+    predict_never_waits = True
 
     def __init__(self, settings: ModelSettings, context: RuntimeContext) -> None:
         super().__init__(settings, context)
@@ -152,6 +153,8 @@ class SKLearnRuntime(Runtime):
         #: once, so that the native ``predict`` does not test for it on every request.
         self._mlserver = settings.runtime_name in type(self).aliases
         self._default_output = PREDICT
+        #: The model's own content type asks for a DataFrame: read once, not on every request.
+        self._pandas_default = settings.parameters.content_type == PANDAS_CONTENT_TYPE
         if self._mlserver:
             self.mlserver_envelope = True
             self.predict = self._predict_mlserver  # type: ignore[method-assign]
@@ -268,7 +271,7 @@ class SKLearnRuntime(Runtime):
                 return True
             if request.content_type is not None:
                 return False  # the request's own content type wins over the model's default
-        return self.settings.parameters.content_type == PANDAS_CONTENT_TYPE
+        return self._pandas_default
 
     def _named(self, features: np.ndarray[Any, Any]) -> Any:
         """A model fitted on a DataFrame warns on every plain array: give it the column

@@ -109,6 +109,7 @@ class XGBoostRuntime(Runtime):
     artifact_names = ("model.json", "model.ubj", "model.bst", "model.model")
     share_loaded_model = True
     supports_batching = True
+    predict_never_waits = True
 
     def __init__(self, settings: ModelSettings, context: RuntimeContext) -> None:
         super().__init__(settings, context)

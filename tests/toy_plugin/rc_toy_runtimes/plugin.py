@@ -7,6 +7,7 @@ through request ``parameters``, so tests need no mocks of the server.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 from typing import Any
@@ -232,6 +233,47 @@ class Traced(Runtime):
         )
 
 
+#: Set in ``predict`` before a wait and read after it: the same context throughout a call.
+_CALL = contextvars.ContextVar("toy_call", default=0)
+
+
+class Waits(Identity):
+    """Like :class:`Identity`, with request parameter ``await_sleep`` (seconds; 0 is a bare
+    yield): ``predict`` first awaits ``asyncio.sleep``, with a context variable set across
+    the wait, and answers ``waited``, 1 when the variable held its value after the wait.
+    The sleep runs inside ``asyncio.timeout``, which needs a current task."""
+
+    name = "toy-waits"
+    #: Whether the sleep runs inside ``asyncio.timeout``.
+    in_timeout = True
+
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        if "await_sleep" not in request.parameters:
+            return await super().predict(request)
+        token = _CALL.set(self.calls + 1)
+        seconds = float(request.parameters["await_sleep"])
+        if self.in_timeout:
+            async with asyncio.timeout(60):
+                await asyncio.sleep(seconds)
+        else:
+            await asyncio.sleep(seconds)
+        held = _CALL.get() == self.calls + 1
+        _CALL.reset(token)  # raises ValueError if the call resumed in another context
+        response = await super().predict(request)
+        response.outputs.append(Tensor("waited", np.array([int(held)], dtype=np.int64)))
+        return response
+
+
+class SaysItNeverWaits(Waits):
+    """:class:`Waits` declaring ``predict_never_waits`` all the same (without
+    ``asyncio.timeout``, which a runtime that says so must not use): the server must still
+    answer it when it waits."""
+
+    name = "toy-says-never-waits"
+    predict_never_waits = True
+    in_timeout = False
+
+
 @hookimpl
 def rc_register_runtimes() -> list[type[Runtime]]:
-    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching, Traced]
+    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching, Traced, Waits, SaysItNeverWaits]
