@@ -15,9 +15,9 @@ runtime on request; it reaps the hosts and reports how each ended (``HostExited`
 since only a parent can learn a process's exit status. A host loads models on command
 (``LoadModel``), as many as the memory budget allows, and answers each with
 ``ModelLoaded`` (metadata, load time, the memory it took). It serves INFER frames for
-any of its models on its data socket, one batch per wake-up, grouped by model, each
-group answered as soon as it is done: this is how a thousand quiet models cost no
-process each. On ``SpawnWorker`` it forks a dedicated worker for one model, which
+any of its models on its data socket, one batch per wake-up, grouped by model, the
+answers done so far sent whenever ``FLUSH_AFTER`` has passed since the last ones: this is
+how a thousand quiet models cost no process each. On ``SpawnWorker`` it forks a dedicated worker for one model, which
 inherits the loaded model (copy-on-write) and so starts in milliseconds.
 
 A host is a plain blocking loop over two sockets, never a running event loop, and forks
