@@ -15,9 +15,9 @@ runtime on request; it reaps the hosts and reports how each ended (``HostExited`
 since only a parent can learn a process's exit status. A host loads models on command
 (``LoadModel``), as many as the memory budget allows, and answers each with
 ``ModelLoaded`` (metadata, load time, the memory it took). It serves INFER frames for
-any of its models on its data socket, one batch per wake-up, grouped by model, the
-answers done so far sent whenever ``FLUSH_AFTER`` has passed since the last ones: this is
-how a thousand quiet models cost no process each. On ``SpawnWorker`` it forks a dedicated worker for one model, which
+any of its models on its data socket, one batch per wake-up, grouped by model, each
+group answered as soon as it is done: this is how a thousand quiet models cost no
+process each. On ``SpawnWorker`` it forks a dedicated worker for one model, which
 inherits the loaded model (copy-on-write) and so starts in milliseconds.
 
 A host is a plain blocking loop over two sockets, never a running event loop, and forks
@@ -80,8 +80,6 @@ from runtime_core.worker import run_worker
 
 log = logging.getLogger("runtime_core.host")
 
-#: Seconds after which a wake-up's replies done so far are sent while more groups remain.
-FLUSH_AFTER = 0.0002
 #: Bytes of a wake-up's first read of the data socket, below the allocator's threshold for a
 #: mapping of its own, and of each further read once one came back full.
 _FIRST_READ, _LARGE_READ = 64 << 10, 1 << 20
@@ -259,20 +257,16 @@ class _Host:
             # One run of the event loop for the whole wake-up, whatever the number of models
             # in it (see run_wakeup): with traffic spread over many models, most groups hold
             # one request, and a loop run per group cost more than the group's own decoding
-            # (issue 9). Replies are sent once ``FLUSH_AFTER``
-            # has passed since the last were, so that the main process returns them, and their
-            # clients send the next requests, while later groups run; cheap groups' replies go
-            # together, one write and one wake-up of the main process for several (issue 20).
-            flushed = time.perf_counter()
-
+            # (issue 9). Each group is answered as soon as it is done, so the main process
+            # returns it, and its client sends the next request, while the later groups run.
+            # Holding cheap groups' answers for one write saved system calls, but lowered the
+            # rate of Zipf traffic over 1,000 models in a paired run (issue 20): not done.
             def answer(i: int, outcomes: list[Outcome]) -> None:
-                nonlocal flushed
                 for request_id, outcome in zip(ids[i], outcomes, strict=True):
                     out.extend(reply_frame(request_id, outcome))
-                if i < len(groups) - 1 and time.perf_counter() - flushed >= FLUSH_AFTER:
+                if i < len(groups) - 1:
                     self.data.sendall(b"".join(out))
                     out.clear()
-                    flushed = time.perf_counter()
 
             run_wakeup(self.loop, groups, answer)
         if out:
