@@ -64,32 +64,33 @@ DEFAULT_COALESCE = 32
 #: Emptied in a forked child, whose inherited descriptors name its parent's threads.
 _schedstat: dict[int, int] = {}
 _SCHEDSTAT_FILES = 16
-#: This thread's schedstat descriptor: found without asking the kernel for the thread's id
-#: (``gettid`` and ``getpid`` were two of the three system calls of every read, issue 20).
+#: This thread's schedstat descriptor (``fd``): found without asking the kernel for the
+#: thread's id (``gettid`` and ``getpid`` were two of the three system calls of every read,
+#: issue 20).
 _this_thread = threading.local()
-_forks = 0  # forks so far in this process's line: a thread's cached descriptor from before is stale
 
 
 def _forked() -> None:
-    global _forks
-    _forks += 1
-    _schedstat.clear()  # the descriptors stay open in the child: a few, left alone
+    """In a forked child, which runs only the thread that forked: the inherited descriptors
+    name the parent's threads (they stay open, a few, left alone)."""
+    _schedstat.clear()
+    _this_thread.__dict__.clear()
 
 
 os.register_at_fork(after_in_child=_forked)
 
 
 def _schedstat_fd() -> int | None:
-    cached = getattr(_this_thread, "fd", None)
-    if cached is not None and cached[0] == _forks:
-        return cast(int, cached[1])
+    fd: int | None = getattr(_this_thread, "fd", None)
+    if fd is not None:
+        return fd
     tid = threading.get_native_id()
     fd = _schedstat.get(tid)
     if fd is None:
         if len(_schedstat) >= _SCHEDSTAT_FILES:  # threads came and went: no more kept open
             return None
         fd = _schedstat[tid] = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-    _this_thread.fd = (_forks, fd)
+    _this_thread.fd = fd
     return fd
 
 
@@ -160,10 +161,11 @@ def run_wakeup(
 def _complete(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T]) -> _T:
     """``loop.run_until_complete(coro)``, for a coroutine that usually never waits.
 
-    The coroutine is first stepped here, with ``loop`` set as the running loop (``asyncio.get_running_loop()``
-    works inside it) in a context of its own; only when it waits on something (an async
-    runtime's I/O, a sleep) does the loop take over, in a task in that same context, so
-    context variables set before the wait (a trace's span) are found after it."""
+    The coroutine is first stepped here, with ``loop`` set as the running loop
+    (``asyncio.get_running_loop()`` works inside it) in a context of its own; only when it
+    waits on something (an async runtime's I/O, a sleep) does the loop take over, in a task
+    in that same context, so context variables set before the wait (a trace's span) are
+    found after it."""
     context = contextvars.copy_context()
     asyncio._set_running_loop(loop)
     try:
