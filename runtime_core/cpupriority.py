@@ -169,7 +169,10 @@ class CpuPriority:
             state = SATURATED
         else:
             state = MODEST
-        if lane in self._cheap_modest and state != MODEST:
+        # The hold is for a cheap model between its requests. A lane measured costly on its
+        # first reply (it counted as cheap until then) starts none: else a costly model would
+        # yield for CHEAP_HOLD to nothing but its own first call.
+        if lane in self._cheap_modest and state != MODEST and lane.cost < COSTLY_REQUEST:
             self._cheap_until = asyncio.get_running_loop().time() + CHEAP_HOLD
         self._cheap_modest.discard(lane)
         self._costly_busy.discard(lane)

@@ -431,3 +431,25 @@ def test_dispatch_reads_only_the_pools_of_models_with_work() -> None:
         assert sum(pool.reads + pool.priority_calls for pool in idle) == before == 10_000
 
     asyncio.run(main())
+
+
+def test_a_model_measured_costly_on_its_first_reply_does_not_yield_to_its_own_first_call() -> None:
+    """Until its first reply a model counts as cheap; that call is no cheap model's work, so
+    the model's next requests, alone on the server, run at normal priority."""
+
+    async def main() -> None:
+        cpu = Cpu()
+        forest = FakePool("forest", cpu, capacity=4, parallelism=2, cost=0.05)
+        scheduler = FairScheduler()
+        scheduler.add("forest", forest)
+        first = start(scheduler, "forest")
+        await settle()
+        cpu.finish()
+        await first
+        second = start(scheduler, "forest")
+        await settle()
+        assert not forest.background
+        cpu.finish()
+        await second
+
+    asyncio.run(main())
