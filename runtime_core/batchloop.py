@@ -18,7 +18,8 @@ run as one batch, which the handler may merge into one ``predict`` call (coalesc
 default: it costs no waiting). With ``max_batch_time`` > 0 it also waits, at most that long
 after the first request of a batch arrived, for up to ``max_batch_size`` requests (adaptive
 batching); dedicated workers are built with no wait, because their pool holds batches in
-the main process (:mod:`runtime_core.pools.batching`).
+the main process (:mod:`runtime_core.pools.batching`). A worker's loop also gives the kernel
+scheduling points while a batch runs at ``SCHED_IDLE`` (:mod:`runtime_core.yieldpoints`).
 
 Bounds: the deque is unbounded here, but the pool never sends a worker more than its
 pipeline depth, so at most that many wait. A batch is at most ``max_batch_size`` requests,
@@ -51,6 +52,7 @@ from typing import Any, TypeVar, cast
 from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import InferenceFailed
 from runtime_core.inference import ModelHandler
+from runtime_core.yieldpoints import YieldPoints
 
 __all__ = ["DEFAULT_COALESCE", "BatchLoop", "run_envelopes", "run_groups", "run_wakeup"]
 
@@ -199,8 +201,15 @@ class BatchLoop:
     started are answered with an error; the one running finishes.
     """
 
-    def __init__(self, handler: ModelHandler, max_batch_size: int = 0, max_batch_time: float = 0.0) -> None:
+    def __init__(
+        self,
+        handler: ModelHandler,
+        max_batch_size: int = 0,
+        max_batch_time: float = 0.0,
+        yields: YieldPoints | None = None,
+    ) -> None:
         self.handler = handler
+        self.yields = yields
         self.limit = max_batch_size if max_batch_size > 1 else DEFAULT_COALESCE
         self.wait = max_batch_time if max_batch_size > 1 else 0.0
         self._pending: deque[tuple[asyncio.Future[Outcome], Envelope, float]] = deque()
@@ -226,7 +235,14 @@ class BatchLoop:
                 if self.wait and len(self._pending) < self.limit:
                     await self._fill()
                 take = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
-                outcomes = await run_envelopes(handler, [envelope for _, envelope, _ in take])
+                envelopes = [envelope for _, envelope, _ in take]
+                if self.yields is not None and self.yields.arm():
+                    try:
+                        outcomes = await run_envelopes(handler, envelopes)
+                    finally:
+                        self.yields.disarm()
+                else:
+                    outcomes = await run_envelopes(handler, envelopes)
                 for (future, _, _), outcome in zip(take, outcomes, strict=True):
                     if not future.done():
                         future.set_result(outcome)

@@ -47,6 +47,7 @@ from runtime_core.processes import configure_logging, new_loop, set_process_name
 from runtime_core.runtime import Runtime
 from runtime_core.sanitize import client_message
 from runtime_core.spec import WorkerSpec, metadata_of
+from runtime_core.yieldpoints import YieldPoints
 
 log = logging.getLogger("runtime_core.worker")
 
@@ -92,7 +93,7 @@ async def _serve(handler: ModelHandler, sock: socket.socket, hello: WorkerReady,
     # Adaptive batching holds requests in the main process, which sees when workers are busy
     # (pools.process), and a worker runs what it is sent at once (``batch_time`` 0); a Ray
     # actor, whose pool holds nothing, waits ``max_batch_time`` for a batch itself.
-    batcher = BatchLoop(handler, settings.max_batch_size, batch_time)
+    batcher = BatchLoop(handler, settings.max_batch_size, batch_time, YieldPoints())
     runner = loop.create_task(batcher.run())
     transport, protocol = await loop.connect_accepted_socket(lambda: _WorkerProtocol(batcher), sock)
     transport.write(control_frame(0, hello))

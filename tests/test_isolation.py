@@ -160,3 +160,50 @@ def test_a_costly_model_back_from_idle_runs_on_a_new_worker_not_on_the_host(tmp_
     assert status == 200 and output(doc, "y") == [3.0], doc
     assert pid_of(doc) not in (host, first)
     assert pid_of(doc) in dedicated(server, "costly")
+
+
+def test_a_costly_models_worker_that_yields_to_a_cheap_one_gives_the_kernel_scheduling_points(
+    tmp_path: Path, serve: Any
+) -> None:
+    """While ``light`` has a request in flight, ``costly``'s worker runs at ``SCHED_IDLE``, and
+    the calls it runs then have a timer aimed at their thread: every millisecond the kernel
+    chooses again, so a process woken for the cheap model does not wait for a scheduler tick
+    behind the costly call (``runtime_core.yieldpoints``). Interrupted that often (a sleep
+    here), the call still answers. At normal priority, calls run without the timer."""
+    repo = tmp_path / "repo"
+    toy_model(repo, "costly", parallel_workers=1, parameters={"extra": {"sleep": 0.02}})
+    toy_model(repo, "light")
+    server = serve(repo)
+    for value in (1.0, 2.0):
+        status, doc = infer(server, "costly", value)
+        assert status == 200, doc
+    (worker,) = dedicated(server, "costly")
+    assert pid_of(doc) == worker
+    # No cheap model has had work yet: the worker runs at normal priority, without the timer.
+    status, doc = infer(server, "costly", 3.0, report_yield=True)
+    assert status == 200 and output(doc, "y") == [3.0] and pid_of(doc) == worker, doc
+    assert output(doc, "sched_idle") == [0] and output(doc, "yield_timer") == [0], doc
+    for i in range(3):  # measured as cheap
+        status, doc = infer(server, "light", float(i))
+        assert status == 200, doc
+    light_gate, costly_gate = tmp_path / "light-gate", tmp_path / "costly-gate"
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        try:
+            held_light = ex.submit(infer, server, "light", 7.0, gate=str(light_gate))
+            wait_until(lambda: any(tmp_path.glob("light-gate.*")), message="light's call to start")
+            held_costly = ex.submit(infer, server, "costly", 8.0, gate=str(costly_gate))
+            wait_until(lambda: any(tmp_path.glob("costly-gate.*")), message="costly's first call to start")
+            wait_until(lambda: os.sched_getscheduler(worker) == os.SCHED_IDLE, message="costly's worker to yield")
+            probed = ex.submit(infer, server, "costly", 9.0, report_yield=True, sleep=0.05)
+            wait_until(lambda: metric(server, "inflight_requests", "costly") == 2, message="the probe to be queued")
+            costly_gate.touch()
+            status, doc = probed.result()
+            assert status == 200, doc
+            assert output(doc, "y") == [9.0] and pid_of(doc) == worker
+            assert output(doc, "sched_idle") == [1] and output(doc, "yield_timer") == [1], doc
+            assert held_costly.result()[0] == 200
+            light_gate.touch()
+            assert held_light.result()[0] == 200
+        finally:  # a failed check must not leave the held calls waiting for their gates
+            costly_gate.touch()
+            light_gate.touch()

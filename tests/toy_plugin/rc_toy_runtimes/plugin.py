@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
 import os
+import threading
 import time
 from typing import Any
 
@@ -29,6 +31,25 @@ def _extra(runtime: Runtime, key: str, default: float) -> float:
 
 
 _LEAKED: list[bytes] = []
+
+
+def _yield_timer_armed() -> bool:
+    """Whether a POSIX timer of this process is counting down now, aimed at this thread
+    (``/proc/self/timers``; glibc's ``timer_t`` of such a timer is the kernel's timer id)."""
+    libc = ctypes.CDLL(None)
+    libc.timer_gettime.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    here = f"signal/tid.{threading.get_native_id()}"  # how the kernel shows SIGEV_THREAD_ID
+    with open("/proc/self/timers") as f:
+        blocks = f.read().split("ID: ")[1:]
+    for block in blocks:
+        lines = block.splitlines()
+        fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        if fields.get("notify") != here:
+            continue
+        left = (ctypes.c_long * 4)()  # struct itimerspec: interval, then value
+        if libc.timer_gettime(ctypes.c_void_p(int(lines[0])), left) == 0 and (left[2] or left[3]):
+            return True
+    return False
 
 
 def _wait_for_gate(gate: str) -> None:
@@ -54,7 +75,9 @@ class Identity(Runtime):
     ``started_file`` appends the worker's pid to that file when the call starts; ``gate`` (a
     path) creates ``<gate>.<pid>`` when the call starts, then waits until ``<gate>`` exists.
     ``parameters.extra.load_gate`` does the same in ``load``: a test holds a load in progress
-    (in the host, say, to kill it there) for as long as it wants.
+    (in the host, say, to kill it there) for as long as it wants. ``report_yield`` adds
+    ``sched_idle`` (1 if the call runs at ``SCHED_IDLE``) and ``yield_timer`` (1 if a timer
+    aimed at the calling thread is armed), read at the end of the call.
     """
 
     name = "toy-identity"
@@ -109,6 +132,13 @@ class Identity(Runtime):
             else:
                 time.sleep(delay)
         first = request.inputs[0]
+        reports = []
+        if params.get("report_yield"):
+            idle = os.sched_getscheduler(0) == os.SCHED_IDLE
+            reports = [
+                Tensor("sched_idle", np.array([int(idle)], dtype=np.int64)),
+                Tensor("yield_timer", np.array([int(_yield_timer_armed())], dtype=np.int64)),
+            ]
         return InferenceResponse(
             outputs=[
                 # ``label_output`` declares another datatype than the data's (a runtime bug).
@@ -117,6 +147,7 @@ class Identity(Runtime):
                 Tensor("calls", np.array([self.calls], dtype=np.int64)),
                 Tensor("loaded_in", np.array([self.loaded_in], dtype=np.int64)),
                 Tensor("loaded_at", np.array([self.loaded_at], dtype=np.int64)),
+                *reports,
             ]
         )
 
