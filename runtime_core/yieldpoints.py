@@ -15,12 +15,13 @@ that thread a real-time signal every :data:`PERIOD`. The handler is libc's
 ``sched_yield`` itself, a C function: a Python handler would only run when the call
 returns. Each signal makes the kernel choose again, and a waiting task that is eligible by
 then gets the CPU. When nothing else waits, the worker continues at once. The cost is one
-signal per period of the call, about 0.2 % of a core.
+signal per period of the call (measured in ``docs/benchmarks.md``).
 
 Bounded: one timer per thread, made on first use and kept; two ``timer_settime`` calls per
-batch at ``SCHED_IDLE``, and at any other policy only the read of the policy. Calls made during the batch may see a
-system call interrupted: the handler is installed with ``SA_RESTART``, and Python retries
-the rest (PEP 475).
+batch at ``SCHED_IDLE``, and at any other policy one read of the policy. A system call made
+during the batch may be interrupted: the handler is installed with ``SA_RESTART``, and
+Python retries the rest (PEP 475); a batch that awaits I/O is woken once per period while
+it waits, and the event loop waits again.
 
 Cancel and timeout: the timer is disarmed when the batch ends, however it ends. Worker
 death: a process's timers die with it, and a forked child inherits none (it makes its
@@ -51,7 +52,7 @@ _SA_RESTART = 0x10000000
 
 
 class _Sigaction(ctypes.Structure):
-    # struct sigaction on Linux (glibc and musl, 64-bit): handler, 1024-bit mask, flags, restorer.
+    # struct sigaction of 64-bit Linux with glibc: handler, 1024-bit mask, flags, restorer.
     _fields_ = [
         ("sa_handler", ctypes.c_void_p),
         ("sa_mask", ctypes.c_ulong * 16),
