@@ -235,14 +235,12 @@ class BatchLoop:
                 if self.wait and len(self._pending) < self.limit:
                     await self._fill()
                 take = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
-                envelopes = [envelope for _, envelope, _ in take]
-                if self.yields is not None and self.yields.arm():
-                    try:
-                        outcomes = await run_envelopes(handler, envelopes)
-                    finally:
-                        self.yields.disarm()
-                else:
-                    outcomes = await run_envelopes(handler, envelopes)
+                yields = self.yields if self.yields is not None and self.yields.arm() else None
+                try:
+                    outcomes = await run_envelopes(handler, [envelope for _, envelope, _ in take])
+                finally:
+                    if yields is not None:
+                        yields.disarm()
                 for (future, _, _), outcome in zip(take, outcomes, strict=True):
                     if not future.done():
                         future.set_result(outcome)
