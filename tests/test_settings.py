@@ -20,6 +20,8 @@ import pytest
 from support import named_processes
 
 from runtime_core.errors import SettingsError
+from runtime_core.plugins import RuntimeRegistry
+from runtime_core.repository_scan import RepositoryScan
 from runtime_core.settings import (
     ModelParameters,
     ModelSettings,
@@ -590,3 +592,30 @@ def test_lazy_load_auto_is_the_default_and_decides_by_model_count(
         assert load_server_settings(tmp_path).lazy_load == lazy
     monkeypatch.setenv("RUNTIME_CORE_LAZY_LOAD", "false")
     assert not load_server_settings(tmp_path).lazy_for(10_000)
+
+
+def test_a_repository_scan_finds_nested_folders_skips_links_and_rereads_an_edited_file(tmp_path: Path) -> None:
+    """What the repository index and a load by name see of the folder: settings files at any
+    depth, not those behind a link to a folder or a link to nothing, and an edited file's new
+    content on the next scan (scans reuse what they read from unchanged files)."""
+    root = tmp_path / "repo"
+    write_model(root / "a", runtime="echo", parallel_workers=0)
+    write_model(root / "team" / "b", runtime="echo", parallel_workers=0)
+    write_model(tmp_path / "outside" / "c", runtime="echo", parallel_workers=0)
+    (root / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (root / "broken").mkdir()
+    (root / "broken" / "model-settings.json").symlink_to(tmp_path / "nowhere.json")
+    scan = RepositoryScan(root, ServerSettings(), RuntimeRegistry())
+
+    found, errors = scan.scan()
+    assert sorted(found) == ["a", "b"]
+    assert errors == []
+    assert found["a"].parallel_workers == 0
+
+    settings_file = root / "a" / "model-settings.json"
+    before = settings_file.stat().st_mtime_ns
+    settings_file.write_text(settings_file.read_text().replace('"parallel_workers": 0', '"parallel_workers": 3'))
+    os.utime(settings_file, ns=(before + 1_000_000_000, before + 1_000_000_000))  # a coarse clock
+    found, errors = scan.scan()
+    assert found["a"].parallel_workers == 3
+    assert found["b"].parallel_workers == 0
