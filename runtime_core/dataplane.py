@@ -271,10 +271,10 @@ class DataPlane:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise Unauthorized("the repository API needs 'Authorization: Bearer <token>'")
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """``[{"name", "version"?, "state", "reason", "residency"?}]``: one row per version of
         every model found or loaded."""
-        return self.repository.index(ready_only=ready_only)
+        return await self.repository.index(ready_only=ready_only)
 
     async def load(self, name: str) -> dict[str, Any]:
         """Load (or reload) every version of ``name``."""

@@ -36,8 +36,11 @@ def is_version_folder(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
+_PIECES = re.compile(r"\d+|\D+")
+
+
 def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key of versions, lowest first: runs of digits compare as numbers, the rest as
     text, piece by piece (``2`` < ``10``, ``v1.9`` < ``v1.10``, ``1.0`` < ``1.0-rc``); at one
     position a number sorts before text."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|\D+", version))
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _PIECES.findall(version))

@@ -21,6 +21,7 @@ from runtime_core.model_names import model_key, split_key, version_order
 from runtime_core.runtime import ModelMetadata
 from runtime_core.sanitize import quoted
 from runtime_core.settings import ModelSettings
+from runtime_core.steps import Stepper, Steps
 
 if TYPE_CHECKING:
     from runtime_core.pools.base import ModelPool
@@ -126,28 +127,40 @@ class RecordBook:
         """Every version's record, by name then version."""
         return sorted(self._by_key.values(), key=lambda r: (r.name, version_order(r.version or "")))
 
-    def index(self, found: set[str], ready_only: bool = False) -> list[dict[str, Any]]:
+    def index(self, found: set[str], ready_only: bool = False) -> Steps[list[dict[str, Any]]]:
         """One row per version that is in ``found`` (keys of a scan) or has a record: name,
-        version (if any), state, reason and, for a loaded one, residency."""
-        rows: list[tuple[str, str | None, ModelRecord]] = []
-        for key in found | set(self._by_key):
+        version (if any), state, reason and, for a loaded one, residency; in steps
+        (:mod:`runtime_core.steps`): at 10,000 models it is tens of milliseconds of work. No
+        record is made for a folder not loaded, no sort key parsed for a model without
+        versions."""
+        stepper = Stepper()
+        rows: list[tuple[str, str | None, ModelRecord | None]] = []
+        by_key = self._by_key
+        for key in found | by_key.keys():
+            if stepper.due():
+                yield
             name, version = split_key(key)
-            record = self._by_key.get(key) or ModelRecord(name, version)
-            rows.append((name, version, record))
-        rows.sort(key=lambda row: (row[0], version_order(row[1] or "")))
-        out = []
+            rows.append((name, version, by_key.get(key)))
+        rows.sort(key=lambda row: (row[0], version_order(row[1]) if row[1] else ()))
+        unknown, ready = ModelState.UNKNOWN, ModelState.READY
+        out: list[dict[str, Any]] = []
         for name, version, record in rows:
-            if ready_only and record.state is not ModelState.READY:
+            if stepper.due():
+                yield
+            if record is None:  # in the folder, never loaded
+                if not ready_only:
+                    item = {"name": name, "version": version} if version else {"name": name}
+                    out.append(item | {"state": unknown.value, "reason": ""})
                 continue
-            item: dict[str, Any] = {"name": name}
-            if version:
-                item["version"] = version
+            if ready_only and record.state is not ready:
+                continue
+            item = {"name": name, "version": version} if version else {"name": name}
             item["state"] = record.state.value
             item["reason"] = record.reason
             if record.pool is not None:
                 health = record.pool.health()
                 item["residency"] = health.residency
-                if record.state is ModelState.READY and not health.serving:
+                if record.state is ready and not health.serving:
                     item["state"] = ModelState.UNAVAILABLE.value
                     item["reason"] = "its host process stopped; the model loads into a new host on its next request"
             out.append(item)

@@ -55,6 +55,7 @@ from runtime_core.repository_scan import INDEX_SCAN_SECONDS, RepositoryScan
 from runtime_core.sanitize import client_message, quoted
 from runtime_core.scheduler import FairScheduler
 from runtime_core.settings import ModelSettings, ServerSettings
+from runtime_core.steps import run_steps_async
 
 if TYPE_CHECKING:
     from runtime_core.pools.base import ModelPool
@@ -123,6 +124,8 @@ class ModelRepository:
         self._prescan: tuple[dict[str, ModelSettings], list[SettingsError]] | None = None
         #: Loads and unloads under way for callers (see :meth:`_detached`).
         self._operations: set[asyncio.Task[Any]] = set()
+        #: The repository index's scan while one runs in a thread (:meth:`index`).
+        self._index_scan: asyncio.Future[set[str]] | None = None
 
     # ------------------------------------------------------------------ discovery
 
@@ -209,7 +212,7 @@ class ModelRepository:
     async def _load_name(self, name: str) -> list[ModelRecord]:
         if not valid_name(name):
             raise ModelNotFound(f"invalid model name {quoted(name)}")
-        found, errors = self.scan()
+        found, errors = await self._scanner.scan_async()
         wanted = [s for s in found.values() if s.name == name]
         if not wanted:
             for error in errors:
@@ -346,12 +349,12 @@ class ModelRepository:
     async def watch(self, interval: float) -> None:
         """Poll the repository folder: load new models, reload changed ones (new workers up,
         then switch, then old ones drained), unload removed ones. Runs until cancelled."""
-        known = self._scanner.fingerprints(self.scan()[0])
+        known = await self._scanner.fingerprints((await self._scanner.scan_async())[0])
         while True:
             await asyncio.sleep(interval)
             try:
-                found, _ = self.scan()
-                current = self._scanner.fingerprints(found)
+                found, _ = await self._scanner.scan_async()
+                current = await self._scanner.fingerprints(found)
             except OSError as exc:
                 log.warning("cannot scan the model repository: %s", exc)
                 continue
@@ -399,11 +402,23 @@ class ModelRepository:
         """The record of one version by its key (``name`` or ``name/version``)."""
         return self._records.get(key)
 
-    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+    async def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """One row per version of every model found or loaded: name, version (if any), state,
         reason and, for a loaded one, residency. The folder's models come from a scan at most
-        ``INDEX_SCAN_SECONDS`` old."""
-        return self._records.index(self._scanner.found_for_index(), ready_only)
+        ``INDEX_SCAN_SECONDS`` old, made in steps between the loop's other work; callers that
+        come while it runs share it."""
+        found = self._scanner.fresh_for_index()
+        if found is None:
+            if self._index_scan is None:
+                self._index_scan = asyncio.ensure_future(self._scanner.found_for_index())
+                self._index_scan.add_done_callback(self._index_scanned)
+            found = await asyncio.shield(self._index_scan)
+        return await run_steps_async(self._records.index(found, ready_only))
+
+    def _index_scanned(self, scan: asyncio.Future[set[str]]) -> None:
+        self._index_scan = None
+        if not scan.cancelled():
+            scan.exception()  # seen by the callers that awaited it; not logged as never retrieved
 
     def records(self) -> list[ModelRecord]:
         """Every version's record, by name then version."""

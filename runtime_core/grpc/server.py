@@ -225,11 +225,9 @@ class InferenceService:
     ) -> pb.RepositoryIndexResponse:
         self.plane.authorize(_metadata(context, "authorization"))
         index = pb.RepositoryIndexResponse.ModelIndex
+        rows = await self.plane.repository_index(ready_only=request.ready)
         return pb.RepositoryIndexResponse(
-            models=[
-                index(**{k: v for k, v in item.items() if k in _INDEX_FIELDS})
-                for item in self.plane.repository_index(ready_only=request.ready)
-            ]
+            models=[index(**{k: v for k, v in item.items() if k in _INDEX_FIELDS}) for item in rows]
         )
 
     async def repository_model_load(

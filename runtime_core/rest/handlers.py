@@ -186,7 +186,7 @@ async def repository_index(request: web.Request) -> web.Response:
     ready_only = doc.get("ready") or False  # absent or null: every model
     if not isinstance(ready_only, bool):
         raise InvalidRequest("'ready' must be true or false")
-    return _json(request.app[DATAPLANE].repository_index(ready_only))
+    return _json(await request.app[DATAPLANE].repository_index(ready_only))
 
 
 @_guarded
