@@ -124,7 +124,7 @@ class ModelRepository:
         self._prescan: tuple[dict[str, ModelSettings], list[SettingsError]] | None = None
         #: Loads and unloads under way for callers (see :meth:`_detached`).
         self._operations: set[asyncio.Task[Any]] = set()
-        #: The repository index's scan while one runs in a thread (:meth:`index`).
+        #: The repository index's scan of the folder while one runs (:meth:`index`).
         self._index_scan: asyncio.Future[set[str]] | None = None
 
     # ------------------------------------------------------------------ discovery
