@@ -104,9 +104,10 @@ def model_families(
     yield workers
 
 
-def residency_families(repository: ModelRepository) -> Iterator[Metric]:
+def residency_families(repository: ModelRepository, workers_live: int | None = None) -> Iterator[Metric]:
     """Density figures: resident models, live workers, spawns, retirements, evictions and
-    the cold-start (load on demand) latency, from the pools' residency book."""
+    the cold-start (load on demand) latency, from the pools' residency book. ``workers_live``:
+    the ready workers of every model, if the caller has counted them already."""
     residency = repository.residency
     resident = GaugeMetricFamily(f"{PREFIX}_models_resident", "Models loaded in a host process now.")
     resident.add_metric([], residency.resident)
@@ -126,7 +127,9 @@ def residency_families(repository: ModelRepository) -> Iterator[Metric]:
     )
     recycles.add_metric([], residency.recycles)
     live = GaugeMetricFamily(f"{PREFIX}_workers_live", "Dedicated worker processes of all models now.")
-    live.add_metric([], sum(r.pool.health().ready for r in repository.records() if r.pool is not None))
+    if workers_live is None:
+        workers_live = sum(r.pool.health().ready for r in repository.records() if r.pool is not None)
+    live.add_metric([], workers_live)
     spawns = CounterMetricFamily(f"{PREFIX}_worker_spawns", "Dedicated workers started on demand.")
     spawns.add_metric([], residency.spawns)
     spawn_seconds = CounterMetricFamily(

@@ -23,7 +23,7 @@ families written straight to text for a scrape (:mod:`runtime_core.metrictext`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 from runtime_core.envelope import Outcome
 from runtime_core.metricfamilies import model_families, residency_families
 from runtime_core.metricseries import REJECTED, Series, outcome_index
-from runtime_core.metrictext import ModelFamilyText
+from runtime_core.metrictext import ModelFamilyText, Tally
 from runtime_core.repository import ModelRepository, ModelState, split_key
 from runtime_core.scheduler import FairScheduler
 
@@ -56,7 +56,8 @@ class ServerMetrics:
         self.registry.register(self)
         #: The server-wide families and ``process_*``: what :meth:`render` does not write itself.
         self._globals = CollectorRegistry(auto_describe=False)
-        self._globals.register(_Globals(repository))
+        self._globals_collector = _Globals(repository)
+        self._globals.register(self._globals_collector)
         if process:
             ProcessCollector(registry=self.registry)  # process_* of the main process
             ProcessCollector(registry=self._globals)
@@ -94,10 +95,29 @@ class ServerMetrics:
         The per-model families are written by :class:`~runtime_core.metrictext.ModelFamilyText`,
         straight to text; the few server-wide ones and ``process_*`` go through
         ``prometheus_client``, whose exposition was too slow at many models (issue 23)."""
+        chunks, content_type = self.chunks(accept)
+        return b"".join(chunks), content_type
+
+    def chunks(self, accept: str = "") -> tuple[Iterator[bytes], str]:
+        """:meth:`render`'s text in chunks, each written when it is asked for (see
+        :meth:`~runtime_core.metrictext.ModelFamilyText.chunks`), and its content type: what
+        GET /metrics sends, a chunk at a time."""
         encoder, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        families = self._text.write(self._series, self.scheduler.stats(), self.repository.records(), openmetrics)
-        return "".join(families).encode() + encoder(self._globals), content_type
+        return self._chunks(encoder, content_type.startswith("application/openmetrics-text")), content_type
+
+    def _chunks(self, encoder: Callable[[CollectorRegistry], bytes], openmetrics: bool) -> Iterator[bytes]:
+        tally = Tally()
+        lanes = self.scheduler.stats()
+        yield b""  # a pause: sorting the records takes a few ms at ten thousand models
+        records = self.repository.records()
+        yield b""
+        yield from self._text.chunks(self._series, lanes, records, openmetrics, tally)
+        self._globals_collector.workers_live = tally.workers_live  # pools are not asked again
+        try:
+            rest = encoder(self._globals)
+        finally:
+            self._globals_collector.workers_live = None
+        yield rest
 
     def collect(self) -> Iterable[Metric]:
         records = self.repository.records()  # one per version
@@ -115,6 +135,8 @@ class _Globals:
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
+        #: The ready workers the scrape being written counted, if it did (see :class:`Tally`).
+        self.workers_live: int | None = None
 
     def collect(self) -> Iterable[Metric]:
-        return list(residency_families(self.repository))
+        return list(residency_families(self.repository, self.workers_live))

@@ -8,6 +8,7 @@ crash on ``crashy``. The scrape is parsed with prometheus_client's own parser.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -64,9 +65,14 @@ def wait_for(server: ServerProcess, check: Any, timeout: float = 20.0) -> Sample
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, toy_site: Path) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("metrics-repo")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("metrics-repo")
+
+
+@pytest.fixture(scope="module")
+def server(root: Path, toy_site: Path) -> Iterator[ServerProcess]:
     write_model(root / "echo", name="echo", runtime="echo", parameters={"version": "1"})
+    write_model(root / "fresh", name="fresh", runtime="echo")
     toy_model(root, "toy")
     toy_model(root, "queued", max_queue_size=1)
     toy_model(root, "crashy")
@@ -247,6 +253,68 @@ def test_operations_doc_lists_every_metric(server: ServerProcess) -> None:
     assert documented == exported
 
 
+def test_every_scrape_is_current(server: ServerProcess, root: Path) -> None:
+    """/metrics keeps the order and the label text of the models from one scrape to the next
+    (issue 23), never their figures: a request, an unload, a load and a model new to the server
+    each show in the very next scrape."""
+    labels = {"model": "fresh", "version": ""}
+    samples, _ = scrape(server)
+    assert requests(samples, "fresh") == dict.fromkeys(OUTCOMES, 0)
+    for n in (1, 2, 3):
+        assert server.post_json("/v2/models/fresh/infer", ECHO_OK)[0] == 200
+        samples, _ = scrape(server)
+        assert requests(samples, "fresh") == {**dict.fromkeys(OUTCOMES, 0), "success": n}
+        assert value(samples, "runtime_core_request_duration_seconds_count", **labels) == n
+        assert value(samples, "runtime_core_request_duration_seconds_bucket", **labels, le="+Inf") == n
+    assert server.post_json("/v2/models/fresh/infer", ECHO_BAD)[0] == 400
+    samples, _ = scrape(server)
+    assert requests(samples, "fresh") == {**dict.fromkeys(OUTCOMES, 0), "success": 3, "client_error": 1}
+
+    assert server.post_json("/v2/repository/models/fresh/unload")[0] == 200
+    samples, _ = scrape(server)
+    assert value(samples, "runtime_core_model_state", **labels, state="UNAVAILABLE") == 1
+    assert value(samples, "runtime_core_model_state", **labels, state="READY") == 0
+    assert ("runtime_core_queue_depth", frozenset(labels.items())) not in samples  # its queue went with it
+    assert ("runtime_core_workers_ready", frozenset(labels.items())) not in samples
+    assert requests(samples, "fresh")["success"] == 3  # its counts stay
+
+    assert server.post_json("/v2/repository/models/fresh/load")[0] == 200
+    samples, _ = scrape(server)
+    assert value(samples, "runtime_core_model_state", **labels, state="READY") == 1
+    assert value(samples, "runtime_core_queue_depth", **labels) == 0
+    assert server.post_json("/v2/models/fresh/infer", ECHO_OK)[0] == 200
+    samples, _ = scrape(server)
+    assert requests(samples, "fresh")["success"] == 4
+
+    write_model(root / "late", name="late", runtime="echo")
+    assert server.post_json("/v2/repository/models/late/load")[0] == 200
+    samples, _ = scrape(server)
+    assert requests(samples, "late") == dict.fromkeys(OUTCOMES, 0)
+    assert value(samples, "runtime_core_model_state", model="late", version="", state="READY") == 1
+    assert server.post_json("/v2/models/late/infer", ECHO_OK)[0] == 200
+    samples, _ = scrape(server)
+    assert requests(samples, "late")["success"] == 1
+
+
+def test_scrape_is_sent_in_chunks(server: ServerProcess) -> None:
+    """The text goes out as it is written (chunked transfer encoding); HEAD answers without it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        assert response.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+        assert b"runtime_core_requests_total{" in body and body.endswith(b"\n")
+        conn.request("HEAD", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read() == b""
+    finally:
+        conn.close()
+
+
 def _families(text: str) -> dict[str, Any]:
     return {
         f.name: (f.type, f.documentation, sorted((s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples))
@@ -254,12 +322,38 @@ def _families(text: str) -> dict[str, Any]:
     }
 
 
+class _Pool:
+    """What the scheduler and the metrics read of a pool: its health, its priority setters."""
+
+    on_capacity: Any = None
+    parallelism = 1
+
+    def __init__(self, ready: int, restarts: int) -> None:
+        self.ready, self.restarts = ready, restarts
+
+    def health(self) -> Any:
+        from runtime_core.pools.base import PoolHealth
+
+        return PoolHealth(workers=2, ready=self.ready, restarts=self.restarts)
+
+    def set_nice(self, nice: int) -> None:
+        pass
+
+    def set_background(self, background: bool) -> bool:
+        return False
+
+
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
-def test_fast_exposition_matches_prometheus_client(tmp_path: Path, accept: str) -> None:
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_fast_exposition_matches_prometheus_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accept: str, chunk: int | None
+) -> None:
     """render() writes the per-model families itself (issue 23): the same families, help texts
-    and samples as prometheus_client's exposition of the same registry."""
+    and samples as prometheus_client's exposition of the same registry, also when it writes
+    them in chunks of ``chunk`` models."""
     from prometheus_client.exposition import choose_encoder
 
+    from runtime_core import metrictext
     from runtime_core.envelope import Outcome
     from runtime_core.metrics import ServerMetrics
     from runtime_core.plugins import load_registry
@@ -267,15 +361,24 @@ def test_fast_exposition_matches_prometheus_client(tmp_path: Path, accept: str) 
     from runtime_core.scheduler import FairScheduler
     from runtime_core.settings import load_server_settings
 
+    if chunk is not None:
+        monkeypatch.setattr(metrictext, "CHUNK", chunk)
     scheduler = FairScheduler()
     repository = ModelRepository(None, load_server_settings(tmp_path), load_registry(), scheduler)
-    for name, version, state in (("a", None, ModelState.READY), ("b", "2", ModelState.READY), ("c", None, None)):
+    models = [("a", None, ModelState.READY), ("b", "2", ModelState.READY), ("c", None, None)]
+    models += [(f"m{i}", None if i % 3 else "1", ModelState.READY) for i in range(7)]
+    for i, (name, version, state) in enumerate(models):
         record = repository._record(name, version)
         record.state = state or ModelState.UNAVAILABLE
-        record.load_time = 0.25
+        record.load_time = 0.25 * i
+        if record.state is ModelState.READY and i % 2:
+            record.pool = _Pool(ready=i % 3, restarts=i)  # type: ignore[assignment]
+            scheduler.add(record.key, record.pool)
     metrics = ServerMetrics(scheduler, repository, process=False)
     metrics.observe("a", Outcome(0, b""), 0.0001, 0.002, 0.003)
     metrics.observe("b/2", 7, 0.0, 0.0, 0.0)
+    for i in range(0, 7, 2):
+        metrics.observe(f"m{i}" if i % 3 else f"m{i}/1", Outcome(0, b""), 0.001 * i, 0.01, 0.02)
     body, content_type = metrics.render(accept)
     encoder, expected_type = choose_encoder(accept)
     assert content_type == expected_type
@@ -283,4 +386,10 @@ def test_fast_exposition_matches_prometheus_client(tmp_path: Path, accept: str) 
     if accept:
         assert fast.endswith("# EOF\n") and fast.count("# EOF") == 1
         fast, slow = fast.replace("# EOF\n", ""), slow.replace("# EOF\n", "")
-    assert _families(fast) == _families(slow)
+    families = _families(fast)
+    assert families == _families(slow)
+    assert len(families["runtime_core_workers_ready"][2]) == 5  # every family has series
+    assert len(families["runtime_core_queue_depth"][2]) == 5
+    assert families["runtime_core_workers_live"][2] == [("runtime_core_workers_live", (), 4.0)]
+    chunks, _ = metrics.chunks(accept)
+    assert b"".join(chunks) == body  # what GET /metrics sends, a chunk at a time

@@ -12,10 +12,12 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 from runtime_core.codecs.validation import SHARED_MEMORY_UNSUPPORTED
 from runtime_core.envelope import Envelope, Wire
@@ -202,8 +204,39 @@ async def repository_unload(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS].render(request.headers.get("Accept", ""))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    chunks, content_type = request.app[METRICS].chunks(request.headers.get("Accept", ""))
+    return web.Response(body=_Chunks(chunks, content_type), headers={"Content-Type": content_type})
+
+
+class _Chunks(Payload):
+    """A body sent as it is written, a chunk at a time (HTTP/1.1 chunked transfer encoding):
+    /metrics at ten thousand models is 55 MB of text, which is then never held at once, and
+    the event loop serves other requests between chunks (see
+    :meth:`~runtime_core.metrics.ServerMetrics.chunks`). Chunks smaller than :attr:`SEND` are
+    sent together."""
+
+    SEND = 256 * 1024
+
+    def __init__(self, chunks: Iterator[bytes], content_type: str) -> None:
+        super().__init__(chunks, content_type=content_type)
+        self._chunks = chunks
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        pending: list[bytes] = []
+        size = 0
+        for chunk in self._chunks:
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= self.SEND:
+                await writer.write(b"".join(pending))
+                pending.clear()
+                size = 0
+            await asyncio.sleep(0)  # a write returns at once while the client keeps up
+        if pending:
+            await writer.write(b"".join(pending))
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._chunks).decode(encoding, errors)
 
 
 async def openapi(request: web.Request) -> web.Response:
