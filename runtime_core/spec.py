@@ -83,7 +83,9 @@ def worker_spec(
 ) -> WorkerSpec:
     """The spec of ``settings``'s runtime, to be built with ``threads`` threads in its pools."""
     return WorkerSpec(
-        settings=settings.model_dump(),
+        # Only what differs from the defaults, which validate back to the same settings: the
+        # spec travels to every load and a host keeps it per model (issue 23).
+        settings=settings.model_dump(exclude_defaults=True),
         settings_path=str(settings.path),
         import_path=entry.import_path,
         uri=uri,
