@@ -19,6 +19,7 @@ after loading, sharing the model's memory pages copy-on-write.
 from __future__ import annotations
 
 import abc
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -80,6 +81,17 @@ class RawReply:
     wire: Wire = Wire.JSON
     header_length: int = 0
     """For :attr:`Wire.BINARY`: length of the JSON header of ``body``."""
+
+
+def with_shared_strings(metadata: ModelMetadata) -> ModelMetadata:
+    """``metadata``, as it came from the process that loaded the model, with its tensors' names
+    and datatypes interned: every model's copy of ``FP64`` or ``predict`` is then one string,
+    not one per model (0.3 KB a model at ten thousand, issue 23). Changes ``metadata``'s own
+    tensor specs, which nothing else holds."""
+    for spec in (*metadata.inputs, *metadata.outputs):
+        spec.name = sys.intern(spec.name)
+        spec.datatype = sys.intern(spec.datatype)
+    return metadata
 
 
 def declared_metadata(settings: ModelSettings) -> ModelMetadata:

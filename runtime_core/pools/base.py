@@ -55,6 +55,10 @@ class PoolHealth:
 class ModelPool(abc.ABC):
     """Where one model's requests run. Constructors do not start processes; ``start`` does."""
 
+    # No instance dict here: a backend with one pool per model of thousands may list its
+    # attributes in ``__slots__`` (issue 23); the others get a ``__dict__`` as usual.
+    __slots__ = ()
+
     #: Called (with no arguments) whenever capacity frees up or grows; set by the scheduler.
     on_capacity: Callable[[], None] = staticmethod(lambda: None)
     metadata: ModelMetadata | None = None

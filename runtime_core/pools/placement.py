@@ -27,6 +27,7 @@ from runtime_core.errors import DeadlineExceeded, ModelLoadError, ModelNotReady,
 from runtime_core.pools.base import COSTLY_REQUEST, ModelPool
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.host_handle import Host
+from runtime_core.runtime import with_shared_strings
 
 if TYPE_CHECKING:
     from runtime_core.pools.residency import Residency
@@ -54,18 +55,20 @@ RESIDENT, LOADING, EVICTED = "resident", "loading", "evicted"
 class Placement(ModelPool):
     """The host side of :class:`~runtime_core.pools.process.ProcessPool` (see the module docstring)."""
 
+    if not TYPE_CHECKING:  # (mypy would then see only these slots, and none of ProcessPool's)
+        __slots__ = ()  # the pool's state is in ProcessPool's slots
+
     if TYPE_CHECKING:  # the pool's state and methods these use, defined in process.py and scaling.py
         name: str
         settings: ModelSettings
         server: ServerSettings
-        spec: WorkerSpec
         state: str
         memory: int
         uri_size: int
         _templates: Templates
         _residency: Residency
         _workers: list[Connection | None]
-        _spawning: set[int]
+        _spawning: list[int]
         _host: Host | None
         _slot: int
         _parked: list[Pending]
@@ -91,6 +94,10 @@ class Placement(ModelPool):
         def retire_idle(self, now: float) -> None: ...
         @property
         def has_workers(self) -> bool: ...
+        @property
+        def spec(self) -> WorkerSpec: ...
+        @property
+        def import_path(self) -> str: ...
 
     # ------------------------------------------------------------------ residency
 
@@ -99,7 +106,7 @@ class Placement(ModelPool):
         self.state = LOADING
         started = time.perf_counter()
         try:
-            host = await self._templates.host(self.spec.import_path)
+            host = await self._templates.host(self.import_path)
             slot = self._templates.new_slot()
             loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
             if not host.alive:
@@ -121,7 +128,7 @@ class Placement(ModelPool):
             self.state = EVICTED
             return
         self._host, self._slot = host, slot
-        self.metadata = loaded.metadata
+        self.metadata = with_shared_strings(loaded.metadata)
         self.memory = self._memory_of(loaded)
         self.state = RESIDENT
         self._residency.loaded(self, time.perf_counter() - started)
@@ -304,7 +311,7 @@ class Placement(ModelPool):
         """Load the model into a sibling host that is not stalled, send it the requests that
         wait in ``stalled`` (their replies from there, if any come, are dropped), and leave."""
         try:
-            host = await self._templates.host(self.spec.import_path, avoid=stalled)
+            host = await self._templates.host(self.import_path, avoid=stalled)
             if host is stalled or self._host is not stalled:
                 return
             slot = self._templates.new_slot()
@@ -317,7 +324,7 @@ class Placement(ModelPool):
             return
         old_slot = self._slot
         self._host, self._slot = host, slot
-        self.metadata = loaded.metadata
+        self.metadata = with_shared_strings(loaded.metadata)
         self._residency.resized(self, self._memory_of(loaded))
         stalled.forget(old_slot)
         if stalled.conn is not None:

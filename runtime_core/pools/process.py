@@ -81,8 +81,8 @@ from runtime_core.envelope import Envelope, Outcome
 from runtime_core.errors import ModelLoadError, ModelNotReady, RuntimeCoreError
 from runtime_core.limits import cpu_count
 from runtime_core.plugins import RuntimeEntry
-from runtime_core.pools.base import PoolHealth
-from runtime_core.pools.batching import BatchHolder
+from runtime_core.pools.base import ModelPool, PoolHealth
+from runtime_core.pools.batching import NOT_HOLDING, BatchHolder
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.dispatch import BATCH_DEPTH, PACK_BELOW
 from runtime_core.pools.host_handle import Host
@@ -93,7 +93,7 @@ from runtime_core.pools.templates import Templates
 from runtime_core.pools.workers import WorkerGroup, dispatch_for
 from runtime_core.runtime import declared_metadata
 from runtime_core.settings import ModelSettings, ServerSettings
-from runtime_core.spec import worker_spec
+from runtime_core.spec import WorkerSpec, worker_spec
 
 log = logging.getLogger("runtime_core.pools")
 
@@ -102,6 +102,52 @@ __all__ = ["EVICTED", "HOST_COST_LIMIT", "LOADING", "RESIDENT", "SCALE_UP_AT", "
 
 class ProcessPool(Placement, Scaling):
     """One model's elastic group of worker processes (see the module docstring)."""
+
+    # One pool per model: its attributes in slots, not in a dict of its own (a dict of about
+    # forty keys was 1.6 KB a model at ten thousand models, issue 23).
+    __slots__ = (
+        "_background_wanted",
+        "_closing",
+        "_decisions",
+        "_entry",
+        "_group",
+        "_held",
+        "_host",
+        "_inflight",
+        "_load",
+        "_load_at",
+        "_load_started",
+        "_loading",
+        "_moving",
+        "_nice",
+        "_parked",
+        "_residency",
+        "_restarts",
+        "_retiring",
+        "_service",
+        "_slot",
+        "_spawn_failed_at",
+        "_spawning",
+        "_stalled_host",
+        "_templates",
+        "_threads",
+        "_uri",
+        "_workers",
+        "dispatch",
+        "hold",
+        "idle_timeout",
+        "lazy",
+        "max_workers",
+        "memory",
+        "metadata",
+        "min_workers",
+        "name",
+        "on_capacity",
+        "server",
+        "settings",
+        "state",
+        "uri_size",
+    )
 
     def __init__(
         self,
@@ -114,6 +160,7 @@ class ProcessPool(Placement, Scaling):
         residency: Residency,
         lazy: bool = False,
     ) -> None:
+        self.on_capacity = ModelPool.on_capacity  # until the scheduler sets its own
         self.settings = settings
         self.name = settings.key  # a version of a model is its own pool: messages say which
         self.server = server
@@ -130,7 +177,11 @@ class ProcessPool(Placement, Scaling):
         batchable = bool(getattr(entry.cls, "supports_batching", False))
         self.dispatch = dispatch_for(batchable, server.pipeline_depth, settings.max_batch_size, cpu_count())
         self._group = WorkerGroup(self.name, self.max_workers, server.worker_timeout, server.worker_overdue_after)
-        self.spec = worker_spec(settings, entry, server, uri=uri, threads=settings.thread_cap(server))
+        # What a host needs to load the model (:attr:`spec`) is made when it loads it, not kept:
+        # a copy of the settings as a dict per pool was 1 KB a model at ten thousand (issue 23).
+        self._entry = entry
+        self._uri = uri
+        self._threads = settings.thread_cap(server)
         self.uri_size = 0
         if uri:
             with contextlib.suppress(OSError):
@@ -141,19 +192,24 @@ class ProcessPool(Placement, Scaling):
         self._templates = templates
         self._residency = residency
         self._workers = self._group.workers  # the same list: indexed by worker
-        self._spawning: set[int] = set()
-        self._retiring: set[int] = set()
+        # Lists, not sets: they hold a worker or two at most, and an empty set is 216 bytes.
+        self._spawning: list[int] = []  # indices of workers being started
+        self._retiring: list[int] = []  # id() of connections being retired
         self._host: Host | None = None
         self._slot = 0
         self._parked: list[Pending] = []
-        self._held: BatchHolder[Connection] = BatchHolder(
-            self.hold,
-            settings.max_batch_time,
-            self.dispatch.cores,
-            ready=self._ready,
-            cheap=lambda: self._cheap,
-            send=self._send_held,
-            settled=self._settled,
+        self._held: BatchHolder[Connection] = (
+            NOT_HOLDING
+            if not self.hold
+            else BatchHolder(
+                self.hold,
+                settings.max_batch_time,
+                self.dispatch.cores,
+                ready=self._ready,
+                cheap=lambda: self._cheap,
+                send=self._send_held,
+                settled=self._settled,
+            )
         )
         self._loading: asyncio.Task[None] | None = None
         self._moving: asyncio.Task[None] | None = None
@@ -170,6 +226,16 @@ class ProcessPool(Placement, Scaling):
         self._nice = 0
         self._background_wanted = False
         self.metadata = declared_metadata(settings)
+
+    @property
+    def spec(self) -> WorkerSpec:
+        """What a host (or a fresh worker interpreter) builds the model's runtime from."""
+        return worker_spec(self.settings, self._entry, self.server, uri=self._uri, threads=self._threads)
+
+    @property
+    def import_path(self) -> str:
+        """The runtime's import path: which host serves the model."""
+        return self._entry.import_path
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -323,7 +389,8 @@ class ProcessPool(Placement, Scaling):
 
     def _worker_lost(self, conn: Connection) -> None:
         retiring = id(conn) in self._retiring
-        self._retiring.discard(id(conn))
+        if retiring:
+            self._retiring.remove(id(conn))
         if self._workers[conn.index] is conn:
             self._workers[conn.index] = None
         self._requeue(list(conn.pending.values()), conn, conn.timed_out)

@@ -56,6 +56,9 @@ COSTLY_NICE = 5
 class Scaling(ModelPool):
     """The dedicated workers of :class:`~runtime_core.pools.process.ProcessPool` (see the module docstring)."""
 
+    if not TYPE_CHECKING:  # (mypy would then see only these slots, and none of ProcessPool's)
+        __slots__ = ()  # the pool's state is in ProcessPool's slots
+
     if TYPE_CHECKING:  # the pool's state and methods these use, defined in process.py and placement.py
         name: str
         server: ServerSettings
@@ -68,8 +71,8 @@ class Scaling(ModelPool):
         _held: BatchHolder[Connection]
         _residency: Residency
         _workers: list[Connection | None]
-        _spawning: set[int]
-        _retiring: set[int]
+        _spawning: list[int]
+        _retiring: list[int]
         _host: Host | None
         _slot: int
         _parked: list[Any]
@@ -129,7 +132,7 @@ class Scaling(ModelPool):
     async def _spawn(self, index: int) -> None:
         if index in self._spawning or self._closing:
             return
-        self._spawning.add(index)
+        self._spawning.append(index)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
@@ -170,7 +173,7 @@ class Scaling(ModelPool):
             log.warning("model %r: could not start worker %d: %s", self.name, index, exc)
             self._spawn_failed_at = loop.time()
         finally:
-            self._spawning.discard(index)
+            self._spawning.remove(index)
             if self._parked and self.state is RESIDENT and not self._closing:
                 self._flush_parked()  # to the new worker, or to the host if it failed
             else:
@@ -188,7 +191,8 @@ class Scaling(ModelPool):
 
     def _retire(self, conn: Connection) -> None:
         conn.ready = False
-        self._retiring.add(id(conn))
+        if id(conn) not in self._retiring:
+            self._retiring.append(id(conn))
         conn.write(control_frame(0, Unload()))
         self._residency.retired()
         self._decided("worker_retired")

@@ -54,15 +54,22 @@ def dispatch_for(batchable: bool, pipeline_depth: int, max_batch_size: int, core
     return Dispatch(batchable, depth, max(depth, BATCH_DEPTH), cores)
 
 
+#: The tasks of every group that has none, shared (an empty set is 216 bytes).
+_NO_TASKS: frozenset[asyncio.Task[Any]] = frozenset()
+
+
 class WorkerGroup:
     """One model's connections to its workers, by index (``None``: no worker there now)."""
+
+    # One group per model: no instance dict, and no set of tasks until it has one (issue 23).
+    __slots__ = ("name", "overdue_after", "tasks", "worker_timeout", "workers")
 
     def __init__(self, name: str, size: int, worker_timeout: float, overdue_after: float) -> None:
         self.name = name
         self.worker_timeout = worker_timeout
         self.overdue_after = overdue_after
         self.workers: list[Connection | None] = [None] * size
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] | frozenset[asyncio.Task[Any]] = _NO_TASKS
 
     # ------------------------------------------------------------------ connections
 
@@ -139,8 +146,11 @@ class WorkerGroup:
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task of the group (kept until done, cancelled on close)."""
         task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        if not isinstance(self.tasks, set):
+            self.tasks = set()
+        tasks = self.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def cancel_background(self) -> None:
         for task in list(self.tasks):
