@@ -131,6 +131,18 @@ def _batch_key(request: InferenceRequest) -> tuple[Any, ...] | None:
 class ModelHandler:
     """Runs requests for one loaded runtime instance."""
 
+    # One handler per model a host holds: no instance dict (issue 23).
+    __slots__ = (
+        "batchable",
+        "max_elements",
+        "mlserver_envelope",
+        "model_name",
+        "never_waits",
+        "raw",
+        "runtime",
+        "version",
+    )
+
     def __init__(self, runtime: Runtime, max_elements: int = 0) -> None:
         self.runtime = runtime
         self.max_elements = max_elements
