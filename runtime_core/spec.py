@@ -93,5 +93,14 @@ def worker_spec(
         main_pid=os.getpid(),
         log_level=server.log_level,
         max_elements=server.max_elements,
-        folder=str(settings.folder) if settings.folder is not None else "",
+        folder=_own_folder(settings),
     )
+
+
+def _own_folder(settings: ModelSettings) -> str:
+    """The model's files' folder when it is not the settings file's (Triton's numeric version
+    folders), else "": a host then holds one ``Path`` less per model (issue 23)."""
+    folder, path = settings.folder, settings.path
+    if folder is None or (path is not None and folder == path.parent):
+        return ""
+    return str(folder)
