@@ -39,28 +39,36 @@ _PROBE_ROWS = 5
 MAX_FEATURES = 100_000
 
 
-def _classifier(coef: np.ndarray[Any, Any], intercept: Any, classes: np.ndarray[Any, Any]) -> LinearPredict:
-    coef_t = coef.T if coef.ndim == 2 else coef
+# The shortcuts are small objects with slots, not closures: a host keeps one per loaded model,
+# and a closure (function, cells, tuple) was about 0.3 KB more each at ten thousand models
+# (issue 23).
+class _Classifier:
+    __slots__ = ("classes", "coef_t", "intercept")
 
-    def predict(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        scores = x @ coef_t + intercept
+    def __init__(self, coef: np.ndarray[Any, Any], intercept: Any, classes: np.ndarray[Any, Any]) -> None:
+        self.coef_t = coef.T if coef.ndim == 2 else coef
+        self.intercept = intercept
+        self.classes = classes
+
+    def __call__(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        scores = x @ self.coef_t + self.intercept
         if scores.ndim > 1 and scores.shape[1] == 1:
             scores = scores.reshape(-1)
         indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
-        result: np.ndarray[Any, Any] = classes.take(indices, axis=0)
+        result: np.ndarray[Any, Any] = self.classes.take(indices, axis=0)
         return result
 
-    return predict
 
+class _Regressor:
+    __slots__ = ("coef_t", "intercept")
 
-def _regressor(coef: np.ndarray[Any, Any], intercept: Any) -> LinearPredict:
-    coef_t = coef.T if coef.ndim == 2 else coef
+    def __init__(self, coef: np.ndarray[Any, Any], intercept: Any) -> None:
+        self.coef_t = coef.T if coef.ndim == 2 else coef
+        self.intercept = intercept
 
-    def predict(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        result: np.ndarray[Any, Any] = x @ coef_t + intercept
+    def __call__(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        result: np.ndarray[Any, Any] = x @ self.coef_t + self.intercept
         return result
-
-    return predict
 
 
 def _candidate(model: Any) -> LinearPredict | None:
@@ -80,13 +88,13 @@ def _candidate(model: Any) -> LinearPredict | None:
         classes = getattr(model, "classes_", None)
         if not isinstance(classes, np.ndarray) or classes.ndim != 1:
             return None
-        return _classifier(coef, intercept, classes)
+        return _Classifier(coef, intercept, classes)
     if (
         isinstance(model, LinearModel)
         and cls.predict in (LinearModel.predict, MultiOutputLinearModel.predict)
         and cls._decision_function is LinearModel._decision_function
     ):
-        return _regressor(coef, intercept)
+        return _Regressor(coef, intercept)
     return None
 
 
