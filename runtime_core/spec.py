@@ -49,6 +49,7 @@ class WorkerSpec:
 
     def model_settings(self) -> ModelSettings:
         settings = ModelSettings.model_validate(self.settings)
+        settings.share_fields_set()
         settings._path = Path(self.settings_path)
         if self.folder:
             settings._folder = Path(self.folder)
