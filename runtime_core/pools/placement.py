@@ -108,7 +108,7 @@ class Placement(ModelPool):
         try:
             host = await self._templates.host(self.import_path)
             slot = self._templates.new_slot()
-            loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
+            loaded = await host.load(slot, self.spec, self)
             if not host.alive:
                 # It died after it answered, in the same turn of the loop: its death was told
                 # to this pool (as a listener) before the pool held it, so it must not hold it
@@ -289,7 +289,7 @@ class Placement(ModelPool):
             self._service += 0.1 * (outcome.cpu - self._service)
         self._stalled_host = False  # measured now
 
-    def _host_stalled(self, host: Host, culprit: bool) -> None:
+    def host_stalled(self, host: Host, culprit: bool) -> None:
         """``host`` has answered nothing for a while with requests of this model waiting."""
         if culprit:
             self._stalled_host = True  # its next requests go to workers of its own
@@ -315,7 +315,7 @@ class Placement(ModelPool):
             if host is stalled or self._host is not stalled:
                 return
             slot = self._templates.new_slot()
-            loaded = await host.load(slot, self.spec, self._host_lost, self._host_stalled)
+            loaded = await host.load(slot, self.spec, self)
         except (RuntimeCoreError, OSError) as exc:
             log.warning("model %r: could not move to another host (%s): %s", self.name, why, exc)
             return
@@ -337,7 +337,7 @@ class Placement(ModelPool):
         self._decided("moved_host")
         self._templates.release(stalled)
 
-    def _host_lost(self, host: Host, orphans: list[Pending]) -> None:
+    def host_lost(self, host: Host, orphans: list[Pending]) -> None:
         if self._host is host:
             self._host, self._slot = None, 0
             if self.state is RESIDENT:
