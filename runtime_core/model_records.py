@@ -73,7 +73,10 @@ class RecordBook:
 
     def __init__(self) -> None:
         self._by_key: dict[str, ModelRecord] = {}
-        self._by_name: dict[str, dict[str | None, ModelRecord]] = {}  # name -> version -> record
+        #: name -> version -> record, for the names that have a versioned record. A model
+        #: without versions (most of them) is found by its key, which is its name: a dict of one
+        #: record per model was 0.23 KB, 2.3 MB at 10,000 models (issue 23).
+        self._by_name: dict[str, dict[str | None, ModelRecord]] = {}
 
     def ensure(self, name: str, version: str | None) -> ModelRecord:
         """The record of one version of a model, made on first use."""
@@ -81,16 +84,28 @@ class RecordBook:
         record = self._by_key.get(key)
         if record is None:
             record = self._by_key[key] = ModelRecord(name, version)
-            self._by_name.setdefault(name, {})[version] = record
+            versions = self._by_name.get(name)
+            if versions is not None:
+                versions[version] = record
+            elif version is not None:
+                plain = self._by_key.get(name)  # made before this one: it comes first
+                self._by_name[name] = {None: plain, version: record} if plain is not None else {version: record}
         return record
 
     def get(self, key: str) -> ModelRecord | None:
         """The record of one version by its key, if it has one."""
         return self._by_key.get(key)
 
+    def _versions(self, name: str) -> dict[str | None, ModelRecord]:
+        versions = self._by_name.get(name)
+        if versions is not None:
+            return versions
+        plain = self._by_key.get(name)
+        return {None: plain} if plain is not None else {}
+
     def of_name(self, name: str) -> list[ModelRecord]:
         """The records of every version of ``name`` that has one."""
-        return list(self._by_name.get(name, {}).values())
+        return list(self._versions(name).values())
 
     def __iter__(self) -> Iterator[ModelRecord]:
         return iter(self._by_key.values())
@@ -100,11 +115,17 @@ class RecordBook:
         ``default_version`` from its settings, else its highest ready version, else its highest
         version (see :func:`~runtime_core.model_names.version_order`)."""
         versions = self._by_name.get(name)
-        if not versions:
-            # Triton's wording, which Triton clients' examples look for (issue 21)
-            raise ModelNotFound(f"Request for unknown model: {quoted(name)} is not found", model=name)
-        if version is None:
-            if len(versions) == 1:  # the common case, on every request: nothing to choose
+        if versions is None:
+            # A model without versions, on every request: found by its key, nothing to choose.
+            plain = self._by_key.get(name)
+            if plain is None:
+                # Triton's wording, which Triton clients' examples look for (issue 21)
+                raise ModelNotFound(f"Request for unknown model: {quoted(name)} is not found", model=name)
+            versions = {None: plain}
+            if version is None:
+                return plain
+        elif version is None:
+            if len(versions) == 1:
                 return next(iter(versions.values()))
             return _default(versions)
         record = versions.get(version)
@@ -119,7 +140,7 @@ class RecordBook:
 
     def versions(self, name: str, ready_only: bool = True) -> list[str]:
         """The versions of ``name`` (the READY ones, by default), lowest first."""
-        records = self._by_name.get(name, {}).values()
+        records = self._versions(name).values()
         chosen = [r.version for r in records if r.state is ModelState.READY or not ready_only]
         return sorted((v for v in chosen if v is not None), key=version_order)
 
