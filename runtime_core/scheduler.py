@@ -115,6 +115,7 @@ class FairScheduler:
         self._priority = CpuPriority(cpu_priority, self._lanes, self._active)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._notify = self._capacity  # one bound method for every lane (see Lane.notify)
         #: Called once per request; see :data:`Observer` (the metrics hook).
         self.observers: list[Observer] = []
 
@@ -123,9 +124,9 @@ class FairScheduler:
     def add(self, key: str, pool: ModelPool, *, weight: float = 1.0, max_queue: int = 1024) -> Lane:
         if key in self._lanes:
             self.remove(key)
-        lane = Lane(key, pool, weight, max_queue, vtime=self._clock)
+        lane = Lane(key, pool, weight, max_queue, vtime=self._clock, notify=self._notify)
         self._lanes[key] = lane
-        pool.on_capacity = functools.partial(self._capacity, lane)
+        pool.on_capacity = lane
         self._priority.added(lane)
         return lane
 
@@ -133,7 +134,7 @@ class FairScheduler:
         """Send new requests to ``pool``; returns the old pool (to drain and close)."""
         lane = self._lanes[key]
         old, lane.pool = lane.pool, pool
-        pool.on_capacity = functools.partial(self._capacity, lane)
+        pool.on_capacity = lane
         self._priority.pool_replaced(lane)
         self._touch(lane)
         self._schedule(lane)
