@@ -349,12 +349,12 @@ class ModelRepository:
     async def watch(self, interval: float) -> None:
         """Poll the repository folder: load new models, reload changed ones (new workers up,
         then switch, then old ones drained), unload removed ones. Runs until cancelled."""
-        known = await self._scanner.fingerprints((await self._scanner.scan_async())[0])
+        known = await run_steps_async(self._scanner.fingerprints((await self._scanner.scan_async())[0]))
         while True:
             await asyncio.sleep(interval)
             try:
                 found, _ = await self._scanner.scan_async()
-                current = await self._scanner.fingerprints(found)
+                current = await run_steps_async(self._scanner.fingerprints(found))
             except OSError as exc:
                 log.warning("cannot scan the model repository: %s", exc)
                 continue

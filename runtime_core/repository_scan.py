@@ -19,7 +19,6 @@ finished one left, and replaces it whole.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import struct
@@ -181,14 +180,14 @@ class RepositoryScan:
             self._for_index = (time.monotonic(), found)
         return found
 
-    async def fingerprints(self, found: dict[str, ModelSettings]) -> dict[str, tuple[Any, ...]]:
+    def fingerprints(self, found: dict[str, ModelSettings]) -> Steps[dict[str, tuple[Any, ...]]]:
         """Per model: sizes and mtimes of its settings file, the files beside it and its URI
-        (what the watcher compares between two passes), with turns of the event loop."""
+        (what the watcher compares between two passes); in steps (:mod:`runtime_core.steps`)."""
         prints: dict[str, tuple[Any, ...]] = {}
         stepper = Stepper()
         for name, settings in found.items():
             if stepper.due():
-                await asyncio.sleep(0)
+                yield
             prints[name] = self._fingerprint(settings)
         return prints
 
