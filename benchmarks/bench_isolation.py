@@ -14,7 +14,9 @@ host. Phases, each W s warm-up + D s window, in this order:
    clients, so that the sleeping model always has a call in flight. These come first, so
    that sleepy's first call finds light on the shared host (``--heavy-first`` swaps 2 and 3);
 3. for each C of ``--heavy-concurrency`` (2, 4, 16): heavy alone, closed loop at C; then light
-   (open loop) + heavy at C: light p99 / light-alone p99, heavy req/s / heavy alone at C.
+   (open loop) + heavy at C; then heavy alone again: light p99 / light-alone p99, and heavy
+   req/s / the mean of the two heavy-alone phases around it (so that a drift of the machine
+   during the three phases does not count as light's doing).
 
 The warm-ups are kept (a model moves in the first one after a change of load), and their
 light p99 reported beside the window's.
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import subprocess
@@ -352,10 +355,21 @@ def isolation_phases(server: Any, args: argparse.Namespace, runtime_core: bool) 
 
     def heavy_phases() -> None:
         for c in args.heavy_concurrency:
-            h_alone = run(f"heavy_alone_c{c}", [("heavy", lambda d, c=c: closed("heavy", c, d))])["heavy"]
+
+            def heavy(d: float, c: int = c) -> Load:
+                return closed("heavy", c, d)
+
+            before = run(f"heavy_alone_c{c}", [("heavy", heavy)])["heavy"]
             key = f"light_heavy_c{c}"
-            both = run(key, [("light", light), ("heavy", lambda d, c=c: closed("heavy", c, d))])
+            both = run(key, [("light", light), ("heavy", heavy)])
+            # Heavy alone again after the phase with light, and the ratio taken against the
+            # mean of the two: heavy's rate alone drifted by 5-10 % between neighbouring
+            # phases of a run, as much as light takes from it, so one phase before was not
+            # a reference that a 0.9x bound could be read against.
+            after = run(f"heavy_alone_after_c{c}", [("heavy", heavy)])["heavy"]
+            h_alone = dataclasses.replace(before, rps=(before.rps + after.rps) / 2)
             row(f"heavy C={c}", key, both, "heavy", h_alone)
+            rows[-1]["other_alone_rps_each"] = [before.rps, after.rps]
 
     # The sleepy phases first by default: they test whether light leaves a host stalled by
     # another model's call, which needs light on the shared host when sleepy's first call
@@ -470,8 +484,8 @@ def render(data: dict[str, Any]) -> str:
             "light p99 in warm-up ms",
             "other req/s",
             "other p99 ms",
-            "heavy alone req/s",
-            "heavy / alone",
+            "heavy alone req/s, before / after",
+            "heavy / mean alone",
             "errors",
             "server cores",
             "load avg 1 min",
@@ -517,7 +531,9 @@ def render(data: dict[str, Any]) -> str:
                         fmt(r["light_warmup_p99"], 2),
                         f"{r['other']} {fmt(r['other_rps'])}",
                         fmt(r["other_p99"]),
-                        fmt(r["other_alone_rps"]),
+                        " / ".join(fmt(v) for v in r["other_alone_rps_each"])
+                        if "other_alone_rps_each" in r
+                        else fmt(r["other_alone_rps"]),
                         _ratio(r["other_ratio"]),
                         r["errors"],
                         fmt(r["server_cpu_cores"], 2),
