@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import os
 import threading
 import time
@@ -135,6 +136,10 @@ async def run_groups(
         ended, waited_now = time.perf_counter(), _cpu_wait()
         service = max(0.0, ended - started - (waited_now - waited)) / max(1, len(outcomes))
         waited = waited_now
+        # The largest of its recent calls, decaying by a tenth a group: a model whose calls are
+        # sometimes long is not taken for cheap after one short call (runtime_core.hostanswers).
+        cost = handler.unit_cost * 0.9
+        handler.unit_cost = service if service > cost or cost == math.inf else cost
         for outcome in outcomes:
             outcome.cpu = service
         results.append(outcomes)

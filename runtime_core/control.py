@@ -21,6 +21,7 @@ class ForkHost:
     import_path: str
     log_level: str
     main_pid: int
+    answer_hold: float
 
 
 # ---------------------------------------------------------------- root template -> main

@@ -19,8 +19,9 @@ worker in one write (one wake-up, one batch), and the replies of one batch leave
 
 A host (:mod:`runtime_core.host`) reads with the same :class:`FrameReader` but keeps its own
 writes: it is a blocking loop that never runs an event loop between batches (so that its forks
-are clean), and it answers each model's group of a wake-up with one ``sendall`` as soon as that
-group is done, which is a flush rule of its own, not the end of a loop turn.
+are clean), and it answers a wake-up's groups with one ``sendall`` each, or several groups
+with one when the later ones are surely cheap (:mod:`runtime_core.hostanswers`): a flush
+rule of its own, not the end of a loop turn.
 
 Bounds: nothing is queued beyond one loop turn's frames; the sender (the pool's pipeline
 depth, the worker's batch) bounds how many that is. Ordering: frames leave in the order they

@@ -16,7 +16,8 @@ since only a parent can learn a process's exit status. A host loads models on co
 (``LoadModel``), as many as the memory budget allows, and answers each with
 ``ModelLoaded`` (metadata, load time, the memory it took). It serves INFER frames for
 any of its models on its data socket, one batch per wake-up, grouped by model, each
-group answered as soon as it is done: this is how a thousand quiet models cost no
+group answered once it is done, or with the next groups when they are surely cheap
+(:mod:`runtime_core.hostanswers`): this is how a thousand quiet models cost no
 process each. On ``SpawnWorker`` it forks a dedicated worker for one model, which
 inherits the loaded model (copy-on-write) and so starts in milliseconds.
 
@@ -69,6 +70,7 @@ from runtime_core.control import (
 )
 from runtime_core.errors import ModelNotReady
 from runtime_core.framing import FrameReader
+from runtime_core.hostanswers import Answers, reset_in_child
 from runtime_core.inference import ModelHandler
 from runtime_core.messages import INFER, Outcome, parse_infer, reply_frame
 from runtime_core.plugins import import_runtime
@@ -169,12 +171,13 @@ class _Loaded:
 class _Host:
     """The body of one host process (see the module docstring)."""
 
-    def __init__(self, ctl: socket.socket, data: socket.socket) -> None:
+    def __init__(self, ctl: socket.socket, data: socket.socket, answer_hold: float) -> None:
         self.ctl = ctl
         self.data = data
         self.models: dict[int, _Loaded] = {}
         self.loop = asyncio.new_event_loop()  # never running between batches, so forks are clean
         self.reader = FrameReader()
+        self.answers = Answers(data, answer_hold)
 
     # ------------------------------------------------------------------ commands
 
@@ -191,6 +194,7 @@ class _Host:
             log.debug("model %r (%s): load failed", spec.name, spec.settings_path, exc_info=True)
             _send(self.ctl, ModelLoadFailed(command.slot, client_message(str(exc))))
             return
+        self.answers.check_signal()
         packed = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         self.models[command.slot] = _Loaded(packed, runtime, ModelHandler(runtime, spec.max_elements))
         # What is loaded now stays untouched by the collector: forks share its pages. The load's
@@ -221,6 +225,7 @@ class _Host:
         if thread_count() == 1:
             pid = os.fork()
             if pid == 0:
+                reset_in_child()
                 self.ctl.close()
                 self.data.close()
                 self.loop.close()
@@ -247,7 +252,7 @@ class _Host:
             if kind == INFER:
                 slot, envelope = parse_infer(payload)
                 by_slot.setdefault(slot, []).append((request_id, envelope))
-        out: list[bytes] = []
+        out = self.answers.pieces
         ids: list[list[int]] = []
         groups: list[tuple[ModelHandler, list[Any]]] = []
         for slot, items in by_slot.items():
@@ -265,20 +270,20 @@ class _Host:
             # One run of the event loop for the whole wake-up, whatever the number of models
             # in it (see run_wakeup): with traffic spread over many models, most groups hold
             # one request, and a loop run per group cost more than the group's own decoding
-            # (issue 9). Each group is answered as soon as it is done, so the main process
-            # returns it, and its client sends the next request, while the later groups run.
-            # Holding cheap groups' answers for one write saved system calls, but lowered the
-            # rate of Zipf traffic over 1,000 models in a paired run (issue 20): not done.
+            # (issue 9). Each group's answers leave before the next group runs, unless that
+            # group is surely cheap: then they wait for it, and a wake-up of cheap groups
+            # leaves in one write (runtime_core.hostanswers).
+            last = len(groups) - 1
+            answers = self.answers
+
             def answer(i: int, outcomes: list[Outcome]) -> None:
                 for request_id, outcome in zip(ids[i], outcomes, strict=True):
                     out.extend(reply_frame(request_id, outcome))
-                if i < len(groups) - 1:
-                    self.data.sendall(b"".join(out))
-                    out.clear()
+                if i < last and not answers.wait_for(*groups[i + 1]):
+                    answers.flush()
 
             run_wakeup(self.loop, groups, answer)
-        if out:
-            self.data.sendall(b"".join(out))
+        self.answers.flush()
 
     def run(self) -> None:
         signal.signal(signal.SIGCHLD, _reaper(self.ctl, WorkerExited))
@@ -335,14 +340,14 @@ def _quiet_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _run_host(ctl: socket.socket, data: socket.socket, import_path: str, log_level: str) -> None:
+def _run_host(ctl: socket.socket, data: socket.socket, import_path: str, log_level: str, answer_hold: float) -> None:
     """Body of a host, however it was started. Never returns."""
     _quiet_signals()
     configure_logging(log_level)
     name = import_runtime(import_path).name if import_path else "host"
     set_process_name(f"rc-h:{name}")
     try:
-        _Host(ctl, data).run()
+        _Host(ctl, data, answer_hold).run()
     except Exception:
         log.exception("host of %s crashed", import_path)
     os._exit(1)
@@ -382,25 +387,27 @@ def root_main(ctl_fd: int, expected_parent: int, import_paths: str, log_level: s
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             set_parent_death_signal()
             ctl_end, data_end = socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
-            _run_host(ctl_end, data_end, command.import_path, command.log_level)
+            _run_host(ctl_end, data_end, command.import_path, command.log_level, command.answer_hold)
         for fd in fds:
             os.close(fd)
         _send(ctl, HostForked(pid))
 
 
-def host_main(ctl_fd: int, data_fd: int, expected_parent: int, import_path: str, log_level: str) -> None:
+def host_main(
+    ctl_fd: int, data_fd: int, expected_parent: int, import_path: str, log_level: str, answer_hold: float
+) -> None:
     """A host started as a fresh interpreter (when the root cannot fork)."""
     set_parent_death_signal()
     if os.getppid() != expected_parent:
         os._exit(1)
-    _run_host(socket.socket(fileno=ctl_fd), socket.socket(fileno=data_fd), import_path, log_level)
+    _run_host(socket.socket(fileno=ctl_fd), socket.socket(fileno=data_fd), import_path, log_level, answer_hold)
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--root"]:
         root_main(int(argv[1]), int(argv[2]), argv[3], argv[4])
     elif argv[:1] == ["--host"]:
-        host_main(int(argv[1]), int(argv[2]), int(argv[3]), argv[4], argv[5])
+        host_main(int(argv[1]), int(argv[2]), int(argv[3]), argv[4], argv[5], float(argv[6]))
     else:
         sys.exit("runtime_core.host is started by the server, not by hand")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ class ModelHandler:
         "never_waits",
         "raw",
         "runtime",
+        "unit_cost",
         "version",
     )
 
@@ -152,6 +154,9 @@ class ModelHandler:
         self.mlserver_envelope = bool(getattr(runtime, "mlserver_envelope", False))
         self.raw = bool(getattr(runtime, "raw_requests", False))
         self.never_waits = bool(getattr(runtime, "predict_never_waits", False))
+        #: Service seconds per request of its recent groups, the largest decaying
+        #: (:func:`~runtime_core.batchloop.run_groups`); unknown until it ran once.
+        self.unit_cost = math.inf
 
     # ------------------------------------------------------------------ pieces
 

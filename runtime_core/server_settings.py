@@ -134,6 +134,13 @@ class ServerSettings(BaseSettings):
     stalled (a model's long or hung call): the host's other models with requests waiting
     then move to a sibling host, and the model whose call it is gets workers of its own."""
 
+    host_answer_hold: float = Field(0.0001, ge=0, le=0.01)
+    """Most seconds a shared host holds a model's answers while the next models' requests of
+    the same wake-up run, when those are surely cheap (a compute-only runtime, small requests,
+    calls measured shorter than this), so that they leave in one write: traffic spread over
+    many models then costs about as much CPU per request as one model's. 0 sends each
+    model's answers as soon as they are done."""
+
     min_workers: int = Field(0, ge=0)
     """Dedicated workers each model keeps even when idle (at most its ``parallel_workers``).
     With 0, a quiet model is served by its runtime's shared host process and costs no

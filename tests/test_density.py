@@ -295,23 +295,34 @@ def test_a_stopped_idle_worker_is_found_by_heartbeat_and_replaced(tmp_path: Path
     assert victim not in {output(doc, "pid")[0] for _, doc in results}
 
 
-def test_a_slow_model_does_not_hold_up_the_answer_of_a_model_sharing_its_host(tmp_path: Path, serve: Any) -> None:
+@pytest.mark.parametrize("runtime", ["toy-batching", "toy-compute-batching"])
+def test_a_slow_model_does_not_hold_up_the_answer_of_a_model_sharing_its_host(
+    tmp_path: Path, serve: Any, runtime: str
+) -> None:
     """A host runs what it finds at a wake-up model by model; each model's requests are answered
-    as soon as they are done, not when the whole wake-up is. Here the host finds a request for
+    once they are done, not when the whole wake-up is. Here the host finds a request for
     ``fast`` and then one for ``slow`` in the same wake-up (both sent while it was held busy by
-    ``first``): ``fast`` must be answered while ``slow`` still runs. (``host_stall_after`` is
-    raised so that holding ``first`` does not count as a stall: ``fast`` and ``slow`` would
-    then move to a sibling host, as tests/test_isolation.py checks.)"""
+    ``first``): ``fast`` must be answered while ``slow`` still runs. With a compute-only
+    runtime, whose earlier calls of ``slow`` were short, the host holds ``fast``'s answer for
+    ``slow``'s call (``host_answer_hold``, the longest it allows here so that those calls
+    surely count as short): its timer must send it. (``host_stall_after`` is raised so that
+    holding ``first`` does not count as a stall: ``fast`` and ``slow`` would then move to a
+    sibling host, as tests/test_isolation.py checks.)"""
     gates = tmp_path / "gates"
     gates.mkdir()
     for name in ("first", "fast", "slow"):
-        toy_model(tmp_path / "repo", name, runtime="toy-batching", parameters={"extra": {"gate": str(gates / name)}})
-    server = serve(tmp_path / "repo", env={"RUNTIME_CORE_HOST_STALL_AFTER": "3600"})
+        toy_model(tmp_path / "repo", name, runtime=runtime, parameters={"extra": {"gate": str(gates / name)}})
+    env = {"RUNTIME_CORE_HOST_STALL_AFTER": "3600", "RUNTIME_CORE_HOST_ANSWER_HOLD": "0.01"}
+    server = serve(tmp_path / "repo", env=env)
     (host,) = hosts(server)
 
     def rows(model: str, value: float) -> Any:
         body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [value]}]}
         return server.post_json(f"/v2/models/{model}/infer", body)
+
+    for i in range(20):  # short calls on the host: it measures slow as cheap
+        status, doc = rows("slow", float(i))
+        assert (status, output(doc, "pid")) == (200, [host.pid]), doc
 
     def started(model: str) -> bool:
         return (gates / f"{model}.{host.pid}").exists()

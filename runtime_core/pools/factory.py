@@ -32,7 +32,9 @@ class PoolFactory:
 
     def __init__(self, server: ServerSettings, memory_budget: int) -> None:
         self.server = server
-        self.templates = Templates(server.log_level, server.startup_timeout, server.host_stall_after)
+        self.templates = Templates(
+            server.log_level, server.startup_timeout, server.host_stall_after, server.host_answer_hold
+        )
         self.residency = Residency(memory_budget, self.templates, server.worker_timeout)
 
     def prewarm(self, import_paths: list[str]) -> None:

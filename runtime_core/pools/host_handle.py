@@ -53,6 +53,7 @@ from runtime_core.control import (
     WorkerSpawned,
 )
 from runtime_core.errors import ModelLoadError, WorkerDied
+from runtime_core.hostanswers import HOLD
 from runtime_core.plugins import import_runtime
 from runtime_core.pools.connection import Connection, Pending
 from runtime_core.pools.root import (
@@ -96,11 +97,19 @@ MAX_HOSTS = 4
 class Host:
     """Main-side handle of one runtime's host process."""
 
-    def __init__(self, import_path: str, log_level: str, timeout: float, stall_after: float = STALL_AFTER) -> None:
+    def __init__(
+        self,
+        import_path: str,
+        log_level: str,
+        timeout: float,
+        stall_after: float = STALL_AFTER,
+        answer_hold: float = HOLD,
+    ) -> None:
         self.import_path = import_path
         self.log_level = log_level
         self.timeout = timeout
         self.stall_after = stall_after
+        self.answer_hold = answer_hold  # host_answer_hold, passed to the process
         try:  # for log lines and errors: a runtime's name, never its import path
             self.runtime = import_runtime(import_path).name
         except Exception:
@@ -138,7 +147,8 @@ class Host:
         try:
             if root is not None:
                 self.pid = await root.fork(
-                    ForkHost(self.import_path, self.log_level, os.getpid()), [ctl_child.fileno(), data_child.fileno()]
+                    ForkHost(self.import_path, self.log_level, os.getpid(), self.answer_hold),
+                    [ctl_child.fileno(), data_child.fileno()],
                 )
             else:
                 fds = [ctl_child.fileno(), data_child.fileno()]
@@ -153,6 +163,7 @@ class Host:
                         str(os.getpid()),
                         self.import_path,
                         self.log_level,
+                        repr(self.answer_hold),
                     ],
                     pass_fds=fds,
                     env=template_env(),

@@ -14,6 +14,7 @@ import logging
 
 from runtime_core.control import HostExited, RootReady
 from runtime_core.errors import WorkerDied
+from runtime_core.hostanswers import HOLD
 from runtime_core.pools.host_handle import MAX_HOSTS, STALL_AFTER, Host
 from runtime_core.pools.root import Root, exit_text, is_stopped
 
@@ -29,10 +30,17 @@ class Templates:
     fork), hosts are started as fresh interpreters.
     """
 
-    def __init__(self, log_level: str = "info", timeout: float = 600.0, stall_after: float = STALL_AFTER) -> None:
+    def __init__(
+        self,
+        log_level: str = "info",
+        timeout: float = 600.0,
+        stall_after: float = STALL_AFTER,
+        answer_hold: float = HOLD,
+    ) -> None:
         self.log_level = log_level
         self.timeout = timeout
         self.stall_after = stall_after
+        self.answer_hold = answer_hold
         self._paths: list[str] = []
         self._root_proc: Root | None = None
         self._hosts: dict[str, list[Host]] = {}
@@ -83,7 +91,7 @@ class Templates:
             # Retiring hosts do not count: they stop once their models have moved.
             if avoid is not None and sum(1 for h in hosts if not h.retiring) >= MAX_HOSTS:
                 return avoid
-            host = Host(import_path, self.log_level, self.timeout, self.stall_after)
+            host = Host(import_path, self.log_level, self.timeout, self.stall_after, self.answer_hold)
             root = await self._root(import_path)
             try:
                 await host.start(root)

@@ -219,6 +219,15 @@ class Batching(Runtime):
         return InferenceResponse(outputs=[t for t in outputs if not wanted or t.name in wanted])
 
 
+class ComputeBatching(Batching):
+    """:class:`Batching` declaring ``predict_never_waits``, as a compute-only runtime such as
+    the sklearn one does: a host may hold another model's answers while a call of this one
+    runs, if its calls were measured short; the gate makes one long all the same."""
+
+    name = "toy-compute-batching"
+    predict_never_waits = True
+
+
 class Traced(Runtime):
     """Row-wise toy that shows the OpenTelemetry context its ``predict`` runs in, as any runtime
     that makes spans of its own would. Each call records one span, ``toy predict``, with a
@@ -307,4 +316,4 @@ class SaysItNeverWaits(Waits):
 
 @hookimpl
 def rc_register_runtimes() -> list[type[Runtime]]:
-    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching, Traced, Waits, SaysItNeverWaits]
+    return [Identity, PerWorkerIdentity, ThreadedLoad, Batching, ComputeBatching, Traced, Waits, SaysItNeverWaits]
