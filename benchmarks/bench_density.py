@@ -15,7 +15,13 @@ settings), runtime-core and MLServer 1.7.1 are measured in the same run:
 * the latency of a first request to each model in turn (one at a time; ``--first`` models,
   1000 by default: pass N for every model), and the PSS of the tree just after;
 * closed-loop traffic (wrk, concurrency 8, 1-row requests), each request to a model picked
-  at random, uniformly or by Zipf's law (s = 1.2): req/s, p99 and server CPU per request.
+  at random, uniformly or by Zipf's law (s = 1.2): req/s, p99 and server CPU per request;
+* the same uniform traffic at moderate load (``--think``): each connection waits a random
+  think time (exponential, mean 1, 2 and 4 ms by default) after each answer. Flat-out traffic
+  is where one model gains most from merging its concurrent requests into one call; at a
+  moderate rate that gain mostly goes, and a model count's cost shows as it is in the
+  normal case. The think time is random so that the connections do not fall into step
+  (a fixed one makes all eight send together, a burst every few milliseconds).
 
     python benchmarks/bench_density.py                 # N in 1, 200, 1000 (about 10 min)
     python benchmarks/bench_density.py --counts 1 200 --duration 5 --warmup 2   # quicker
@@ -73,14 +79,26 @@ request = function()
 end
 """
 
+#: wrk's ``delay`` hook: milliseconds a connection waits after an answer before its next
+#: request, drawn from an exponential distribution of mean ``BENCH_THINK_MS`` (whole
+#: milliseconds: wrk's timers have no finer grain).
+_THINK_LUA = r"""
+local think = tonumber(os.getenv("BENCH_THINK_MS"))
+delay = function()
+  return math.floor(-math.log(1 - math.random()) * think)
+end
+"""
+
 
 class RoutedLoop(ClosedLoop):
-    """wrk sending each request to a model drawn from ``weights`` (names -> probability)."""
+    """wrk sending each request to a model drawn from ``weights`` (names -> probability);
+    with ``think_ms``, each connection waits a random think time after each answer."""
 
-    def __init__(self, base: str, weights: dict[str, float], **kw: Any) -> None:
+    def __init__(self, base: str, weights: dict[str, float], *, think_ms: float = 0.0, **kw: Any) -> None:
         super().__init__(base + "/v2/models/x/infer", BODY, **kw)
         self.base = base
         self.weights = weights
+        self.think_ms = think_ms
 
     def prepare(self) -> None:
         super().prepare()
@@ -91,7 +109,8 @@ class RoutedLoop(ClosedLoop):
                 acc += weight / total
                 routes.write(f"{name} {acc:.9f}\n")
         lua = self._cmd[self._cmd.index("-s") + 1]
-        Path(lua).write_text(_LUA + _ROUTED_LUA)
+        Path(lua).write_text(_LUA + _ROUTED_LUA + (_THINK_LUA if self.think_ms else ""))
+        self._env["BENCH_THINK_MS"] = str(self.think_ms)
         self._cmd[-1] = self.base
         self._env["BENCH_ROUTES"] = routes.name
         self._files.append(routes.name)
@@ -203,6 +222,21 @@ def measure(server_cls: Any, count: int, args: argparse.Namespace) -> dict[str, 
                 row[f"{label}_p99_ms"] = result.p99_ms
                 row[f"{label}_cpu_ms_per_req"] = 1000 * cpu.seconds / result.requests
                 row[f"{label}_main_cpu_ms_per_req"] = 1000 * cpu.root_seconds / result.requests
+            uniform = dict.fromkeys(names, 1.0)
+            for think in args.think:
+                (result,), cpu = windowed(
+                    lambda d, t=think: [
+                        RoutedLoop(server.url, uniform, concurrency=args.concurrency, duration=d, think_ms=t)
+                    ],
+                    server.pid,
+                    1.0,
+                    args.duration,
+                )
+                if result.errors:
+                    raise RuntimeError(f"{server.name}: {result.errors} errors at think time {think:g} ms")
+                row[f"think{think:g}_rps"] = result.rps
+                row[f"think{think:g}_cpu_ms_per_req"] = 1000 * cpu.seconds / result.requests
+                row[f"think{think:g}_main_cpu_ms_per_req"] = 1000 * cpu.root_seconds / result.requests
             row["pss_after_traffic_mib"] = tree_pss_mib(server.pid)
             row["processes_after_traffic"] = len(tree_pids(server.pid))
             if not mlserver:
@@ -252,6 +286,30 @@ def _cell(row: dict[str, Any], key: str) -> Any:
     return value
 
 
+def moderate_table(rows: list[dict[str, Any]], thinks: list[float]) -> str:
+    """CPU per request at each think time, and against one model's at the same think time
+    (same server, count 1, when it was measured)."""
+    one = {row["server"]: row for row in rows if row["models"] == 1}
+    lines = []
+    for row in rows:
+        for think in thinks:
+            cpu = row[f"think{think:g}_cpu_ms_per_req"]
+            base = one.get(row["server"], {}).get(f"think{think:g}_cpu_ms_per_req")
+            lines.append(
+                [
+                    row["server"],
+                    row["models"],
+                    think,
+                    row[f"think{think:g}_rps"],
+                    1000 * cpu,
+                    1000 * row[f"think{think:g}_main_cpu_ms_per_req"],
+                    f"{cpu / base:.2f}x" if base else None,
+                ]
+            )
+    headers = ["server", "models", "think ms (mean)", "req/s", "CPU us/req", "main proc us/req", "CPU / 1 model's"]
+    return table(headers, lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 200, 1000])
@@ -260,6 +318,13 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle-CPU window")
     parser.add_argument("--first", type=int, default=1000, help="models sent a first request, in turn")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--think",
+        type=float,
+        nargs="*",
+        default=[1.0, 2.0, 4.0],
+        help="mean think times (ms) of the moderate-load windows; none: skip them",
+    )
     parser.add_argument("--no-mlserver", action="store_true")
     args = parser.parse_args()
     servers: list[Any] = [RuntimeCoreServer]
@@ -267,6 +332,9 @@ def main() -> None:
         servers.append(MLServerServer)
     rows = [measure(cls, count, args) for count in args.counts for cls in servers]
     markdown = table([title for _, title in COLUMNS], [[_cell(row, key) for key, _ in COLUMNS] for row in rows])
+    if args.think:
+        markdown += "\n\nModerate load (uniform traffic, random think time per connection):\n\n"
+        markdown += moderate_table(rows, args.think)
     publish("density", {"environment": environment(), "args": vars(args), "rows": rows}, markdown)
 
 
